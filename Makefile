@@ -1,0 +1,39 @@
+# Semantic Imagery Search -- every target sets itself up on a fresh machine.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.setup-stamp
+export QT_QPA_PLATFORM ?= offscreen
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+PYTEST_ARGS ?=
+
+.PHONY: setup test test-core test-qgis lint demo screenshot bench clean
+
+setup: $(STAMP)
+
+$(STAMP): scripts/setup.sh requirements.txt requirements-dev.txt
+	bash scripts/setup.sh
+	touch $@
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-core: $(STAMP)
+	$(PY) -m pytest tests/core $(PYTEST_ARGS)
+
+test-qgis: $(STAMP)
+	$(PY) -m pytest tests/qgis $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m mypy plugin/core
+
+demo: $(STAMP)
+	$(PY) scripts/demo.py --out demo_out
+
+bench: $(STAMP)
+	for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf demo_out .pytest_cache .mypy_cache .ruff_cache

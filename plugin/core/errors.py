@@ -1,0 +1,33 @@
+"""Errors the engine raises on purpose: each carries a one-line message a user can act on.
+
+The CLI prints `str(error)` and exits non-zero; the QGIS tasks show it in the message bar. Anything
+else escaping the engine is a bug and is reported with its traceback.
+"""
+
+
+class EngineError(Exception):
+    """A problem with the user's input or environment, described in one line."""
+
+
+class RasterError(EngineError):
+    """A raster cannot be opened or read, or its band map does not fit it."""
+
+
+class ModelUnavailableError(EngineError):
+    """A captioner or embedder model cannot be loaded (not downloaded, offline, wrong path)."""
+
+
+class IndexStoreError(EngineError):
+    """The index folder is missing, belongs to another embedder, or is damaged beyond repair."""
+
+
+class QueryError(EngineError):
+    """A query that cannot be searched (empty, whitespace only)."""
+
+
+class CaptionerError(EngineError):
+    """A captioner backend failed (server refused the request, bad response)."""
+
+
+class Canceled(Exception):
+    """Raised inside long jobs when is_canceled() turns true; work committed so far stays."""
