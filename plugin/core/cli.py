@@ -1,0 +1,287 @@
+"""`python -m plugin index|search|info|remove|eval|worker`: the engine without QGIS.
+
+Errors users can fix print one line and exit 1; Ctrl-C cancels cleanly (what was committed stays)
+and exits 130. Progress goes to stderr so `--format json` output can be piped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+from typing import Any, Optional, Sequence
+
+from .errors import Canceled, EngineError
+from .types import BandMap
+
+EXIT_ERROR = 1
+EXIT_CANCELED = 130
+
+
+def _scales(text: str) -> tuple[int, ...]:
+    try:
+        vals = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"scales {text!r}: expected integers like 1,2,4") from None
+    if not vals or any(v < 1 for v in vals):
+        raise argparse.ArgumentTypeError(f"scales {text!r}: expected positive integers like 1,2,4")
+    return vals
+
+
+def _bands(text: str) -> BandMap:
+    try:
+        return BandMap.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _overlap(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"overlap {text!r}: expected a fraction like 0.25") from None
+    if not 0.0 <= v < 1.0:
+        raise argparse.ArgumentTypeError("overlap must be a fraction of the tile size, 0 <= overlap < 1")
+    return v
+
+
+def _bbox(text: str) -> tuple[float, float, float, float]:
+    try:
+        vals = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        vals = ()
+    if len(vals) != 4 or vals[0] >= vals[2] or vals[1] >= vals[3]:
+        raise argparse.ArgumentTypeError("bbox: expected minx,miny,maxx,maxy with min < max")
+    return vals  # type: ignore[return-value]
+
+
+class _Bar:
+    """A tqdm progress bar on stderr, driven by the engine's progress(done, total, message)."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.bar: Any = None
+
+    def __call__(self, done: int, total: int, message: str) -> None:
+        if self.quiet:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total or None, unit="tile", file=sys.stderr, dynamic_ncols=True)
+        if total and self.bar.total != total:
+            self.bar.total = total
+        self.bar.n = done
+        self.bar.set_description_str(message[:60], refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _expand_rasters(paths: Sequence[str], index_dir: str, bands: Optional[BandMap]) -> list[Any]:
+    """Files as given; a folder of Sentinel-2 band files becomes a VRT kept in the index folder."""
+    from .pipeline import RasterSource
+
+    out = []
+    for p in paths:
+        if os.path.isdir(p):
+            from .raster import sentinel2_vrt
+
+            os.makedirs(os.path.join(index_dir, "vrt"), exist_ok=True)
+            name = os.path.basename(os.path.normpath(p))
+            vrt = sentinel2_vrt(p, os.path.join(index_dir, "vrt", f"{name}.vrt"))
+            out.append(RasterSource(vrt, bands or BandMap(1, 2, 3, 4), name))
+        else:
+            if not os.path.exists(p):
+                raise EngineError(f"raster not found: {p}")
+            out.append(RasterSource(p, bands))
+    return out
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from .pipeline import index_rasters
+    from .tiling import TilingParams
+
+    os.makedirs(args.index, exist_ok=True)
+    sources = _expand_rasters(args.rasters, args.index, args.bands)
+    tiling = TilingParams(
+        tile_size=args.tile_size, tile_size_units=args.tile_size_units, overlap=args.overlap,
+        scales=args.scales, out_size=args.out_size,
+    )
+    opts: dict[str, Any] = {}
+    if args.variants:
+        opts["variants"] = args.variants
+    if args.preset:
+        opts["preset"] = args.preset
+    if args.batch_size:
+        opts["batch_size"] = args.batch_size
+    if args.max_new_tokens:
+        opts["max_new_tokens"] = args.max_new_tokens
+    if args.api_key_env:
+        key = os.environ.get(args.api_key_env)
+        if not key:
+            raise EngineError(f"environment variable {args.api_key_env} is not set (it should hold the API key)")
+        opts["api_key"] = key
+    cancel = threading.Event()
+    bar = _Bar(args.quiet)
+    try:
+        report = index_rasters(
+            args.index, sources, captioner=args.captioner, embedder=args.embedder, tiling=tiling,
+            captioner_options=opts, device=args.device, remove_missing=args.remove_missing,
+            progress=bar, is_canceled=cancel.is_set,
+        )
+    except KeyboardInterrupt:
+        cancel.set()
+        raise
+    finally:
+        bar.close()
+    if args.format == "json":
+        print(json.dumps(report.to_dict(), indent=2))
+        return 0
+    for r in report.rasters:
+        if "error" in r:
+            print(f"  FAILED  {r['name']}: {r['error']}")
+            continue
+        print(
+            f"  {r['name']}: {r['tiles_planned']} tiles planned, {r['tiles_new']} captioned, "
+            f"{r['tiles_cached']} from cache, {r['tiles_empty']} empty skipped, {r['variants']} variants added"
+        )
+    if report.removed:
+        print(f"  removed {len(report.removed)} raster(s) no longer listed")
+    print(f"indexed into {args.index} in {report.seconds:.1f} s (captioner {report.captioner})")
+    return EXIT_ERROR if any("error" in r for r in report.rasters) else 0
+
+
+def _hits_geojson(hits: list[Any]) -> dict[str, Any]:
+    feats = []
+    for h in hits:
+        props = {k: v for k, v in h.to_dict().items() if k not in ("footprint",)}
+        feats.append({"type": "Feature", "geometry": h.footprint, "properties": props})
+    return {"type": "FeatureCollection", "features": feats}
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .searcher import Searcher
+
+    with Searcher(args.index, embedder=args.embedder, device=args.device) as s:
+        hits = s.search(
+            " ".join(args.query), top=args.top, fusion=args.fusion, rasters=args.raster, bbox=args.bbox,
+            bbox_crs=args.bbox_crs, min_score=args.min_score, suppress_overlaps=args.suppress_overlaps,
+        )
+    if args.format == "json":
+        print(json.dumps([h.to_dict() for h in hits], indent=2, ensure_ascii=False))
+    elif args.format == "geojson":
+        print(json.dumps(_hits_geojson(hits), ensure_ascii=False))
+    else:
+        if not hits:
+            print("no hits")
+        for h in hits:
+            w = h.window
+            print(f"{h.rank:>3}  {h.score:.3f}  {h.raster_name or os.path.basename(h.raster)}  "
+                  f"x{h.scale} [{w.col_off},{w.row_off} {w.width}x{w.height}]")
+            print(f"     {h.caption[:160]}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .pipeline import index_info
+
+    info = index_info(args.index)
+    if args.format == "json":
+        print(json.dumps(info, indent=2, default=str))
+        return 0 if info["exists"] else EXIT_ERROR
+    if not info["exists"]:
+        raise EngineError(f"no search index at {args.index}")
+    print(f"index {args.index}")
+    for k in ("tiles", "variants", "embedder", "captioners", "schema_version"):
+        if k in info:
+            print(f"  {k}: {info[k]}")
+    for r in info["rasters"]:
+        flag = " (file missing)" if r.get("missing") else ""
+        print(f"  - {r.get('name')}: {r.get('state')}, {r.get('tiles', 0)} tiles, {r.get('variants', 0)} variants{flag}")
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    from .pipeline import remove_rasters
+
+    removed = remove_rasters(args.index, args.rasters)
+    print(f"removed {len(removed)} raster(s) from {args.index}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m plugin", description="Semantic Imagery Search engine")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    pi = sub.add_parser("index", help="caption, embed and index rasters (incremental, resumable)")
+    pi.add_argument("--index", required=True, help="index folder (created if missing)")
+    pi.add_argument("--captioner", default="spectral", help="spectral | transformers:MODEL | openai:BASE_URL#MODEL")
+    pi.add_argument("--embedder", default=None, help="sentence-transformers model id or folder (default: packaged MiniLM)")
+    pi.add_argument("--tile-size", type=int, default=512, help="tile size in pixels (default 512)")
+    pi.add_argument("--tile-size-units", type=float, default=None, help="tile size in ground units (overrides --tile-size)")
+    pi.add_argument("--out-size", type=int, default=None, help="pixels of the image given to the captioner")
+    pi.add_argument("--overlap", type=_overlap, default=0.0, help="overlap as a fraction of the tile size")
+    pi.add_argument("--scales", type=_scales, default=(1,), help="tile scales, e.g. 1,2,4")
+    pi.add_argument("--bands", type=_bands, default=None, help="1-based R,G,B[,NIR] band map")
+    pi.add_argument("--variants", type=int, default=None, help="caption variants per tile (default: the preset's)")
+    pi.add_argument("--preset", default=None, help="prompt preset: rsrt (5 variants x 3 fields) or fast")
+    pi.add_argument("--batch-size", type=int, default=None)
+    pi.add_argument("--max-new-tokens", type=int, default=None)
+    pi.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    pi.add_argument("--api-key-env", default=None, help="environment variable holding the OpenAI-compatible API key")
+    pi.add_argument("--remove-missing", action="store_true", help="drop indexed rasters not listed here")
+    pi.add_argument("--format", choices=("table", "json"), default="table")
+    pi.add_argument("--quiet", action="store_true", help="no progress bar")
+    pi.add_argument("rasters", nargs="+", help="raster files (GeoTIFF, COG, JP2, VRT) or Sentinel-2 band folders")
+    pi.set_defaults(func=cmd_index)
+
+    ps = sub.add_parser("search", help="rank the indexed tiles for a text query")
+    ps.add_argument("--index", required=True)
+    ps.add_argument("--top", type=int, default=10)
+    ps.add_argument("--fusion", choices=("max", "mean", "top2"), default="max")
+    ps.add_argument("--raster", action="append", help="only this raster (path or id); repeatable")
+    ps.add_argument("--bbox", type=_bbox, default=None, help="minx,miny,maxx,maxy")
+    ps.add_argument("--bbox-crs", default=None, help="CRS of --bbox (EPSG:4326, WKT...); default: each raster's CRS")
+    ps.add_argument("--min-score", type=float, default=None)
+    ps.add_argument("--suppress-overlaps", action="store_true", help="keep the best of overlapping hits across scales")
+    ps.add_argument("--embedder", default=None)
+    ps.add_argument("--device", default="auto")
+    ps.add_argument("--format", choices=("table", "json", "geojson"), default="table")
+    ps.add_argument("query", nargs="+")
+    ps.set_defaults(func=cmd_search)
+
+    pn = sub.add_parser("info", help="what an index holds")
+    pn.add_argument("--index", required=True)
+    pn.add_argument("--format", choices=("table", "json"), default="table")
+    pn.set_defaults(func=cmd_info)
+
+    pr = sub.add_parser("remove", help="remove rasters (paths or ids) from an index")
+    pr.add_argument("--index", required=True)
+    pr.add_argument("rasters", nargs="+")
+    pr.set_defaults(func=cmd_remove)
+
+    for mod, fn in ((".eval.cli", "add_eval_parser"), (".worker", "add_worker_parser")):
+        try:
+            import importlib
+
+            getattr(importlib.import_module(mod, __package__), fn)(sub)
+        except ImportError:
+            pass
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except EngineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except (Canceled, KeyboardInterrupt):
+        print("canceled: what was indexed so far is kept; run the same command again to resume", file=sys.stderr)
+        return EXIT_CANCELED

@@ -1,0 +1,108 @@
+"""The warm searcher: embeds a query and ranks an index's tiles, reusing the loaded embedder."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional, Sequence
+
+from .errors import IndexStoreError, QueryError
+from .types import Hit
+
+#: Queries are cut to this many characters: embedders only see their first few hundred tokens anyway.
+MAX_QUERY_CHARS = 4000
+
+
+def open_index_for(index_dir: str, embedder: Any, *, create: bool, allow_new_embedder: bool = False) -> Any:
+    """Open the index at `index_dir` checked against (or switched to) this embedder."""
+    from .store import SearchIndex
+
+    return SearchIndex.open(
+        index_dir,
+        create=create,
+        embedder_fingerprint=embedder.fingerprint,
+        dim=embedder.dim,
+        allow_new_embedder=allow_new_embedder,
+    )
+
+
+
+class Searcher:
+    """Embeds queries and searches one index; the embedder is loaded once and reused.
+
+    The index is reopened when its files change, so a warm searcher sees what a running indexing
+    job has committed since the last query.
+    """
+
+    def __init__(self, index_dir: str, embedder: Optional[str] = None, device: str = "auto") -> None:
+        self.index_dir = index_dir
+        self._embedder_spec = embedder
+        self._device = device
+        self._emb: Any = None
+        self._idx: Any = None
+        self._stamp: tuple = ()
+
+    def _files_stamp(self) -> tuple:
+        out = []
+        for name in sorted(os.listdir(self.index_dir)):
+            st = os.stat(os.path.join(self.index_dir, name))
+            out.append((name, st.st_size, st.st_mtime_ns))
+        return tuple(out)
+
+    def _ensure(self) -> Any:
+        if not os.path.exists(os.path.join(self.index_dir, "manifest.json")):
+            raise IndexStoreError(f"no search index at {self.index_dir}: index some rasters first")
+        if self._emb is None:
+            from .embedder import make_embedder
+
+            self._emb = make_embedder(self._embedder_spec, device=self._device)
+        stamp = self._files_stamp()
+        if self._idx is None or stamp != self._stamp:
+            if self._idx is not None:
+                self._idx.close()
+            self._idx = open_index_for(self.index_dir, self._emb, create=False)
+            self._stamp = stamp
+        return self._idx
+
+    def search(
+        self,
+        query: str,
+        *,
+        top: int = 10,
+        fusion: str = "max",
+        rasters: Optional[Sequence[str]] = None,
+        bbox: Optional[tuple[float, float, float, float]] = None,
+        bbox_crs: Optional[str] = None,
+        min_score: Optional[float] = None,
+        suppress_overlaps: bool = False,
+    ) -> list[Hit]:
+        text = (query or "").strip()
+        if not text:
+            raise QueryError("the query is empty: describe what you are looking for, e.g. 'sandy beach next to the sea'")
+        if top < 1:
+            raise QueryError(f"top must be at least 1 (got {top})")
+        text = text[:MAX_QUERY_CHARS]
+        idx = self._ensure()
+        raster_ids = None
+        if rasters:
+            raster_ids = []
+            for key in rasters:
+                found = idx.find_raster_ids(os.path.abspath(key) if os.path.exists(key) else key)
+                raster_ids.extend(found)
+            if not raster_ids:
+                return []
+        vec = self._emb.encode_queries([text])[0]
+        return idx.search(
+            vec, top=top, fusion=fusion, raster_ids=raster_ids, bbox=bbox, bbox_crs=bbox_crs,
+            min_score=min_score, suppress_overlaps=suppress_overlaps,
+        )
+
+    def close(self) -> None:
+        if self._idx is not None:
+            self._idx.close()
+            self._idx = None
+
+    def __enter__(self) -> Searcher:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
