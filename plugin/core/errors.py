@@ -31,3 +31,7 @@ class CaptionerError(EngineError):
 
 class Canceled(Exception):
     """Raised inside long jobs when is_canceled() turns true; work committed so far stays."""
+
+
+class TilingError(EngineError):
+    """Tiling parameters that cannot work (tile size, overlap, scales, ground units without a CRS)."""

@@ -1,0 +1,273 @@
+"""The tile grid over a raster and the reads that turn tiles into images for captioners.
+
+Grid: square tiles of `tile_size` pixels (or `tile_size_units` ground units) at scale 1, and for each
+extra scale s tiles covering s x s times the area, read decimated to the same output size -- so a car
+park and an airport both fit a tile. Windows are always in the full-resolution pixel grid.
+
+Edge tiles: the last column/row of tiles is shifted back inside the raster instead of being padded,
+so every tile is full size and full of real pixels (captioners never see an artificial border; the
+shifted tile overlaps its neighbour a little more). A raster smaller than a tile gets one tile
+clipped to the raster. A scale whose tile would already cover the whole raster at a smaller scale is
+skipped (it would only repeat that tile).
+
+Reads: one `rasterio` windowed read per tile (with `out_shape` decimation and average resampling for
+scale > 1, which GDAL serves from overviews when the file has them), so memory stays at a few tiles
+whatever the raster size. Radiometry uses the raster-wide stretch of `RasterInfo`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Any, Iterator, Optional, Sequence
+
+import numpy as np
+
+from .errors import Canceled, RasterError, TilingError
+from .raster import RasterInfo
+from .raster_io import read_bands
+from .types import CancelFn, PixelWindow, ProgressFn, TileImage, TileRef, never_canceled, no_progress
+
+__all__ = ["TilingParams", "tile_id", "footprint", "plan_tiles", "iter_tiles", "read_tile", "tile_side_px", "MAX_OUT_SIZE"]
+
+#: Default cap of the image side handed to captioners (VLMs resize larger images anyway).
+MAX_OUT_SIZE = 1024
+#: GDAL block cache while tiling: blocks are read about once, a big cache only costs memory.
+_CACHE_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TilingParams:
+    """How a raster is cut into tiles; stored with the index so a re-run plans the same tiles."""
+
+    tile_size: int = 512
+    tile_size_units: Optional[float] = None
+    overlap: float = 0.0
+    scales: tuple[int, ...] = (1,)
+    out_size: Optional[int] = None
+    min_valid_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.tile_size, int) or self.tile_size < 8:
+            raise TilingError(f"tile size {self.tile_size!r}: expected an integer of at least 8 pixels")
+        if self.tile_size_units is not None and not (self.tile_size_units > 0 and math.isfinite(self.tile_size_units)):
+            raise TilingError(f"tile size in ground units {self.tile_size_units!r}: expected a positive number")
+        if not (0.0 <= self.overlap < 1.0):
+            raise TilingError(f"overlap {self.overlap!r}: expected a fraction of the tile size, 0 <= overlap < 1")
+        scales = tuple(self.scales)
+        if not scales or any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in scales):
+            raise TilingError(f"scales {self.scales!r}: expected positive integers like 1,2,4")
+        object.__setattr__(self, "scales", tuple(sorted(set(scales))))
+        if self.out_size is not None and (not isinstance(self.out_size, int) or self.out_size < 8):
+            raise TilingError(f"output size {self.out_size!r}: expected an integer of at least 8 pixels")
+        if not (0.0 <= self.min_valid_fraction <= 1.0):
+            raise TilingError(f"minimum valid fraction {self.min_valid_fraction!r}: expected 0..1")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["scales"] = list(self.scales)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TilingParams:
+        units = d.get("tile_size_units")
+        out = d.get("out_size")
+        return cls(
+            tile_size=int(d.get("tile_size", 512)),
+            tile_size_units=None if units is None else float(units),
+            overlap=float(d.get("overlap", 0.0)),
+            scales=tuple(int(s) for s in d.get("scales", (1,))),
+            out_size=None if out is None else int(out),
+            min_valid_fraction=float(d.get("min_valid_fraction", 0.5)),
+        )
+
+
+def tile_id(raster_id: str, window: PixelWindow, scale: int) -> str:
+    """Stable id: the raster's content fingerprint + full-resolution window + scale (16 hex chars)."""
+    key = f"{raster_id}|{window.col_off},{window.row_off},{window.width},{window.height}|{scale}"
+    return hashlib.sha1(key.encode()).hexdigest()[:16]
+
+
+def footprint(info: RasterInfo, window: PixelWindow) -> tuple[tuple[float, float], ...]:
+    """Closed ring of the window's corners through the affine transform (right for rotated
+    transforms); plain pixel coordinates (col, row) when the raster has no CRS."""
+    c0, r0 = window.col_off, window.row_off
+    c1, r1 = c0 + window.width, r0 + window.height
+    corners = ((c0, r0), (c1, r0), (c1, r1), (c0, r1), (c0, r0))
+    if not info.has_crs:
+        return tuple((float(c), float(r)) for c, r in corners)
+    a, b, c, d, e, f = info.transform
+    return tuple((a * col + b * row + c, d * col + e * row + f) for col, row in corners)
+
+
+def tile_side_px(info: RasterInfo, params: TilingParams) -> int:
+    """Scale-1 tile side in full-resolution pixels (ground units converted with the pixel size)."""
+    if params.tile_size_units is None:
+        return params.tile_size
+    if info.pixel_size is None or not info.pixel_size > 0:
+        raise TilingError(f"{info.name}: tile size in ground units needs a raster with a CRS; give it in pixels")
+    side = int(round(params.tile_size_units / info.pixel_size))
+    if side < 8:
+        raise TilingError(
+            f"{info.name}: {params.tile_size_units:g} ground units is {side} pixel(s) at {info.pixel_size:g} per pixel; "
+            "use a larger tile size"
+        )
+    return side
+
+
+def _starts(length: int, side: int, stride: int) -> list[int]:
+    """Offsets covering [0, length): regular steps, the last one shifted back inside the raster."""
+    if side >= length:
+        return [0]
+    out = list(range(0, length - side + 1, stride))
+    if out[-1] + side < length:
+        out.append(length - side)
+    return out
+
+
+def plan_tiles(info: RasterInfo, params: TilingParams) -> list[TileRef]:
+    """Every tile of the raster at every scale, in scale then row-major order. Reads no pixels."""
+    base = tile_side_px(info, params)
+    refs: list[TileRef] = []
+    prev_side: Optional[int] = None
+    for scale in params.scales:
+        side = base * scale
+        if prev_side is not None and prev_side >= info.width and prev_side >= info.height:
+            break  # a smaller scale already covers the raster with one tile
+        prev_side = side
+        stride = max(1, int(round(side * (1.0 - params.overlap))))
+        w, h = min(side, info.width), min(side, info.height)
+        for row in _starts(info.height, side, stride):
+            for col in _starts(info.width, side, stride):
+                win = PixelWindow(col, row, w, h)
+                refs.append(TileRef(tile_id(info.raster_id, win, scale), info.raster_id, win, scale, footprint(info, win)))
+    return refs
+
+
+def _out_shape(window: PixelWindow, side_out: int) -> tuple[int, int]:
+    """Output (H, W): the window's longer side maps to side_out; never upsampled."""
+    f = max(1.0, max(window.width, window.height) / side_out)
+    return max(1, int(round(window.height / f))), max(1, int(round(window.width / f)))
+
+
+class _Renderer:
+    """Raw -> 8-bit with the raster-wide stretch; integer inputs go through a lookup table."""
+
+    def __init__(self, info: RasterInfo) -> None:
+        self.stretch = info.stretch[:3]
+        self.identity = all(lo == 0.0 and hi == 255.0 for lo, hi in self.stretch)
+        self._luts: dict[str, np.ndarray] = {}
+
+    def _lut(self, dtype: np.dtype) -> Optional[np.ndarray]:
+        if dtype.kind not in "ui" or dtype.itemsize > 2:
+            return None
+        key = dtype.str
+        if key not in self._luts:
+            info = np.iinfo(dtype)
+            v = np.arange(info.min, info.max + 1, dtype=np.float64)
+            self._luts[key] = np.stack([self._scale(v, lo, hi) for lo, hi in self.stretch])
+        return self._luts[key]
+
+    @staticmethod
+    def _scale(v: np.ndarray, lo: float, hi: float) -> np.ndarray:
+        return np.clip((v - lo) * (255.0 / max(hi - lo, 1e-12)) + 0.5, 0, 255).astype(np.uint8)
+
+    def rgb(self, data: np.ndarray, valid: np.ndarray, all_valid: bool) -> np.ndarray:
+        h, w = data.shape[1:]
+        out = np.empty((h, w, 3), dtype=np.uint8)
+        if self.identity and data.dtype == np.uint8:
+            for c in range(3):
+                out[..., c] = data[c]
+        else:
+            lut = self._lut(data.dtype)
+            off = -int(np.iinfo(data.dtype).min) if lut is not None else 0
+            for c in range(3):
+                if lut is not None:
+                    idx = data[c].astype(np.int32) + off if off else data[c]
+                    out[..., c] = lut[c][idx]
+                else:
+                    lo, hi = self.stretch[c]
+                    with np.errstate(invalid="ignore"):
+                        out[..., c] = self._scale(np.nan_to_num(data[c].astype(np.float64), nan=lo), lo, hi)
+        if not all_valid:
+            out[~valid] = 0
+        return out
+
+
+def _read(ds: Any, info: RasterInfo, ref: TileRef, side_out: int, renderer: _Renderer) -> TileImage:
+    from rasterio.enums import Resampling
+    from rasterio.windows import Window
+
+    win = ref.window
+    shape = _out_shape(win, side_out)
+    decimated = shape != (win.height, win.width)
+    data, valid = read_bands(
+        ds, info.band_map.indexes(), window=Window(win.col_off, win.row_off, win.width, win.height),
+        out_shape=shape if decimated else None, resampling=Resampling.average,
+    )
+    all_valid = bool(valid.all())
+    raw = data.astype(np.float32)
+    if not all_valid:
+        raw[:, ~valid] = np.nan
+    px = None if info.pixel_size is None else info.pixel_size * win.width / shape[1]
+    return TileImage(
+        ref=ref, rgb=renderer.rgb(data, valid, all_valid), raw=raw, valid=valid,
+        has_nir=info.band_map.nir is not None, pixel_size=px,
+    )
+
+
+def _open_for(info: RasterInfo) -> Any:
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            ds = rasterio.open(info.path)
+    except RasterioIOError as exc:
+        raise RasterError(f"cannot read raster {info.path}: {str(exc).splitlines()[0]}") from None
+    if (ds.width, ds.height) != (info.width, info.height) or ds.count < max(info.band_map.indexes()):
+        ds.close()
+        raise RasterError(f"{info.path} changed since it was opened ({ds.width}x{ds.height}); open it again")
+    return ds
+
+
+def _default_out(info: RasterInfo, params: TilingParams) -> int:
+    return params.out_size or min(tile_side_px(info, params), MAX_OUT_SIZE)
+
+
+def iter_tiles(
+    info: RasterInfo,
+    params: TilingParams,
+    refs: Optional[Sequence[TileRef]] = None,
+    progress: ProgressFn = no_progress,
+    is_canceled: CancelFn = never_canceled,
+) -> Iterator[TileImage]:
+    """Read the planned tiles (or `refs`) one window at a time; yield those with at least
+    `params.min_valid_fraction` valid pixels. Progress counts every tile read, skipped or not;
+    raises Canceled between tiles once is_canceled() is true."""
+    import rasterio
+
+    todo = list(refs) if refs is not None else plan_tiles(info, params)
+    total = len(todo)
+    side_out = _default_out(info, params)
+    renderer = _Renderer(info)
+    with rasterio.Env(GDAL_CACHEMAX=_CACHE_BYTES), _open_for(info) as ds:
+        for i, ref in enumerate(todo):
+            if is_canceled():
+                raise Canceled(f"tiling canceled after {i} of {total} tiles")
+            tile = _read(ds, info, ref, side_out, renderer)
+            keep = float(tile.valid.mean()) >= params.min_valid_fraction and tile.valid.any()
+            progress(i + 1, total, f"{info.name}: tile {i + 1}/{total}")
+            if keep:
+                yield tile
+
+
+def read_tile(info: RasterInfo, ref: TileRef, out_size: Optional[int] = None) -> TileImage:
+    """One tile, whatever its validity (GUI thumbnails, re-reading a hit). Default output side:
+    the scale-1 tile side, capped at MAX_OUT_SIZE."""
+    side = out_size or min(max(ref.window.width, ref.window.height) // max(ref.scale, 1), MAX_OUT_SIZE)
+    with _open_for(info) as ds:
+        return _read(ds, info, ref, max(1, side), _Renderer(info))
