@@ -1,0 +1,1 @@
+"""The dock, its panels and their controllers (Qt/QGIS GUI side of the plugin)."""

@@ -1,0 +1,97 @@
+"""Hits on the map: the temporary results layer (replaced on each search), zoom and flash.
+
+The layer itself is built by qgis_io.hits_layer (footprints reprojected to the project CRS); this
+class owns its life in the project so that a new search, a cleared project or unloading the
+plugin never leaves a stale results layer behind.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional
+
+from qgis.core import (
+    QgsCoordinateReferenceSystem,
+    QgsCoordinateTransform,
+    QgsGeometry,
+    QgsPointXY,
+    QgsProject,
+    QgsVectorLayer,
+)
+from qgis.PyQt.QtGui import QColor
+
+if TYPE_CHECKING:  # numpy comes with core.types: not at QGIS start-up
+    from ..core.types import Hit
+
+RESULTS_PROPERTY = "semantic_imagery_search/results"
+
+
+def hit_geometry(hit: Hit, dest_crs: QgsCoordinateReferenceSystem, project: Optional[QgsProject] = None) -> QgsGeometry:
+    """The hit's footprint polygon in `dest_crs` (left as is when the raster has no CRS)."""
+    ring = hit.footprint.get("coordinates", [[]])[0]
+    geom = QgsGeometry.fromPolygonXY([[QgsPointXY(float(x), float(y)) for x, y in ring]])
+    if hit.crs:
+        src = QgsCoordinateReferenceSystem.fromWkt(hit.crs)
+        if src.isValid() and dest_crs.isValid() and src != dest_crs:
+            xform = QgsCoordinateTransform(src, dest_crs, project or QgsProject.instance())
+            geom.transform(xform)
+    return geom
+
+
+class Highlighter:
+    def __init__(self, canvas, project: Optional[QgsProject] = None) -> None:
+        self.canvas = canvas
+        self.project = project or QgsProject.instance()
+        self._layer_id: Optional[str] = None
+
+    @property
+    def layer(self) -> Optional[QgsVectorLayer]:
+        return self.project.mapLayer(self._layer_id) if self._layer_id else None
+
+    def dest_crs(self) -> QgsCoordinateReferenceSystem:
+        crs = self.project.crs()
+        if not crs.isValid() and self.canvas is not None:
+            crs = self.canvas.mapSettings().destinationCrs()
+        return crs
+
+    def show_hits(self, hits: list[Hit], name: str = "Search results") -> Optional[QgsVectorLayer]:
+        """Replace the results layer with one holding `hits`; returns the new layer (None if no hits)."""
+        from ..qgis_io.hits_layer import hits_to_layer
+
+        self.clear()
+        if not hits:
+            return None
+        layer = hits_to_layer(hits, self.dest_crs(), name=name)
+        layer.setCustomProperty(RESULTS_PROPERTY, True)
+        self.project.addMapLayer(layer, False)
+        self.project.layerTreeRoot().insertLayer(0, layer)
+        self._layer_id = layer.id()
+        if self.canvas is not None:
+            self.canvas.refresh()
+        return layer
+
+    def focus(self, hit: Hit, zoom: bool = True) -> QgsGeometry:
+        """Zoom to the tile (with a margin) and flash it; returns the geometry in the canvas CRS."""
+        crs = self.canvas.mapSettings().destinationCrs() if self.canvas is not None else self.dest_crs()
+        geom = hit_geometry(hit, crs, self.project)
+        if self.canvas is None or geom.isEmpty():
+            return geom
+        if zoom:
+            rect = geom.boundingBox()
+            rect.scale(2.0)
+            self.canvas.setExtent(rect)
+            self.canvas.refresh()
+        self.canvas.flashGeometries([geom], crs, QColor(255, 200, 0, 255), QColor(255, 200, 0, 0), 3, 400)
+        return geom
+
+    def clear(self) -> None:
+        """Remove our results layer (and any leftover one restored from a saved project)."""
+        ids = [lid for lid, lyr in self.project.mapLayers().items() if lyr.customProperty(RESULTS_PROPERTY)]
+        if self._layer_id and self._layer_id not in ids and self.project.mapLayer(self._layer_id):
+            ids.append(self._layer_id)
+        if ids:
+            self.project.removeMapLayers(ids)
+        self._layer_id = None
+
+    def forget(self) -> None:
+        """The project was cleared: the layer is gone already."""
+        self._layer_id = None

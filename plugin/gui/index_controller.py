@@ -1,0 +1,240 @@
+"""Index panel logic: layer states, indexing jobs (IndexTask in its own worker process), clear.
+
+The main thread only resolves layers into plain `RasterSource` values (file path, band map, name);
+reading pixels, captioning and embedding all happen in the engine worker the task drives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Optional
+
+from qgis.core import Qgis, QgsApplication, QgsMapLayerType, QgsRasterLayer
+from qgis.PyQt.QtCore import QObject
+
+from .index_widget import IndexWidget, LayerRow
+from .messages import report_error, report_info
+from .session import EngineSession
+from .settings import save_index_options
+
+
+def _norm(path: str) -> str:
+    return os.path.normcase(os.path.realpath(path)) if path else ""
+
+
+class IndexController(QObject):
+    def __init__(self, session: EngineSession, widget: IndexWidget, set_status, parent=None) -> None:
+        super().__init__(parent)
+        self.session = session
+        self.widget = widget
+        self.set_status = set_status
+        self.task: Any = None
+        self._job_keys: list[str] = []
+        self._paths: dict[str, str] = {}  # layer id -> normalised file path (or "" when unsupported)
+        self._closed = False
+        widget.index_requested.connect(lambda: self.start_index(update=False))
+        widget.update_requested.connect(lambda: self.start_index(update=True))
+        widget.cancel_requested.connect(self.cancel)
+        widget.clear_requested.connect(self.clear_index)
+        session.info_changed.connect(lambda _i: self.refresh_rows())
+        p = session.project
+        p.layersAdded.connect(self._on_layers_added)
+        p.layersRemoved.connect(self._on_layers_removed)
+
+    # --- layer rows --------------------------------------------------------------------------
+    def raster_layers(self) -> list[QgsRasterLayer]:
+        from .highlighter import RESULTS_PROPERTY
+
+        out = []
+        for layer in self.session.project.mapLayers().values():
+            if layer.type() == QgsMapLayerType.RasterLayer and not layer.customProperty(RESULTS_PROPERTY):
+                out.append(layer)
+        return sorted(out, key=lambda lyr: lyr.name().lower())
+
+    def _source(self, layer: QgsRasterLayer) -> Any:
+        from ..qgis_io.layers import raster_source_from_layer
+
+        return raster_source_from_layer(layer)
+
+    def refresh_rows(self) -> None:
+        """Rebuild the list from the project's raster layers and the last known index state."""
+        if self._closed:
+            return
+        info_rows = {(_norm(r.get("path", ""))): r for r in (self.session.info.get("rasters") or [])}
+        rows: list[LayerRow] = []
+        seen_paths: set[str] = set()
+        for layer in self.raster_layers():
+            lid = layer.id()
+            if lid not in self._paths:
+                try:
+                    src = self._source(layer)
+                    self._paths[lid] = _norm(src.path)
+                    band = src.band_map.to_text() if src.band_map else ""
+                except Exception as exc:
+                    rows.append(LayerRow(lid, layer.name(), f"cannot index: {str(exc).splitlines()[0]}", "", False))
+                    self._paths[lid] = ""
+                    continue
+            else:
+                band = ""
+            path = self._paths[lid]
+            if not path:
+                rows.append(LayerRow(lid, layer.name(), "cannot index (not a file)", "", False))
+                continue
+            seen_paths.add(path)
+            rows.append(LayerRow(lid, layer.name(), self._state_for(lid, info_rows.get(path)), band))
+        for path, r in info_rows.items():
+            if path not in seen_paths:
+                rows.append(LayerRow("raster:" + str(r.get("raster_id")), str(r.get("name") or os.path.basename(path)),
+                                     "stale (layer removed; Update drops it)", "", False))
+        self.widget.set_rows(rows)
+        self.set_status(self.session.status_text())
+
+    def _state_for(self, layer_id: str, info_row: Optional[dict]) -> str:
+        if self.task is not None and layer_id in self._job_keys:
+            current = self.widget.state(layer_id) or ""
+            return current if current.startswith("indexing") else "indexing 0%"
+        if info_row is None:
+            return "not indexed"
+        if info_row.get("state") == "indexed" and not info_row.get("stale"):
+            return f"indexed ({int(info_row.get('tiles', 0))} tiles)"
+        return "stale (Update finishes it)"
+
+    def _on_layers_added(self, layers) -> None:
+        rasters = [lyr for lyr in layers if lyr.type() == QgsMapLayerType.RasterLayer]
+        from .highlighter import RESULTS_PROPERTY
+
+        rasters = [lyr for lyr in rasters if not lyr.customProperty(RESULTS_PROPERTY)]
+        if not rasters or self._closed:
+            return
+        self.refresh_rows()
+        names = ", ".join(lyr.name() for lyr in rasters[:3]) + ("…" if len(rasters) > 3 else "")
+        report_info(self.session.iface, f"New raster layer(s) can be indexed for search: {names} (Index tab)")
+
+    def _on_layers_removed(self, layer_ids) -> None:
+        for lid in layer_ids:
+            self._paths.pop(lid, None)
+        if not self._closed:
+            self.refresh_rows()
+
+    # --- jobs --------------------------------------------------------------------------------
+    def start_index(self, update: bool = False, keys: Optional[list[str]] = None) -> bool:
+        """Start an indexing job for the checked layers (or, for update, every layer); False if not started."""
+        if self.task is not None:
+            report_info(self.session.iface, "An indexing job is already running", Qgis.Warning)
+            return False
+        opts = self.widget.options()
+        try:
+            engine = opts.to_engine()
+        except (ValueError, RuntimeError) as exc:
+            report_error(self.session.iface, str(exc))
+            return False
+        save_index_options(opts)
+        project = self.session.project
+        if keys is None:
+            keys = [r.key for r in self.widget.rows() if r.checkable] if update else self.widget.checked_keys()
+        sources, job_keys = [], []
+        for key in keys:
+            layer = project.mapLayer(key)
+            if layer is None:
+                continue
+            try:
+                src = self._source(layer)
+                text = self.widget.band_map_text(key)
+                if text:
+                    from ..core.types import BandMap
+
+                    bm = BandMap.parse(text)
+                    bm.check(layer.bandCount())
+                    src = dataclasses.replace(src, band_map=bm)
+                sources.append(dataclasses.replace(src, name=layer.name()))
+                job_keys.append(key)
+            except Exception as exc:
+                report_error(self.session.iface, f"{layer.name()}: {str(exc).splitlines()[0] if str(exc) else exc}")
+                return False
+        if not sources and not update:
+            report_info(self.session.iface, "Tick at least one raster layer to index", Qgis.Warning)
+            return False
+        engine["remove_missing"] = bool(update)
+        from ..tasks.index_task import IndexTask
+
+        verb = "Updating" if update else "Indexing"
+        task = IndexTask(f"Semantic Imagery Search: {verb.lower()} {len(sources)} raster(s)",
+                         self.session.index_dir(), sources, engine, self.session.python())
+        task.progressChanged.connect(self._on_progress)
+        task.index_finished.connect(self._on_finished)
+        self.task, self._job_keys = task, job_keys
+        self.widget.set_running(True)
+        for key in job_keys:
+            self.widget.set_state(key, "indexing 0%")
+        self.session.last_outcome = f"{verb.lower()} {len(sources)} raster(s)…"
+        self.set_status(self.session.status_text())
+        QgsApplication.taskManager().addTask(task)
+        return True
+
+    def _on_progress(self, value: float) -> None:
+        if self._closed:
+            return
+        for key in self._job_keys:
+            self.widget.set_state(key, f"indexing {int(value)}%")
+
+    def _on_finished(self, report: dict) -> None:
+        self.task, keys, self._job_keys = None, self._job_keys, []
+        if self._closed:
+            return
+        self.widget.set_running(False)
+        iface = self.session.iface
+        if report.get("error"):
+            self.session.last_outcome = f"failed: {str(report['error']).splitlines()[0]}"
+            report_error(iface, f"Indexing failed: {report['error']}", report.get("details"))
+        elif report.get("canceled"):
+            self.session.last_outcome = "canceled (Update resumes it)"
+            report_info(iface, "Indexing canceled; what was done is kept and Update resumes it", Qgis.Warning)
+        else:
+            rasters = report.get("rasters") or []
+            new = sum(int(r.get("tiles_new", 0)) for r in rasters)
+            cached = sum(int(r.get("tiles_cached", 0)) for r in rasters)
+            secs = float(report.get("seconds", 0.0))
+            removed = len(report.get("removed") or [])
+            self.session.last_outcome = (f"{len(rasters)} raster(s), {new} new + {cached} cached tiles"
+                                         + (f", {removed} removed" if removed else "") + f" in {secs:.1f} s")
+            report_info(iface, f"Index ready: {self.session.last_outcome}", Qgis.Success)
+        for key in keys:
+            self.widget.set_state(key, "…")
+        self.session.refresh_info()
+
+    def cancel(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+    def clear_index(self) -> None:
+        """Remove every raster from the project's index (the folder stays, empty)."""
+        ids = [str(r.get("raster_id")) for r in (self.session.info.get("rasters") or [])]
+        if not ids:
+            self.refresh_rows()
+            return
+
+        def done(_result: Any, error: str) -> None:
+            if error:
+                report_error(self.session.iface, f"Clearing the index failed: {error}")
+            self.session.last_outcome = "index cleared" if not error else self.session.last_outcome
+            self.session.refresh_info()
+
+        self.session.queue.call("remove", {"index_dir": self.session.index_dir(), "rasters": ids}, done, key="remove")
+
+    def forget_layers(self) -> None:
+        self._paths.clear()
+
+    def close(self) -> None:
+        self._closed = True
+        p = self.session.project
+        for sig, slot in ((p.layersAdded, self._on_layers_added), (p.layersRemoved, self._on_layers_removed)):
+            try:
+                sig.disconnect(slot)
+            except (TypeError, RuntimeError):
+                pass
+        if self.task is not None:
+            try:
+                self.task.cancel()
+            except RuntimeError:
+                pass

@@ -1,0 +1,106 @@
+"""The results list: one row per hit (rank, score, thumbnail, best caption variant, raster name).
+
+A table model rather than a QListWidget so that thumbnails, which arrive later from a background
+task, update one cell without rebuilding the list.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Optional
+
+from qgis.PyQt.QtCore import QAbstractTableModel, QModelIndex, QSize, Qt
+from qgis.PyQt.QtGui import QImage, QPixmap
+
+COLUMNS = ("#", "Score", "Tile", "Caption", "Raster")
+COL_RANK, COL_SCORE, COL_THUMB, COL_CAPTION, COL_RASTER = range(5)
+THUMB_SIZE = 64
+
+_DISPLAY = Qt.ItemDataRole.DisplayRole
+_DECORATION = Qt.ItemDataRole.DecorationRole
+_TOOLTIP = Qt.ItemDataRole.ToolTipRole
+_SIZE = Qt.ItemDataRole.SizeHintRole
+_ALIGN = Qt.ItemDataRole.TextAlignmentRole
+HIT_ROLE = Qt.ItemDataRole.UserRole + 1
+
+if TYPE_CHECKING:  # numpy comes with core.types: not at QGIS start-up
+    from ..core.types import Hit
+
+
+class ResultsModel(QAbstractTableModel):
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self._hits: list[Hit] = []
+        self._thumbs: dict[str, QPixmap] = {}
+
+    # --- data in -----------------------------------------------------------------------------
+    def set_hits(self, hits: list[Hit]) -> None:
+        self.beginResetModel()
+        self._hits = list(hits)
+        self.endResetModel()
+
+    def clear(self) -> None:
+        self.set_hits([])
+
+    def set_thumbnail(self, tile_id: str, image: QImage) -> None:
+        """Attach a thumbnail to every row showing `tile_id` (the same tile may not repeat, but be safe)."""
+        if image is None or image.isNull():
+            return
+        pix = QPixmap.fromImage(image).scaled(
+            THUMB_SIZE, THUMB_SIZE, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation
+        )
+        self._thumbs[tile_id] = pix
+        for row, hit in enumerate(self._hits):
+            if hit.tile_id == tile_id:
+                idx = self.index(row, COL_THUMB)
+                self.dataChanged.emit(idx, idx, [_DECORATION])
+
+    def hits(self) -> list[Hit]:
+        return list(self._hits)
+
+    def hit(self, row: int) -> Optional[Hit]:
+        return self._hits[row] if 0 <= row < len(self._hits) else None
+
+    def has_thumbnail(self, tile_id: str) -> bool:
+        return tile_id in self._thumbs
+
+    # --- Qt model API ------------------------------------------------------------------------
+    def rowCount(self, parent: QModelIndex = QModelIndex()) -> int:  # noqa: N802, B008
+        return 0 if parent.isValid() else len(self._hits)
+
+    def columnCount(self, parent: QModelIndex = QModelIndex()) -> int:  # noqa: N802, B008
+        return 0 if parent.isValid() else len(COLUMNS)
+
+    def headerData(self, section: int, orientation, role=_DISPLAY) -> Any:  # noqa: N802
+        if role == _DISPLAY and orientation == Qt.Orientation.Horizontal and 0 <= section < len(COLUMNS):
+            return COLUMNS[section]
+        return None
+
+    def data(self, index: QModelIndex, role=_DISPLAY) -> Any:
+        hit = self.hit(index.row()) if index.isValid() else None
+        if hit is None:
+            return None
+        col = index.column()
+        if role == HIT_ROLE:
+            return hit
+        if role == _DISPLAY:
+            if col == COL_RANK:
+                return str(hit.rank)
+            if col == COL_SCORE:
+                return f"{hit.score:.3f}"
+            if col == COL_CAPTION:
+                return hit.caption
+            if col == COL_RASTER:
+                return hit.raster_name or hit.raster.rsplit("/", 1)[-1]
+            return None
+        if role == _DECORATION and col == COL_THUMB:
+            return self._thumbs.get(hit.tile_id)
+        if role == _SIZE and col == COL_THUMB:
+            return QSize(THUMB_SIZE + 4, THUMB_SIZE + 4)
+        if role == _ALIGN and col in (COL_RANK, COL_SCORE):
+            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        if role == _TOOLTIP:
+            return (
+                f"{hit.caption}\n\nraster: {hit.raster}\ntile: {hit.tile_id} (scale {hit.scale}, "
+                f"window {hit.window.col_off},{hit.window.row_off} {hit.window.width}x{hit.window.height})"
+            )
+        return None

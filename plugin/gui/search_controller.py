@@ -1,0 +1,194 @@
+"""Search panel logic: query -> warm worker (SearchTask) -> results list, results layer, thumbnails.
+
+The first search starts the worker and loads the embedder (seconds); the panel says so instead
+of looking frozen. Later searches reuse it. A query typed while one runs replaces any queued one.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Optional
+
+from qgis.core import QgsApplication
+from qgis.PyQt.QtCore import QObject, pyqtSignal
+from qgis.PyQt.QtWidgets import QFileDialog
+
+from .caption_dialog import CaptionDialog
+from .highlighter import Highlighter
+from .messages import report_error, report_exception, report_info
+from .search_widget import SearchWidget
+from .session import EngineSession
+from .settings import save_search_options
+from .thumbnails import ThumbnailTask, cached
+
+if TYPE_CHECKING:  # numpy comes with core.types: not at QGIS start-up
+    from ..core.types import Hit
+
+
+class SearchController(QObject):
+    #: emitted on the main thread once hits are in the list and on the map (hits, error)
+    search_finished = pyqtSignal(list, str)
+
+    def __init__(self, session: EngineSession, widget: SearchWidget, canvas, parent=None) -> None:
+        super().__init__(parent)
+        self.session = session
+        self.widget = widget
+        self.canvas = canvas
+        self.highlighter = Highlighter(canvas, session.project)
+        self.hits: list[Hit] = []
+        self.last_query = ""
+        self.last_seconds = 0.0
+        self._t0 = 0.0
+        self._thumb_task: Optional[ThumbnailTask] = None
+        self._dialogs: list[CaptionDialog] = []
+        self._closed = False
+        widget.search_requested.connect(self.search)
+        widget.hit_selected.connect(self.focus_hit)
+        widget.hit_activated.connect(self.show_variants)
+        widget.export_requested.connect(self.export_dialog)
+
+    # --- search ------------------------------------------------------------------------------
+    def search_options(self, opts: dict) -> dict:
+        """Engine keywords for a query: top, fusion and, when asked, the canvas extent in the project CRS."""
+        out: dict[str, Any] = {"top": int(opts.get("top", 10)), "fusion": str(opts.get("fusion", "max"))}
+        if opts.get("only_extent") and self.canvas is not None:
+            ext = self.canvas.extent()
+            out["bbox"] = [ext.xMinimum(), ext.yMinimum(), ext.xMaximum(), ext.yMaximum()]
+            crs = self.canvas.mapSettings().destinationCrs()
+            out["bbox_crs"] = crs.toWkt() if crs.isValid() else None
+        return out
+
+    def search(self, query: str, opts: Optional[dict] = None) -> None:
+        opts = opts or {"top": self.widget.top_spin.value(), "only_extent": self.widget.extent_check.isChecked()}
+        try:
+            save_search_options(self.widget.options())
+            index_dir = self.session.index_dir()
+            options = self.search_options(opts)
+        except Exception as exc:
+            report_exception(self.session.iface, exc, "Search")
+            return
+        self.last_query = query
+        warm = self.session.queue.warm
+        self.widget.set_busy(True, "Searching…" if warm else "Starting the engine and loading the embedder (first search)…")
+        from ..tasks.search_task import SearchTask
+
+        def make(client: Any) -> Any:
+            self._t0 = time.perf_counter()
+            task = SearchTask(client, index_dir, query, options)
+            task.search_finished.connect(self._on_finished)
+            return task
+
+        self.session.queue.submit(make, key="search")
+
+    def _on_finished(self, hit_dicts: list, error: str) -> None:
+        if self._closed:
+            return
+        self.last_seconds = time.perf_counter() - self._t0
+        self.widget.set_busy(False)
+        if error:
+            self.widget.show_hits(self.hits, f"Search failed: {error.splitlines()[0]}")
+            report_error(self.session.iface, f"Search failed: {error}")
+            self.search_finished.emit([], error)
+            return
+        from ..core.types import Hit
+
+        try:
+            hits = [h if isinstance(h, Hit) else Hit.from_dict(h) for h in hit_dicts]
+            self.show_results(hits)
+        except Exception as exc:
+            report_exception(self.session.iface, exc, "Showing results")
+            self.search_finished.emit([], str(exc))
+            return
+        self.search_finished.emit(hits, "")
+
+    def show_results(self, hits: list[Hit]) -> None:
+        """List, results layer and thumbnails for `hits` (also used by the screenshot script)."""
+        self.hits = hits
+        msg = (f"{len(hits)} result(s) for “{self.last_query}” in {self.last_seconds * 1000:.0f} ms"
+               if hits else f"No results for “{self.last_query}”")
+        self.widget.show_hits(hits, msg)
+        self.highlighter.show_hits(hits, name=f"Search results: {self.last_query}"[:80] if self.last_query else "Search results")
+        for h in hits:
+            img = cached(h.tile_id)
+            if img is not None:
+                self.widget.model.set_thumbnail(h.tile_id, img)
+        self._load_thumbnails(hits)
+
+    def _load_thumbnails(self, hits: list[Hit]) -> None:
+        if self._thumb_task is not None:
+            try:
+                self._thumb_task.cancel()
+            except RuntimeError:
+                pass
+        task = ThumbnailTask(hits, self._on_thumbnail)
+        if not task.hits:
+            return
+        self._thumb_task = task
+        task.taskCompleted.connect(self._thumb_done)
+        task.taskTerminated.connect(self._thumb_done)
+        QgsApplication.taskManager().addTask(task)
+
+    def _thumb_done(self) -> None:
+        self._thumb_task = None
+
+    def _on_thumbnail(self, tile_id: str, image) -> None:
+        if not self._closed:
+            self.widget.model.set_thumbnail(tile_id, image)
+
+    # --- result actions ----------------------------------------------------------------------
+    def focus_hit(self, hit: Hit) -> None:
+        try:
+            self.highlighter.focus(hit)
+        except Exception as exc:
+            report_exception(self.session.iface, exc, "Zoom to result")
+
+    def show_variants(self, hit: Hit) -> CaptionDialog:
+        dlg = CaptionDialog(hit, parent=self.widget)
+        self._dialogs = [d for d in self._dialogs if d.isVisible()] + [dlg]
+        dlg.show()
+        return dlg
+
+    def export_dialog(self) -> None:
+        path, _filter = QFileDialog.getSaveFileName(self.widget, "Export search results", "search_results.gpkg",
+                                                    "GeoPackage (*.gpkg)")
+        if path:
+            self.export_to(path)
+
+    def export_to(self, path: str) -> Optional[str]:
+        layer = self.highlighter.layer
+        if layer is None:
+            report_info(self.session.iface, "Nothing to export: run a search first")
+            return None
+        if not path.lower().endswith(".gpkg"):
+            path += ".gpkg"
+        try:
+            from ..qgis_io.hits_layer import export_layer_gpkg
+
+            out = export_layer_gpkg(layer, path)
+        except Exception as exc:
+            report_exception(self.session.iface, exc, "Export results")
+            return None
+        report_info(self.session.iface, f"Results written to {out}")
+        return out
+
+    def clear(self) -> None:
+        self.hits = []
+        self.widget.show_hits([], "")
+        self.highlighter.forget()
+
+    def close(self) -> None:
+        self._closed = True
+        for d in self._dialogs:
+            try:
+                d.close()
+            except RuntimeError:
+                pass
+        if self._thumb_task is not None:
+            try:
+                self._thumb_task.cancel()
+            except RuntimeError:
+                pass
+        try:
+            self.highlighter.clear()
+        except RuntimeError:
+            pass

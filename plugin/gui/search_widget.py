@@ -1,0 +1,145 @@
+"""The search panel: query box, top-N, "only within current map extent", results list, export.
+
+It only emits signals; the controller decides what a search means (worker, task, map), so the
+panel can be tested and screenshotted without an engine.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from qgis.PyQt.QtCore import QSize, Qt, QTimer, pyqtSignal
+from qgis.PyQt.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QTableView,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .results_model import COL_CAPTION, COL_RANK, COL_RASTER, COL_SCORE, COL_THUMB, THUMB_SIZE, ResultsModel
+from .settings import SearchOptions
+
+if TYPE_CHECKING:  # numpy comes with core.types: not at QGIS start-up
+    from ..core.types import Hit
+
+
+class SearchWidget(QWidget):
+    #: query text, options {"top", "only_extent", "fusion"}
+    search_requested = pyqtSignal(str, dict)
+    hit_selected = pyqtSignal(object)
+    hit_activated = pyqtSignal(object)
+    export_requested = pyqtSignal()
+
+    def __init__(self, options: SearchOptions, parent=None, debounce_ms: int = 0) -> None:
+        super().__init__(parent)
+        self._fusion = options.fusion
+        self.query_edit = QLineEdit(self)
+        self.query_edit.setPlaceholderText("Describe what you look for, e.g. dense forest next to a river")
+        self.query_edit.setClearButtonEnabled(True)
+        self.search_button = QPushButton("Search", self)
+        self.top_spin = QSpinBox(self)
+        self.top_spin.setRange(1, 500)
+        self.top_spin.setValue(max(1, min(500, int(options.top))))
+        self.top_spin.setPrefix("top ")
+        self.extent_check = QCheckBox("Only within current map extent", self)
+        self.extent_check.setChecked(bool(options.only_extent))
+
+        self.model = ResultsModel(self)
+        self.view = QTableView(self)
+        self.view.setModel(self.model)
+        self.view.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.view.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.view.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.view.setWordWrap(True)
+        self.view.verticalHeader().setVisible(False)
+        self.view.verticalHeader().setDefaultSectionSize(THUMB_SIZE + 6)
+        self.view.setIconSize(QSize(THUMB_SIZE, THUMB_SIZE))
+        header = self.view.horizontalHeader()
+        for col in (COL_RANK, COL_SCORE, COL_THUMB):
+            header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(COL_CAPTION, QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(COL_RASTER, QHeaderView.ResizeMode.ResizeToContents)
+        self.view.setColumnWidth(COL_THUMB, THUMB_SIZE + 8)
+
+        self.export_button = QPushButton("Export results…", self)
+        self.export_button.setEnabled(False)
+        self.info_label = QLabel("", self)
+        self.info_label.setWordWrap(True)
+
+        row1 = QHBoxLayout()
+        row1.addWidget(self.query_edit, 1)
+        row1.addWidget(self.search_button)
+        row2 = QHBoxLayout()
+        row2.addWidget(self.top_spin)
+        row2.addWidget(self.extent_check, 1)
+        row3 = QHBoxLayout()
+        row3.addWidget(self.info_label, 1)
+        row3.addWidget(self.export_button)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addLayout(row1)
+        lay.addLayout(row2)
+        lay.addWidget(self.view, 1)
+        lay.addLayout(row3)
+
+        # Enter runs the query; typing optionally runs it after a short pause (debounce).
+        self._debounce = QTimer(self)
+        self._debounce.setSingleShot(True)
+        self._debounce.setInterval(max(0, debounce_ms))
+        self._debounce.timeout.connect(self.request_search)
+        if debounce_ms > 0:
+            self.query_edit.textEdited.connect(lambda _t: self._debounce.start())
+        self.query_edit.returnPressed.connect(self.request_search)
+        self.search_button.clicked.connect(self.request_search)
+        self.export_button.clicked.connect(self.export_requested)
+        self.view.selectionModel().currentRowChanged.connect(self._on_current_changed)
+        self.view.doubleClicked.connect(self._on_double_clicked)
+
+    def options(self) -> SearchOptions:
+        return SearchOptions(top=self.top_spin.value(), only_extent=self.extent_check.isChecked(), fusion=self._fusion)
+
+    def request_search(self) -> None:
+        """Emit search_requested for a non-empty query (an empty one just says so)."""
+        self._debounce.stop()
+        text = self.query_edit.text().strip()
+        if not text:
+            self.info_label.setText("Type a description of what you look for.")
+            return
+        o = self.options()
+        self.search_requested.emit(text, {"top": o.top, "only_extent": o.only_extent, "fusion": o.fusion})
+
+    def set_busy(self, busy: bool, message: str = "") -> None:
+        self.search_button.setEnabled(not busy)
+        if message:
+            self.info_label.setText(message)
+
+    def show_hits(self, hits: list[Hit], message: str = "") -> None:
+        self.model.set_hits(hits)
+        self.export_button.setEnabled(bool(hits))
+        self.info_label.setText(message)
+        self.view.resizeRowsToContents()
+
+    def select_row(self, row: int) -> None:
+        self.view.selectRow(row)
+
+    def _on_current_changed(self, current, _previous) -> None:
+        hit = self.model.hit(current.row()) if current.isValid() else None
+        if hit is not None:
+            self.hit_selected.emit(hit)
+
+    def _on_double_clicked(self, index) -> None:
+        hit = self.model.hit(index.row())
+        if hit is not None:
+            self.hit_activated.emit(hit)
+
+    def keyPressEvent(self, event) -> None:  # noqa: N802 -- Escape clears the query, like QGIS's locator
+        if event.key() == Qt.Key.Key_Escape:
+            self.query_edit.clear()
+        super().keyPressEvent(event)
