@@ -77,9 +77,15 @@ def build_band_vrt(
     for s in srcs[1:]:
         if s["crs"] != crs0:
             raise RasterError(f"band files have different CRS: {srcs[0]['path']} vs {s['path']}")
-    pick = {"highest": min, "lowest": max, "average": lambda v: sum(v) / len(v)}[resolution]
-    xres = float(pick([s["xres"] for s in srcs]))
-    yres = float(pick([s["yres"] for s in srcs]))
+    def pick(values: list[float]) -> float:
+        if resolution == "highest":
+            return float(min(values))
+        if resolution == "lowest":
+            return float(max(values))
+        return float(sum(values) / len(values))
+
+    xres = pick([s["xres"] for s in srcs])
+    yres = pick([s["yres"] for s in srcs])
     left = min(s["left"] for s in srcs)
     top = max(s["top"] for s in srcs)
     right = max(s["left"] + s["xres"] * s["width"] for s in srcs)
