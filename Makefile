@@ -32,6 +32,9 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(PY) scripts/demo.py --out demo_out
 
+screenshot: $(STAMP)
+	$(PY) scripts/screenshot.py --out docs/screenshot.png
+
 bench: $(STAMP)
 	for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 

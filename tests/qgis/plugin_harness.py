@@ -1,0 +1,130 @@
+"""Helpers shared by the dock / heartbeat / project tests: load the plugin like QGIS, make rasters,
+wait on Qt signals without blocking the event loop."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import rasterio
+from qgis.core import QgsApplication, QgsProject, QgsRasterLayer
+from rasterio.transform import from_origin
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = "semantic_imagery_search"
+
+
+def load_package():
+    """Import the repository root as QGIS does (the plugin folder is the package)."""
+    if PACKAGE in sys.modules:
+        return sys.modules[PACKAGE]
+    spec = importlib.util.spec_from_file_location(PACKAGE, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[PACKAGE] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def load_plugin(iface) -> Any:
+    plugin = load_package().classFactory(iface)
+    plugin.initGui()
+    return plugin
+
+
+def wait_until(pred: Callable[[], bool], timeout: float = 120.0, what: str = "condition") -> None:
+    """Spin the Qt event loop until `pred()` is true (task callbacks run on the main thread)."""
+    t_end = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > t_end:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        QgsApplication.processEvents()
+        time.sleep(0.005)
+
+
+class SignalCatcher:
+    """Records the arguments of every emission of a signal."""
+
+    def __init__(self, signal) -> None:
+        self.calls: list[tuple] = []
+        signal.connect(lambda *a: self.calls.append(a))
+
+    def wait(self, n: int = 1, timeout: float = 120.0, what: str = "signal") -> tuple:
+        wait_until(lambda: len(self.calls) >= n, timeout, what)
+        return self.calls[n - 1]
+
+
+def write_generated_raster(path: str) -> str:
+    """A 4-band (R,G,B,NIR) uint16 GeoTIFF in EPSG:4326: water on the left, vegetation on the right.
+
+    In a different CRS from the Sentinel-2 scene so that reprojection to the project CRS is exercised.
+    """
+    h, w = 640, 640
+    rng = np.random.default_rng(7)
+    data = np.empty((4, h, w), dtype=np.uint16)
+    left = np.zeros((h, w), bool)
+    left[:, : w // 2] = True
+    # reflectance x 10000: water is dark with low NIR; vegetation has a strong NIR plateau
+    for b, (water, veg) in enumerate(((300, 400), (500, 900), (700, 350), (150, 4500))):
+        band = np.where(left, water, veg).astype(np.float64)
+        data[b] = np.clip(band + rng.normal(0, 40, (h, w)), 1, 10000).astype(np.uint16)
+    prof = {"driver": "GTiff", "width": w, "height": h, "count": 4, "dtype": "uint16", "crs": "EPSG:4326",
+            "transform": from_origin(-74.30, 40.80, 0.0001, 0.0001)}
+    with rasterio.open(path, "w", **prof) as ds:
+        ds.write(data)
+    return path
+
+
+def sentinel2_vrt_path(s2_dir: Path, out_dir: Path) -> str:
+    from plugin.core.raster import sentinel2_vrt
+
+    return sentinel2_vrt(str(s2_dir), str(out_dir / "s2_rgbn.vrt"))
+
+
+def add_raster(path: str, name: str) -> QgsRasterLayer:
+    layer = QgsRasterLayer(path, name)
+    assert layer.isValid(), path
+    QgsProject.instance().addMapLayer(layer)
+    return layer
+
+
+def engine_env() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def set_spectral(plugin, tile_size: int = 512) -> None:
+    """Spectral captioner, packaged embedder, given tile size, CPU: the fast offline configuration."""
+    w = plugin.dock.index_widget.options_widget
+    opts = w.options()
+    opts.captioner_kind, opts.tile_size, opts.device, opts.embedder = "spectral", tile_size, "cpu", ""
+    opts.overlap, opts.scales = 0.0, "1"
+    w.set_options(opts)
+
+
+def index_and_wait(plugin, update: bool = False, timeout: float = 300.0) -> dict:
+    ctl = plugin.index_ctl
+    done: list[dict] = []
+    assert ctl.start_index(update=update), "indexing did not start"
+    ctl.task.index_finished.connect(lambda r: done.append(r))
+    wait_until(lambda: bool(done) and ctl.task is None, timeout, "the indexing job")
+    # the info refresh that follows a job goes through the warm worker
+    wait_until(lambda: not plugin.session.queue.busy, timeout, "the index info refresh")
+    return done[0]
+
+
+def search_and_wait(plugin, query: str, top: int = 10, only_extent: bool = False, timeout: float = 180.0) -> tuple:
+    """Type the query and press Enter; returns (hits as dicts, error text) once they are on the map."""
+    w = plugin.dock.search_widget
+    catcher = SignalCatcher(plugin.search_ctl.search_finished)
+    w.top_spin.setValue(top)
+    w.extent_check.setChecked(only_extent)
+    w.query_edit.setText(query)
+    w.request_search()
+    hits, error = catcher.wait(1, timeout, f"search {query!r}")
+    return [h.to_dict() if hasattr(h, "to_dict") else h for h in hits], error
