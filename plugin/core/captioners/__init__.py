@@ -1,0 +1,61 @@
+"""Captioners: images in, K structured caption variants per tile out.
+
+`make_captioner(spec)` picks the backend from the spec string:
+`spectral` (offline physics, the default), `transformers:<hub id or local folder>` (any
+image-text-to-text VLM) or `openai:<base_url>#<model>` (an OpenAI-compatible server). The heavy
+backends are imported only when asked for, so the spectral path never imports torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from ..errors import EngineError
+from ..types import Captioner
+from .spectral import SpectralCaptioner, spectral_facts
+
+__all__ = ["make_captioner", "spectral_facts", "SpectralCaptioner"]
+
+
+def make_captioner(
+    spec: str = "spectral",
+    *,
+    variants: Optional[int] = None,
+    preset: str = "rsrt",
+    device: str = "auto",
+    dtype: str = "auto",
+    batch_size: Optional[int] = None,
+    api_key: Optional[str] = None,
+    max_new_tokens: Optional[int] = None,
+    **options: Any,
+) -> Captioner:
+    """Build the captioner named by `spec`; bad specs raise an EngineError saying what is accepted."""
+    spec = (spec or "spectral").strip()
+    kind, _, target = spec.partition(":")
+    kind = kind.strip().lower()
+    if variants is not None and int(variants) < 1:
+        raise EngineError(f"variants must be at least 1, got {variants}")
+    if kind == "spectral":
+        if target:
+            raise EngineError(f"captioner spec {spec!r}: 'spectral' takes no model")
+        return SpectralCaptioner(variants=variants, batch_size=batch_size)
+    if kind == "transformers":
+        if not target.strip():
+            raise EngineError("captioner spec 'transformers:' needs a model, e.g. transformers:llava-hf/llava-1.5-7b-hf")
+        from .transformers_vlm import TransformersCaptioner
+
+        return TransformersCaptioner(
+            target.strip(), variants=variants, preset=preset, device=device, dtype=dtype, batch_size=batch_size,
+            max_new_tokens=max_new_tokens, **options,
+        )
+    if kind == "openai":
+        base_url, sep, model = target.rpartition("#")
+        if not sep or not base_url.strip() or not model.strip():
+            raise EngineError(f"captioner spec {spec!r}: expected openai:<base_url>#<model>, e.g. openai:http://localhost:11434/v1#llava")
+        from .openai_compat import OpenAICaptioner
+
+        return OpenAICaptioner(
+            base_url.strip(), model.strip(), variants=variants, preset=preset, api_key=api_key,
+            batch_size=batch_size, max_new_tokens=max_new_tokens, **options,
+        )
+    raise EngineError(f"unknown captioner {spec!r}; use spectral, transformers:<model> or openai:<base_url>#<model>")

@@ -1,0 +1,290 @@
+"""What physics can tell about a tile: land-cover masks, their positions, colours, texture, lines.
+
+Everything is measured on a small grid (at most `GRID` pixels a side) so a tile costs a few
+milliseconds. Brightness and colours come from the raster-wide stretched RGB (comparable across
+tiles); the ratio indices (NDVI, NDWI, ExG, VARI) come from the raw bands, which makes them
+independent of the raster's units.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from ..types import TileImage
+
+GRID = 128
+#: Coverage below this is noise, not a finding.
+MIN_FRACTION = 0.02
+_EPS = 1e-6
+
+
+@dataclass
+class Finding:
+    """One land cover (or structure) found in the tile: how much and where."""
+
+    kind: str
+    fraction: float
+    where: str  # "throughout", "centre", "north", "north-east", ..., "scattered"
+    detail: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Measures:
+    """Everything the wording layer may state; nothing else is ever said about the tile."""
+
+    valid_fraction: float
+    nodata_where: str
+    findings: list[Finding]
+    colours: list[tuple[str, float]]
+    brightness: float
+    edge_density: float
+    linear: float  # share of textured cells whose gradients share one orientation
+    linear_orientation: str  # "north-south", "east-west", "diagonal", "mixed", ""
+    has_nir: bool
+    ndvi_mean: Optional[float]
+    ndwi_mean: Optional[float]
+    water_fragmentation: float
+    extent_m: Optional[float]
+
+    def get(self, kind: str) -> Optional[Finding]:
+        return next((f for f in self.findings if f.kind == kind), None)
+
+    def frac(self, kind: str) -> float:
+        f = self.get(kind)
+        return f.fraction if f else 0.0
+
+
+def _block_reduce(a: np.ndarray, step: int) -> np.ndarray:
+    """Mean over step x step blocks along the last two axes, NaN-aware (NaN when a block is empty)."""
+    h, w = a.shape[-2] // step * step, a.shape[-1] // step * step
+    a = a[..., :h, :w]
+    shape = a.shape[:-2] + (h // step, step, w // step, step)
+    with np.errstate(invalid="ignore"), _quiet():
+        return np.nanmean(a.reshape(shape), axis=(-1, -3))
+
+
+class _quiet:
+    def __enter__(self) -> None:
+        import warnings
+
+        self._w = warnings.catch_warnings()
+        self._w.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *exc: object) -> None:
+        self._w.__exit__(*exc)
+
+
+def _shrink(tile: TileImage) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rgb float 0..1 (3,h,w), raw (C,h,w), valid (h,w)) on a grid of at most GRID pixels a side."""
+    rgb = np.asarray(tile.rgb, dtype=np.float32).transpose(2, 0, 1) / 255.0
+    raw = np.asarray(tile.raw, dtype=np.float32)
+    valid = np.asarray(tile.valid, dtype=bool)
+    if raw.shape[-2:] != valid.shape:
+        raw = np.full((raw.shape[0],) + valid.shape, np.nan, np.float32) if raw.size == 0 else raw
+    raw = np.where(valid[None], raw, np.nan)
+    rgb = np.where(valid[None], rgb, np.nan)
+    step = max(1, int(np.ceil(max(valid.shape) / GRID)))
+    if step > 1:
+        rgb, raw = _block_reduce(rgb, step), _block_reduce(raw, step)
+        valid = np.isfinite(rgb).all(axis=0)
+    return rgb, raw, valid & np.isfinite(raw).all(axis=0)
+
+
+_DIRS = ("east", "north-east", "north", "north-west", "west", "south-west", "south", "south-east")
+
+
+def where(mask: np.ndarray, valid: np.ndarray) -> str:
+    """Position of `mask` inside the tile in compass words (top = North)."""
+    n_valid = max(int(valid.sum()), 1)
+    frac = mask.sum() / n_valid
+    if frac > 0.85:
+        return "throughout"
+    h, w = mask.shape
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return ""
+    # Offsets in -1..1, y up (North) positive.
+    cx = (xs.mean() + 0.5) / w * 2 - 1
+    cy = 1 - (ys.mean() + 0.5) / h * 2
+    # 3x3 occupancy: a cover present in most cells but without a clear centroid is "scattered".
+    cell_min = max(0.02, 0.5 * frac)
+    cells = [mask[i * h // 3 : (i + 1) * h // 3, j * w // 3 : (j + 1) * w // 3].mean() > cell_min for i in range(3) for j in range(3)]
+    r = float(np.hypot(cx, cy))
+    if r < 0.18:
+        if sum(cells) >= 6 and frac < 0.6:
+            return "scattered"
+        return "centre"
+    if r < 0.3 and sum(cells) >= 7:
+        return "scattered"
+    angle = (np.degrees(np.arctan2(cy, cx)) + 360 + 22.5) % 360
+    return _DIRS[int(angle // 45)]
+
+
+def _hsv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r, g, b = rgb
+    mx, mn = np.maximum(np.maximum(r, g), b), np.minimum(np.minimum(r, g), b)
+    d = mx - mn
+    s = np.where(mx > _EPS, d / (mx + _EPS), 0)
+    h = np.zeros_like(mx)
+    dd = np.where(d > _EPS, d, 1)
+    h = np.where(mx == r, ((g - b) / dd) % 6, h)
+    h = np.where(mx == g, (b - r) / dd + 2, h)
+    h = np.where(mx == b, (r - g) / dd + 4, h)
+    h = np.where(d > _EPS, h * 60, 0)
+    return h, s, mx
+
+
+def colour_names(rgb: np.ndarray, valid: np.ndarray) -> list[tuple[str, float]]:
+    """Named colours covering at least 12% of the valid pixels, largest first."""
+    h, s, v = (x[valid] for x in _hsv(np.nan_to_num(rgb)))
+    if h.size == 0:
+        return []
+    names = np.full(h.shape, "gray", dtype=object)
+    gray = s < 0.18
+    names[gray & (v > 0.82)] = "white"
+    names[gray & (v > 0.55) & (v <= 0.82)] = "light gray"
+    names[gray & (v <= 0.3)] = "dark gray"
+    hue_bins = [(0, 15, "red"), (15, 45, "brown"), (45, 70, "yellow"), (70, 165, "green"),
+                (165, 200, "turquoise"), (200, 260, "blue"), (260, 300, "purple"), (300, 345, "pink"), (345, 361, "red")]
+    for lo, hi, name in hue_bins:
+        sel = ~gray & (h >= lo) & (h < hi)
+        if name == "brown":
+            names[sel & (v > 0.65)] = "orange"
+            names[sel & (v <= 0.65)] = "brown"
+        elif name == "yellow":
+            names[sel & (s < 0.45)] = "beige"
+            names[sel & (s >= 0.45)] = "yellow"
+        elif name in ("green", "blue"):
+            names[sel & (v < 0.4)] = f"dark {name}"
+            names[sel & (v >= 0.4)] = name
+        else:
+            names[sel] = name
+    names[v < 0.1] = "very dark"
+    uniq, counts = np.unique(names.astype(str), return_counts=True)
+    order = np.argsort(-counts)
+    return [(str(uniq[i]), float(counts[i] / h.size)) for i in order if counts[i] / h.size >= 0.12][:3]
+
+
+def _gradients(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    p = np.pad(gray, 1, mode="edge")
+    gx = (p[1:-1, 2:] - p[1:-1, :-2]) * 2 + (p[:-2, 2:] - p[:-2, :-2]) + (p[2:, 2:] - p[2:, :-2])
+    gy = (p[2:, 1:-1] - p[:-2, 1:-1]) * 2 + (p[2:, :-2] - p[:-2, :-2]) + (p[2:, 2:] - p[:-2, 2:])
+    return gx / 8, gy / 8
+
+
+def texture(gray: np.ndarray, valid: np.ndarray) -> tuple[float, np.ndarray, float, str]:
+    """(edge density, per-pixel local roughness, linear share, dominant line orientation)."""
+    g = np.where(valid, gray, np.nanmean(gray[valid]) if valid.any() else 0)
+    gx, gy = _gradients(g)
+    mag = np.hypot(gx, gy)
+    edges = (mag > 0.045) & valid
+    edge_density = float(edges.sum() / max(valid.sum(), 1))
+    # Local roughness: edge share in 8x8 cells, upsampled back to the grid.
+    c = 8 if min(g.shape) >= 32 else max(1, min(g.shape) // 4)
+    hh, ww = g.shape[0] // c * c, g.shape[1] // c * c
+    rough = np.zeros_like(g)
+    if hh and ww:
+        cell = edges[:hh, :ww].reshape(hh // c, c, ww // c, c).mean(axis=(1, 3))
+        rough[:hh, :ww] = np.kron(cell, np.ones((c, c)))
+    # Linear structures: in 16x16 cells with edges, structure-tensor coherence near 1 means the
+    # gradients share one orientation (roads, field boundaries, coastlines), unlike speckle.
+    s = 16 if min(g.shape) >= 48 else max(4, min(g.shape) // 3)
+    hh, ww = g.shape[0] // s * s, g.shape[1] // s * s
+    if not hh or not ww:
+        return edge_density, rough, 0.0, ""
+
+    def cells(a: np.ndarray) -> np.ndarray:
+        return a[:hh, :ww].reshape(hh // s, s, ww // s, s).sum(axis=(1, 3))
+
+    jxx, jyy, jxy = cells(gx * gx), cells(gy * gy), cells(gx * gy)
+    busy = cells(edges.astype(np.float32)) > 0.05 * s * s
+    coh = np.sqrt((jxx - jyy) ** 2 + 4 * jxy**2) / (jxx + jyy + _EPS)
+    lined = busy & (coh > 0.45)
+    linear = float(lined.sum() / max(busy.sum(), 1)) if busy.sum() >= 2 else 0.0
+    orient = ""
+    if lined.any():
+        # Gradient angle is perpendicular to the line.
+        theta = 0.5 * np.degrees(np.arctan2(2 * jxy[lined], jxx[lined] - jyy[lined]))
+        line_angle = (theta + 90) % 180
+        hist = np.histogram(line_angle, bins=[0, 22.5, 67.5, 112.5, 157.5, 180])[0]
+        ew, diag, ns = hist[0] + hist[4], hist[1] + hist[3], hist[2]
+        top = max(ew, diag, ns)
+        orient = "mixed" if top < 0.6 * lined.sum() else ("east-west" if top == ew else "north-south" if top == ns else "diagonal")
+    return edge_density, rough, linear, orient
+
+
+def measure(tile: TileImage) -> Measures:
+    """All measurements of one tile (see `Measures`)."""
+    full_valid = np.asarray(tile.valid, dtype=bool)
+    valid_fraction = float(full_valid.mean()) if full_valid.size else 0.0
+    rgb, raw, valid = _shrink(tile)
+    n = max(int(valid.sum()), 1)
+    nodata_where = where(~valid, np.ones_like(valid)) if 0 < valid_fraction < 0.98 else ""
+    extent_m = float(tile.pixel_size * max(full_valid.shape)) if tile.pixel_size else None
+    if not valid.any():
+        return Measures(valid_fraction, "throughout", [], [], 0.0, 0.0, 0.0, "", tile.has_nir, None, None, 0.0, extent_m)
+
+    r, g, b = rgb
+    bright = (r + g + b) / 3
+    h, sat, v = _hsv(np.nan_to_num(rgb))
+    R, G, B = raw[0], raw[1], raw[2]
+    has_nir = bool(tile.has_nir and raw.shape[0] >= 4)
+    ndvi = ndwi = None
+    if has_nir:
+        nir = raw[3]
+        ndvi = (nir - R) / (nir + R + _EPS)
+        ndwi = (G - nir) / (G + nir + _EPS)
+    exg = (2 * G - R - B) / (R + G + B + _EPS)
+    vari = (G - R) / (G + R - B + _EPS)
+
+    # Clouds scatter blue as much as red; very bright ground (beach sand) stays warm.
+    cloud = valid & (bright > 0.8) & (sat < 0.22) & (b > 0.7) & (r <= b * 1.05)
+    if has_nir:
+        water = valid & ~cloud & ((ndwi > 0.05) | ((ndvi < 0.0) & (bright < 0.3)))
+        veg = valid & ~cloud & ~water & (ndvi > 0.25)
+        dense = veg & (ndvi > 0.5)
+    else:
+        blueish = (b >= r) & (h >= 165) & (h <= 260)
+        water = valid & ~cloud & (((bright < 0.38) & blueish & (b > g * 0.85)) | ((bright < 0.5) & blueish & (sat > 0.35)))
+        greenish = (exg > 0.04) & (vari > 0.0)
+        veg = valid & ~cloud & ~water & greenish
+        dense = veg & ((exg > 0.1) | (v < 0.45))
+    shadow = valid & ~water & ~veg & ~cloud & (bright < 0.12)
+    rest = valid & ~water & ~veg & ~cloud & ~shadow
+    edge_density, rough, linear, orient = texture(np.where(valid, bright, np.nan), valid)
+    built = rest & (rough > 0.35) & (sat < 0.35)
+    warm = (r >= b) & (h <= 70)
+    sand = rest & ~built & (bright > 0.45) & warm
+    bare = rest & ~built & ~sand & warm & (bright > 0.18)
+
+    findings: list[Finding] = []
+    for kind, mask in (("water", water), ("vegetation", veg), ("built", built), ("sand", sand),
+                       ("bare", bare), ("cloud", cloud), ("shadow", shadow)):
+        frac = float(mask.sum() / n)
+        if frac >= MIN_FRACTION:
+            detail: dict[str, float] = {}
+            if kind == "vegetation":
+                detail["dense_share"] = float(dense.sum() / max(mask.sum(), 1))
+                detail["roughness"] = float(rough[mask].mean())
+                detail["brightness"] = float(bright[mask].mean())
+            findings.append(Finding(kind, frac, where(mask, valid), detail))
+    findings.sort(key=lambda f: -f.fraction)
+
+    # Water fragmentation: share of water pixels touching land -- high for channels, low for open water.
+    frag = 0.0
+    if water.sum() > 0:
+        p = np.pad(water, 1, mode="edge")
+        inner = p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+        frag = float((water & ~inner).sum() / water.sum())
+    return Measures(
+        valid_fraction=valid_fraction, nodata_where=nodata_where, findings=findings,
+        colours=colour_names(rgb, valid), brightness=float(np.nanmean(bright[valid])),
+        edge_density=edge_density, linear=linear, linear_orientation=orient, has_nir=has_nir,
+        ndvi_mean=float(np.nanmean(ndvi[valid])) if ndvi is not None else None,
+        ndwi_mean=float(np.nanmean(ndwi[valid])) if ndwi is not None else None,
+        water_fragmentation=frag, extent_m=extent_m,
+    )
