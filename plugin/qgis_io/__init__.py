@@ -1,0 +1,1 @@
+"""qgis.core only: layers -> raster sources, project -> index folder, hits -> features."""
