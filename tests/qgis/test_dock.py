@@ -21,7 +21,7 @@ from qgis.core import (
     QgsVectorLayer,
 )
 
-from .plugin_harness import (
+from tests.qgis.plugin_harness import (
     add_raster,
     engine_env,
     index_and_wait,
@@ -197,3 +197,58 @@ def test_unload_stops_worker_and_removes_results(indexed, qgis_iface):
     # loading again after an unload works (QGIS' plugin reloader does this); the fixture unloads it
     plugin.initGui()
     assert plugin.dock is not None and plugin.session.queue._client is None
+
+
+# --- settings and secrets (quick; no engine) ------------------------------------------------------
+
+
+def test_api_key_goes_to_the_auth_database_never_to_settings(qgis_iface):
+    from qgis.core import QgsApplication, QgsSettings
+
+    from plugin.gui.settings import IndexOptions, api_key_from_auth, load_index_options, save_index_options, store_api_key
+
+    am = QgsApplication.authManager()
+    assert am.setMasterPassword("pytest-master-password", True)
+    secret = "sk-test-" + "7" * 24
+    authcfg = store_api_key(secret)
+    assert api_key_from_auth(authcfg) == secret
+    opts = IndexOptions(captioner_kind="openai", server_url="http://127.0.0.1:9/v1", server_model="tiny-vlm",
+                        authcfg=authcfg, variants=3)
+    save_index_options(opts)
+    engine = load_index_options().to_engine()
+    assert engine["captioner"] == "openai:http://127.0.0.1:9/v1#tiny-vlm"
+    assert engine["captioner_options"] == {"variants": 3, "api_key": secret}
+    settings_file = QgsSettings().fileName()
+    QgsSettings().sync()
+    assert secret not in open(settings_file, encoding="utf-8", errors="replace").read()
+    save_index_options(IndexOptions())
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [({"scales": "1,x"}, "scales"), ({"band": "9,2,1"}, "band 9"), ({"captioner_kind": "transformers"}, "model"),
+     ({"captioner_kind": "openai", "server_model": ""}, "server URL")],
+)
+def test_bad_index_options_are_one_line_messages_not_jobs(qgis_iface, qgis_new_project, tmp_path, change, message):
+    from qgis.core import Qgis
+
+    plugin = load_plugin(qgis_iface)
+    try:
+        layer = add_raster(write_generated_raster(str(tmp_path / "g.tif")), "g")
+        w = plugin.dock.index_widget.options_widget
+        opts = w.options()
+        for k, v in change.items():
+            if k == "band":
+                plugin.dock.index_widget.set_band_map_text(layer.id(), v)
+            else:
+                setattr(opts, k, v)
+        w.set_options(opts)
+        if "scales" in change:  # the form keeps what the user typed
+            w.scales_edit.setText(change["scales"])
+        qgis_iface.messageBar().clear_messages()
+        assert plugin.index_ctl.start_index() is False
+        assert plugin.index_ctl.task is None
+        crit = qgis_iface.messageBar().get_messages(Qgis.Critical)
+        assert len(crit) == 1 and message in crit[0] and "\n" not in crit[0]
+    finally:
+        plugin.unload()

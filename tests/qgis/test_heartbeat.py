@@ -16,7 +16,7 @@ import pytest
 from qgis.core import QgsCoordinateReferenceSystem, QgsProject
 from qgis.PyQt.QtCore import QTimer
 
-from .plugin_harness import (
+from tests.qgis.plugin_harness import (
     add_raster,
     engine_env,
     index_and_wait,

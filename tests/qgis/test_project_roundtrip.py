@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from qgis.core import QgsCoordinateReferenceSystem, QgsProject
 
-from .plugin_harness import (
+from tests.qgis.plugin_harness import (
     add_raster,
     engine_env,
     index_and_wait,
