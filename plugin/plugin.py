@@ -60,7 +60,52 @@ class SemanticImagerySearchPlugin:
         self.dock.visibilityChanged.connect(self._sync_action)
         self.dock.hide()
         self.index_ctl.refresh_rows()
+        self._init_engine_ui()
         self._register_provider()
+
+    def _init_engine_ui(self) -> None:
+        """"Set up engine…" / "Check engine" menu actions and the dock banner (gui/engine_dialog.py)."""
+        from .gui.engine_dialog import EngineBanner, quick_engine_problem
+
+        main = self.iface.mainWindow()
+        self.engine_dialog: Any = None
+        self.engine_actions: list[QAction] = []
+        for text, slot in (("Set up engine…", self.show_engine_dialog), ("Check engine", self.check_engine)):
+            act = QAction(text, main)
+            act.triggered.connect(lambda _checked=False, f=slot: f())
+            self.iface.addPluginToMenu(MENU, act)
+            self.engine_actions.append(act)
+        self.engine_banner = EngineBanner(self.show_engine_dialog, self.dock)
+        self.dock.widget().layout().insertWidget(0, self.engine_banner)
+        self._set_engine_problem(quick_engine_problem())
+
+    def _set_engine_problem(self, problem: Optional[str]) -> None:
+        """Searching needs the engine; the results list, export and the index panel stay usable."""
+        self.engine_banner.set_problem(problem)
+        self.dock.search_widget.search_button.setEnabled(problem is None)
+        self.dock.search_widget.query_edit.setEnabled(problem is None)
+
+    def _on_engine_changed(self, result: dict) -> None:
+        if self.dock is None:
+            return
+        self.engine_banner.set_check(result)
+        self._set_engine_problem(self.engine_banner.problem)
+
+    def show_engine_dialog(self) -> Any:
+        from .gui.engine_dialog import EngineDialog
+
+        if self.engine_dialog is None:
+            self.engine_dialog = EngineDialog(self.iface.mainWindow())
+            self.engine_dialog.engine_changed.connect(self._on_engine_changed)
+        self.engine_dialog.show()
+        self.engine_dialog.raise_()
+        return self.engine_dialog
+
+    def check_engine(self) -> Any:
+        from .qgis_io.engine import engine_python
+
+        dlg = self.show_engine_dialog()
+        return dlg.check(engine_python())
 
     def _register_provider(self) -> None:
         try:
@@ -108,6 +153,14 @@ class SemanticImagerySearchPlugin:
             except Exception as exc:
                 log(f"unload provider: {exc}")
             self.provider = None
+        for act in getattr(self, "engine_actions", []):
+            self.iface.removePluginMenu(MENU, act)
+            act.deleteLater()
+        self.engine_actions = []
+        if getattr(self, "engine_dialog", None) is not None:
+            self.engine_dialog.close()
+            self.engine_dialog.deleteLater()
+            self.engine_dialog = None
         if self.dock is not None:
             self.iface.removeDockWidget(self.dock)
             self.dock.setParent(None)

@@ -1,0 +1,228 @@
+""""Set up engine" / "Check engine": the dialog, and the dock banner shown while the engine is not ready.
+
+The engine runs in its own Python (see core/engine_env.py). This dialog lets the user create that
+environment in the QGIS profile (CPU or CUDA torch, defaulting to CUDA when an NVIDIA driver
+answers) or point the plugin at an existing interpreter, and shows pip's log as it runs. Both the
+set-up and the check run as QgsTasks: the dialog never blocks QGIS, and closing it does not stop a
+running set-up (it stays in the task manager).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable, Optional
+
+from qgis.core import QgsApplication, QgsSettings
+from qgis.PyQt.QtCore import pyqtSignal
+from qgis.PyQt.QtWidgets import (
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QFileDialog,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..core import engine_env
+from ..qgis_io.engine import SETTINGS_KEY, engine_python
+from ..tasks.engine_setup_task import EngineCheckTask, EngineSetupTask, default_engine_dir
+
+FIX_HINT = "Plugins › Semantic Imagery Search › Set up engine…"
+
+
+def quick_engine_problem(python: Optional[str] = None) -> Optional[str]:
+    """Why the engine cannot run, from file checks only (no subprocess: safe at plugin start), or None."""
+    python = python or engine_python()
+    if not python or not os.path.isfile(python):
+        return f"The search engine is not set up (no Python at {python or 'the configured path'})."
+    if not os.access(python, os.X_OK):
+        return f"The engine Python is not executable: {python}."
+    return None
+
+
+class EngineDialog(QDialog):
+    """Set up or check the engine; `engine_changed(dict)` carries each finished check."""
+
+    engine_changed = pyqtSignal(dict)
+
+    def __init__(self, parent=None, env_dir: Optional[str] = None, gpu: Optional[str] = "detect",
+                 setup_options: Optional[dict] = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Semantic Imagery Search engine")
+        self.env_dir = env_dir or default_engine_dir()
+        self.setup_options = dict(setup_options or {})
+        self.gpu = engine_env.nvidia_driver() if gpu == "detect" else gpu
+        self.task: Optional[EngineSetupTask] = None
+        self.check_task: Optional[EngineCheckTask] = None
+
+        intro = QLabel(
+            "The engine (PyTorch, sentence-transformers, hnswlib) runs in its own Python environment, "
+            "never inside QGIS's Python. Create one here (no admin rights needed), or use an existing one.", self)
+        intro.setWordWrap(True)
+        self.current_label = QLabel(self)
+        self.current_label.setWordWrap(True)
+
+        setup_box = QGroupBox("Create the engine environment", self)
+        self.variant_combo = QComboBox(setup_box)
+        self.variant_combo.addItem("CPU (works everywhere; Apple GPU through MPS on macOS)", "cpu")
+        self.variant_combo.addItem("CUDA (NVIDIA GPU, large download)", "cuda")
+        default = "cpu" if sys.platform == "darwin" else ("cuda" if self.gpu else "cpu")
+        self.variant_combo.setCurrentIndex(1 if default == "cuda" else 0)
+        gpu_words = f"NVIDIA GPU found: {self.gpu}" if self.gpu else "No NVIDIA driver found: the CPU build is suggested"
+        self.gpu_label = QLabel(gpu_words, setup_box)
+        self.setup_button = QPushButton("Set up engine", setup_box)
+        self.cancel_button = QPushButton("Cancel set-up", setup_box)
+        self.cancel_button.setEnabled(False)
+        folder = QLabel(f"Folder: {self.env_dir}", setup_box)
+        folder.setWordWrap(True)
+        sl = QVBoxLayout(setup_box)
+        sl.addWidget(folder)
+        sl.addWidget(self.gpu_label)
+        row = QHBoxLayout()
+        row.addWidget(self.variant_combo, 1)
+        row.addWidget(self.setup_button)
+        row.addWidget(self.cancel_button)
+        sl.addLayout(row)
+
+        use_box = QGroupBox("Or use an existing Python interpreter", self)
+        self.python_edit = QLineEdit(str(QgsSettings().value(SETTINGS_KEY, "") or ""), use_box)
+        self.python_edit.setPlaceholderText("path to python / python.exe of an environment with the engine's packages")
+        browse = QPushButton("Browse…", use_box)
+        self.use_button = QPushButton("Check and use", use_box)
+        ul = QHBoxLayout(use_box)
+        ul.addWidget(self.python_edit, 1)
+        ul.addWidget(browse)
+        ul.addWidget(self.use_button)
+
+        self.progress = QProgressBar(self)
+        self.progress.setRange(0, 100)
+        self.log_view = QPlainTextEdit(self)
+        self.log_view.setReadOnly(True)
+        self.log_view.setMaximumBlockCount(5000)
+        self.log_view.setMinimumHeight(180)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close, self)
+        self.check_button = buttons.addButton("Check engine", QDialogButtonBox.ButtonRole.ActionRole)
+
+        lay = QVBoxLayout(self)
+        for w in (intro, self.current_label, setup_box, use_box, self.progress, self.log_view, buttons):
+            lay.addWidget(w)
+        buttons.rejected.connect(self.reject)
+        self.check_button.clicked.connect(lambda: self.check(engine_python()))
+        self.setup_button.clicked.connect(self.start_setup)
+        self.cancel_button.clicked.connect(self.cancel_setup)
+        browse.clicked.connect(self._browse)
+        self.use_button.clicked.connect(lambda: self.check(self.python_edit.text().strip(), save=True))
+        self._show_current()
+
+    def _show_current(self) -> None:
+        python = engine_python()
+        problem = quick_engine_problem(python)
+        self.current_label.setText(f"Engine Python now: {python}" + (f"\n{problem}" if problem else ""))
+
+    def _browse(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Python interpreter of the engine", self.python_edit.text())
+        if path:
+            self.python_edit.setText(path)
+
+    def append_log(self, line: str) -> None:
+        self.log_view.appendPlainText(line)
+
+    def start_setup(self) -> EngineSetupTask:
+        """Queue the set-up task with the chosen torch build; returns it (tests wait on it)."""
+        variant = self.variant_combo.currentData()
+        self.task = EngineSetupTask(self.env_dir, variant, self.setup_options)
+        self.task.log_line.connect(self.append_log)
+        self.task.progressChanged.connect(lambda p: self.progress.setValue(int(p)))
+        self.task.setup_finished.connect(self._on_setup_finished)
+        self.setup_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.append_log(f"Setting up the engine ({variant.upper()} build) in {self.env_dir}; "
+                        "this can take several minutes and continues if you close this window.")
+        QgsApplication.taskManager().addTask(self.task)
+        return self.task
+
+    def cancel_setup(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+    def _on_setup_finished(self, result: dict) -> None:
+        self.setup_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        self.task = None
+        if result.get("canceled"):
+            self.append_log("Set-up canceled; run it again to resume (finished downloads are reused).")
+        elif "error" in result:
+            self.append_log(f"Set-up failed: {result['error']}")
+        else:
+            self.progress.setValue(100)
+            self.append_log(result.get("summary", ""))
+            if result.get("ok"):
+                self.python_edit.setText(result["python"])
+        self._show_current()
+        self.engine_changed.emit(result)
+
+    def check(self, python: str, save: bool = False) -> EngineCheckTask:
+        """Check `python` in a task; with `save`, a passing interpreter becomes the engine Python."""
+        self.append_log(f"Checking {python or '(no interpreter)'} …")
+        self.check_button.setEnabled(False)
+        self.check_task = EngineCheckTask(python)
+
+        def done(result: dict) -> None:
+            self.check_button.setEnabled(True)
+            self.check_task = None
+            self.append_log(result.get("summary") or f"Check failed: {result.get('error')}")
+            if save and result.get("ok"):
+                QgsSettings().setValue(SETTINGS_KEY, result["python"])
+                self.append_log(f"The engine now runs with {result['python']}.")
+            self._show_current()
+            self.engine_changed.emit(result)
+
+        self.check_task.check_finished.connect(done)
+        QgsApplication.taskManager().addTask(self.check_task)
+        return self.check_task
+
+
+class EngineBanner(QWidget):
+    """A line at the top of the dock saying why searching is disabled and how to fix it."""
+
+    def __init__(self, open_setup: Callable[[], None], parent=None) -> None:
+        super().__init__(parent)
+        self.setObjectName("SemanticImagerySearchEngineBanner")
+        self.label = QLabel(self)
+        self.label.setWordWrap(True)
+        self.label.setStyleSheet("color: #8a4b00;")
+        self.button = QPushButton("Set up engine…", self)
+        self.button.clicked.connect(open_setup)
+        lay = QHBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.label, 1)
+        lay.addWidget(self.button)
+        self.problem: Optional[str] = None
+        self.hide()
+
+    def set_problem(self, problem: Optional[str]) -> None:
+        """None hides the banner; a problem shows it with the fix."""
+        self.problem = problem
+        if problem:
+            self.label.setText(f"Searching is disabled: {problem} Fix: {FIX_HINT}")
+            self.show()
+        else:
+            self.label.clear()
+            self.hide()
+
+    def set_check(self, result: dict) -> None:
+        """Show a finished check: its first problem, its error, or nothing when the engine is ready."""
+        if result.get("ok"):
+            self.set_problem(None)
+        elif result.get("error"):
+            self.set_problem(result["error"].rstrip(".") + ".")
+        elif result.get("problems"):
+            self.set_problem(result["problems"][0].rstrip(".") + ".")
