@@ -1,0 +1,252 @@
+"""Query vector -> ranked tiles: kNN over caption variants, grouped by tile, fused, filtered.
+
+The kNN only *finds candidate tiles*; each candidate is then scored exactly from all its stored
+variant embeddings, so the fused score (max as in the paper, mean, or top-2 mean) never depends on
+which variants the approximate search happened to return. If filters or grouping leave fewer than
+`top` tiles, k widens (x4) until enough are found or the whole index has been seen.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import TYPE_CHECKING, Any, Optional, Sequence
+
+import numpy as np
+
+from .errors import IndexStoreError, QueryError
+from .types import Hit, PixelWindow
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .store import SearchIndex
+
+__all__ = ["FUSIONS", "fuse", "search", "window_overlap"]
+
+FUSIONS = ("max", "mean", "top2")
+#: Overlap (IoU or containment) above which the weaker of two hits on one raster is suppressed.
+OVERLAP_THRESHOLD = 0.5
+#: When the raster filter leaves at most this many variants, score them exactly instead of kNN.
+EXACT_LIMIT = 50_000
+
+
+def fuse(scores: Sequence[float] | np.ndarray, rule: str = "max") -> float:
+    """One tile score from its variants' cosine scores: max (the paper), mean, or mean of the two best."""
+    s = np.sort(np.asarray(scores, dtype=np.float64))[::-1]
+    if s.size == 0:
+        raise ValueError("a tile needs at least one variant score")
+    if rule == "max":
+        return float(s[0])
+    if rule == "mean":
+        return float(s.mean())
+    if rule == "top2":
+        return float(s[:2].mean())
+    raise QueryError(f"unknown fusion {rule!r}: use one of {', '.join(FUSIONS)}")
+
+
+def window_overlap(a: PixelWindow, b: PixelWindow) -> float:
+    """max(IoU, intersection / smaller area): catches a small tile inside a coarser-scale one."""
+    iw = min(a.col_off + a.width, b.col_off + b.width) - max(a.col_off, b.col_off)
+    ih = min(a.row_off + a.height, b.row_off + b.height) - max(a.row_off, b.row_off)
+    if iw <= 0 or ih <= 0:
+        return 0.0
+    inter = float(iw * ih)
+    area_a, area_b = float(a.width * a.height), float(b.width * b.height)
+    return max(inter / (area_a + area_b - inter), inter / max(1.0, min(area_a, area_b)))
+
+
+def _query_vector(index: SearchIndex, query_vector: np.ndarray) -> np.ndarray:
+    q = np.asarray(query_vector, dtype=np.float32).reshape(-1)
+    if q.size != index.dim:
+        raise IndexStoreError(f"the query vector has {q.size} dimensions, the index holds {index.dim}-d vectors "
+                              f"(embedder {index.embedder_fingerprint})")
+    n = float(np.linalg.norm(q))
+    if not math.isfinite(n) or n == 0.0:
+        raise QueryError("the query vector is zero or not finite")
+    return q / n
+
+
+def _bbox_per_raster(rasters: dict[str, dict], bbox: tuple[float, float, float, float],
+                     bbox_crs: Optional[str]) -> dict[str, Optional[tuple[float, float, float, float]]]:
+    """The bbox in each raster's CRS (None = raster excluded: it has no CRS to compare against)."""
+    if len(bbox) != 4 or not all(math.isfinite(float(v)) for v in bbox):
+        raise QueryError(f"bbox must be (xmin, ymin, xmax, ymax), got {bbox!r}")
+    x0, y0, x1, y1 = (float(v) for v in bbox)
+    if x0 > x1 or y0 > y1:
+        raise QueryError(f"bbox must be (xmin, ymin, xmax, ymax) with xmin <= xmax and ymin <= ymax, got {bbox!r}")
+    out: dict[str, Optional[tuple[float, float, float, float]]] = {}
+    if bbox_crs is None:  # the bbox is in each raster's own coordinates (pixels for rasters without CRS)
+        return {rid: (x0, y0, x1, y1) for rid in rasters}
+    from rasterio.crs import CRS
+    from rasterio.errors import CRSError
+    from rasterio.warp import transform_bounds
+
+    try:
+        src = CRS.from_user_input(bbox_crs)
+    except CRSError as exc:
+        raise QueryError(f"bbox CRS {bbox_crs!r} is not understood: {exc}") from None
+    for rid, r in rasters.items():
+        if not r.get("crs_wkt"):
+            out[rid] = None
+            continue
+        try:
+            out[rid] = tuple(transform_bounds(src, CRS.from_wkt(r["crs_wkt"]), x0, y0, x1, y1, densify_pts=21))  # type: ignore[assignment]
+        except Exception:  # noqa: BLE001 -- a bbox that cannot be projected there cannot match there
+            out[rid] = None
+    return out
+
+
+class _Candidates:
+    """Candidate tiles and everything needed to score and describe them, fetched in batches."""
+
+    def __init__(self, index: SearchIndex) -> None:
+        self.index = index
+        self.tile_of: dict[int, Optional[str]] = {}
+        self.tiles: dict[str, dict[str, Any]] = {}
+
+    def add_labels(self, labels: Sequence[int]) -> None:
+        new = [int(x) for x in labels if int(x) not in self.tile_of]
+        conn = self.index.conn
+        for i in range(0, len(new), 500):
+            chunk = new[i : i + 500]
+            for cid in chunk:
+                self.tile_of[cid] = None  # a label whose rows a writer deleted since we loaded
+            q = ",".join("?" * len(chunk))
+            for cid, tid in conn.execute(f"SELECT caption_id, tile_id FROM captions WHERE caption_id IN ({q})", chunk):
+                self.tile_of[int(cid)] = tid
+        self._load_tiles([t for t in {self.tile_of[c] for c in new} if t and t not in self.tiles])
+
+    def add_tiles_of_rasters(self, raster_ids: Sequence[str]) -> None:
+        q = ",".join("?" * len(raster_ids))
+        rows = self.index.conn.execute(f"SELECT tile_id FROM tiles WHERE raster_id IN ({q})", list(raster_ids)).fetchall()
+        self._load_tiles([r[0] for r in rows if r[0] not in self.tiles])
+
+    def _load_tiles(self, tile_ids: list[str]) -> None:
+        conn = self.index.conn
+        for i in range(0, len(tile_ids), 500):
+            chunk = tile_ids[i : i + 500]
+            q = ",".join("?" * len(chunk))
+            for row in conn.execute(
+                "SELECT t.tile_id, t.raster_id, t.col_off, t.row_off, t.width, t.height, t.scale, t.footprint,"
+                f" t.minx, t.miny, t.maxx, t.maxy FROM tiles t WHERE t.tile_id IN ({q})", chunk,
+            ):
+                self.tiles[row[0]] = {"raster_id": row[1], "window": PixelWindow(*row[2:6]), "scale": row[6],
+                                      "footprint": row[7], "env": row[8:12], "variants": None}
+            # Every searchable variant of these tiles, with its vector, for exact scoring.
+            for cid, tid, vi, vec in conn.execute(
+                "SELECT c.caption_id, c.tile_id, c.variant_index, e.vector FROM captions c JOIN embeddings e"
+                f" ON e.caption_id = c.caption_id WHERE c.tile_id IN ({q}) ORDER BY c.tile_id, c.variant_index", chunk,
+            ):
+                t = self.tiles.get(tid)
+                if t is not None:
+                    if t["variants"] is None:
+                        t["variants"] = ([], [], [])
+                    t["variants"][0].append(int(cid))
+                    t["variants"][1].append(int(vi))
+                    t["variants"][2].append(vec)
+
+
+def _score_tiles(cands: _Candidates, tile_ids: list[str], q: np.ndarray, rule: str) -> dict[str, tuple[float, int]]:
+    """Exact fused score and best caption id of each tile, from all its stored variants."""
+    out: dict[str, tuple[float, int]] = {}
+    for tid in tile_ids:
+        t = cands.tiles.get(tid)
+        if not t or not t["variants"]:
+            continue
+        cids, _vis, blobs = t["variants"]
+        if "sims" not in t:
+            vecs = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), -1)
+            t["sims"] = vecs @ q
+        sims = t["sims"]
+        best = int(np.argmax(sims))
+        out[tid] = (fuse(sims, rule), cids[best])
+    return out
+
+
+def search(index: SearchIndex, query_vector: np.ndarray, *, top: int = 10, fusion: str = "max",
+           raster_ids: Optional[Sequence[str]] = None, bbox: Optional[tuple[float, float, float, float]] = None,
+           bbox_crs: Optional[str] = None, min_score: Optional[float] = None, suppress_overlaps: bool = False,
+           oversample: int = 10) -> list[Hit]:
+    """Top `top` tiles for a unit query vector (see the module docstring for how)."""
+    if fusion not in FUSIONS:
+        raise QueryError(f"unknown fusion {fusion!r}: use one of {', '.join(FUSIONS)}")
+    if int(top) < 1:
+        raise QueryError(f"top must be at least 1 (got {top})")
+    q = _query_vector(index, query_vector)
+    index.sync()  # see what writers committed since we opened
+    rasters = {r["raster_id"]: r for r in _raster_meta(index)}
+    allowed = set(rasters) if raster_ids is None else {r for r in raster_ids if r in rasters}
+    if not allowed or index.active_count() == 0:
+        return []
+    boxes = _bbox_per_raster(rasters, bbox, bbox_crs) if bbox is not None else None
+    cands = _Candidates(index)
+    n_active = index.active_count()
+    exact = raster_ids is not None and sum(rasters[r]["embedded"] for r in allowed) <= min(EXACT_LIMIT, n_active)
+    k = min(n_active, max(int(top) * max(1, round(index.variants_per_tile())) * max(1, int(oversample)), 16))
+    while True:
+        if exact:
+            cands.add_tiles_of_rasters(sorted(allowed))
+            floor = -math.inf
+        else:
+            labels, sims = index.ann.query(q, k)
+            cands.add_labels(labels.tolist())
+            floor = float(sims[-1]) if len(sims) else -math.inf
+        ranked = _rank(cands, q, fusion, allowed, boxes, min_score)
+        hits = _suppress(ranked, cands) if suppress_overlaps else ranked
+        done = exact or len(hits) >= top or k >= n_active or (min_score is not None and floor < min_score)
+        if done:
+            break
+        k = min(n_active, k * 4)
+    return [_hit(rank, tid, score, cid, cands, rasters) for rank, (tid, score, cid) in enumerate(hits[: int(top)], 1)]
+
+
+def _raster_meta(index: SearchIndex) -> list[dict[str, Any]]:
+    rows = index.conn.execute(
+        "SELECT r.raster_id, r.path, r.name, r.crs_wkt, (SELECT COUNT(*) FROM tiles t WHERE t.raster_id = r.raster_id)"
+        " FROM rasters r").fetchall()
+    vpt = index.variants_per_tile()
+    return [{"raster_id": a, "path": b, "name": c, "crs_wkt": d, "embedded": int(n * vpt) + 1} for a, b, c, d, n in rows]
+
+
+def _rank(cands: _Candidates, q: np.ndarray, rule: str, allowed: set[str],
+          boxes: Optional[dict[str, Optional[tuple[float, float, float, float]]]],
+          min_score: Optional[float]) -> list[tuple[str, float, int]]:
+    keep = []
+    for tid, t in cands.tiles.items():
+        if t["raster_id"] not in allowed:
+            continue
+        if boxes is not None:
+            box = boxes.get(t["raster_id"])
+            if box is None:
+                continue
+            x0, y0, x1, y1 = t["env"]
+            if x1 < box[0] or x0 > box[2] or y1 < box[1] or y0 > box[3]:
+                continue
+        keep.append(tid)
+    scored = _score_tiles(cands, keep, q, rule)
+    out = [(tid, s, cid) for tid, (s, cid) in scored.items() if min_score is None or s >= min_score]
+    out.sort(key=lambda x: (-x[1], x[0]))
+    return out
+
+
+def _suppress(ranked: list[tuple[str, float, int]], cands: _Candidates) -> list[tuple[str, float, int]]:
+    kept: list[tuple[str, float, int]] = []
+    for item in ranked:
+        t = cands.tiles[item[0]]
+        if any(cands.tiles[k[0]]["raster_id"] == t["raster_id"]
+               and window_overlap(cands.tiles[k[0]]["window"], t["window"]) > OVERLAP_THRESHOLD for k in kept):
+            continue
+        kept.append(item)
+    return kept
+
+
+def _hit(rank: int, tid: str, score: float, cid: int, cands: _Candidates, rasters: dict[str, dict]) -> Hit:
+    t = cands.tiles[tid]
+    row = cands.index.conn.execute(
+        "SELECT variant_index, one_sentence, feature, caption FROM captions WHERE caption_id = ?", (cid,)).fetchone()
+    from .types import CaptionVariant
+
+    vi, text = (int(row[0]), CaptionVariant(row[1], row[2], row[3]).text()) if row else (0, "")
+    r = rasters.get(t["raster_id"], {})
+    return Hit(rank=rank, score=float(score), tile_id=tid, raster_id=t["raster_id"], raster=r.get("path", ""),
+               window=t["window"], scale=int(t["scale"]), caption=text, variant_index=vi,
+               footprint=json.loads(t["footprint"]), crs=r.get("crs_wkt"), raster_name=r.get("name", ""))

@@ -1,0 +1,173 @@
+"""The index database schema and the folder's manifest: the one place that defines their layout.
+
+Caption ids are AUTOINCREMENT so an id is never reused: a stale hnswlib file can then never
+mistake a new caption for a deleted one. Triggers on `embeddings` append every change to `ann_log`
+inside the writer's transaction, which is what lets the ANN file be reconciled after any crash.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+import uuid
+from typing import Any, Optional
+
+from .errors import IndexStoreError
+
+SCHEMA_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+DB_FILE = "index.sqlite"
+METRIC = "cosine"
+BUSY_TIMEOUT_MS = 30_000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS rasters (
+    raster_id TEXT PRIMARY KEY,
+    path TEXT NOT NULL,
+    name TEXT NOT NULL,
+    crs_wkt TEXT,
+    info TEXT NOT NULL,
+    captioner_fp TEXT NOT NULL,
+    params TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rasters_path ON rasters(path);
+CREATE TABLE IF NOT EXISTS tiles (
+    tile_id TEXT PRIMARY KEY,
+    raster_id TEXT NOT NULL REFERENCES rasters(raster_id) ON DELETE CASCADE,
+    col_off INTEGER NOT NULL, row_off INTEGER NOT NULL, width INTEGER NOT NULL, height INTEGER NOT NULL,
+    scale INTEGER NOT NULL,
+    footprint TEXT NOT NULL,
+    minx REAL, miny REAL, maxx REAL, maxy REAL
+);
+CREATE INDEX IF NOT EXISTS tiles_raster ON tiles(raster_id);
+CREATE TABLE IF NOT EXISTS captions (
+    caption_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    tile_id TEXT NOT NULL REFERENCES tiles(tile_id) ON DELETE CASCADE,
+    captioner_fp TEXT NOT NULL,
+    variant_index INTEGER NOT NULL,
+    one_sentence TEXT NOT NULL,
+    feature TEXT NOT NULL,
+    caption TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    UNIQUE (tile_id, captioner_fp, variant_index)
+);
+CREATE TABLE IF NOT EXISTS embeddings (
+    caption_id INTEGER PRIMARY KEY REFERENCES captions(caption_id) ON DELETE CASCADE,
+    vector BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ann_log (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    caption_id INTEGER NOT NULL,
+    op INTEGER NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS embeddings_ins AFTER INSERT ON embeddings BEGIN
+    INSERT INTO ann_log (caption_id, op) VALUES (NEW.caption_id, 1);
+    UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'embedded_count';
+END;
+CREATE TRIGGER IF NOT EXISTS embeddings_upd AFTER UPDATE ON embeddings
+    BEGIN INSERT INTO ann_log (caption_id, op) VALUES (NEW.caption_id, 1); END;
+CREATE TRIGGER IF NOT EXISTS embeddings_del AFTER DELETE ON embeddings BEGIN
+    INSERT INTO ann_log (caption_id, op) VALUES (OLD.caption_id, 0);
+    UPDATE meta SET value = CAST(value AS INTEGER) - 1 WHERE key = 'embedded_count';
+END;
+"""
+
+
+def connect(path: str, readonly: bool) -> sqlite3.Connection:
+    """Autocommit connection (transactions are explicit) with WAL, foreign keys and a busy timeout."""
+    try:
+        if readonly:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
+                                   timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+        else:
+            conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        if not readonly:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise IndexStoreError(f"the index database {path} cannot be opened: {exc}") from None
+    return conn
+
+
+def init_db(conn: sqlite3.Connection, embedder_fp: str, dim: int) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for stmt in _statements(SCHEMA):
+            conn.execute(stmt)
+        existing = get_meta(conn, "schema_version")
+        if existing is None:
+            set_meta(conn, "schema_version", str(SCHEMA_VERSION))
+            set_meta(conn, "embedder_fingerprint", embedder_fp)
+            set_meta(conn, "dim", str(int(dim)))
+            set_meta(conn, "epoch", uuid.uuid4().hex)
+            set_meta(conn, "created_at", str(time.time()))
+            set_meta(conn, "embedded_count", "0")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _statements(script: str) -> list[str]:
+    """Split the schema into statements (triggers contain ';' inside BEGIN ... END)."""
+    out, buf = [], []
+    for line in script.strip().splitlines():
+        buf.append(line)
+        text = "\n".join(buf).strip()
+        if text.endswith(";") and (not text.upper().startswith("CREATE TRIGGER") or text.upper().endswith("END;")):
+            out.append(text)
+            buf = []
+    return out
+
+
+def embedded_count(conn: sqlite3.Connection) -> int:
+    """Number of embeddings rows, kept by triggers: COUNT(*) would read every vector page."""
+    return int(get_meta(conn, "embedded_count") or 0)
+
+
+def get_meta(conn: sqlite3.Connection, key: str) -> Optional[str]:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
+    conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                 (key, value))
+
+
+def read_manifest(folder: str) -> Optional[dict[str, Any]]:
+    path = os.path.join(folder, MANIFEST_FILE)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise IndexStoreError(f"the index manifest {path} is unreadable ({exc}); delete the folder to start over") from None
+    if not isinstance(data, dict):
+        raise IndexStoreError(f"the index manifest {path} is not a JSON object")
+    return data
+
+
+def write_manifest(folder: str, embedder_fp: str, dim: int) -> None:
+    from .ann import _atomic_write_text
+
+    data = {
+        "format": "semantic-imagery-search index",
+        "schema_version": SCHEMA_VERSION,
+        "embedder_fingerprint": embedder_fp,
+        "dim": int(dim),
+        "metric": METRIC,
+        "database": DB_FILE,
+        "ann": "captions.hnsw",
+    }
+    _atomic_write_text(os.path.join(folder, MANIFEST_FILE), json.dumps(data, indent=2) + "\n")
