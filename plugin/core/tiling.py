@@ -12,7 +12,8 @@ skipped (it would only repeat that tile).
 
 Reads: one `rasterio` windowed read per tile (with `out_shape` decimation and average resampling for
 scale > 1, which GDAL serves from overviews when the file has them), so memory stays at a few tiles
-whatever the raster size. Radiometry uses the raster-wide stretch of `RasterInfo`.
+whatever the raster size; the next tile is read in a worker thread while the current one is
+converted. Radiometry uses the raster-wide stretch of `RasterInfo`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import math
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator, Optional, Sequence
 
@@ -196,7 +198,8 @@ class _Renderer:
         return out
 
 
-def _read(ds: Any, info: RasterInfo, ref: TileRef, side_out: int, renderer: _Renderer) -> TileImage:
+def _fetch(ds: Any, info: RasterInfo, ref: TileRef, side_out: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """The GDAL part of a tile read (releases the GIL): native pixels and validity."""
     from rasterio.enums import Resampling
     from rasterio.windows import Window
 
@@ -207,11 +210,18 @@ def _read(ds: Any, info: RasterInfo, ref: TileRef, side_out: int, renderer: _Ren
         ds, info.band_map.indexes(), window=Window(win.col_off, win.row_off, win.width, win.height),
         out_shape=shape if decimated else None, resampling=Resampling.average,
     )
+    return data, valid, shape
+
+
+def _finish(info: RasterInfo, ref: TileRef, fetched: tuple[np.ndarray, np.ndarray, tuple[int, int]],
+            renderer: _Renderer) -> TileImage:
+    """The numpy part: float32 raw with NaN where invalid, 8-bit RGB, output pixel size."""
+    data, valid, shape = fetched
     all_valid = bool(valid.all())
     raw = data.astype(np.float32)
     if not all_valid:
         raw[:, ~valid] = np.nan
-    px = None if info.pixel_size is None else info.pixel_size * win.width / shape[1]
+    px = None if info.pixel_size is None else info.pixel_size * ref.window.width / shape[1]
     return TileImage(
         ref=ref, rgb=renderer.rgb(data, valid, all_valid), raw=raw, valid=valid,
         has_nir=info.band_map.nir is not None, pixel_size=px,
@@ -252,14 +262,25 @@ def iter_tiles(
 
     todo = list(refs) if refs is not None else plan_tiles(info, params)
     total = len(todo)
+    if not total:
+        return
     side_out = _default_out(info, params)
     renderer = _Renderer(info)
-    with rasterio.Env(GDAL_CACHEMAX=_CACHE_BYTES), _open_for(info) as ds:
+    # One read ahead in a worker thread: GDAL decodes tile i+1 (GIL released) while this thread
+    # converts tile i. The dataset handle is only ever used by that one worker thread.
+    with rasterio.Env(GDAL_CACHEMAX=_CACHE_BYTES), _open_for(info) as ds, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="tile-read") as pool:
+        pending = pool.submit(_fetch, ds, info, todo[0], side_out)
         for i, ref in enumerate(todo):
             if is_canceled():
+                pending.cancel()
                 raise Canceled(f"tiling canceled after {i} of {total} tiles")
-            tile = _read(ds, info, ref, side_out, renderer)
-            keep = float(tile.valid.mean()) >= params.min_valid_fraction and tile.valid.any()
+            fetched = pending.result()
+            if i + 1 < total:
+                pending = pool.submit(_fetch, ds, info, todo[i + 1], side_out)
+            tile = _finish(info, ref, fetched, renderer)
+            n_valid = np.count_nonzero(tile.valid)
+            keep = n_valid > 0 and n_valid >= params.min_valid_fraction * tile.valid.size
             progress(i + 1, total, f"{info.name}: tile {i + 1}/{total}")
             if keep:
                 yield tile
@@ -270,4 +291,4 @@ def read_tile(info: RasterInfo, ref: TileRef, out_size: Optional[int] = None) ->
     the scale-1 tile side, capped at MAX_OUT_SIZE."""
     side = out_size or min(max(ref.window.width, ref.window.height) // max(ref.scale, 1), MAX_OUT_SIZE)
     with _open_for(info) as ds:
-        return _read(ds, info, ref, max(1, side), _Renderer(info))
+        return _finish(info, ref, _fetch(ds, info, ref, max(1, side)), _Renderer(info))
