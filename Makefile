@@ -8,7 +8,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-core test-qgis lint demo screenshot bench clean
+.PHONY: setup test test-core test-qgis lint demo screenshot bench clean package install qgis
 
 setup: $(STAMP)
 
@@ -40,3 +40,15 @@ bench: $(STAMP)
 
 clean:
 	rm -rf demo_out .pytest_cache .mypy_cache .ruff_cache
+
+# Release zip for plugins.qgis.org: dist/semantic_imagery_search-<version>.zip (no tests, caches, .venv).
+package:
+	python3 scripts/package.py zip --out dist
+
+# Link this working tree into the user's QGIS profile (QGIS_PROFILE_DIR=... to choose another profile).
+install:
+	python3 scripts/package.py install
+
+# Start QGIS (needs a display) with the plugin enabled on a demo project holding the Sentinel-2 scene.
+qgis: $(STAMP)
+	env -u QT_QPA_PLATFORM $(PY) scripts/package.py qgis --out build/demo
