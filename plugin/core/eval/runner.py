@@ -49,12 +49,17 @@ class VectorCache:
         self.batch_size = batch_size
         self.folder = Path(folder) if folder else None
         self._mem: dict[str, dict[str, np.ndarray]] = {"documents": {}, "queries": {}}
+        # Same prompts on both sides (MiniLM has none) -> a text has one vector whatever its role.
+        self.shared = getattr(embedder, "query_prompt", 0) == getattr(embedder, "document_prompt", 1)
+        if self.shared:
+            self._mem["queries"] = self._mem["documents"]
         self._loaded: set[str] = set()
         self.embedded = 0  # texts actually sent to the model (the rest came from the cache)
 
     def _file(self, kind: str) -> Optional[Path]:
         if self.folder is None:
             return None
+        kind = "documents" if self.shared else kind
         key = hashlib.sha1(self.embedder.fingerprint.encode("utf-8")).hexdigest()[:16]
         return self.folder / f"vectors-{key}-{kind}.npz"
 
@@ -86,7 +91,8 @@ class VectorCache:
         if kind not in self._mem:
             raise ValueError(f"kind {kind!r}: expected 'documents' or 'queries'")
         if kind not in self._loaded:
-            self._load(kind)
+            self._load("documents" if self.shared else kind)
+            self._loaded.add(kind)
         mem = self._mem[kind]
         todo = list(dict.fromkeys(t for t in texts if t not in mem))
         if todo:
