@@ -26,7 +26,7 @@ _HEADING = re.compile(
     r"(?im)^[ \t>#*\-\d.]*(?:\*\*|__)?[ \t]*"
     r"(one[ \t_-]*sentence(?:[ \t_-]*caption)?|summary|features?|key[ \t_-]*features|"
     r"detailed[ \t_-]*caption|caption|description|detailed[ \t_-]*description)"
-    r"[ \t]*(?:\*\*|__)?[ \t]*[:\-–][ \t]*(?:\*\*|__)?"
+    r"[ \t]*(?:\*\*|__)?[ \t]*(?:[:\-–]|(?=[ \t]*(?:\*\*|__)?[ \t]*$))[ \t]*(?:\*\*|__)?"
 )
 
 _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.S)
@@ -105,6 +105,9 @@ def _from_headings(text: str) -> Optional[CaptionVariant]:
             fields[name] = body
     if not any(fields.values()):
         return None
+    lead = _clean(text[: marks[0].start()])
+    if lead and not fields["one_sentence"]:
+        fields["one_sentence"] = lead  # prose before the first heading is kept, not dropped
     return CaptionVariant(**fields)
 
 

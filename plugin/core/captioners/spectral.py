@@ -157,8 +157,9 @@ def _paragraph(m: Measures, k: int, scene_text: str) -> str:
     colours = _colours(m)
     if colours:
         s.append(f"The dominant colours are {colours}; the surface looks {_texture_word(m)}.")
-    if m.has_nir and m.ndvi_mean is not None:
-        level = "high" if m.ndvi_mean > 0.5 else "moderate" if m.ndvi_mean > 0.2 else "low"
+    if m.has_nir and m.ndvi_mean is not None and m.ndvi_mean > 0.2:
+        # Only stated when positive: "low vegetation" on a sea tile would pull vegetation queries.
+        level = "high" if m.ndvi_mean > 0.5 else "moderate"
         s.append(f"The near-infrared band shows {level} vegetation vigour overall.")
     if m.nodata_where:
         s.append(f"Part of the tile {_at(m.nodata_where)} has no image data.")
