@@ -11,9 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import rasterio
 from qgis.core import QgsApplication, QgsProject, QgsRasterLayer
-from rasterio.transform import from_origin
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = "semantic_imagery_search"
@@ -62,27 +60,39 @@ def write_generated_raster(path: str) -> str:
     """A 4-band (R,G,B,NIR) uint16 GeoTIFF in EPSG:4326: water on the left, vegetation on the right.
 
     In a different CRS from the Sentinel-2 scene so that reprojection to the project CRS is exercised.
+    Written with QGIS's own GDAL (osgeo): importing rasterio here would load a second GDAL library
+    into the QGIS test process.
     """
+    from osgeo import gdal, osr
+
     h, w = 640, 640
     rng = np.random.default_rng(7)
-    data = np.empty((4, h, w), dtype=np.uint16)
     left = np.zeros((h, w), bool)
     left[:, : w // 2] = True
+    ds = gdal.GetDriverByName("GTiff").Create(path, w, h, 4, gdal.GDT_UInt16)
+    ds.SetGeoTransform((-74.30, 0.0001, 0.0, 40.80, 0.0, -0.0001))
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(4326)
+    ds.SetProjection(srs.ExportToWkt())
     # reflectance x 10000: water is dark with low NIR; vegetation has a strong NIR plateau
-    for b, (water, veg) in enumerate(((300, 400), (500, 900), (700, 350), (150, 4500))):
+    for b, (water, veg) in enumerate(((300, 400), (500, 900), (700, 350), (150, 4500)), start=1):
         band = np.where(left, water, veg).astype(np.float64)
-        data[b] = np.clip(band + rng.normal(0, 40, (h, w)), 1, 10000).astype(np.uint16)
-    prof = {"driver": "GTiff", "width": w, "height": h, "count": 4, "dtype": "uint16", "crs": "EPSG:4326",
-            "transform": from_origin(-74.30, 40.80, 0.0001, 0.0001)}
-    with rasterio.open(path, "w", **prof) as ds:
-        ds.write(data)
+        ds.GetRasterBand(b).WriteArray(np.clip(band + rng.normal(0, 40, (h, w)), 1, 10000).astype(np.uint16))
+    ds.FlushCache()
+    ds = None
     return path
 
 
 def sentinel2_vrt_path(s2_dir: Path, out_dir: Path) -> str:
-    from plugin.core.raster import sentinel2_vrt
+    """The engine's Sentinel-2 VRT (B04 B03 B02 B08), built in the engine's Python (it uses rasterio)."""
+    import subprocess
 
-    return sentinel2_vrt(str(s2_dir), str(out_dir / "s2_rgbn.vrt"))
+    out = out_dir / "s2_rgbn.vrt"
+    code = "import sys; from plugin.core.raster import sentinel2_vrt; print(sentinel2_vrt(sys.argv[1], sys.argv[2]))"
+    res = subprocess.run([sys.executable, "-c", code, str(s2_dir), str(out)], cwd=str(ROOT), capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return res.stdout.strip().splitlines()[-1]
 
 
 def add_raster(path: str, name: str) -> QgsRasterLayer:

@@ -49,7 +49,7 @@ def indexed(qgis_iface, s2_dir, tmp_path_factory):
     plugin = load_plugin(qgis_iface)
     s2 = add_raster(sentinel2_vrt_path(s2_dir, tmp), "Sentinel-2 RGBN")
     gen = add_raster(write_generated_raster(str(tmp / "generated.tif")), "Generated shore")
-    set_spectral(plugin, tile_size=512)
+    set_spectral(plugin, tile_size=768)  # 9 + 1 tiles: enough ranks, a short job on 2 shared cores
     yield plugin, s2, gen, tmp
     plugin.unload()
     project.clear()
@@ -205,7 +205,13 @@ def test_unload_stops_worker_and_removes_results(indexed, qgis_iface):
 def test_api_key_goes_to_the_auth_database_never_to_settings(qgis_iface):
     from qgis.core import QgsApplication, QgsSettings
 
-    from plugin.gui.settings import IndexOptions, api_key_from_auth, load_index_options, save_index_options, store_api_key
+    from plugin.gui.settings import (
+        IndexOptions,
+        api_key_from_auth,
+        load_index_options,
+        save_index_options,
+        store_api_key,
+    )
 
     am = QgsApplication.authManager()
     assert am.setMasterPassword("pytest-master-password", True)
