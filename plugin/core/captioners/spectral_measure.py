@@ -8,6 +8,7 @@ independent of the raster's units.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -62,20 +63,9 @@ def _block_reduce(a: np.ndarray, step: int) -> np.ndarray:
     h, w = a.shape[-2] // step * step, a.shape[-1] // step * step
     a = a[..., :h, :w]
     shape = a.shape[:-2] + (h // step, step, w // step, step)
-    with np.errstate(invalid="ignore"), _quiet():
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks are expected (nodata)
         return np.nanmean(a.reshape(shape), axis=(-1, -3))
-
-
-class _quiet:
-    def __enter__(self) -> None:
-        import warnings
-
-        self._w = warnings.catch_warnings()
-        self._w.__enter__()
-        warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc: object) -> None:
-        self._w.__exit__(*exc)
 
 
 def _shrink(tile: TileImage) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -233,7 +223,8 @@ def measure(tile: TileImage) -> Measures:
     h, sat, v = _hsv(np.nan_to_num(rgb))
     R, G, B = raw[0], raw[1], raw[2]
     has_nir = bool(tile.has_nir and raw.shape[0] >= 4)
-    ndvi = ndwi = None
+    ndvi: Optional[np.ndarray] = None
+    ndwi: Optional[np.ndarray] = None
     if has_nir:
         nir = raw[3]
         ndvi = (nir - R) / (nir + R + _EPS)
@@ -243,7 +234,7 @@ def measure(tile: TileImage) -> Measures:
 
     # Clouds scatter blue as much as red; very bright ground (beach sand) stays warm.
     cloud = valid & (bright > 0.8) & (sat < 0.22) & (b > 0.7) & (r <= b * 1.05)
-    if has_nir:
+    if ndvi is not None and ndwi is not None:
         water = valid & ~cloud & ((ndwi > 0.05) | ((ndvi < 0.0) & (bright < 0.3)))
         veg = valid & ~cloud & ~water & (ndvi > 0.25)
         dense = veg & (ndvi > 0.5)

@@ -103,7 +103,7 @@ class TransformersCaptioner:
             tok.padding_side = "left"
             if tok.pad_token is None and tok.eos_token is not None:
                 tok.pad_token = tok.eos_token
-        self._tokenizer = tok
+        self._tokenizer: Any = tok
         template = getattr(self.processor, "chat_template", None) or getattr(tok, "chat_template", None)
         self.chat = bool(template)
         self.model_type = str(getattr(self.model.config, "model_type", ""))
@@ -149,7 +149,7 @@ class TransformersCaptioner:
             ids = self.model.generate(**inputs, **kwargs)
         if self.chat and "input_ids" in inputs and not self.model.config.is_encoder_decoder:
             ids = ids[:, inputs["input_ids"].shape[1]:]
-        decode = getattr(self.processor, "batch_decode", None) or self._tokenizer.batch_decode
+        decode: Any = getattr(self.processor, "batch_decode", None) or self._tokenizer.batch_decode
         return [str(t).strip() for t in decode(ids, skip_special_tokens=True)]
 
     def _caption_chunk(self, tiles: Sequence[TileImage]) -> list[list[CaptionVariant]]:
