@@ -9,12 +9,14 @@ running set-up (it stays in the task manager).
 
 from __future__ import annotations
 
+import glob
 import os
 import sys
 from typing import Callable, Optional
 
 from qgis.core import QgsApplication, QgsSettings
 from qgis.PyQt.QtCore import pyqtSignal
+from qgis.PyQt.QtGui import QFontDatabase
 from qgis.PyQt.QtWidgets import (
     QComboBox,
     QDialog,
@@ -38,13 +40,49 @@ from ..tasks.engine_setup_task import EngineCheckTask, EngineSetupTask, default_
 FIX_HINT = "Plugins › Semantic Imagery Search › Set up engine…"
 
 
+#: what a usable engine environment must hold (folder or extension-module names in site-packages)
+_KEY_PACKAGES = (("torch", "torch"), ("sentence_transformers", "sentence-transformers"), ("hnswlib", "hnswlib"))
+
+
+def _venv_missing(root: str) -> Optional[list[str]]:
+    """Key packages absent from a venv's own site-packages; None when that cannot be told from files
+    (the venv also sees system packages, or a .pth file adds other folders)."""
+    try:
+        with open(os.path.join(root, "pyvenv.cfg"), encoding="utf-8") as f:
+            cfg = f.read().lower().replace(" ", "")
+    except OSError:
+        return None
+    if "include-system-site-packages=true" in cfg:
+        return None
+    sites = glob.glob(os.path.join(root, "lib", "python3*", "site-packages")) + [os.path.join(root, "Lib", "site-packages")]
+    sites = [d for d in sites if os.path.isdir(d)]
+    pths = [p for d in sites for p in glob.glob(os.path.join(d, "*.pth"))
+            if os.path.basename(p) not in ("distutils-precedence.pth", "_virtualenv.pth")]
+    if not sites or pths:
+        return None
+    return [words for mod, words in _KEY_PACKAGES if not any(glob.glob(os.path.join(d, mod + "*")) for d in sites)]
+
+
 def quick_engine_problem(python: Optional[str] = None) -> Optional[str]:
-    """Why the engine cannot run, from file checks only (no subprocess: safe at plugin start), or None."""
+    """Why the engine cannot run, from file checks only (no subprocess: safe at plugin start), or None.
+
+    The full answer needs "Check engine" (it imports torch in the engine's Python); this catches the
+    common cases at once: nothing set up, a set-up that did not finish, a bare system Python.
+    """
     python = python or engine_python()
     if not python or not os.path.isfile(python):
         return f"The search engine is not set up (no Python at {python or 'the configured path'})."
     if not os.access(python, os.X_OK):
         return f"The engine Python is not executable: {python}."
+    root = os.path.dirname(os.path.dirname(os.path.abspath(python)))
+    if os.path.isfile(os.path.join(root, "pyvenv.cfg")):
+        missing = _venv_missing(root)
+        if missing:
+            return f"The engine environment at {root} lacks {', '.join(missing)} (set-up not finished?)."
+        return None
+    if not str(QgsSettings().value(SETTINGS_KEY, "") or "").strip():
+        return (f"No engine environment is set up yet ({python} is a system Python, which usually lacks "
+                "the engine's packages).")
     return None
 
 
@@ -108,6 +146,7 @@ class EngineDialog(QDialog):
         self.log_view.setReadOnly(True)
         self.log_view.setMaximumBlockCount(5000)
         self.log_view.setMinimumHeight(180)
+        self.log_view.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close, self)
         self.check_button = buttons.addButton("Check engine", QDialogButtonBox.ButtonRole.ActionRole)
 

@@ -140,3 +140,32 @@ def test_check_task_reports_the_repo_venv(qgis_app, repo_root: Path) -> None:
     result = done.wait(timeout=120, what="check task")[0]
     assert result["ok"], result
     assert result["summary"].startswith("Engine ready: Python 3.")
+
+
+def _fake_venv(root: Path, cfg: str, packages: tuple[str, ...] = ()) -> str:
+    site = root / "lib" / "python3.11" / "site-packages"
+    site.mkdir(parents=True)
+    (root / "pyvenv.cfg").write_text(cfg)
+    for name in packages:
+        (site / name).mkdir()
+    py = root / "bin" / "python"
+    py.parent.mkdir()
+    py.write_text("#!/bin/sh\n")
+    py.chmod(0o755)
+    return str(py)
+
+
+def test_quick_problem_from_files_only(qgis_app, tmp_path: Path, engine_setting) -> None:
+    """At plugin start no interpreter is run: an unfinished set-up or a bare system Python is seen from files."""
+    unfinished = _fake_venv(tmp_path / "a", "home = /usr/bin\ninclude-system-site-packages = false\n", ("numpy",))
+    assert quick_engine_problem(unfinished) == (
+        f"The engine environment at {tmp_path / 'a'} lacks torch, sentence-transformers, hnswlib (set-up not finished?).")
+    complete = _fake_venv(tmp_path / "b", "include-system-site-packages = false\n",
+                          ("torch", "sentence_transformers", "hnswlib.cpython-311-x86_64-linux-gnu.so"))
+    assert quick_engine_problem(complete) is None
+    # a venv that also sees system packages cannot be judged from files: the full check tells
+    assert quick_engine_problem(_fake_venv(tmp_path / "c", "include-system-site-packages = true\n")) is None
+    QgsSettings().remove(SETTINGS_KEY)
+    assert "is a system Python" in quick_engine_problem("/usr/bin/python3")
+    QgsSettings().setValue(SETTINGS_KEY, "/usr/bin/python3")  # chosen on purpose by the user: trusted
+    assert quick_engine_problem("/usr/bin/python3") is None
