@@ -58,7 +58,7 @@ def test_main_thread_never_blocked_while_indexing_and_searching(qgis_iface, s2_d
     plugin = load_plugin(qgis_iface)
     try:
         add_raster(sentinel2_vrt_path(s2_dir, tmp_path), "Sentinel-2 RGBN")
-        set_spectral(plugin, tile_size=384)
+        set_spectral(plugin, tile_size=512)
         hb = Heartbeat()
         hb.start()
         report = index_and_wait(plugin)
