@@ -15,6 +15,7 @@ from qgis.core import (
     QgsCoordinateTransform,
     QgsFeature,
     QgsField,
+    QgsFields,
     QgsFillSymbol,
     QgsGeometry,
     QgsGraduatedSymbolRenderer,
@@ -65,21 +66,17 @@ def _transform(crs_text: Optional[str], dest: QgsCoordinateReferenceSystem,
     return cache[key]
 
 
-def new_hits_layer(dest_crs: QgsCoordinateReferenceSystem, name: str = "Search results") -> QgsVectorLayer:
-    uri = "Polygon"
-    if dest_crs.isValid() and dest_crs.authid():
-        uri += f"?crs={dest_crs.authid()}"
-    layer = QgsVectorLayer(uri, name, "memory")
-    if dest_crs.isValid() and not dest_crs.authid():
-        layer.setCrs(dest_crs)
-    layer.dataProvider().addAttributes([QgsField(n, t) for n, t in FIELDS])
-    layer.updateFields()
-    return layer
+def hits_fields() -> QgsFields:
+    fields = QgsFields()
+    for n, t in FIELDS:
+        fields.append(QgsField(n, t))
+    return fields
 
 
-def hits_to_layer(hits: Sequence[Hit], dest_crs: QgsCoordinateReferenceSystem, name: str = "Search results") -> QgsVectorLayer:
-    """A memory layer with one polygon per hit, reprojected to `dest_crs`, styled by score, labelled by rank."""
-    layer = new_hits_layer(dest_crs, name)
+def hit_features(hits: Sequence[Hit], dest_crs: QgsCoordinateReferenceSystem,
+                 fields: Optional[QgsFields] = None) -> list[QgsFeature]:
+    """One feature per hit: its footprint with every vertex reprojected to `dest_crs`, and its attributes."""
+    fields = fields or hits_fields()
     cache: dict[str, Optional[QgsCoordinateTransform]] = {}
     feats = []
     for h in hits:
@@ -87,12 +84,35 @@ def hits_to_layer(hits: Sequence[Hit], dest_crs: QgsCoordinateReferenceSystem, n
         ct = _transform(h.crs, dest_crs, cache)
         if ct is not None:
             geom.transform(ct)
-        f = QgsFeature(layer.fields())
+        f = QgsFeature(fields)
         f.setGeometry(geom)
         f.setAttributes([int(h.rank), float(h.score), h.caption, h.raster, h.raster_name or os.path.basename(h.raster),
                          h.tile_id, int(h.scale)])
         feats.append(f)
-    layer.dataProvider().addFeatures(feats)
+    return feats
+
+
+def hits_crs(hits: Sequence[Hit]) -> QgsCoordinateReferenceSystem:
+    """The CRS of the first hit's raster (for outputs without a project CRS, e.g. qgis_process)."""
+    for h in hits:
+        if h.crs:
+            crs = QgsCoordinateReferenceSystem.fromWkt(h.crs)
+            if crs.isValid():
+                return crs
+    return QgsCoordinateReferenceSystem()
+
+
+def hits_to_layer(hits: Sequence[Hit], dest_crs: QgsCoordinateReferenceSystem, name: str = "Search results") -> QgsVectorLayer:
+    """A memory layer with one polygon per hit, reprojected to `dest_crs`, styled by score, labelled by rank."""
+    uri = "Polygon"
+    if dest_crs.isValid() and dest_crs.authid():
+        uri += f"?crs={dest_crs.authid()}"
+    layer = QgsVectorLayer(uri, name, "memory")
+    if dest_crs.isValid() and not dest_crs.authid():
+        layer.setCrs(dest_crs)
+    layer.dataProvider().addAttributes(list(hits_fields()))
+    layer.updateFields()
+    layer.dataProvider().addFeatures(hit_features(hits, dest_crs, layer.fields()))
     layer.updateExtents()
     style_hits_layer(layer, [float(h.score) for h in hits])
     return layer

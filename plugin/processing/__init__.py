@@ -1,0 +1,1 @@
+"""Processing provider: "Build or update search index" and "Search imagery index"."""

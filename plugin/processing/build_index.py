@@ -1,0 +1,153 @@
+"""Processing algorithm "Build or update search index"."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qgis.core import (
+    QgsProcessing,
+    QgsProcessingAlgorithm,
+    QgsProcessingException,
+    QgsProcessingOutputNumber,
+    QgsProcessingParameterAuthConfig,
+    QgsProcessingParameterBoolean,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterFolderDestination,
+    QgsProcessingParameterMultipleLayers,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterString,
+)
+
+from ..core.errors import Canceled, EngineError
+from ..core.worker_client import WorkerClient
+from ..qgis_io.layers import raster_source_from_layer
+from .common import api_key, canceled_fn, engine_python, progress_to_feedback
+
+
+def parse_scales(text: str) -> list[int]:
+    try:
+        vals = sorted({int(v) for v in str(text).replace(";", ",").split(",") if v.strip()})
+    except ValueError:
+        raise QgsProcessingException(f"scales {text!r}: expected integers like 1,2,4") from None
+    if not vals or any(v < 1 for v in vals):
+        raise QgsProcessingException(f"scales {text!r}: expected integers >= 1 like 1,2,4")
+    return vals
+
+
+class BuildIndexAlgorithm(QgsProcessingAlgorithm):
+    LAYERS, CAPTIONER, EMBEDDER, TILE_SIZE, OVERLAP, SCALES = "LAYERS", "CAPTIONER", "EMBEDDER", "TILE_SIZE", "OVERLAP", "SCALES"
+    VARIANTS, AUTHCFG, DEVICE, REMOVE_MISSING, OUTPUT = "VARIANTS", "AUTHCFG", "DEVICE", "REMOVE_MISSING", "OUTPUT"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._sources: list[Any] = []
+        self._options: dict[str, Any] = {}
+
+    def createInstance(self) -> BuildIndexAlgorithm:  # noqa: N802 (QGIS API)
+        return BuildIndexAlgorithm()
+
+    def name(self) -> str:
+        return "build_index"
+
+    def displayName(self) -> str:  # noqa: N802
+        return "Build or update search index"
+
+    def group(self) -> str:
+        return "Index and search"
+
+    def groupId(self) -> str:  # noqa: N802
+        return "index_search"
+
+    def shortHelpString(self) -> str:  # noqa: N802
+        return (
+            "Captions every tile of the raster layers with a captioner, embeds the captions and stores them in a "
+            "search index folder. Incremental: tiles already indexed are skipped, so running it again after a "
+            "cancel or a crash resumes, and new layers are added. Captioner: 'spectral' (offline), "
+            "'transformers:MODEL_ID_OR_FOLDER' or 'openai:BASE_URL#MODEL' (an OpenAI-compatible server; its API "
+            "key comes from an authentication configuration). With 'Remove rasters not listed', rasters indexed "
+            "before but not given now are dropped."
+        )
+
+    def initAlgorithm(self, config: Any = None) -> None:  # noqa: N802
+        self.addParameter(QgsProcessingParameterMultipleLayers(self.LAYERS, "Raster layers", QgsProcessing.TypeRaster))
+        self.addParameter(QgsProcessingParameterString(self.CAPTIONER, "Captioner", defaultValue="spectral"))
+        self.addParameter(QgsProcessingParameterString(
+            self.EMBEDDER, "Embedder (sentence-transformers id or folder; empty = packaged MiniLM)", optional=True))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.TILE_SIZE, "Tile size (pixels)", QgsProcessingParameterNumber.Integer, 512, minValue=32, maxValue=8192))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.OVERLAP, "Overlap (fraction of the tile size)", QgsProcessingParameterNumber.Double, 0.0,
+            minValue=0.0, maxValue=0.9))
+        self.addParameter(QgsProcessingParameterString(self.SCALES, "Scales (e.g. 1,2,4)", defaultValue="1"))
+        advanced = [
+            QgsProcessingParameterNumber(self.VARIANTS, "Caption variants per tile (model captioners; 0 = preset)",
+                                         QgsProcessingParameterNumber.Integer, 0, minValue=0, maxValue=20),
+            QgsProcessingParameterAuthConfig(self.AUTHCFG, "API key (authentication configuration)", optional=True),
+            QgsProcessingParameterString(self.DEVICE, "Device (auto, cpu, cuda, mps)", defaultValue="auto"),
+            QgsProcessingParameterBoolean(self.REMOVE_MISSING, "Remove rasters not listed here", defaultValue=False),
+        ]
+        for p in advanced:
+            p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            self.addParameter(p)
+        self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT, "Index folder"))
+        self.addOutput(QgsProcessingOutputNumber("TILES", "Tiles planned"))
+        self.addOutput(QgsProcessingOutputNumber("TILES_NEW", "Tiles captioned in this run"))
+
+    def prepareAlgorithm(self, parameters: dict, context: Any, feedback: Any) -> bool:  # noqa: N802
+        """Main thread: resolve layers into plain sources (the worker reads the files, never the layers)."""
+        layers = self.parameterAsLayerList(parameters, self.LAYERS, context)
+        if not layers:
+            raise QgsProcessingException("give at least one raster layer")
+        try:
+            self._sources = [raster_source_from_layer(lyr) for lyr in layers]
+        except EngineError as exc:
+            raise QgsProcessingException(str(exc)) from None
+        captioner = (self.parameterAsString(parameters, self.CAPTIONER, context) or "spectral").strip()
+        opts: dict[str, Any] = {}
+        variants = self.parameterAsInt(parameters, self.VARIANTS, context)
+        if variants and captioner != "spectral":
+            opts["variants"] = variants
+        key = api_key(self.parameterAsString(parameters, self.AUTHCFG, context))
+        if key:
+            opts["api_key"] = key
+        self._options = {
+            "captioner": captioner,
+            "embedder": (self.parameterAsString(parameters, self.EMBEDDER, context) or "").strip() or None,
+            "tiling": {
+                "tile_size": self.parameterAsInt(parameters, self.TILE_SIZE, context),
+                "overlap": self.parameterAsDouble(parameters, self.OVERLAP, context),
+                "scales": parse_scales(self.parameterAsString(parameters, self.SCALES, context)),
+            },
+            "captioner_options": opts,
+            "device": (self.parameterAsString(parameters, self.DEVICE, context) or "auto").strip(),
+            "remove_missing": self.parameterAsBool(parameters, self.REMOVE_MISSING, context),
+        }
+        return True
+
+    def processAlgorithm(self, parameters: dict, context: Any, feedback: Any) -> dict:  # noqa: N802
+        index_dir = self.parameterAsString(parameters, self.OUTPUT, context)
+        client = WorkerClient(engine_python())
+        args = {"index_dir": index_dir, "sources": [s.to_dict() for s in self._sources], **self._options}
+        try:
+            client.start()
+            report = client.request("index", args, on_event=progress_to_feedback(feedback), is_canceled=canceled_fn(feedback))
+        except Canceled:
+            raise QgsProcessingException("canceled: what was indexed so far is kept; run again to resume") from None
+        except EngineError as exc:
+            raise QgsProcessingException(str(exc)) from None
+        finally:
+            client.stop()
+        rasters = report.get("rasters") or []
+        for r in rasters:
+            if r.get("error"):
+                feedback.reportError(f"{r.get('name')}: {r['error']}")
+            else:
+                feedback.pushInfo(f"{r.get('name')}: {r.get('tiles_planned')} tiles, {r.get('tiles_new')} captioned, "
+                                  f"{r.get('tiles_cached')} cached, {r.get('tiles_empty')} empty")
+        if report.get("removed"):
+            feedback.pushInfo(f"removed {len(report['removed'])} raster(s) no longer listed")
+        return {
+            self.OUTPUT: index_dir,
+            "TILES": sum(int(r.get("tiles_planned", 0)) for r in rasters),
+            "TILES_NEW": sum(int(r.get("tiles_new", 0)) for r in rasters),
+        }

@@ -1,0 +1,47 @@
+"""What both algorithms share: progress from worker events, the engine interpreter, API keys."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Optional
+
+from qgis.core import QgsApplication, QgsAuthMethodConfig, QgsProcessingFeedback
+
+from ..qgis_io.engine import engine_python
+
+
+def progress_to_feedback(feedback: Optional[QgsProcessingFeedback]) -> Callable[[dict], None]:
+    """A worker on_event callback that drives the Processing progress bar and log (text at most 1/s)."""
+    state = {"last": 0.0}
+
+    def on_event(event: dict) -> None:
+        if feedback is None or event.get("event") != "progress":
+            return
+        total, done = int(event.get("total") or 0), int(event.get("done") or 0)
+        if total > 0:
+            feedback.setProgress(min(100.0, 100.0 * done / total))
+        now = time.monotonic()
+        if now - state["last"] >= 1.0 or (total and done >= total):
+            state["last"] = now
+            feedback.setProgressText(f"{event.get('message') or ''} ({done}/{total or '?'})")
+
+    return on_event
+
+
+def canceled_fn(feedback: Optional[QgsProcessingFeedback]) -> Callable[[], bool]:
+    return (lambda: False) if feedback is None else feedback.isCanceled
+
+
+def api_key(authcfg: str) -> Optional[str]:
+    """The API key stored in QGIS's authentication database under `authcfg` (None when missing or locked)."""
+    if not authcfg:
+        return None
+    cfg = QgsAuthMethodConfig()
+    res = QgsApplication.authManager().loadAuthenticationConfig(authcfg, cfg, True)
+    ok, cfg = res if isinstance(res, tuple) else (res, cfg)
+    if not ok:
+        return None
+    return cfg.config("password") or cfg.config("token") or None
+
+
+__all__ = ["api_key", "canceled_fn", "engine_python", "progress_to_feedback"]

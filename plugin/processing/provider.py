@@ -1,0 +1,71 @@
+"""The Processing provider (toolbox, Model Builder, batch mode, `qgis_process.bin run ...`).
+
+The algorithms drive the same engine worker process as the dock, so Processing's Python never
+imports torch either. Searches share one warm worker per interpreter (kept until the provider
+unloads), so a batch of queries loads the embedder once.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from qgis.core import QgsProcessingProvider
+from qgis.PyQt.QtGui import QIcon
+
+from ..core.worker_client import WorkerClient
+
+PROVIDER_ID = "semantic_imagery_search"
+ICON = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "resources", "icon.svg")
+
+_clients: dict[str, WorkerClient] = {}
+_clients_lock = threading.Lock()
+
+
+def shared_client(python: str) -> WorkerClient:
+    """The warm worker for `python` (started on first use by the caller's request)."""
+    with _clients_lock:
+        client = _clients.get(python)
+        if client is None:
+            client = _clients[python] = WorkerClient(python)
+        return client
+
+
+def stop_shared_clients() -> None:
+    with _clients_lock:
+        clients = list(_clients.values())
+        _clients.clear()
+    for c in clients:
+        try:
+            c.stop()
+        except Exception:  # unloading must go on
+            c.kill()
+
+
+class SearchProvider(QgsProcessingProvider):
+    def id(self) -> str:
+        return PROVIDER_ID
+
+    def name(self) -> str:
+        return "Semantic Imagery Search"
+
+    def longName(self) -> str:  # noqa: N802 (QGIS API)
+        return "Semantic Imagery Search (caption, embed and search raster tiles)"
+
+    def icon(self) -> QIcon:
+        return QIcon(ICON)
+
+    def loadAlgorithms(self) -> None:  # noqa: N802 (QGIS API)
+        from .build_index import BuildIndexAlgorithm
+        from .search_index import SearchIndexAlgorithm
+
+        self.addAlgorithm(BuildIndexAlgorithm())
+        self.addAlgorithm(SearchIndexAlgorithm())
+
+    def unload(self) -> None:
+        stop_shared_clients()
+        super().unload()
+
+
+def algorithm_ids() -> list[str]:
+    return [f"{PROVIDER_ID}:build_index", f"{PROVIDER_ID}:search_index"]

@@ -1,0 +1,96 @@
+"""Processing algorithm "Search imagery index": a query -> a polygon layer of the best tiles."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qgis.core import (
+    QgsFeatureSink,
+    QgsProcessingAlgorithm,
+    QgsProcessingException,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFeatureSink,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterString,
+    QgsWkbTypes,
+)
+
+from ..core.errors import Canceled, EngineError
+from ..core.types import Hit
+from ..qgis_io.hits_layer import hit_features, hits_crs, hits_fields
+from .common import canceled_fn, engine_python, progress_to_feedback
+from .provider import shared_client
+
+FUSIONS = ("max", "mean", "top2")
+
+
+class SearchIndexAlgorithm(QgsProcessingAlgorithm):
+    INDEX, QUERY, TOP, FUSION, MIN_SCORE, OUTPUT = "INDEX", "QUERY", "TOP", "FUSION", "MIN_SCORE", "OUTPUT"
+
+    def createInstance(self) -> SearchIndexAlgorithm:  # noqa: N802 (QGIS API)
+        return SearchIndexAlgorithm()
+
+    def name(self) -> str:
+        return "search_index"
+
+    def displayName(self) -> str:  # noqa: N802
+        return "Search imagery index"
+
+    def group(self) -> str:
+        return "Index and search"
+
+    def groupId(self) -> str:  # noqa: N802
+        return "index_search"
+
+    def shortHelpString(self) -> str:  # noqa: N802
+        return (
+            "Ranks the tiles of a search index for a text query (e.g. 'oil storage tanks near a harbour') and "
+            "writes the best ones as polygons (their footprints) with rank, score, the best-matching caption, "
+            "raster, tile id and scale. The output is in the project CRS, or the first raster's CRS without a project."
+        )
+
+    def initAlgorithm(self, config: Any = None) -> None:  # noqa: N802
+        self.addParameter(QgsProcessingParameterFile(self.INDEX, "Index folder", QgsProcessingParameterFile.Folder))
+        self.addParameter(QgsProcessingParameterString(self.QUERY, "Query"))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.TOP, "Number of results", QgsProcessingParameterNumber.Integer, 10, minValue=1, maxValue=10000))
+        fusion = QgsProcessingParameterEnum(self.FUSION, "Score of a tile from its caption variants", list(FUSIONS), defaultValue=0)
+        min_score = QgsProcessingParameterNumber(self.MIN_SCORE, "Minimum score", QgsProcessingParameterNumber.Double,
+                                                 optional=True, minValue=-1.0, maxValue=1.0)
+        for p in (fusion, min_score):
+            p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            self.addParameter(p)
+        self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, "Search results"))
+
+    def processAlgorithm(self, parameters: dict, context: Any, feedback: Any) -> dict:  # noqa: N802
+        index_dir = self.parameterAsFile(parameters, self.INDEX, context)
+        query = self.parameterAsString(parameters, self.QUERY, context)
+        args: dict[str, Any] = {
+            "index_dir": index_dir, "query": query, "top": self.parameterAsInt(parameters, self.TOP, context),
+            "fusion": FUSIONS[self.parameterAsEnum(parameters, self.FUSION, context)],
+        }
+        if parameters.get(self.MIN_SCORE) not in (None, ""):
+            args["min_score"] = self.parameterAsDouble(parameters, self.MIN_SCORE, context)
+        if feedback is not None:
+            feedback.pushInfo("searching (the first search starts the engine and loads the embedder)")
+        try:
+            result = shared_client(engine_python()).request(
+                "search", args, on_event=progress_to_feedback(feedback), is_canceled=canceled_fn(feedback))
+        except Canceled:
+            raise QgsProcessingException("search canceled") from None
+        except EngineError as exc:
+            raise QgsProcessingException(str(exc)) from None
+        hits = [Hit.from_dict(h) for h in result or []]
+        project = context.project()
+        crs = project.crs() if project is not None and project.crs().isValid() else hits_crs(hits)
+        fields = hits_fields()
+        sink, dest_id = self.parameterAsSink(parameters, self.OUTPUT, context, fields, QgsWkbTypes.Polygon, crs)
+        if sink is None:
+            raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT))
+        for f in hit_features(hits, crs, fields):
+            sink.addFeature(f, QgsFeatureSink.FastInsert)
+        if feedback is not None:
+            feedback.pushInfo(f"{len(hits)} hit(s) for {query!r}")
+        return {self.OUTPUT: dest_id}
