@@ -20,7 +20,7 @@ LEGEND = (
     "T2I: each query caption ranks all images (hit: its image in the top K). "
     "I2T: each image ranks all query captions (hit: any of its captions in the top K). "
     "mR = mean of the six recalls (the field's standard); T2I/I2T mean = per-direction means "
-    "(what the paper's code reports). Ties: lower gallery index first."
+    "(what the paper's code reports). Ties (scores rounded to 6 decimals): lower gallery index first."
 )
 
 
