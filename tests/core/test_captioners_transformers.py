@@ -11,7 +11,7 @@ import os
 import pytest
 import torch
 from captioner_tiles import FOREST, WATER, fields, fill, make_tile
-from tiny_vlm import build_tiny_llava
+from tiny_vlm import build_tiny_git, build_tiny_llava
 
 from plugin.core.captioners import make_captioner
 from plugin.core.errors import CaptionerError, ModelUnavailableError
@@ -123,3 +123,19 @@ def test_missing_model_folder_and_offline_hub_id(tmp_path):
     empty.mkdir()
     with pytest.raises(ModelUnavailableError, match="empty_model"):
         make_captioner(f"transformers:{empty}")
+
+
+def test_plain_captioner_without_chat_template(tmp_path, tiles):
+    """GIT/BLIP-style models: image only, variants from seeded sampling, text parsed as free text."""
+    folder = build_tiny_git(tmp_path / "tiny_git")
+    cap = make_captioner(f"transformers:{folder}", variants=3, max_new_tokens=5, device="cpu")
+    try:
+        assert not cap.chat and type(cap.model).__name__ == "GitForCausalLM"
+        assert "prompt=plain-caption" in cap.fingerprint
+        out = cap.caption(tiles[:2])
+        assert [len(v) for v in out] == [3, 3]
+        assert all(v.one_sentence and v.caption for variants in out for v in variants)
+        assert len({v.one_sentence for v in out[1]}) > 1  # sampled variants differ
+        assert cap.caption(tiles[:2]) == out
+    finally:
+        cap.close()

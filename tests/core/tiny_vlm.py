@@ -92,3 +92,48 @@ def build_tiny_llava(folder: str | Path, *, image_size: int = 30, patch_size: in
     )
     processor.save_pretrained(folder)
     return folder
+
+
+def _wordpiece_tokenizer():
+    """A BERT WordPiece tokenizer over the corpus words and single characters (what GIT and BLIP use)."""
+    from transformers import BertTokenizerFast
+
+    words = sorted({w.strip('.,:;"{}') for line in _CORPUS for w in line.lower().split()} - {""})
+    chars = sorted({c for line in _CORPUS for c in line.lower() if not c.isspace()})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + [f"##{c}" for c in chars] + words
+    seen: set[str] = set()
+    vocab = [t for t in vocab if not (t in seen or seen.add(t))]
+    return BertTokenizerFast(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=True)
+
+
+def build_tiny_git(folder: str | Path, *, image_size: int = 30, patch_size: int = 6, seed: int = 0) -> Path:
+    """A tiny GIT captioner (CLIP-style vision encoder + BERT-style decoder), no chat template."""
+    import torch
+    from transformers import CLIPImageProcessor, GitConfig, GitForCausalLM, GitProcessor
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tok = _wordpiece_tokenizer()
+    config = GitConfig(
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                       "image_size": image_size, "patch_size": patch_size},
+        vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=128, pad_token_id=tok.pad_token_id, bos_token_id=tok.cls_token_id,
+        eos_token_id=tok.sep_token_id,
+    )
+    torch.manual_seed(seed)
+    model = GitForCausalLM(config).eval()
+    with torch.no_grad():
+        # Random weights mostly emit special tokens, which decode to nothing; push them down so the
+        # tiny model writes (gibberish) words and the text path is exercised, not only the fallback.
+        for tid in (tok.pad_token_id, tok.cls_token_id, tok.mask_token_id, tok.unk_token_id, tok.sep_token_id):
+            model.output.bias[tid] = -20.0
+    model.generation_config.bos_token_id = tok.cls_token_id
+    model.generation_config.eos_token_id = tok.sep_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(folder)
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
+    )
+    GitProcessor(image_processor=image_processor, tokenizer=tok).save_pretrained(folder)
+    return folder

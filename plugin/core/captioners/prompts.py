@@ -68,6 +68,3 @@ def variant_prompt(k: int) -> str:
     """The user prompt of variant `k` (wordings cycle when more variants than wordings are asked)."""
     return f"{VARIANT_FOCUS[k % len(VARIANT_FOCUS)]} {_FORMAT}"
 
-
-#: Plain captioning models (BLIP, GIT) take a short text prefix, not instructions.
-CAPTION_PREFIX = "a satellite image of"
