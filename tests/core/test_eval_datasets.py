@@ -99,6 +99,20 @@ def test_precomp_layouts(tmp_path, prefix, per_image):
         assert load_dataset(tmp_path / f"{prefix}test_caps.txt").images == list(SCENES)
 
 
+def test_ucm_sydney_style_folder(tmp_path):
+    # UCM-captions / Sydney-captions: dataset.json with numeric file names and an imgs/ folder
+    path = write_karpathy(tmp_path, with_images=False)
+    doc = json.loads(path.read_text())
+    for i, img in enumerate(doc["images"]):
+        img["filename"] = f"{i + 1}.tif"
+    path.unlink()
+    (tmp_path / "dataset.json").write_text(json.dumps({"images": doc["images"]}))
+    (tmp_path / "imgs").mkdir()
+    ds = load_dataset(tmp_path)
+    assert ds.images == [f"{i}.tif" for i in range(1, 7)] and ds.name == tmp_path.name
+    assert ds.images_dir == tmp_path / "imgs" and len(ds.captions) == 30
+
+
 def test_precomp_images_folder_is_optional_until_needed(tmp_path):
     ds = load_precomp(write_precomp(tmp_path))
     with pytest.raises(DatasetError, match="no images folder"):

@@ -23,6 +23,8 @@ from ..errors import EngineError
 PathLike = Union[str, Path]
 #: Captions per image in every benchmark of the field; the precomp layout relies on it.
 CAPTIONS_PER_IMAGE = 5
+#: Image folder names the public releases use beside their caption files (UCM/Sydney ship `imgs/`).
+_IMAGE_DIRS = ("images", "imgs", "Images")
 
 
 class DatasetError(EngineError):
@@ -91,7 +93,7 @@ def _grouped(name: str, split: str, pairs: list[tuple[str, str]], **kw) -> EvalD
 
 
 def load_karpathy(json_path: PathLike, split: str = "test", images_dir: Optional[PathLike] = None) -> EvalDataset:
-    """Read a Karpathy-style JSON; images default to `images/` beside it (else its own folder)."""
+    """Read a Karpathy-style JSON; images default to `images/` (or `imgs/`) beside it, else its own folder."""
     p = Path(json_path)
     if not p.is_file():
         raise DatasetError(f"dataset file not found: {p}")
@@ -101,7 +103,8 @@ def load_karpathy(json_path: PathLike, split: str = "test", images_dir: Optional
         raise DatasetError(f"{p.name}: not a readable JSON file ({exc.__class__.__name__}: {exc})") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise DatasetError(f"{p.name}: expected a Karpathy-style JSON with an 'images' list")
-    name = str(data.get("dataset") or p.stem.replace("dataset_", ""))
+    stem = p.stem.replace("dataset_", "")
+    name = str(data.get("dataset") or (p.parent.name if stem == "dataset" else stem))
     pairs: list[tuple[str, str]] = []
     splits: set[str] = set()
     for n, img in enumerate(data["images"]):
@@ -120,7 +123,7 @@ def load_karpathy(json_path: PathLike, split: str = "test", images_dir: Optional
         have = ", ".join(sorted(s for s in splits if s)) or "none"
         raise DatasetError(f"{p.name}: split {split!r} is empty (splits present: {have})")
     if images_dir is None:
-        images_dir = p.parent / "images" if (p.parent / "images").is_dir() else p.parent
+        images_dir = next((p.parent / d for d in _IMAGE_DIRS if (p.parent / d).is_dir()), p.parent)
     return _grouped(name, split, pairs, images_dir=Path(images_dir), source=str(p), layout="karpathy")
 
 
@@ -179,22 +182,22 @@ def load_precomp(
     stem = caps_path.name[: -len("_caps.txt")]
     ds_name = name or (stem[: -len(split) - 1] if stem.endswith("_" + split) else caps_path.parent.name)
     folder = Path(images_dir) if images_dir is not None else None
-    if folder is None and (caps_path.parent / "images").is_dir():
-        folder = caps_path.parent / "images"
+    if folder is None:
+        folder = next((caps_path.parent / d for d in _IMAGE_DIRS if (caps_path.parent / d).is_dir()), None)
     return _grouped(ds_name, split, pairs, images_dir=folder, source=str(caps_path), layout="precomp")
 
 
 def load_dataset(path: PathLike, split: str = "test", images_dir: Optional[PathLike] = None) -> EvalDataset:
     """Either layout: a `.json` file is Karpathy, a folder or `_caps.txt` file is precomp.
 
-    A folder holding exactly one `dataset_*.json` (and no precomp files for the split) is read as
-    Karpathy, so pointing at a downloaded dataset folder works.
+    A folder holding exactly one `dataset*.json` (and no precomp files for the split) is read as
+    Karpathy, so pointing at a downloaded dataset folder works (UCM/Sydney name theirs `dataset.json`).
     """
     p = Path(path)
     if p.suffix.lower() == ".json":
         return load_karpathy(p, split, images_dir)
     if p.is_dir() and not (p / f"{split}_caps.txt").is_file() and not list(p.glob(f"*_{split}_caps.txt")):
-        jsons = sorted(p.glob("dataset_*.json"))
+        jsons = sorted(p.glob("dataset*.json"))
         if len(jsons) == 1:
             return load_karpathy(jsons[0], split, images_dir)
     return load_precomp(p, split, images_dir)
