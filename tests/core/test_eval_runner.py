@@ -134,6 +134,22 @@ def test_full_mode_with_spectral_captioner(tmp_path, embedder):
     assert res[0].config["captioner"] == captioner.fingerprint
 
 
+def test_full_mode_cancel_keeps_finished_batches(tmp_path):
+    from plugin.core.captioners import make_captioner
+    from plugin.core.errors import Canceled
+
+    ds = load_dataset(write_karpathy(tmp_path / "data"))
+    captioner = make_captioner("spectral", variants=2)
+    cache = tmp_path / "captions.jsonl"
+    calls = iter([False, True])
+    with pytest.raises(Canceled):
+        caption_dataset(ds, captioner, cache, batch_size=4, is_canceled=lambda: next(calls))
+    assert len(cache.read_text().splitlines()) == 4  # the first batch is kept
+    seen: list[int] = []
+    done = caption_dataset(ds, captioner, cache, batch_size=4, progress=lambda d, t, m: seen.append(d))
+    assert seen == [4, 6] and len(done) == 6 and len(cache.read_text().splitlines()) == 6
+
+
 def test_unreadable_image_is_a_clear_error(tmp_path):
     path = write_karpathy(tmp_path / "data")
     (tmp_path / "data" / "images" / "city_4.png").write_bytes(b"this is not a png")

@@ -159,6 +159,7 @@ def caption_dataset(
     progress(total - len(todo), total, "captioning")
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
+    captioned = total - len(todo)
     for batch in _batches(todo, size):
         if is_canceled():
             raise Canceled()
@@ -173,5 +174,6 @@ def caption_dataset(
         if cache is not None:
             with open(cache, "a", encoding="utf-8") as fh:
                 fh.write("".join(ln + "\n" for ln in lines))
-        progress(total - len(todo) + (todo.index(batch[-1]) + 1), total, "captioning")
+        captioned += len(batch)
+        progress(captioned, total, "captioning")
     return {f: done[f] for f in dataset.images}
