@@ -61,7 +61,7 @@ class SemanticImagerySearchPlugin:
         self.dock.hide()
         self.index_ctl.refresh_rows()
         self._init_engine_ui()
-        self._register_provider()
+        self.initProcessing()
 
     def _init_engine_ui(self) -> None:
         """"Set up engine…" / "Check engine" menu actions and the dock banner (gui/engine_dialog.py)."""
@@ -106,6 +106,11 @@ class SemanticImagerySearchPlugin:
 
         dlg = self.show_engine_dialog()
         return dlg.check(engine_python())
+
+    def initProcessing(self) -> None:  # noqa: N802 (QGIS API: qgis_process calls it instead of initGui)
+        """Register the Processing provider once; `qgis_process.bin` calls only this."""
+        if self.provider is None:
+            self._register_provider()
 
     def _register_provider(self) -> None:
         try:
