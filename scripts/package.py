@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import configparser
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -83,6 +84,33 @@ def build_zip(out_dir: Path, root: Path = ROOT) -> Path:
             zf.write(root / rel, f"{PLUGIN_NAME}/{rel.as_posix()}")
     os.replace(tmp, dest)
     return dest
+
+
+def validate_zip(path: Path) -> list[str]:
+    """What plugins.qgis.org's upload validator would refuse in this zip (empty when it passes).
+
+    Mirrors its checks: one top folder with an ASCII name, __init__.py and metadata.txt in it, no
+    .pyc / __pycache__ / .git / __MACOSX, no path tricks, and (since June 2024) a LICENSE file.
+    """
+    problems = []
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+        if zf.testzip() is not None:
+            problems.append("the zip is damaged")
+    tops = {n.split("/")[0] for n in names}
+    if len(tops) != 1 or not re.match(r"^[A-Za-z][A-Za-z0-9-_]+$", next(iter(tops), "")):
+        problems.append(f"the zip must hold one folder with an ASCII name, not {sorted(tops)}")
+    top = next(iter(tops), "")
+    for needed in ("__init__.py", "metadata.txt", "LICENSE"):
+        if f"{top}/{needed}" not in names:
+            problems.append(f"no {needed} in the plugin folder" + (
+                " (plugins.qgis.org refuses uploads without one: add a GPL-compatible LICENSE at the "
+                "repository root)" if needed == "LICENSE" else ""))
+    for n in names:
+        parts = n.split("/")
+        if ".." in n or n.startswith("/") or n.endswith(".pyc") or {"__pycache__", ".git", "__MACOSX"} & set(parts):
+            problems.append(f"forbidden entry {n}")
+    return problems
 
 
 def qgis_profile_dir(profile: str = "default") -> Path:
@@ -173,6 +201,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.cmd == "zip":
             path = build_zip(Path(args.out))
             print(f"{path} ({len(plugin_files())} files)")
+            for problem in validate_zip(path):
+                print(f"package: warning: {problem}", file=sys.stderr)
         elif args.cmd == "install":
             prof = Path(args.profile) if args.profile else qgis_profile_dir()
             print(f"linked {install_link(prof)} -> {ROOT}")

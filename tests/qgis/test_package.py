@@ -49,6 +49,29 @@ def test_zip_holds_the_plugin_folder_and_nothing_else(release_zip: Path) -> None
     assert on_disk <= {n[len(NAME) + 1:] for n in names}
 
 
+def test_zip_passes_the_plugin_repository_checks(release_zip: Path, tmp_path: Path) -> None:
+    licensed = (ROOT / "LICENSE").is_file()
+    problems = package.validate_zip(release_zip)
+    assert problems == ([] if licensed else [
+        "no LICENSE in the plugin folder (plugins.qgis.org refuses uploads without one: add a GPL-compatible "
+        "LICENSE at the repository root)"])
+    # a LICENSE at the root goes into the zip; forbidden entries are named
+    root = tmp_path / "root"
+    for rel in ("__init__.py", "LICENSE", "resources/icon.svg", "plugin/__init__.py", "plugin/__pycache__/x.pyc"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text("x")
+    (root / "metadata.txt").write_text((ROOT / "metadata.txt").read_text())
+    built = package.build_zip(tmp_path / "out", root)
+    assert package.validate_zip(built) == []
+    bad = tmp_path / "bad.zip"
+    with zipfile.ZipFile(bad, "w") as zf:
+        zf.writestr("xy/__init__.py", "")
+        zf.writestr("xy/metadata.txt", "")
+        zf.writestr("xy/LICENSE", "")
+        zf.writestr("xy/.git/config", "")
+    assert package.validate_zip(bad) == ["forbidden entry xy/.git/config"]
+
+
 def test_metadata_inside_is_complete(release_zip: Path) -> None:
     with zipfile.ZipFile(release_zip) as zf:
         text = zf.read(f"{NAME}/metadata.txt").decode("utf-8")
