@@ -39,6 +39,21 @@ def read_bands(
 
     Returns (data (C, H, W) native dtype, valid (H, W) bool). Each distinct band is read once.
     """
+    data, valid = read_bands_lazy(ds, indexes, window, out_shape, resampling)
+    if valid is None:
+        valid = np.ones(data.shape[1:], dtype=bool)
+    return data, valid
+
+
+def read_bands_lazy(
+    ds: Any,
+    indexes: Sequence[int],
+    window: Any = None,
+    out_shape: Optional[tuple[int, int]] = None,
+    resampling: Any = None,
+) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """As read_bands, but valid is None when no pixel can be invalid (no mask, no nodata, not float),
+    so the hot tiling loop skips building and scanning an all-true mask."""
     from rasterio.enums import MaskFlags, Resampling
 
     uniq = _unique(indexes)
@@ -73,8 +88,6 @@ def read_bands(
                 _and(data[k] != np.asarray(nd).astype(data.dtype))
         if data.dtype.kind == "f":
             _and(np.isfinite(data[k]))
-    if valid is None:
-        valid = np.ones(data.shape[1:], dtype=bool)
     if list(indexes) != uniq:
         data = data[[uniq.index(i) for i in indexes]]
     return data, valid

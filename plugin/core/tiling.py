@@ -12,8 +12,8 @@ skipped (it would only repeat that tile).
 
 Reads: one `rasterio` windowed read per tile (with `out_shape` decimation and average resampling for
 scale > 1, which GDAL serves from overviews when the file has them), so memory stays at a few tiles
-whatever the raster size; the next tile is read in a worker thread while the current one is
-converted. Radiometry uses the raster-wide stretch of `RasterInfo`.
+whatever the raster size. No thread here: the indexing pipeline already reads ahead in its own
+thread, and a second one only added GIL hand-offs. Radiometry uses the raster-wide stretch of `RasterInfo`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import math
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator, Optional, Sequence
 
@@ -29,7 +28,7 @@ import numpy as np
 
 from .errors import Canceled, RasterError, TilingError
 from .raster import RasterInfo
-from .raster_io import read_bands
+from .raster_io import read_bands_lazy
 from .types import CancelFn, PixelWindow, ProgressFn, TileImage, TileRef, never_canceled, no_progress
 
 __all__ = ["TilingParams", "tile_id", "footprint", "plan_tiles", "iter_tiles", "read_tile", "tile_side_px", "MAX_OUT_SIZE"]
@@ -198,34 +197,41 @@ class _Renderer:
         return out
 
 
-def _fetch(ds: Any, info: RasterInfo, ref: TileRef, side_out: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
-    """The GDAL part of a tile read (releases the GIL): native pixels and validity."""
+def _fetch(ds: Any, info: RasterInfo, ref: TileRef, side_out: int) -> tuple[np.ndarray, Optional[np.ndarray], tuple[int, int]]:
+    """The GDAL part of a tile read: native pixels and validity (None: all valid)."""
     from rasterio.enums import Resampling
     from rasterio.windows import Window
 
     win = ref.window
     shape = _out_shape(win, side_out)
     decimated = shape != (win.height, win.width)
-    data, valid = read_bands(
+    data, valid = read_bands_lazy(
         ds, info.band_map.indexes(), window=Window(win.col_off, win.row_off, win.width, win.height),
         out_shape=shape if decimated else None, resampling=Resampling.average,
     )
     return data, valid, shape
 
 
-def _finish(info: RasterInfo, ref: TileRef, fetched: tuple[np.ndarray, np.ndarray, tuple[int, int]],
-            renderer: _Renderer) -> TileImage:
-    """The numpy part: float32 raw with NaN where invalid, 8-bit RGB, output pixel size."""
+def _finish(info: RasterInfo, ref: TileRef, fetched: tuple[np.ndarray, Optional[np.ndarray], tuple[int, int]],
+            renderer: _Renderer) -> tuple[TileImage, int]:
+    """The numpy part: float32 raw with NaN where invalid, 8-bit RGB, output pixel size.
+    Returns the tile and its number of valid pixels."""
     data, valid, shape = fetched
-    all_valid = bool(valid.all())
     raw = data.astype(np.float32)
+    if valid is None:
+        valid = np.ones(shape, dtype=bool)
+        n_valid = valid.size
+    else:
+        n_valid = int(np.count_nonzero(valid))
+    all_valid = n_valid == valid.size
     if not all_valid:
         raw[:, ~valid] = np.nan
     px = None if info.pixel_size is None else info.pixel_size * ref.window.width / shape[1]
-    return TileImage(
+    tile = TileImage(
         ref=ref, rgb=renderer.rgb(data, valid, all_valid), raw=raw, valid=valid,
         has_nir=info.band_map.nir is not None, pixel_size=px,
     )
+    return tile, n_valid
 
 
 def _open_for(info: RasterInfo) -> Any:
@@ -266,23 +272,13 @@ def iter_tiles(
         return
     side_out = _default_out(info, params)
     renderer = _Renderer(info)
-    # One read ahead in a worker thread: GDAL decodes tile i+1 (GIL released) while this thread
-    # converts tile i. The dataset handle is only ever used by that one worker thread.
-    with rasterio.Env(GDAL_CACHEMAX=_CACHE_BYTES), _open_for(info) as ds, \
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="tile-read") as pool:
-        pending = pool.submit(_fetch, ds, info, todo[0], side_out)
+    with rasterio.Env(GDAL_CACHEMAX=_CACHE_BYTES), _open_for(info) as ds:
         for i, ref in enumerate(todo):
             if is_canceled():
-                pending.cancel()
                 raise Canceled(f"tiling canceled after {i} of {total} tiles")
-            fetched = pending.result()
-            if i + 1 < total:
-                pending = pool.submit(_fetch, ds, info, todo[i + 1], side_out)
-            tile = _finish(info, ref, fetched, renderer)
-            n_valid = np.count_nonzero(tile.valid)
-            keep = n_valid > 0 and n_valid >= params.min_valid_fraction * tile.valid.size
+            tile, n_valid = _finish(info, ref, _fetch(ds, info, ref, side_out), renderer)
             progress(i + 1, total, f"{info.name}: tile {i + 1}/{total}")
-            if keep:
+            if n_valid > 0 and n_valid >= params.min_valid_fraction * tile.valid.size:
                 yield tile
 
 
@@ -291,4 +287,4 @@ def read_tile(info: RasterInfo, ref: TileRef, out_size: Optional[int] = None) ->
     the scale-1 tile side, capped at MAX_OUT_SIZE."""
     side = out_size or min(max(ref.window.width, ref.window.height) // max(ref.scale, 1), MAX_OUT_SIZE)
     with _open_for(info) as ds:
-        return _finish(info, ref, _fetch(ds, info, ref, max(1, side)), _Renderer(info))
+        return _finish(info, ref, _fetch(ds, info, ref, max(1, side)), _Renderer(info))[0]
