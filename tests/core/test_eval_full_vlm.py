@@ -40,6 +40,8 @@ def test_full_mode_with_tiny_vlm(tmp_path, tiny_llava, capsys):
     assert fp.startswith("transformers") and all(len(r["variants"]) == 2 for r in records)
     doc = json.loads((tmp_path / "res.json").read_text())
     assert [r["config"]["captioner"] for r in doc["results"]] == [fp] * 4
+    assert doc["results"][0]["config"]["captioner_spec"] == f"transformers:{tiny_llava}"
+    assert doc["results"][0]["dataset"]["split"] == "test"
     assert [r["metrics"]["query_captions"] for r in doc["results"]] == [30] * 4
     assert [r["config"]["variants_total"] for r in doc["results"]] == [6, 6, 12, 12]
     # the rerun is free: every image comes from the cache (nothing appended), same numbers

@@ -121,7 +121,8 @@ def evaluate(args: argparse.Namespace) -> list:
         captioner = make_captioner(args.captioner, **opts)
         cache = cache_dir / f"captions-{ds.name}-{ds.split}.jsonl"
         variants = caption_dataset(ds, captioner, cache, args.batch_size, progress)
-        base.update(captioner=captioner.fingerprint, captions_cache=str(cache))
+        base.update(captioner=captioner.fingerprint, captioner_spec=args.captioner, preset=args.preset,
+                    captioner_variants=args.variants, captions_cache=str(cache))
     out = []
     for kmax in args.max_variants or [None]:
         out += run_with_variants(ds, variants, vectors, args.fusion, kmax, mode=args.mode, config=base)
