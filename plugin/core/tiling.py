@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import numbers
 import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator, Optional, Sequence
@@ -51,13 +52,18 @@ class TilingParams:
     min_valid_fraction: float = 0.5
 
     def __post_init__(self) -> None:
+        # Accept numpy / other integral types from callers, store plain ints (JSON, hashing).
+        if isinstance(self.tile_size, numbers.Integral) and not isinstance(self.tile_size, bool):
+            object.__setattr__(self, "tile_size", int(self.tile_size))
+        if isinstance(self.out_size, numbers.Integral) and not isinstance(self.out_size, bool):
+            object.__setattr__(self, "out_size", int(self.out_size))
         if not isinstance(self.tile_size, int) or self.tile_size < 8:
             raise TilingError(f"tile size {self.tile_size!r}: expected an integer of at least 8 pixels")
         if self.tile_size_units is not None and not (self.tile_size_units > 0 and math.isfinite(self.tile_size_units)):
             raise TilingError(f"tile size in ground units {self.tile_size_units!r}: expected a positive number")
         if not (0.0 <= self.overlap < 1.0):
             raise TilingError(f"overlap {self.overlap!r}: expected a fraction of the tile size, 0 <= overlap < 1")
-        scales = tuple(self.scales)
+        scales = tuple(int(s) if isinstance(s, numbers.Integral) and not isinstance(s, bool) else s for s in self.scales)
         if not scales or any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in scales):
             raise TilingError(f"scales {self.scales!r}: expected positive integers like 1,2,4")
         object.__setattr__(self, "scales", tuple(sorted(set(scales))))

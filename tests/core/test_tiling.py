@@ -39,8 +39,11 @@ def test_params_validate_and_round_trip() -> None:
     assert p.scales == (1, 2, 4)
     assert TilingParams.from_dict(p.to_dict()) == p
     assert TilingParams.from_dict({}) == TilingParams()
+    np_ints = TilingParams(tile_size=np.int64(256), scales=(np.int32(2), 1))  # type: ignore[arg-type]
+    assert np_ints.tile_size == 256 and type(np_ints.tile_size) is int and np_ints.scales == (1, 2)
     for bad in (dict(tile_size=0), dict(overlap=1.0), dict(overlap=-0.1), dict(scales=()), dict(scales=(0,)),
-                dict(out_size=2), dict(min_valid_fraction=1.5), dict(tile_size_units=-5.0)):
+                dict(out_size=2), dict(min_valid_fraction=1.5), dict(tile_size_units=-5.0), dict(tile_size=256.5),
+                dict(scales=(1.5,)), dict(tile_size=True)):
         with pytest.raises(TilingError):
             TilingParams(**bad)  # type: ignore[arg-type]
     assert issubclass(TilingError, EngineError)
