@@ -156,6 +156,13 @@ def test_retries_exhausted_and_unreachable_server(server):
     server.close = lambda: None  # already closed
 
 
+def test_unknown_option_is_an_engine_error(server):
+    from plugin.core.errors import EngineError
+
+    with pytest.raises(EngineError, match="does not take option.*concurency"):
+        make_captioner(f"openai:{server.url}#m", concurency=3)
+
+
 def test_bad_response_and_empty_answer(server):
     server.script = [(200, {"unexpected": True}, {})]
     cap = make_captioner(f"openai:{server.url}#m", variants=1, concurrency=1)

@@ -128,6 +128,12 @@ def test_fingerprint_and_options():
             make_captioner(bad)
     with pytest.raises(EngineError):
         make_captioner("spectral", variants=0)
+    with pytest.raises(EngineError, match="unknown captioner preset 'huge'"):
+        make_captioner("spectral", preset="huge")
+    with pytest.raises(EngineError, match="does not take option"):
+        make_captioner("spectral", temprature=0.2)
+    # Options every backend shares are accepted (and ignored where meaningless) by spectral.
+    assert make_captioner("spectral", device="cuda", dtype="bf16", api_key="x").fingerprint == a.fingerprint
 
 
 def test_inconsistent_tile_is_a_clear_error(cap):

@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 from ..errors import EngineError
 from ..types import Captioner
+from .prompts import get_preset
 from .spectral import SpectralCaptioner, spectral_facts
 
 __all__ = ["make_captioner", "spectral_facts", "SpectralCaptioner"]
@@ -35,7 +36,9 @@ def make_captioner(
     kind = kind.strip().lower()
     if variants is not None and int(variants) < 1:
         raise EngineError(f"variants must be at least 1, got {variants}")
+    get_preset(preset)  # an unknown preset is an error for every backend, not only the VLM ones
     if kind == "spectral":
+        _check_options("spectral", options, set())
         if target:
             raise EngineError(f"captioner spec {spec!r}: 'spectral' takes no model")
         return SpectralCaptioner(variants=variants, batch_size=batch_size)
@@ -44,6 +47,7 @@ def make_captioner(
             raise EngineError("captioner spec 'transformers:' needs a model, e.g. transformers:llava-hf/llava-1.5-7b-hf")
         from .transformers_vlm import TransformersCaptioner
 
+        _check_options("transformers", options, _keywords(TransformersCaptioner))
         return TransformersCaptioner(
             target.strip(), variants=variants, preset=preset, device=device, dtype=dtype, batch_size=batch_size,
             max_new_tokens=max_new_tokens, **options,
@@ -54,8 +58,26 @@ def make_captioner(
             raise EngineError(f"captioner spec {spec!r}: expected openai:<base_url>#<model>, e.g. openai:http://localhost:11434/v1#llava")
         from .openai_compat import OpenAICaptioner
 
+        _check_options("openai", options, _keywords(OpenAICaptioner))
         return OpenAICaptioner(
             base_url.strip(), model.strip(), variants=variants, preset=preset, api_key=api_key,
             batch_size=batch_size, max_new_tokens=max_new_tokens, **options,
         )
     raise EngineError(f"unknown captioner {spec!r}; use spectral, transformers:<model> or openai:<base_url>#<model>")
+
+
+_COMMON = {"variants", "preset", "device", "dtype", "batch_size", "api_key", "max_new_tokens"}
+
+
+def _keywords(cls: Any) -> set[str]:
+    import inspect
+
+    return {p.name for p in inspect.signature(cls.__init__).parameters.values() if p.kind == p.KEYWORD_ONLY} - _COMMON
+
+
+def _check_options(kind: str, options: dict[str, Any], accepted: set[str]) -> None:
+    """Unknown options are a user error (a typo would otherwise be silently ignored or a TypeError)."""
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        known = ", ".join(sorted(accepted)) or "none beyond the common ones"
+        raise EngineError(f"captioner {kind!r} does not take option(s) {', '.join(unknown)}; extra options it takes: {known}")
