@@ -18,7 +18,7 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 
 from .errors import Canceled, EngineError, RasterError
-from .searcher import Searcher, open_index_for
+from .searcher import Searcher, cached_embedder, open_index_for
 from .types import BandMap, CancelFn, CaptionVariant, ProgressFn, TileImage, TileRef, never_canceled, no_progress
 
 #: Commit (and make searchable) at least this often while indexing.
@@ -133,7 +133,6 @@ def index_rasters(
 ) -> IndexReport:
     """Index `sources` into `index_dir` (created if needed); only what is not done yet is computed."""
     from .captioners import make_captioner
-    from .embedder import make_embedder
     from .raster import open_raster
     from .tiling import TilingParams, iter_tiles, plan_tiles
 
@@ -141,8 +140,14 @@ def index_rasters(
     params = tiling or TilingParams()
     sources = _resolve_sources(sources)
     report = IndexReport()
+    if not sources and not remove_missing:
+        raise EngineError("nothing to index: give at least one raster")
+    # Open and plan every raster before loading any model, so bad input fails in a second.
+    opened, failed_paths = _open_all(sources, params, report, open_raster, plan_tiles)
+    if sources and not opened:
+        raise RasterError("; ".join(r["error"] for r in report.rasters) or "no raster could be opened")
     progress(0, 0, "loading embedder")
-    emb = make_embedder(embedder, device=device)
+    emb = cached_embedder(embedder, device)
     opts = dict(captioner_options or {})
     opts.setdefault("device", device)
     cap = make_captioner(captioner, **opts)
@@ -150,42 +155,34 @@ def index_rasters(
     switched = _previous_embedder(index_dir) not in (None, emb.fingerprint)
     idx = open_index_for(index_dir, emb, create=True, allow_new_embedder=True)
     try:
-        # Plan everything first so progress has a real total and bad rasters fail before long work.
-        planned: list[tuple[Any, list[TileRef], set[str], RasterSource]] = []
-        wanted_ids: set[str] = set()
         known = {r["raster_id"]: r for r in idx.raster_rows()}
-        if not sources and not remove_missing:
-            raise EngineError("nothing to index: give at least one raster")
-        extra: list[RasterSource] = []
         if switched:
             # A new embedder dropped every embedding: re-embed the other indexed rasters too, from
             # their cached captions (no re-captioning), so the whole index stays searchable.
             asked = {s.path for s in sources}
-            for r in known.values():
-                path = r.get("path")
-                if path and path not in asked and os.path.exists(path):
-                    extra.append(RasterSource(path, _row_band_map(r), r.get("name")))
-        for src in list(sources) + extra:
-            try:
-                info = open_raster(src.path, src.band_map)
-            except RasterError as exc:
-                report.rasters.append({"path": src.path, "name": src.name or os.path.basename(src.path), "error": str(exc)})
-                continue
-            if src.name:
-                info = _with_name(info, src.name)
-            refs = plan_tiles(info, params)
-            idx.upsert_raster(info, cap.fingerprint, params.to_dict())
-            done = idx.done_tile_ids(info.raster_id, cap.fingerprint)
-            planned.append((info, refs, done, src))
-            wanted_ids.add(info.raster_id)
-        if sources and not planned:
-            raise RasterError("; ".join(r["error"] for r in report.rasters) or "no raster could be opened")
-        if remove_missing:
-            for rid in known:
-                if rid not in wanted_ids:
+            extra = [
+                RasterSource(r["path"], _row_band_map(r), r.get("name"))
+                for r in known.values()
+                if r.get("path") and r["path"] not in asked and os.path.exists(r["path"])
+            ]
+            opened += _open_all(extra, params, report, open_raster, plan_tiles)[0]
+        planned: list[tuple[Any, list[TileRef], set[str]]] = []
+        for info, refs in opened:
+            # Same file, new content: the old tiles are stale, the new content is indexed afresh.
+            for rid, row in known.items():
+                if row.get("path") == info.path and rid != info.raster_id and rid not in report.removed:
                     idx.remove_raster(rid)
                     report.removed.append(rid)
-        total = sum(len(refs) - len(done & {r.tile_id for r in refs}) for _, refs, done, _ in planned)
+            idx.upsert_raster(info, cap.fingerprint, params.to_dict())
+            planned.append((info, refs, idx.done_tile_ids(info.raster_id, cap.fingerprint)))
+        if remove_missing:
+            # Rasters that failed to open this time are kept: nothing indexed is lost to a flaky drive.
+            keep = {info.raster_id for info, _ in opened}
+            for rid, row in known.items():
+                if rid not in keep and row.get("path") not in failed_paths and rid not in report.removed:
+                    idx.remove_raster(rid)
+                    report.removed.append(rid)
+        total = sum(len(refs) - len(done & {r.tile_id for r in refs}) for _, refs, done in planned)
         state = {"done": 0, "last_flush": time.monotonic()}
 
         def step(n: int, msg: str) -> None:
@@ -195,7 +192,7 @@ def index_rasters(
                 idx.flush()
                 state["last_flush"] = time.monotonic()
 
-        for info, refs, done, _src in planned:
+        for info, refs, done in planned:
             entry = _index_one(idx, cap, emb, info, params, refs, done, step, is_canceled, iter_tiles)
             report.rasters.append(entry)
         report.seconds = time.perf_counter() - t0
@@ -212,6 +209,21 @@ def index_rasters(
             close = getattr(cap, "close", None)
             if close:
                 close()
+
+
+def _open_all(sources, params, report, open_raster, plan_tiles) -> tuple[list[tuple[Any, list[TileRef]]], set[str]]:
+    """Open and plan each raster; failures go into the report (one line each) instead of stopping the job."""
+    opened, failed = [], set()
+    for src in sources:
+        try:
+            info = open_raster(src.path, src.band_map)
+            if src.name:
+                info = _with_name(info, src.name)
+            opened.append((info, plan_tiles(info, params)))
+        except EngineError as exc:
+            report.rasters.append({"path": src.path, "name": src.name or os.path.basename(src.path), "error": str(exc)})
+            failed.add(src.path)
+    return opened, failed
 
 
 def _previous_embedder(index_dir: str) -> Optional[str]:

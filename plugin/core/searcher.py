@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any, Optional, Sequence
 
 from .errors import IndexStoreError, QueryError
@@ -10,6 +11,21 @@ from .types import Hit
 
 #: Queries are cut to this many characters: embedders only see their first few hundred tokens anyway.
 MAX_QUERY_CHARS = 4000
+
+
+_EMBEDDERS: dict[tuple[Optional[str], str], Any] = {}
+_EMBEDDERS_LOCK = threading.Lock()
+
+
+def cached_embedder(spec: Optional[str] = None, device: str = "auto") -> Any:
+    """One loaded embedder per (model, device) and process: loading MiniLM costs seconds, a query milliseconds."""
+    from .embedder import make_embedder
+
+    key = (spec, device)
+    with _EMBEDDERS_LOCK:
+        if key not in _EMBEDDERS:
+            _EMBEDDERS[key] = make_embedder(spec, device=device)
+        return _EMBEDDERS[key]
 
 
 def open_index_for(index_dir: str, embedder: Any, *, create: bool, allow_new_embedder: bool = False) -> Any:
@@ -52,9 +68,7 @@ class Searcher:
         if not os.path.exists(os.path.join(self.index_dir, "manifest.json")):
             raise IndexStoreError(f"no search index at {self.index_dir}: index some rasters first")
         if self._emb is None:
-            from .embedder import make_embedder
-
-            self._emb = make_embedder(self._embedder_spec, device=self._device)
+            self._emb = cached_embedder(self._embedder_spec, self._device)
         stamp = self._files_stamp()
         if self._idx is None or stamp != self._stamp:
             if self._idx is not None:
