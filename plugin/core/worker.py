@@ -252,7 +252,11 @@ class Worker:
         bbox = job.arg("bbox", None, kind=list)
         if bbox is not None and len(bbox) != 4:
             raise ProtocolError("search: bbox needs 4 numbers minx,miny,maxx,maxy")
-        s = self.searcher(index_dir, job.arg("embedder", None, kind=str), str(job.arg("device", "auto", kind=str)))
+        embedder, device = job.arg("embedder", None, kind=str), str(job.arg("device", "auto", kind=str))
+        key = (os.path.abspath(index_dir), embedder, device)
+        if key not in self._searchers:
+            job.progress(0, 0, "loading the embedder (first search)")
+        s = self.searcher(index_dir, embedder, device)
         hits = s.search(
             str(job.arg("query", kind=str)),
             top=int(job.arg("top", 10)),

@@ -93,8 +93,11 @@ def test_index_streams_progress_and_reports(small_index):
 def test_warm_search_info_and_engine_errors(client, small_index):
     index_dir, path, report, _ = small_index
     t0 = time.perf_counter()
-    hits = client.request("search", {"index_dir": index_dir, "query": "bright bare ground", "top": 5})
+    loading: list[dict] = []
+    hits = client.request("search", {"index_dir": index_dir, "query": "bright bare ground", "top": 5},
+                          on_event=loading.append)
     first = time.perf_counter() - t0
+    assert [e["message"] for e in loading] == ["loading the embedder (first search)"]  # the dock can say so
     t0 = time.perf_counter()
     again = client.request("search", {"index_dir": index_dir, "query": "bright bare ground", "top": 5})
     second = time.perf_counter() - t0
