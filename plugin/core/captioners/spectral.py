@@ -16,14 +16,14 @@ from ..types import CaptionVariant, TileImage
 from .spectral_measure import Finding, Measures, measure
 
 #: Bump when the wording or the thresholds change: it is part of the caption cache key.
-SPECTRAL_VERSION = "3"
+SPECTRAL_VERSION = "4"
 DEFAULT_VARIANTS = 5
 
 _NAMES = {
     "water": ("water", "open water", "a water body", "water", "water"),
     "dense": ("dense vegetation", "forest or dense woodland", "trees and dense vegetation", "dense green vegetation", "forest"),
     "sparse": ("sparse vegetation", "grass or low vegetation", "patchy vegetation", "thin vegetation cover", "grassland"),
-    "built": ("built-up area with buildings", "buildings and streets", "urban texture of buildings", "built-up land", "town buildings"),
+    "built": ("built-up area with buildings", "buildings and streets", "urban texture of buildings", "built-up land", "buildings"),
     "sand": ("sand", "sandy ground", "bright sand", "beach or dune sand", "sand"),
     "bare": ("bare soil", "bare ground", "exposed soil", "bare fields or soil", "bare soil"),
     "cloud": ("cloud or snow", "bright white cloud or snow", "white cloud or snow cover", "cloud or snow", "clouds"),
