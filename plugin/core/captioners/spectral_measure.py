@@ -8,7 +8,6 @@ independent of the raster's units.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -64,9 +63,12 @@ def _block_reduce(a: np.ndarray, step: int) -> np.ndarray:
     h, w = a.shape[-2] // step * step, a.shape[-1] // step * step
     a = a[..., :h, :w]
     shape = a.shape[:-2] + (h // step, step, w // step, step)
-    with np.errstate(invalid="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN blocks are expected (nodata)
-        return np.nanmean(a.reshape(shape), axis=(-1, -3))
+    finite = np.isfinite(a)
+    if finite.all():  # the common case: summing the contiguous axis first is several times faster
+        return a.reshape(shape).mean(axis=-1).mean(axis=-2)
+    total = np.where(finite, a, 0).reshape(shape).sum(axis=-1).sum(axis=-2)
+    count = finite.reshape(shape).sum(axis=-1).sum(axis=-2)
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan).astype(a.dtype)
 
 
 def _shrink(tile: TileImage) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
