@@ -190,3 +190,20 @@ def test_unusable_interpreters_fail_with_a_message(tmp_path):
     script.chmod(0o755)
     with pytest.raises(WorkerCrashed, match="exit code 3.*No module named torch"):
         WorkerClient(str(script)).start()
+
+
+def test_library_chatter_goes_to_stderr_not_the_protocol_stream():
+    """print() and C-level writes to fd 1 after protocol_stdout() land on stderr; only protocol lines on stdout."""
+    code = (
+        "import os, sys\n"
+        "from plugin.core.worker import protocol_stdout\n"
+        "out = protocol_stdout()\n"
+        "print('python chatter')\n"
+        "os.write(1, b'c-level chatter\\n')\n"
+        "out.write('{\"event\": \"ready\"}\\n'); out.flush()\n"
+    )
+    proc = subprocess.run([PY, "-c", code], capture_output=True, text=True, cwd=PLUGIN_ROOT, timeout=60,
+                          env=dict(ENV, PYTHONPATH=PLUGIN_ROOT))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == '{"event": "ready"}\n'
+    assert "python chatter" in proc.stderr and "c-level chatter" in proc.stderr
