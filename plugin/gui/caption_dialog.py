@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import os
 from typing import TYPE_CHECKING, Optional
 
 from qgis.PyQt.QtWidgets import QDialog, QDialogButtonBox, QTextBrowser, QVBoxLayout
@@ -23,6 +24,35 @@ def hit_variants(hit: Hit) -> list[CaptionVariant]:
         elif isinstance(v, str):
             out.append(CaptionVariant("", "", v))
     return out or [CaptionVariant("", "", hit.caption)]
+
+
+def load_variants(index_dir: str, hit: Hit) -> list[CaptionVariant]:
+    """Every caption variant of the hit's tile (current captioner of its raster), read-only from the index.
+
+    A few rows from SQLite (stdlib, WAL: never blocks the indexing writer), so it is fine on the main
+    thread; falls back to what the hit carries when the index cannot be read.
+    """
+    import sqlite3
+
+    from ..core.store_schema import DB_FILE
+    from ..core.types import CaptionVariant
+
+    path = os.path.join(index_dir, DB_FILE)
+    if not os.path.exists(path):
+        return hit_variants(hit)
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=0.5)
+        try:
+            rows = conn.execute(
+                "SELECT one_sentence, feature, caption FROM captions WHERE tile_id = ? AND captioner_fp ="
+                " (SELECT captioner_fp FROM rasters WHERE raster_id = ?) ORDER BY variant_index",
+                (hit.tile_id, hit.raster_id),
+            ).fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return hit_variants(hit)
+    return [CaptionVariant(a or "", b or "", c or "") for a, b, c in rows] or hit_variants(hit)
 
 
 def variants_html(hit: Hit, variants: Optional[list[CaptionVariant]] = None) -> str:

@@ -96,8 +96,10 @@ class ResultsModel(QAbstractTableModel):
             return self._thumbs.get(hit.tile_id)
         if role == _SIZE and col == COL_THUMB:
             return QSize(THUMB_SIZE + 4, THUMB_SIZE + 4)
-        if role == _ALIGN and col in (COL_RANK, COL_SCORE):
-            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        if role == _ALIGN:
+            if col in (COL_RANK, COL_SCORE):
+                return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignTop)
+            return int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
         if role == _TOOLTIP:
             return (
                 f"{hit.caption}\n\nraster: {hit.raster}\ntile: {hit.tile_id} (scale {hit.scale}, "

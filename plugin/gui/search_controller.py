@@ -143,7 +143,14 @@ class SearchController(QObject):
             report_exception(self.session.iface, exc, "Zoom to result")
 
     def show_variants(self, hit: Hit) -> CaptionDialog:
-        dlg = CaptionDialog(hit, parent=self.widget)
+        from .caption_dialog import load_variants
+
+        try:
+            variants = load_variants(self.session.index_dir(), hit)
+        except Exception as exc:  # the dialog still shows the best variant
+            report_exception(self.session.iface, exc, "Reading caption variants")
+            variants = None
+        dlg = CaptionDialog(hit, variants, parent=self.widget)
         self._dialogs = [d for d in self._dialogs if d.isVisible()] + [dlg]
         dlg.show()
         return dlg

@@ -59,13 +59,17 @@ class SearchWidget(QWidget):
         self.view.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.view.setWordWrap(True)
         self.view.verticalHeader().setVisible(False)
-        self.view.verticalHeader().setDefaultSectionSize(THUMB_SIZE + 6)
+        # fixed row height: a long caption is clipped (full text in the tooltip and on double-click)
+        self.view.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Fixed)
+        self.view.verticalHeader().setDefaultSectionSize(THUMB_SIZE + 8)
+        self.view.setTextElideMode(Qt.TextElideMode.ElideRight)
         self.view.setIconSize(QSize(THUMB_SIZE, THUMB_SIZE))
         header = self.view.horizontalHeader()
         for col in (COL_RANK, COL_SCORE, COL_THUMB):
             header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(COL_CAPTION, QHeaderView.ResizeMode.Stretch)
-        header.setSectionResizeMode(COL_RASTER, QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(COL_RASTER, QHeaderView.ResizeMode.Interactive)
+        self.view.setColumnWidth(COL_RASTER, 110)
         self.view.setColumnWidth(COL_THUMB, THUMB_SIZE + 8)
 
         self.export_button = QPushButton("Export results…", self)
@@ -124,7 +128,7 @@ class SearchWidget(QWidget):
         self.model.set_hits(hits)
         self.export_button.setEnabled(bool(hits))
         self.info_label.setText(message)
-        self.view.resizeRowsToContents()
+        self.view.scrollToTop()
 
     def select_row(self, row: int) -> None:
         self.view.selectRow(row)

@@ -129,6 +129,13 @@ class WorkerQueue(QObject):
             self._client = None
 
 
+def short_name(fingerprint: object) -> str:
+    """"spectral|v3|variants=5" -> "spectral"; "st:all-MiniLM-L6-v2@1229...:dim=384" -> "all-MiniLM-L6-v2"."""
+    text = str(fingerprint or "").split("|")[0].split("@")[0]
+    text = text.split(":", 1)[1] if text.startswith(("st:", "hf:")) else text
+    return os.path.basename(text.rstrip("/")) or text
+
+
 class EngineSession(QObject):
     """The project's index folder and the last known index state, shared by both panels."""
 
@@ -194,9 +201,9 @@ class EngineSession(QObject):
         else:
             rasters = info.get("rasters") or []
             caps = info.get("captioners") or sorted({str(r.get("captioner_fp", "")).split("|")[0] for r in rasters} - {""})
-            cap = ", ".join(str(c) for c in caps) if isinstance(caps, (list, tuple)) else str(caps)
-            emb = str(info.get("embedder") or "")
-            emb = os.path.basename(emb.rstrip("/")) if os.sep in emb else emb
+            caps = caps if isinstance(caps, (list, tuple)) else [caps]
+            cap = ", ".join(sorted({short_name(c) for c in caps}))
+            emb = short_name(info.get("embedder") or "")
             text = (
                 f"{int(info.get('tiles', 0)):,} tiles, {int(info.get('variants', 0)):,} caption variants "
                 f"in {len(rasters)} raster(s) · captioner {cap or '-'} · embedder {emb or '-'}"

@@ -128,7 +128,10 @@ def test_index_then_search_highlights_exactly_the_hits(indexed, qgis_iface):
     assert canvas.extent().contains(target)
     # double-click: the caption variants dialog
     dlg = plugin.search_ctl.show_variants(model.hit(0))
-    assert hits[0]["caption"][:40] in dlg.browser.toPlainText()
+    text = dlg.browser.toPlainText()
+    n_variants = report["rasters"][0]["variants"] // max(1, report["rasters"][0]["tiles_new"])
+    assert n_variants > 1 and f"Variant {n_variants}" in text and f"Variant {n_variants + 1}" not in text
+    assert "(best match)" in text and hits[0]["caption"].split(".")[0] in text
     dlg.close()
 
 
