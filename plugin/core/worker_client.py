@@ -85,6 +85,8 @@ class WorkerClient:
         """Start the process and wait for its "ready" line; WorkerCrashed if it does not come."""
         if self.alive:
             return {"pid": self.pid}
+        if self.proc is not None:  # a dead predecessor: release its pipes
+            self._close_pipes(self.proc)
         self._lines = queue.Queue()
         self._stderr_tail.clear()
         kwargs: dict[str, Any] = {}
@@ -101,7 +103,7 @@ class WorkerClient:
         except OSError as exc:
             raise WorkerCrashed(f"cannot start the engine worker with {self.python!r}: {exc.strerror or exc}") from None
         self.pid = self.proc.pid
-        threading.Thread(target=self._read_stdout, args=(self.proc,), daemon=True, name="worker-stdout").start()
+        threading.Thread(target=self._read_stdout, args=(self.proc, self._lines), daemon=True, name="worker-stdout").start()
         threading.Thread(target=self._read_stderr, args=(self.proc,), daemon=True, name="worker-stderr").start()
         deadline = time.monotonic() + self.start_timeout
         while True:
@@ -117,32 +119,39 @@ class WorkerClient:
             if msg.get("event") == "ready":
                 return msg
 
-    def _read_stdout(self, proc: subprocess.Popen) -> None:
+    def _read_stdout(self, proc: subprocess.Popen, lines: queue.Queue) -> None:
+        """Each process gets its own queue, so a dead process's last lines never reach its successor."""
         assert proc.stdout is not None
-        for line in proc.stdout:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                msg = json.loads(line)
-            except json.JSONDecodeError:
-                self._stderr_tail.append(f"(stdout) {line}")
-                continue
-            if isinstance(msg, dict):
-                self._lines.put(msg)
-        self._lines.put(None)
+        try:
+            for line in proc.stdout:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    msg = json.loads(line)
+                except json.JSONDecodeError:
+                    self._stderr_tail.append(f"(stdout) {line}")
+                    continue
+                if isinstance(msg, dict):
+                    lines.put(msg)
+        except (OSError, ValueError):  # the pipe was closed under us: same as end of output
+            pass
+        lines.put(None)
 
     def _read_stderr(self, proc: subprocess.Popen) -> None:
         assert proc.stderr is not None
-        for line in proc.stderr:
-            line = line.rstrip()
-            if line:
-                self._stderr_tail.append(line)
-                if self.on_stderr is not None:
-                    try:
-                        self.on_stderr(line)
-                    except Exception:  # a logging callback must never break the reader
-                        pass
+        try:
+            for line in proc.stderr:
+                line = line.rstrip()
+                if line:
+                    self._stderr_tail.append(line)
+                    if self.on_stderr is not None:
+                        try:
+                            self.on_stderr(line)
+                        except Exception:  # a logging callback must never break the reader
+                            pass
+        except (OSError, ValueError):
+            pass
 
     @property
     def stderr_tail(self) -> str:

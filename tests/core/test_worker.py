@@ -207,3 +207,26 @@ def test_library_chatter_goes_to_stderr_not_the_protocol_stream():
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == '{"event": "ready"}\n'
     assert "python chatter" in proc.stderr and "c-level chatter" in proc.stderr
+
+
+def test_cancel_grace_expired_kills_the_worker_and_next_request_restarts_it(tmp_path):
+    """A job that does not stop within cancel_grace (a long model batch) is killed; the client starts afresh."""
+    path = rasters.north_up(str(tmp_path), width=256, height=128, seed=7)
+    idx = str(tmp_path / "idx")
+    c = WorkerClient(PY, env=ENV, cancel_grace=0.0)
+    try:
+        c.start()
+        first_pid = c.pid
+        started = {"flag": False}
+
+        def on_event(e: dict) -> None:
+            started["flag"] = started["flag"] or e.get("done", 0) > 0
+
+        with pytest.raises(Canceled):
+            c.request("index", _index_args(idx, path, 32), on_event=on_event, is_canceled=lambda: started["flag"])
+        assert not c.alive
+        info = c.request("info", {"index_dir": idx})  # a new process, same client
+        assert c.alive and c.pid != first_pid
+        assert 0 < info["tiles"] <= 32 and info["variants"] == info["tiles"]
+    finally:
+        c.stop()
