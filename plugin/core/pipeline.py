@@ -183,14 +183,15 @@ def index_rasters(
                     idx.remove_raster(rid)
                     report.removed.append(rid)
         total = sum(len(refs) - len(done & {r.tile_id for r in refs}) for _, refs, done in planned)
-        state = {"done": 0, "last_flush": time.monotonic()}
+        counter = [0]
+        last_flush = [time.monotonic()]
 
         def step(n: int, msg: str) -> None:
-            state["done"] += n
-            progress(state["done"], total, msg)
-            if time.monotonic() - state["last_flush"] > FLUSH_EVERY_S:
+            counter[0] += n
+            progress(counter[0], total, msg)
+            if time.monotonic() - last_flush[0] > FLUSH_EVERY_S:
                 idx.flush()
-                state["last_flush"] = time.monotonic()
+                last_flush[0] = time.monotonic()
 
         for info, refs, done in planned:
             entry = _index_one(idx, cap, emb, info, params, refs, done, step, is_canceled, iter_tiles)
