@@ -172,3 +172,15 @@ def test_search_task_hits_drawn_on_reprojected_footprints(story, warm_client, qg
     QgsApplication.taskManager().addTask(task)
     wait_for(lambda: bool(bad), what="search_finished (empty query)")
     assert bad[0][0] == [] and "empty" in bad[0][1]
+
+
+def test_index_task_with_a_missing_interpreter_fails_with_a_message(qgis_app, tmp_path):
+    task = IndexTask("no engine", str(tmp_path / "idx"), [RasterSource(str(tmp_path / "x.tif"))], OPTIONS,
+                     str(tmp_path / "no-python"))
+    reports: list[dict] = []
+    task.index_finished.connect(reports.append)
+    QgsApplication.taskManager().addTask(task)
+    wait_for(lambda: bool(reports), timeout=60, what="index_finished")
+    assert "cannot start the engine worker" in reports[0]["error"]
+    with pytest.raises(ValueError, match="unknown indexing option"):
+        IndexTask("bad", str(tmp_path / "idx"), [], {"tile": 3}, PY)
