@@ -11,6 +11,7 @@ from qgis.PyQt.QtWidgets import (
     QDoubleSpinBox,
     QFormLayout,
     QHBoxLayout,
+    QLabel,
     QLineEdit,
     QSpinBox,
     QStackedWidget,
@@ -58,6 +59,10 @@ class IndexOptionsWidget(QWidget):
 
         self.variants_spin = QSpinBox(self)
         self.variants_spin.setRange(1, 10)
+        self.batch_spin = QSpinBox(self)
+        self.batch_spin.setRange(0, 1024)
+        self.batch_spin.setSpecialValueText("default")
+        self.batch_spin.setToolTip("Tiles per captioner call (smaller = less GPU memory, more frequent commits)")
         self.embedder_edit = QLineEdit(self)
         self.embedder_edit.setPlaceholderText("packaged MiniLM (all-MiniLM-L6-v2)")
         self.tile_spin = QSpinBox(self)
@@ -80,7 +85,11 @@ class IndexOptionsWidget(QWidget):
         form.setContentsMargins(0, 0, 0, 0)
         form.addRow("Captioner", self.kind_combo)
         form.addRow(self.pages)
-        form.addRow("Caption variants", self.variants_spin)
+        variants_row = QHBoxLayout()
+        variants_row.addWidget(self.variants_spin)
+        variants_row.addWidget(QLabel("batch", self))
+        variants_row.addWidget(self.batch_spin)
+        form.addRow("Caption variants", variants_row)
         form.addRow("Embedder", self.embedder_edit)
         form.addRow("Tile / overlap / scales", tiles_row)
         form.addRow("Device", self.device_combo)
@@ -95,6 +104,7 @@ class IndexOptionsWidget(QWidget):
         self.server_model_edit.setText(o.server_model)
         _set_authcfg(self.auth_select, o.authcfg)
         self.variants_spin.setValue(int(o.variants))
+        self.batch_spin.setValue(int(o.batch_size))
         self.embedder_edit.setText(o.embedder)
         self.tile_spin.setValue(int(o.tile_size))
         self.overlap_spin.setValue(float(o.overlap))
@@ -111,6 +121,7 @@ class IndexOptionsWidget(QWidget):
             server_model=self.server_model_edit.text().strip(),
             authcfg=_get_authcfg(self.auth_select),
             variants=self.variants_spin.value(),
+            batch_size=self.batch_spin.value(),
             embedder=self.embedder_edit.text().strip(),
             tile_size=self.tile_spin.value(),
             overlap=round(self.overlap_spin.value(), 3),

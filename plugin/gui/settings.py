@@ -28,6 +28,7 @@ class IndexOptions:
     server_model: str = ""
     authcfg: str = ""
     variants: int = 5
+    batch_size: int = 0  # tiles per captioner call; 0 = the captioner's default
     embedder: str = ""
     tile_size: int = 512
     overlap: float = 0.0
@@ -67,6 +68,8 @@ class IndexOptions:
         captioner_options: dict[str, Any] = {}
         if spec != "spectral":
             captioner_options["variants"] = int(self.variants)
+        if int(self.batch_size) > 0:
+            captioner_options["batch_size"] = int(self.batch_size)
         if spec.startswith("openai:") and self.authcfg:
             key = api_key_from_auth(self.authcfg)
             if key:

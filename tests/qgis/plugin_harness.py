@@ -103,6 +103,10 @@ def add_raster(path: str, name: str) -> QgsRasterLayer:
 
 
 def engine_env() -> None:
+    """Offline engine, and the default engine Python (another test may have left a custom one in the settings)."""
+    from qgis.core import QgsSettings
+
+    QgsSettings().remove("semantic_imagery_search/engine_python")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -113,7 +117,7 @@ def set_spectral(plugin, tile_size: int = 512) -> None:
     w = plugin.dock.index_widget.options_widget
     opts = w.options()
     opts.captioner_kind, opts.tile_size, opts.device, opts.embedder = "spectral", tile_size, "cpu", ""
-    opts.overlap, opts.scales = 0.0, "1"
+    opts.overlap, opts.scales, opts.batch_size = 0.0, "1", 0
     w.set_options(opts)
 
 
