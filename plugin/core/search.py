@@ -96,12 +96,23 @@ def _bbox_per_raster(rasters: dict[str, dict], bbox: tuple[float, float, float, 
 
 
 class _Candidates:
-    """Candidate tiles and everything needed to score and describe them, fetched in batches."""
+    """Candidate tiles and all their searchable variants, fetched in batches and kept columnar.
+
+    Each tile's variant rows are appended contiguously, so scoring every candidate is a handful of
+    numpy calls (one matmul, a lexsort, reduceat) instead of a Python loop per tile.
+    """
 
     def __init__(self, index: SearchIndex) -> None:
         self.index = index
         self.tile_of: dict[int, Optional[str]] = {}
         self.tiles: dict[str, dict[str, Any]] = {}
+        self.t_ids: list[str] = []
+        self.t_raster: list[str] = []
+        self.t_env: list[tuple[float, float, float, float]] = []
+        self.row_seg: list[int] = []
+        self.row_cid: list[int] = []
+        self.blobs: list[bytes] = []
+        self.sims = np.zeros(0, np.float32)
 
     def add_labels(self, labels: Sequence[int]) -> None:
         new = [int(x) for x in labels if int(x) not in self.tile_of]
@@ -113,7 +124,7 @@ class _Candidates:
             q = ",".join("?" * len(chunk))
             for cid, tid in conn.execute(f"SELECT caption_id, tile_id FROM captions WHERE caption_id IN ({q})", chunk):
                 self.tile_of[int(cid)] = tid
-        self._load_tiles([t for t in {self.tile_of[c] for c in new} if t and t not in self.tiles])
+        self._load_tiles(sorted(t for t in {self.tile_of[c] for c in new} if t and t not in self.tiles))
 
     def add_tiles_of_rasters(self, raster_ids: Sequence[str]) -> None:
         q = ",".join("?" * len(raster_ids))
@@ -130,36 +141,43 @@ class _Candidates:
                 f" t.minx, t.miny, t.maxx, t.maxy FROM tiles t WHERE t.tile_id IN ({q})", chunk,
             ):
                 self.tiles[row[0]] = {"raster_id": row[1], "window": PixelWindow(*row[2:6]), "scale": row[6],
-                                      "footprint": row[7], "env": row[8:12], "variants": None}
+                                      "footprint": row[7], "pos": len(self.t_ids)}
+                self.t_ids.append(row[0])
+                self.t_raster.append(row[1])
+                self.t_env.append(tuple(float(v) for v in row[8:12]))  # type: ignore[arg-type]
             # Every searchable variant of these tiles, with its vector, for exact scoring.
-            for cid, tid, vi, vec in conn.execute(
-                "SELECT c.caption_id, c.tile_id, c.variant_index, e.vector FROM captions c JOIN embeddings e"
+            for cid, tid, vec in conn.execute(
+                "SELECT c.caption_id, c.tile_id, e.vector FROM captions c JOIN embeddings e"
                 f" ON e.caption_id = c.caption_id WHERE c.tile_id IN ({q}) ORDER BY c.tile_id, c.variant_index", chunk,
             ):
                 t = self.tiles.get(tid)
                 if t is not None:
-                    if t["variants"] is None:
-                        t["variants"] = ([], [], [])
-                    t["variants"][0].append(int(cid))
-                    t["variants"][1].append(int(vi))
-                    t["variants"][2].append(vec)
+                    self.row_seg.append(t["pos"])
+                    self.row_cid.append(int(cid))
+                    self.blobs.append(vec)
 
-
-def _score_tiles(cands: _Candidates, tile_ids: list[str], q: np.ndarray, rule: str) -> dict[str, tuple[float, int]]:
-    """Exact fused score and best caption id of each tile, from all its stored variants."""
-    out: dict[str, tuple[float, int]] = {}
-    for tid in tile_ids:
-        t = cands.tiles.get(tid)
-        if not t or not t["variants"]:
-            continue
-        cids, _vis, blobs = t["variants"]
-        if "sims" not in t:
-            vecs = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), -1)
-            t["sims"] = vecs @ q
-        sims = t["sims"]
-        best = int(np.argmax(sims))
-        out[tid] = (fuse(sims, rule), cids[best])
-    return out
+    def fused(self, q: np.ndarray, rule: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(tile positions, fused scores, best caption ids) for every candidate tile with variants."""
+        if len(self.sims) < len(self.blobs):
+            new = np.frombuffer(b"".join(self.blobs[len(self.sims):]), dtype=np.float32).reshape(-1, q.size)
+            self.sims = np.concatenate([self.sims, new @ q])
+        if not len(self.sims):
+            return np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64)
+        sims = self.sims.astype(np.float64)
+        seg = np.asarray(self.row_seg, np.int64)
+        order = np.lexsort((-sims, seg))
+        s_sorted, seg_sorted = sims[order], seg[order]
+        first = np.flatnonzero(np.r_[True, seg_sorted[1:] != seg_sorted[:-1]])
+        counts = np.diff(np.r_[first, len(order)])
+        best = s_sorted[first]
+        if rule == "max":
+            score = best
+        elif rule == "mean":
+            score = np.add.reduceat(s_sorted, first) / counts
+        else:  # top2
+            second = np.where(counts >= 2, s_sorted[np.minimum(first + 1, len(order) - 1)], best)
+            score = (best + second) / 2.0
+        return seg_sorted[first], score, np.asarray(self.row_cid, np.int64)[order[first]]
 
 
 def search(index: SearchIndex, query_vector: np.ndarray, *, top: int = 10, fusion: str = "max",
@@ -210,22 +228,22 @@ def _raster_meta(index: SearchIndex) -> list[dict[str, Any]]:
 def _rank(cands: _Candidates, q: np.ndarray, rule: str, allowed: set[str],
           boxes: Optional[dict[str, Optional[tuple[float, float, float, float]]]],
           min_score: Optional[float]) -> list[tuple[str, float, int]]:
-    keep = []
-    for tid, t in cands.tiles.items():
-        if t["raster_id"] not in allowed:
-            continue
-        if boxes is not None:
-            box = boxes.get(t["raster_id"])
-            if box is None:
-                continue
-            x0, y0, x1, y1 = t["env"]
-            if x1 < box[0] or x0 > box[2] or y1 < box[1] or y0 > box[3]:
-                continue
-        keep.append(tid)
-    scored = _score_tiles(cands, keep, q, rule)
-    out = [(tid, s, cid) for tid, (s, cid) in scored.items() if min_score is None or s >= min_score]
-    out.sort(key=lambda x: (-x[1], x[0]))
-    return out
+    """Candidate tiles passing the filters, best first (score desc, then tile id)."""
+    pos, score, cid = cands.fused(q, rule)
+    if not len(pos):
+        return []
+    rasters = np.asarray(cands.t_raster, dtype=object)[pos]
+    keep = np.fromiter((r in allowed for r in rasters), bool, len(pos))
+    if boxes is not None:
+        env = np.asarray(cands.t_env, np.float64)[pos]
+        box = np.array([boxes.get(r) or (np.inf, np.inf, -np.inf, -np.inf) for r in rasters], np.float64)
+        keep &= ~((env[:, 2] < box[:, 0]) | (env[:, 0] > box[:, 2]) | (env[:, 3] < box[:, 1]) | (env[:, 1] > box[:, 3]))
+    if min_score is not None:
+        keep &= score >= float(min_score)
+    pos, score, cid = pos[keep], score[keep], cid[keep]
+    ids = np.asarray(cands.t_ids)[pos] if len(pos) else np.zeros(0, str)
+    order = np.lexsort((ids, -score))
+    return [(str(ids[i]), float(score[i]), int(cid[i])) for i in order]
 
 
 def _suppress(ranked: list[tuple[str, float, int]], cands: _Candidates) -> list[tuple[str, float, int]]:
