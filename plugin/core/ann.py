@@ -68,8 +68,16 @@ def _header_ok(path: str, dim: int) -> bool:
     )
 
 
+def _tmp_dir(folder: str) -> str:
+    """Temporary files live in a subfolder (same filesystem for os.replace) so that a listing of the
+    index folder never shows a file that vanishes a moment later."""
+    d = os.path.join(folder, ".tmp")
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
 def _atomic_write_text(path: str, text: str) -> None:
-    d = os.path.dirname(path) or "."
+    d = _tmp_dir(os.path.dirname(path) or ".")
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -284,10 +292,12 @@ class AnnIndex:
         if self.index is None:
             return
         self.sync(conn)
+        if not self.dirty and os.path.exists(self.path):
+            return  # the file already holds exactly this
         deleted = self.deleted_estimate(conn)
         if self.element_count and deleted > MAX_DELETED_SHARE * self.element_count:
             self.rebuild(conn, "compacting deleted labels")
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-captions-", suffix=".hnsw", dir=self.folder)
+        fd, tmp = tempfile.mkstemp(prefix="captions-", suffix=".hnsw", dir=_tmp_dir(self.folder))
         os.close(fd)
         try:
             self.index.save_index(tmp)

@@ -39,7 +39,8 @@ class SearchIndex:
         self._conn: Optional[sqlite3.Connection] = conn
         self.embedder_fingerprint = str(S.get_meta(conn, "embedder_fingerprint"))
         self.dim = int(S.get_meta(conn, "dim") or 0)
-        self.ann = AnnIndex(folder, self.dim, str(S.get_meta(conn, "epoch")))
+        self._ann = AnnIndex(folder, self.dim, str(S.get_meta(conn, "epoch")))
+        self._ann_ready = False
         self._mutated = False
         self._vpt: Optional[tuple[int, float]] = None
 
@@ -92,7 +93,6 @@ class SearchIndex:
                 raise IndexStoreError(f"the index at {folder} holds {self.dim}-d vectors, the embedder gives {dim}-d")
             if not readonly and (manifest or {}).get("embedder_fingerprint") != self.embedder_fingerprint:
                 S.write_manifest(folder, self.embedder_fingerprint, self.dim)  # crash between DB and manifest
-            self.ann.load(self.conn)
         except BaseException:
             self.close()
             raise
@@ -119,9 +119,18 @@ class SearchIndex:
             self.conn.execute("UPDATE rasters SET state = 'stale'")
         S.write_manifest(self.folder, fingerprint, dim)
         self.embedder_fingerprint, self.dim = fingerprint, dim
-        self.ann = AnnIndex(self.folder, dim, str(S.get_meta(self.conn, "epoch")))
+        self._ann = AnnIndex(self.folder, dim, str(S.get_meta(self.conn, "epoch")))
+        self._ann_ready = False
 
     # ---- plumbing -----------------------------------------------------------------------------
+    @property
+    def ann(self) -> AnnIndex:
+        """The ANN index, loaded (and reconciled) on first use: writers that only add tiles never pay for it."""
+        if not self._ann_ready:
+            self._ann.load(self.conn)
+            self._ann_ready = True
+        return self._ann
+
     @property
     def conn(self) -> sqlite3.Connection:
         if self._conn is None:
