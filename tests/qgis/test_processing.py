@@ -124,13 +124,15 @@ def _qgis_process(args: list[str], env: dict, timeout: float = 300) -> subproces
 
 @pytest.mark.skipif(not os.path.exists(QGIS_PROCESS), reason="qgis_process.bin not installed")
 def test_qgis_process_runs_both_algorithms(tmp_path):
-    """Headless: the plugin is found through QGIS_PLUGINPATH (a symlink named as the plugin) in a throw-away profile."""
+    """Headless: the plugin is found through QGIS_PLUGINPATH (a symlink named as the plugin) and enabled in a
+    throw-away profile."""
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     os.symlink(ROOT, plugins / "semantic_imagery_search")
-    home = tmp_path / "home"
-    env = dict(os.environ, HOME=str(home), XDG_DATA_HOME=str(home / "share"), QGIS_PLUGINPATH=str(plugins),
-               QT_QPA_PLATFORM="offscreen", OMP_NUM_THREADS="1", PYTHONPATH="")
+    # A throw-away profile root: QGIS_CUSTOM_CONFIG_PATH (pytest-qgis sets it for this session's own QGIS).
+    env = {k: v for k, v in os.environ.items() if k not in ("QGIS_OPTIONS_PATH", "PYTHONPATH")}
+    env.update(QGIS_CUSTOM_CONFIG_PATH=str(tmp_path / "config"), QGIS_PLUGINPATH=str(plugins),
+               QT_QPA_PLATFORM="offscreen", OMP_NUM_THREADS="1")
     enable = _qgis_process(["plugins", "enable", "semantic_imagery_search"], env)
     assert enable.returncode == 0, enable.stdout + enable.stderr
     assert "* semantic_imagery_search" in enable.stdout
