@@ -265,13 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("rasters", nargs="+")
     pr.set_defaults(func=cmd_remove)
 
-    for mod, fn in ((".eval.cli", "add_eval_parser"), (".worker", "add_worker_parser")):
-        try:
-            import importlib
+    from .eval.cli import add_eval_parser
+    from .worker import add_worker_parser
 
-            getattr(importlib.import_module(mod, __package__), fn)(sub)
-        except ImportError:
-            pass
+    add_eval_parser(sub)
+    add_worker_parser(sub)
     return p
 
 
