@@ -60,6 +60,10 @@ class Searcher:
     def _files_stamp(self) -> tuple:
         out = []
         for name in sorted(os.listdir(self.index_dir)):
+            if name.endswith(("-wal", "-shm", "-journal")):
+                # SQLite's side files change on every read; the open connection sees commits anyway
+                # (and `sync()` replays the ANN log), so they must not force a reopen + ANN reload.
+                continue
             st = os.stat(os.path.join(self.index_dir, name))
             out.append((name, st.st_size, st.st_mtime_ns))
         return tuple(out)
