@@ -102,8 +102,13 @@ class _Candidates:
     numpy calls (one matmul, a lexsort, reduceat) instead of a Python loop per tile.
     """
 
-    def __init__(self, index: SearchIndex) -> None:
+    def __init__(self, index: SearchIndex, vectors: bool = True) -> None:
         self.index = index
+        #: False (max fusion): a tile's score is its best *retrieved* variant's kNN similarity, which
+        #: is exact for every tile that can rank (its best variant beats the k-th one), so no vectors
+        #: need fetching; mean / top2 need all variants of each candidate, scored from stored vectors.
+        self.vectors = vectors
+        self.row_sim: list[float] = []
         self.tile_of: dict[int, Optional[str]] = {}
         self.tiles: dict[str, dict[str, Any]] = {}
         self.t_ids: list[str] = []
@@ -114,7 +119,8 @@ class _Candidates:
         self.blobs: list[bytes] = []
         self.sims = np.zeros(0, np.float32)
 
-    def add_labels(self, labels: Sequence[int]) -> None:
+    def add_labels(self, labels: Sequence[int], sims: Sequence[float]) -> None:
+        sim_of = dict(zip((int(x) for x in labels), (float(v) for v in sims)))
         new = [int(x) for x in labels if int(x) not in self.tile_of]
         conn = self.index.conn
         for i in range(0, len(new), 500):
@@ -125,6 +131,13 @@ class _Candidates:
             for cid, tid in conn.execute(f"SELECT caption_id, tile_id FROM captions WHERE caption_id IN ({q})", chunk):
                 self.tile_of[int(cid)] = tid
         self._load_tiles(sorted(t for t in {self.tile_of[c] for c in new} if t and t not in self.tiles))
+        if not self.vectors:
+            for cid in new:
+                t = self.tiles.get(self.tile_of[cid] or "")
+                if t is not None:
+                    self.row_seg.append(t["pos"])
+                    self.row_cid.append(cid)
+                    self.row_sim.append(sim_of[cid])
 
     def add_tiles_of_rasters(self, raster_ids: Sequence[str]) -> None:
         q = ",".join("?" * len(raster_ids))
@@ -145,6 +158,8 @@ class _Candidates:
                 self.t_ids.append(row[0])
                 self.t_raster.append(row[1])
                 self.t_env.append(tuple(float(v) for v in row[8:12]))  # type: ignore[arg-type]
+            if not self.vectors:
+                continue
             # Every searchable variant of these tiles, with its vector, for exact scoring.
             for cid, tid, vec in conn.execute(
                 "SELECT c.caption_id, c.tile_id, e.vector FROM captions c JOIN embeddings e"
@@ -158,7 +173,9 @@ class _Candidates:
 
     def fused(self, q: np.ndarray, rule: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(tile positions, fused scores, best caption ids) for every candidate tile with variants."""
-        if len(self.sims) < len(self.blobs):
+        if not self.vectors:
+            self.sims = np.asarray(self.row_sim, np.float32)
+        elif len(self.sims) < len(self.blobs):
             new = np.frombuffer(b"".join(self.blobs[len(self.sims):]), dtype=np.float32).reshape(-1, q.size)
             self.sims = np.concatenate([self.sims, new @ q])
         if not len(self.sims):
@@ -196,9 +213,9 @@ def search(index: SearchIndex, query_vector: np.ndarray, *, top: int = 10, fusio
     if not allowed or index.active_count() == 0:
         return []
     boxes = _bbox_per_raster(rasters, bbox, bbox_crs) if bbox is not None else None
-    cands = _Candidates(index)
     n_active = index.active_count()
     exact = raster_ids is not None and sum(rasters[r]["embedded"] for r in allowed) <= min(EXACT_LIMIT, n_active)
+    cands = _Candidates(index, vectors=exact or fusion != "max")
     k = min(n_active, max(int(top) * max(1, round(index.variants_per_tile())) * max(1, int(oversample)), 16))
     while True:
         if exact:
@@ -206,7 +223,7 @@ def search(index: SearchIndex, query_vector: np.ndarray, *, top: int = 10, fusio
             floor = -math.inf
         else:
             labels, sims = index.ann.query(q, k)
-            cands.add_labels(labels.tolist())
+            cands.add_labels(labels.tolist(), sims.tolist())
             floor = float(sims[-1]) if len(sims) else -math.inf
         ranked = _rank(cands, q, fusion, allowed, boxes, min_score)
         hits = _suppress(ranked, cands) if suppress_overlaps else ranked
