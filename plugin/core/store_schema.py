@@ -99,6 +99,13 @@ def connect(path: str, readonly: bool) -> sqlite3.Connection:
 
 
 def init_db(conn: sqlite3.Connection, embedder_fp: str, dim: int) -> None:
+    """Create the schema once; an initialised database is left alone without taking the write lock
+    (searchers open the index while a job writes)."""
+    try:
+        if get_meta(conn, "schema_version") is not None:
+            return
+    except sqlite3.OperationalError:
+        pass  # no meta table yet
     conn.execute("BEGIN IMMEDIATE")
     try:
         for stmt in _statements(SCHEMA):

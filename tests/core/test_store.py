@@ -79,6 +79,19 @@ def test_clear_errors(tmp_path: Path) -> None:
     assert issubclass(IndexStoreError, EngineError)
 
 
+def test_damaged_database_or_manifest_is_a_clear_error(tmp_path: Path) -> None:
+    with _new(tmp_path) as idx:
+        folder = idx.folder
+    Path(folder, "index.sqlite").write_bytes(b"this is not sqlite" * 100)
+    for name in ("index.sqlite-wal", "index.sqlite-shm"):
+        Path(folder, name).unlink(missing_ok=True)
+    with pytest.raises(IndexStoreError, match="cannot be opened"):
+        SearchIndex.open(folder, readonly=True)
+    Path(folder, "manifest.json").write_text("{nope")
+    with pytest.raises(IndexStoreError, match="manifest"):
+        SearchIndex.open(folder)
+
+
 def test_incremental_add_remove_and_no_duplicates(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     with _new(tmp_path) as idx:
