@@ -25,6 +25,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -47,6 +48,37 @@ def unit_rows(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
         v /= np.linalg.norm(v, axis=1, keepdims=True)
         out[i : i + len(v)] = v
     return out
+
+
+def caption_like(emb, rng: np.random.Generator, n: int, bases: int = 400, noise: float = 0.6) -> np.ndarray:
+    """n unit vectors scattered around real MiniLM embeddings of caption-like texts (cosine ~0.86 to their base).
+
+    Real caption embeddings are clustered (many tiles get similar captions); uniform random vectors
+    in 384-d are the opposite extreme, all nearly orthogonal (use --data uniform for that worst case).
+    """
+    from embedding_throughput import caption_texts
+
+    base = emb.encode_documents(caption_texts(bases, seed=7))
+    out = np.empty((n, base.shape[1]), np.float32)
+    for i in range(0, n, 100_000):
+        m = min(100_000, n - i)
+        v = base[rng.integers(0, bases, m)] + noise * rng.standard_normal((m, base.shape[1]), dtype=np.float32) / np.sqrt(base.shape[1])
+        out[i : i + m] = v / np.linalg.norm(v, axis=1, keepdims=True)
+    return out
+
+
+def make_data(args: argparse.Namespace, emb, rng: np.random.Generator, n: int) -> np.ndarray:
+    return caption_like(emb, rng, n) if args.data == "captions" else unit_rows(rng, n, args.dim)
+
+
+def make_queries(args: argparse.Namespace, emb, rng: np.random.Generator, x: np.ndarray) -> tuple[np.ndarray, list[float]]:
+    """Real query embeddings (timed). For uniform data they are mixed with a data point, else they
+    would have no neighbourhood at all among random vectors."""
+    qs, times = query_vectors(emb, rng, args.queries, x.shape[1])
+    if args.data == "uniform":
+        qs = x[rng.integers(0, len(x), len(qs))] + 0.35 * qs + 0.35 * unit_rows(rng, len(qs), x.shape[1])
+        qs /= np.linalg.norm(qs, axis=1, keepdims=True)
+    return qs, times
 
 
 def exact_topk(x: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
@@ -76,8 +108,8 @@ def bench_ann(args: argparse.Namespace, emb) -> None:
     from plugin.core import ann as A
 
     rng = np.random.default_rng(0)
-    print(f"\n== ANN layer: {args.n:,} random unit vectors, dim {args.dim}, M={A.M}, ef_construction={A.EF_CONSTRUCTION}")
-    x = unit_rows(rng, args.n, args.dim)
+    print(f"\n== ANN layer: {args.n:,} {args.data} unit vectors, dim {args.dim}, M={A.M}, ef_construction={A.EF_CONSTRUCTION}")
+    x = make_data(args, emb, rng, args.n)
     index = A.AnnIndex(tempfile.mkdtemp(), args.dim, "bench")
     index.index = index._new(args.n)
     t0 = time.perf_counter()
@@ -87,11 +119,7 @@ def bench_ann(args: argparse.Namespace, emb) -> None:
         print(f"   built {index.active:,} ({time.perf_counter() - t0:.0f} s)", flush=True)
     build = time.perf_counter() - t0
     print(f"build: {build:.1f} s ({args.n / build:,.0f} vectors/s)")
-    raw_q, embed_t = query_vectors(emb, rng, args.queries, args.dim)
-    # Queries near data points (a perturbed data vector plus the text vector): real neighbourhoods.
-    anchors = x[rng.integers(0, args.n, args.queries)]
-    qs = anchors + 0.35 * raw_q + 0.35 * unit_rows(rng, args.queries, args.dim)
-    qs /= np.linalg.norm(qs, axis=1, keepdims=True)
+    qs, embed_t = make_queries(args, emb, rng, x)
     k_search = args.top * args.variants * args.oversample
     for label, k in ((f"k=10 (ef={A.EF_SEARCH})", 10), (f"k={k_search} (top {args.top} x {args.variants} variants x oversample {args.oversample})", k_search)):
         lat, e2e, rec, bf = [], [], [], []
@@ -127,7 +155,7 @@ def bench_index(args: argparse.Namespace, emb) -> None:
     n_tiles = args.index_n // args.variants
     print(f"\n== SearchIndex end to end: {n_tiles:,} tiles x {args.variants} variants = {n_tiles * args.variants:,} captions")
     folder = tempfile.mkdtemp(prefix="search-bench-")
-    x = unit_rows(rng, n_tiles * args.variants, emb.dim)
+    x = make_data(args, emb, rng, n_tiles * args.variants)
 
     class Info:
         path, raster_id, name, crs_wkt = "/bench/scene.tif", "bench", "scene", None
@@ -155,14 +183,13 @@ def bench_index(args: argparse.Namespace, emb) -> None:
     t0 = time.perf_counter()
     idx = SearchIndex.open(folder, readonly=True)
     print(f"open (load hnsw file, check sidecar + CRC): {(time.perf_counter() - t0) * 1000:.0f} ms, state {idx.stats()['hnsw']['state']}")
-    raw_q, _ = query_vectors(emb, rng, args.queries, emb.dim)
-    anchors = x[rng.integers(0, len(x), args.queries)]
+    qs, _ = make_queries(args, emb, rng, x)
     lat, lat_nq, bf, rec = [], [], [], []
     for i in range(args.queries):
         text = QUERIES[i % len(QUERIES)] + f" #{i}"
         t0 = time.perf_counter()
-        v = emb.encode_queries([text])[0]
-        q = anchors[i] + 0.35 * v + 0.35 * raw_q[(i + 1) % len(raw_q)]
+        emb.encode_queries([text])  # the real embedding cost; the vector searched is qs[i] (same for captions data)
+        q = qs[i]
         t1 = time.perf_counter()
         hits = idx.search(q, top=args.top)
         t2 = time.perf_counter()
@@ -192,6 +219,8 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=10)
     ap.add_argument("--variants", type=int, default=5, help="caption variants per tile")
     ap.add_argument("--oversample", type=int, default=10)
+    ap.add_argument("--data", choices=("captions", "uniform"), default="captions",
+                    help="vectors around real caption embeddings (default) or uniform random (worst case)")
     args = ap.parse_args()
     from plugin.core.embedder import make_embedder
 
