@@ -107,7 +107,8 @@ def baseline(index_dir: str, queries: list[str], top: int) -> list[float]:
     from plugin.core.worker_client import WorkerClient
     from plugin.qgis_io.engine import engine_python
 
-    c = WorkerClient(engine_python())
+    # the same worker environment the dock uses (plugin/gui/session.py): single-threaded torch
+    c = WorkerClient(engine_python(), env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
     c.start()
     try:
         for q in queries[:3]:
