@@ -32,6 +32,7 @@ class IndexController(QObject):
         self.task: Any = None
         self._job_keys: list[str] = []
         self._paths: dict[str, str] = {}  # layer id -> normalised file path (or "" when unsupported)
+        self._watched: set[str] = set()
         self._closed = False
         widget.index_requested.connect(lambda: self.start_index(update=False))
         widget.update_requested.connect(lambda: self.start_index(update=True))
@@ -67,6 +68,7 @@ class IndexController(QObject):
         for layer in self.raster_layers():
             lid = layer.id()
             if lid not in self._paths:
+                self._watch(layer)
                 try:
                     src = self._source(layer)
                     self._paths[lid] = _norm(src.path)
@@ -89,6 +91,18 @@ class IndexController(QObject):
                                      "stale (layer removed; Update drops it)", "", False))
         self.widget.set_rows(rows)
         self.set_status(self.session.status_text())
+
+    def _watch(self, layer: QgsRasterLayer) -> None:
+        """A layer pointed at another file: its old tiles become stale, the new file "not indexed"."""
+        if layer.id() in self._watched:
+            return
+        self._watched.add(layer.id())
+        layer.dataSourceChanged.connect(lambda lid=layer.id(): self._on_source_changed(lid))
+
+    def _on_source_changed(self, layer_id: str) -> None:
+        self._paths.pop(layer_id, None)
+        if not self._closed:
+            self.refresh_rows()
 
     def _state_for(self, layer_id: str, info_row: Optional[dict]) -> str:
         if self.task is not None and layer_id in self._job_keys:
@@ -114,6 +128,7 @@ class IndexController(QObject):
     def _on_layers_removed(self, layer_ids) -> None:
         for lid in layer_ids:
             self._paths.pop(lid, None)
+            self._watched.discard(lid)
         if not self._closed:
             self.refresh_rows()
 
@@ -224,6 +239,7 @@ class IndexController(QObject):
 
     def forget_layers(self) -> None:
         self._paths.clear()
+        self._watched.clear()
 
     def close(self) -> None:
         self._closed = True

@@ -187,6 +187,19 @@ def test_removed_layer_turns_stale_and_update_drops_it(indexed):
     assert error == "" and all((h["raster_name"] if isinstance(h, dict) else h.raster_name) == "Sentinel-2 RGBN" for h in hits)
 
 
+def test_layer_pointed_at_another_file_turns_its_old_tiles_stale(indexed):
+    from qgis.core import QgsDataProvider
+
+    plugin, s2, _gen, tmp = indexed
+    w = plugin.dock.index_widget
+    assert w.state(s2.id()).startswith("indexed")
+    other = write_generated_raster(str(tmp / "replacement.tif"))
+    s2.setDataSource(other, s2.name(), "gdal", QgsDataProvider.ProviderOptions())
+    assert w.state(s2.id()) == "not indexed"
+    stale = [r for r in w.rows() if r.key.startswith("raster:")]
+    assert len(stale) == 1 and stale[0].state.startswith("stale")
+
+
 def test_unload_stops_worker_and_removes_results(indexed, qgis_iface):
     plugin, *_ = indexed
     client = plugin.session.queue._client
