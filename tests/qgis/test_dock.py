@@ -274,3 +274,21 @@ def test_bad_index_options_are_one_line_messages_not_jobs(qgis_iface, qgis_new_p
         assert len(crit) == 1 and message in crit[0] and "\n" not in crit[0]
     finally:
         plugin.unload()
+
+
+def test_settings_dialog_stores_the_key_encrypted_and_forgets_it(qgis_iface):
+    from qgis.core import QgsApplication
+
+    from plugin.gui.settings import api_key_from_auth, engine_python_setting, set_engine_python_setting
+    from plugin.gui.settings_dialog import SettingsDialog
+
+    assert QgsApplication.authManager().setMasterPassword("pytest-master-password", True)
+    before = engine_python_setting()
+    dlg = SettingsDialog()
+    dlg.key_edit.setText("sk-dialog-0123456789")
+    dlg.accept()
+    try:
+        assert dlg.authcfg and api_key_from_auth(dlg.authcfg) == "sk-dialog-0123456789"
+        assert dlg.key_edit.text() == ""
+    finally:
+        set_engine_python_setting(before)

@@ -63,6 +63,10 @@ def test_save_close_reopen(qgis_iface, s2_dir, tmp_path):
         assert project.read(str(qgz))
         wait_until(lambda: plugin.session.info.get("tiles") == tiles, 60, "reconnecting to the index")
         assert Path(plugin.session.index_dir()) == adopted
+        # the memory results layer saved with the project came back empty: the dock dropped it
+        leftovers = [lyr for lyr in project.mapLayers().values()
+                     if lyr.customProperty("semantic_imagery_search/results")]
+        assert leftovers == [] and len(project.mapLayers()) == 2
         states = [r.state for r in plugin.dock.index_widget.rows()]
         assert len(states) == 2 and all(s.startswith("indexed") for s in states), states
         after, error = search_and_wait(plugin, "river and vegetation", top=5)
