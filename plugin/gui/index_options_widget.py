@@ -132,6 +132,8 @@ class IndexOptionsWidget(QWidget):
     def _on_kind_changed(self, *_a) -> None:
         kind = self.kind_combo.currentData()
         self.pages.setCurrentIndex(max(0, CAPTIONER_KINDS.index(kind)) if kind in CAPTIONER_KINDS else 0)
+        # the spectral captioner has no settings: no empty block in the form
+        self.pages.setVisible(kind in ("transformers", "openai"))
         self.variants_spin.setEnabled(kind != "spectral")
 
 

@@ -111,8 +111,10 @@ class IndexWidget(QWidget):
                 font.setItalic(True)
                 item.setFont(font)
             self._paint(item, row)
-        if current:
+        if current and self._item(current) is not None:
             self.select_key(current)
+        elif self.layer_list.count():
+            self.layer_list.setCurrentRow(0)  # the band map box shows the first layer's guess
 
     def set_state(self, key: str, state: str) -> None:
         row = self._rows.get(key)
