@@ -121,11 +121,14 @@ def bench_ann(args: argparse.Namespace, emb) -> None:
     print(f"build: {build:.1f} s ({args.n / build:,.0f} vectors/s)")
     qs, embed_t = make_queries(args, emb, rng, x)
     k_search = args.top * args.variants * args.oversample
-    for label, k in ((f"k=10 (ef={A.EF_SEARCH})", 10), (f"k={k_search} (top {args.top} x {args.variants} variants x oversample {args.oversample})", k_search)):
+    runs = [(f"k=10 (ef={A.EF_SEARCH})", 10, None)]
+    for f in args.ef_factors:
+        runs.append((f"k={k_search} (top {args.top} x {args.variants} variants x oversample {args.oversample}), ef={f}k", k_search, f * k_search))
+    for label, k, ef in runs:
         lat, e2e, rec, bf = [], [], [], []
         for qi, q in enumerate(qs):
             t0 = time.perf_counter()
-            labels, sims = index.query(q, k)
+            labels, sims = index.query(q, k, ef)
             tiles: dict[int, float] = {}
             for lab, s in zip(labels.tolist(), sims.tolist()):  # group by tile (label // variants)
                 t = lab // args.variants
@@ -219,6 +222,8 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=10)
     ap.add_argument("--variants", type=int, default=5, help="caption variants per tile")
     ap.add_argument("--oversample", type=int, default=10)
+    ap.add_argument("--ef-factors", type=lambda t: [int(x) for x in t.split(",")], default=[2, 4],
+                    help="query ef as multiples of the oversampled k (2 = the engine's default)")
     ap.add_argument("--data", choices=("captions", "uniform"), default="captions",
                     help="vectors around real caption embeddings (default) or uniform random (worst case)")
     args = ap.parse_args()

@@ -268,12 +268,14 @@ class AnnIndex:
         return max(0, self.element_count - _count(conn))
 
     # ---- queries ------------------------------------------------------------------------------
-    def query(self, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """k nearest labels and their cosine similarities (best first); k is capped by the active count."""
+    def query(self, vector: np.ndarray, k: int, ef: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+        """k nearest labels and their cosine similarities (best first); k is capped by the active count.
+
+        `ef` (search breadth) defaults to max(EF_SEARCH, 2k); more buys recall for latency."""
         k = min(int(k), int(self.active))
         if self.index is None or k <= 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        self.index.set_ef(max(EF_SEARCH, 2 * k))
+        self.index.set_ef(max(EF_SEARCH, 2 * k) if ef is None else max(int(ef), k))
         q = np.ascontiguousarray(vector, np.float32).reshape(1, -1)
         while True:
             try:
