@@ -58,14 +58,19 @@ class Searcher:
         self._stamp: tuple = ()
 
     def _files_stamp(self) -> tuple:
+        """What forces a reopen: a new manifest (embedder switch) or a re-created database.
+
+        Everything else -- commits by a running job, a rewritten hnsw file, a trimmed change log --
+        the open index applies itself on each search (`SearchIndex.search` syncs first), so a warm
+        searcher never reloads the ANN file while a job runs.
+        """
         out = []
-        for name in sorted(os.listdir(self.index_dir)):
-            if name.endswith(("-wal", "-shm", "-journal")):
-                # SQLite's side files change on every read; the open connection sees commits anyway
-                # (and `sync()` replays the ANN log), so they must not force a reopen + ANN reload.
+        for name in ("manifest.json", "index.sqlite"):
+            try:
+                st = os.stat(os.path.join(self.index_dir, name))
+            except FileNotFoundError:
                 continue
-            st = os.stat(os.path.join(self.index_dir, name))
-            out.append((name, st.st_size, st.st_mtime_ns))
+            out.append((name, st.st_ino, st.st_size if name == "manifest.json" else 0, st.st_mtime_ns if name == "manifest.json" else 0))
         return tuple(out)
 
     def _ensure(self) -> Any:

@@ -179,3 +179,14 @@ def test_changed_file_at_same_path_replaces_its_old_tiles(tmp_path: Path) -> Non
     rep = index_rasters(idx, [RasterSource(str(path))], tiling=SMALL, captioner_options=FAST)
     assert rep.removed == [first] and rep.rasters[0]["raster_id"] != first
     assert [r["raster_id"] for r in index_info(idx)["rasters"]] == [rep.rasters[0]["raster_id"]]
+
+
+def test_warm_searcher_sees_later_commits_and_removals(tmp_path: Path, scenes: list[str]) -> None:
+    idx = str(tmp_path / "idx")
+    index_rasters(idx, [RasterSource(scenes[0])], tiling=SMALL, captioner_options=FAST)
+    with Searcher(idx) as s:
+        assert {h.raster for h in s.search("sea", top=50)} == {scenes[0]}
+        index_rasters(idx, [RasterSource(scenes[1])], tiling=SMALL, captioner_options=FAST)
+        assert {h.raster for h in s.search("sea", top=50)} == set(scenes)
+        remove_rasters(idx, [scenes[0]])
+        assert {h.raster for h in s.search("sea", top=50)} == {scenes[1]}
