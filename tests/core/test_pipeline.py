@@ -33,7 +33,6 @@ def write_scene(path: Path, seed: int = 0, size: int = 192) -> str:
     data = np.zeros((4, h, w), np.uint16)
     x = np.arange(w)[None, :].repeat(h, 0)
     sea, beach = x < w // 3, (x >= w // 3) & (x < w // 3 + 16)
-    veg = ~(sea | beach)
     noise = rng.integers(0, 40, (h, w))
     data[0] = np.where(sea, 300, np.where(beach, 2600, 500)) + noise
     data[1] = np.where(sea, 500, np.where(beach, 2400, 900)) + noise

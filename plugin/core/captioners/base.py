@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..devices import resolve_device  # noqa: F401 (re-exported for the captioners)
 from ..errors import EngineError
 from ..types import CaptionVariant, TileImage
 from .parsing import parse_variants
@@ -74,25 +75,6 @@ def tile_image(tile: TileImage) -> Any:
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise EngineError(f"tile {tile.ref.tile_id}: expected an (H, W, 3) RGB image, got shape {rgb.shape}")
     return Image.fromarray(rgb, "RGB")
-
-
-def resolve_device(device: str = "auto") -> str:
-    """'auto' -> cuda, then mps, then cpu; an explicit device is checked to exist."""
-    import torch
-
-    dev = (device or "auto").lower()
-    if dev == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return "mps"
-        return "cpu"
-    if dev.startswith("cuda") and not torch.cuda.is_available():
-        raise EngineError(f"device {device!r} asked for but CUDA is not available here; use device 'auto' or 'cpu'")
-    if dev == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise EngineError("device 'mps' asked for but Apple MPS is not available here; use 'auto' or 'cpu'")
-    return dev
 
 
 def resolve_dtype(dtype: str, device: str) -> Any:

@@ -13,22 +13,13 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from ..devices import resolve_device
 from ..errors import ModelUnavailableError
 from ..types import CancelFn, ProgressFn, never_canceled, no_progress
 from .captioning import read_image_rgb
 from .datasets import EvalDataset
 from .metrics import recall_metrics
 from .runner import EvalResult
-
-
-def _pick_device(device: str) -> str:
-    import torch
-
-    if device != "auto":
-        return device
-    if torch.cuda.is_available():
-        return "cuda"
-    return "cpu"
 
 
 def _features(out: Any) -> Any:
@@ -62,7 +53,7 @@ class ClipBaseline:
             ) from None
         if not (hasattr(self.model, "get_text_features") and hasattr(self.model, "get_image_features")):
             raise ModelUnavailableError(f"{model!r} is not a CLIP-family model (no get_text_features/get_image_features)")
-        self.device = _pick_device(device)
+        self.device = resolve_device(device)
         self.model.to(self.device).eval()
         self.batch_size = batch_size
         self.name = model
