@@ -16,7 +16,7 @@ from ..types import CaptionVariant, TileImage
 from .spectral_measure import Finding, Measures, measure
 
 #: Bump when the wording or the thresholds change: it is part of the caption cache key.
-SPECTRAL_VERSION = "4"
+SPECTRAL_VERSION = "5"
 DEFAULT_VARIANTS = 5
 
 _NAMES = {
@@ -24,6 +24,7 @@ _NAMES = {
     "dense": ("dense vegetation", "forest or dense woodland", "trees and dense vegetation", "dense green vegetation", "forest"),
     "sparse": ("sparse vegetation", "grass or low vegetation", "patchy vegetation", "thin vegetation cover", "grassland"),
     "built": ("built-up area with buildings", "buildings and streets", "urban texture of buildings", "built-up land", "buildings"),
+    "wetland": ("wet marsh", "marsh or tidal flat", "wetland of mud and marsh", "salt marsh", "marshland"),
     "sand": ("sand", "sandy ground", "bright sand", "beach or dune sand", "sand"),
     "bare": ("bare soil", "bare ground", "exposed soil", "bare fields or soil", "bare soil"),
     "cloud": ("cloud or snow", "bright white cloud or snow", "white cloud or snow cover", "cloud or snow", "clouds"),
@@ -68,8 +69,14 @@ def scene(m: Measures) -> tuple[str, list[str]]:
         return "an empty tile with no image data", ["no data"]
     if cloud > 0.6:
         return "a scene covered by cloud or snow", ["clouds", "snow"]
+    wet = m.frac("wetland")
     if water > 0.85:
         return "open water such as open ocean or a large lake", ["open ocean", "sea", "lake"]
+    if sand > 0.05 and water + wet > 0.1:
+        return "a coast with a sandy beach between water and land", ["sandy beach", "coastline", "shore"]
+    if wet > 0.15 and water + wet > 0.45:
+        return ("a marsh with channels, a wetland of marsh and tidal flats cut by water channels",
+                ["marsh with channels", "salt marsh", "wetland", "tidal flats"])
     if 0.05 < water < 0.7 and m.water_fragmentation > 0.35 and veg > 0.2:
         return "a marsh with channels, a wetland of vegetation cut by narrow water", ["marsh with channels", "wetland"]
     if water > 0.1 and sand > 0.03:
@@ -87,6 +94,9 @@ def scene(m: Measures) -> tuple[str, list[str]]:
     if 0.2 < veg < 0.7 and dense and rough > 0.3 and (bare + sand) > 0.1 and not lines:
         ground = "sandy" if sand > bare else "bare"
         return f"open woodland with trees scattered on {ground} ground", ["trees", "open woodland", "forest"]
+    if veg > 0.5 and lines and m.ndvi_spread > 0.3 and built < 0.12:
+        # Parcels of different crops (and harvested ones) differ in NDVI, bounded by straight lines.
+        return "farmland with fields separated by straight boundaries", ["farmland with fields", "agricultural fields", "cropland"]
     if veg > 0.15 and (bare + sand) > 0.15 and lines:
         return "farmland with fields separated by straight boundaries", ["farmland with fields", "agricultural fields", "cropland"]
     dark = bool(vf and vf.detail.get("brightness", 1) < 0.25)

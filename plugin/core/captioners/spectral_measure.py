@@ -49,6 +49,8 @@ class Measures:
     ndwi_mean: Optional[float]
     water_fragmentation: float
     extent_m: Optional[float]
+    #: NDVI 90th minus 10th percentile over vegetated land: fields of different crops differ, forest doesn't.
+    ndvi_spread: float = 0.0
 
     def get(self, kind: str) -> Optional[Finding]:
         return next((f for f in self.findings if f.kind == kind), None)
@@ -118,6 +120,15 @@ def where(mask: np.ndarray, valid: np.ndarray) -> str:
         return "scattered"
     angle = (np.degrees(np.arctan2(cy, cx)) + 360 + 22.5) % 360
     return _DIRS[int(angle // 45)]
+
+
+def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Binary dilation by a (2r+1) square, with shifts (no scipy in the engine's requirements)."""
+    out = mask.copy()
+    for _ in range(max(0, radius)):
+        p = np.pad(out, 1)
+        out = p[1:-1, 1:-1] | p[:-2, 1:-1] | p[2:, 1:-1] | p[1:-1, :-2] | p[1:-1, 2:] | p[:-2, :-2] | p[:-2, 2:] | p[2:, :-2] | p[2:, 2:]
+    return out
 
 
 def _hsv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -247,9 +258,14 @@ def measure(tile: TileImage) -> Measures:
     # Clouds scatter blue as much as red; very bright ground (beach sand) stays warm.
     cloud = valid & (bright > 0.8) & (sat < 0.22) & (b > 0.7) & (r <= b * 1.05)
     cloud &= rough < 0.35  # cloud tops are smooth; white specks in a textured scene are bright ground
+    wet = np.zeros_like(valid)
     if ndvi is not None and ndwi is not None:
         water = valid & ~cloud & ((ndwi > 0.05) | ((ndvi < 0.0) & (bright < 0.3)))
-        veg = valid & ~cloud & ~water & (ndvi > 0.25)
+        # Salt marsh, reed beds and tidal flats: dark, wet, barely vegetated -- a mixed water /
+        # mud / vegetation signal between open water (NDWI well above 0.3) and land (NDVI > 0.25).
+        wet = valid & ~cloud & (bright < 0.4) & (ndvi < 0.25) & (ndwi > -0.05) & (ndwi < 0.3)
+        water &= ~wet
+        veg = valid & ~cloud & ~water & ~wet & (ndvi > 0.25)
         dense = veg & (ndvi > 0.5)
     else:
         blueish = (b >= r) & (h >= 165) & (h <= 260)
@@ -258,17 +274,33 @@ def measure(tile: TileImage) -> Measures:
         greenish = (exg > 0.04) & (vari > 0.0)
         veg = valid & ~cloud & ~water & greenish
         dense = veg & ((exg > 0.1) | (v < 0.45))
-    shadow = valid & ~water & ~veg & ~cloud & ((bright < 0.12) | (fine & (bright < 0.3) & (b > r)))
-    rest = valid & ~water & ~veg & ~cloud & ~shadow
-    built = rest & (rough > 0.35) & (sat < 0.35)
+    # A beach is the bright strip at the water's edge; a cloud is a bright blob that doesn't hug the
+    # shore. So bright, white, smooth pixels lying mostly within ~100 m of water (beach plus surf zone)
+    # are sand, not cloud.
+    grid_px = (tile.pixel_size or 0.0) * (full_valid.shape[0] / max(valid.shape[0], 1))
+    near = int(np.ceil(100.0 / grid_px)) if grid_px > 0 else 4
+    wetted = water | wet
+    near_water = dilate(wetted, min(max(near, 1), 12)) if wetted.sum() >= MIN_FRACTION * n else np.zeros_like(valid)
+    shore_bright = cloud & near_water
+    beach_white = bool(cloud.any() and shore_bright.sum() >= 0.5 * cloud.sum())
+    if beach_white:
+        cloud = np.zeros_like(cloud)
+    shadow = valid & ~water & ~wet & ~veg & ~cloud & ((bright < 0.12) | (fine & (bright < 0.3) & (b > r)))
+    rest = valid & ~water & ~wet & ~veg & ~cloud & ~shadow
+    built = rest & (rough > 0.35) & (sat < 0.35) & ~(shore_bright if beach_white else np.zeros_like(valid))
     if fine:
         built &= lined_px
     warm = (r >= b) & (h <= 70)
     sand = rest & ~built & (bright > 0.45) & warm
+    if sand.sum() < 0.5 * n and not fine:
+        # Bright bare fields inland are soil, not sand: sand is claimed at the shore or in a sea of it.
+        sand &= near_water
+    if beach_white:
+        sand |= rest & shore_bright
     bare = rest & ~built & ~sand & warm & (bright > 0.18)
 
     findings: list[Finding] = []
-    for kind, mask in (("water", water), ("vegetation", veg), ("built", built), ("sand", sand),
+    for kind, mask in (("water", water), ("wetland", wet), ("vegetation", veg), ("built", built), ("sand", sand),
                        ("bare", bare), ("cloud", cloud), ("shadow", shadow)):
         frac = float(mask.sum() / n)
         if frac >= MIN_FRACTION:
@@ -286,11 +318,15 @@ def measure(tile: TileImage) -> Measures:
         p = np.pad(water, 1, mode="edge")
         inner = p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
         frag = float((water & ~inner).sum() / water.sum())
+    spread = 0.0
+    if ndvi is not None and veg.sum() >= 20:
+        lo, hi = np.nanpercentile(ndvi[veg], [10, 90])
+        spread = float(hi - lo)
     return Measures(
         valid_fraction=valid_fraction, nodata_where=nodata_where, findings=findings,
         colours=colour_names(rgb, valid), brightness=float(np.nanmean(bright[valid])),
         edge_density=edge_density, linear=linear, linear_orientation=orient, has_nir=has_nir,
         ndvi_mean=float(np.nanmean(ndvi[valid])) if ndvi is not None else None,
         ndwi_mean=float(np.nanmean(ndwi[valid])) if ndwi is not None else None,
-        water_fragmentation=frag, extent_m=extent_m,
+        water_fragmentation=frag, extent_m=extent_m, ndvi_spread=spread,
     )
