@@ -33,7 +33,7 @@ demo: $(STAMP)
 	$(PY) scripts/demo.py --out demo_out
 
 screenshot: $(STAMP)
-	$(PY) scripts/screenshot.py --out docs/screenshot.png
+	$(PY) scripts/screenshot.py --out docs/screenshot.jpg
 
 bench: $(STAMP)
 	for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -71,7 +71,7 @@ def render_png(vrt: str, results: dict[str, list], out_png: Path, per_query: int
         draw.text((30, y), f"{q + 1}: {query}", fill=(255, 255, 255), font=font, stroke_width=2, stroke_fill=(0, 0, 0))
         y += 22
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    img.save(out_png)
+    img.save(out_png, quality=88)
 
 
 def main() -> int:
@@ -80,7 +80,7 @@ def main() -> int:
     ap.add_argument("--tile-size", type=int, default=128, help="pixels (10 m each): 128 px = 1.28 km")
     ap.add_argument("--scales", default="1,2")
     ap.add_argument("--top", type=int, default=5)
-    ap.add_argument("--readme-png", default=str(ROOT / "docs" / "demo.png"))
+    ap.add_argument("--readme-png", default=str(ROOT / "docs" / "demo.jpg"))
     args = ap.parse_args()
 
     from plugin.core.pipeline import RasterSource, index_rasters

@@ -1,10 +1,10 @@
-"""Render the dock and the map after a demo search to docs/screenshot.png, offscreen.
+"""Render the dock and the map after a demo search to docs/screenshot.jpg, offscreen.
 
 Runs the real plugin the way QGIS does (classFactory + initGui with a minimal iface), indexes the
 Sentinel-2 test scene with the spectral captioner into a temporary folder, runs a query, waits for the
 thumbnails, then draws the map (rasters + results layer) and the dock side by side.
 
-    QT_QPA_PLATFORM=offscreen .venv/bin/python scripts/screenshot.py [--query TEXT] [--out docs/screenshot.png]
+    QT_QPA_PLATFORM=offscreen .venv/bin/python scripts/screenshot.py [--query TEXT] [--out docs/screenshot.jpg]
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     ap.add_argument("--query", default="river with vegetation along its banks")
     ap.add_argument("--top", type=int, default=8)
     ap.add_argument("--tile-size", type=int, default=256)
-    ap.add_argument("--out", default=str(ROOT / "docs" / "screenshot.png"))
+    ap.add_argument("--out", default=str(ROOT / "docs" / "screenshot.jpg"))
     args = ap.parse_args(argv)
 
     app = QgsApplication([], True)
