@@ -99,9 +99,11 @@ def test_cuda_oom_halves_the_batch(llava, tiles, monkeypatch):
 
     monkeypatch.setattr(llava.model, "generate", generate)
     monkeypatch.setattr(llava, "batch_size", 4)
+    monkeypatch.setattr(llava, "max_rows", 8)
     out = llava.caption(tiles)
     assert len(out) == 3 and all(len(v) == 2 for v in out)
-    assert seen[0] == 3 and llava.batch_size == 1
+    # 3 tiles x 2 variants fused into one call of 6 rows, then halved to 4, 2, 1 rows per call.
+    assert seen[:4] == [6, 4, 2, 1] and llava.batch_size == 1 and llava.max_rows == 1
     monkeypatch.setattr(llava, "batch_size", 1)
 
     def always(**kwargs):

@@ -4,8 +4,14 @@ Chat models (LLaVA / LLaVA-NeXT, Qwen2-VL / Qwen2.5-VL, SmolVLM, Idefics3, ...) 
 prompt through their own chat template, one generation per variant over a batch of tiles (left
 padding, so every row's answer starts at the same column). Models without a chat template
 (BLIP, GIT) are plain captioners: they get the image only and their variants come from seeded
-sampling. Variant 0 is greedy, the others sample with seed `seed + k`: reruns give the same
-captions, which the caption cache relies on.
+sampling. Variant 0 is greedy, the others sample: reruns give the same captions, which the
+caption cache relies on.
+
+Throughput (issue 5): all K variants of a chunk of tiles go into as few `generate` calls as memory
+allows (`fuse_variants`, default on): rows are bucketed by prompt length, greedy rows ride in the
+sampled batch through `GreedyRows`, the vision tower can run once per tile (`reuse_vision`), the
+row count per call comes from free CUDA memory when `batch_size` is None, attention is SDPA where
+the model supports it, and `compile=True` (CUDA only) adds a static KV cache + torch.compile.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from .base import (
 )
 from .prompts import PROMPT_VERSION, SYSTEM, get_preset, variant_prompt
 from .spectral import SpectralCaptioner, spectral_facts
+from .vlm_batching import GreedyRows, auto_rows, encode_images_once, plan_rows, reusable_vision
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +46,9 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith(("/", ".", "~")) or os.path.isabs(name) or name.count("/") > 1 or "\\" in name
 
 
-def _load(name: str, revision: Optional[str], torch_dtype: Any, trust_remote_code: bool) -> tuple[Any, Any, str]:
+def _load(
+    name: str, revision: Optional[str], torch_dtype: Any, trust_remote_code: bool, attn: str = "auto",
+) -> tuple[Any, Any, str]:
     """(processor, model, source) -- or ModelUnavailableError naming the model and why."""
     import transformers
 
@@ -63,7 +72,8 @@ def _load(name: str, revision: Optional[str], torch_dtype: Any, trust_remote_cod
         if cls is None:
             continue
         try:
-            model = cls.from_pretrained(source, dtype=torch_dtype, **kw)
+            extra = {} if attn == "auto" else {"attn_implementation": attn}
+            model = cls.from_pretrained(source, dtype=torch_dtype, **kw, **extra)
             return processor, model, source
         except ValueError as exc:  # "Unrecognized configuration class" -> try the next auto class
             errors.append(str(exc).splitlines()[0])
@@ -74,13 +84,20 @@ def _load(name: str, revision: Optional[str], torch_dtype: Any, trust_remote_cod
 
 
 class TransformersCaptioner:
-    """RSRT captions from a local or hub VLM (see the module docstring)."""
+    """RSRT captions from a local or hub VLM (see the module docstring).
+
+    `batch_size` is tiles per chunk (what the pipeline reads ahead); `max_rows` is sequences per
+    generate call (tiles x variants are split into calls of at most that many). On CUDA, when
+    they are None, both come from the free GPU memory after the model is loaded.
+    """
 
     def __init__(
         self, model: str, *, variants: Optional[int] = None, preset: str = "rsrt", device: str = "auto",
         dtype: str = "auto", batch_size: Optional[int] = None, max_new_tokens: Optional[int] = None,
         temperature: float = 0.7, top_p: float = 0.9, seed: int = 0, append_facts: bool = True,
-        revision: Optional[str] = None, trust_remote_code: bool = False,
+        revision: Optional[str] = None, trust_remote_code: bool = False, max_rows: Optional[int] = None,
+        fuse_variants: bool = True, reuse_vision: bool = False, attn_implementation: str = "auto",
+        compile: bool = False,
     ) -> None:
         import torch
 
@@ -89,14 +106,22 @@ class TransformersCaptioner:
         self.max_new_tokens = int(max_new_tokens or p.max_new_tokens)
         if self.variants < 1 or self.max_new_tokens < 1:
             raise EngineError("variants and max_new_tokens must be at least 1")
+        if (batch_size is not None and int(batch_size) < 1) or (max_rows is not None and int(max_rows) < 1):
+            raise EngineError(f"batch_size and max_rows must be at least 1, got {batch_size} and {max_rows}")
         self.device = resolve_device(device)
+        if compile and not self.device.startswith("cuda"):
+            raise EngineError(f"compile=True (static KV cache + torch.compile) needs a CUDA device, not {self.device!r}")
+        if attn_implementation not in ("auto", "sdpa", "eager", "flash_attention_2"):
+            raise EngineError(f"unknown attn_implementation {attn_implementation!r}; choose auto, sdpa, eager or flash_attention_2")
         self.dtype = resolve_dtype(dtype, self.device)
-        self.batch_size = int(batch_size or (8 if self.device != "cpu" else 2))
         self.temperature, self.top_p, self.seed = float(temperature), float(top_p), int(seed)
         self.append_facts = bool(append_facts)
+        self.fuse_variants, self.reuse_vision, self.compile = bool(fuse_variants), bool(reuse_vision), bool(compile)
         self.name = model
-        self.processor, self.model, source = _load(model, revision, self.dtype, trust_remote_code)
+        self.processor, self.model, source = _load(model, revision, self.dtype, trust_remote_code, attn_implementation)
         self.model.to(self.device).eval()
+        # transformers picks SDPA by itself where the architecture supports it ("auto").
+        self.attn_implementation = str(getattr(self.model.config, "_attn_implementation", None) or "eager")
         self._torch = torch
         tok = getattr(self.processor, "tokenizer", None)
         if tok is not None:
@@ -107,6 +132,9 @@ class TransformersCaptioner:
         template = getattr(self.processor, "chat_template", None) or getattr(tok, "chat_template", None)
         self.chat = bool(template)
         self.model_type = str(getattr(self.model.config, "model_type", ""))
+        self._prompts: dict[int, str] = {}
+        self._prompt_lens: dict[int, int] = {}
+        self._size_batch(batch_size, max_rows)
         rev = getattr(self.model.config, "_commit_hash", None) or (folder_revision(source) if os.path.isdir(source) else revision or "")
         shown = os.path.basename(source.rstrip("/")) if os.path.isdir(source) else model
         self.fingerprint = fingerprint(
@@ -116,13 +144,42 @@ class TransformersCaptioner:
         )
         self._fallback = SpectralCaptioner(variants=self.variants)
 
-    # -- generation ---------------------------------------------------------------------------
-    def _inputs(self, images: list[Any], k: int) -> Any:
-        if self.chat:
+    def _size_batch(self, batch_size: Optional[int], max_rows: Optional[int]) -> None:
+        """Tiles per chunk and rows per call: given, or from free CUDA memory, or small CPU defaults."""
+        k = self.variants if self.fuse_variants else 1
+        rows = max_rows
+        if rows is None:
+            tokens = self._prompt_len(0) + self.max_new_tokens if self.chat else 64 + self.max_new_tokens
+            itemsize = int(self._torch.tensor([], dtype=self.dtype).element_size())
+            rows = auto_rows(self.model, self.device, itemsize, tokens, self._torch)
+            if rows is not None:
+                log.info("captioner %s: %d rows per generate call from free GPU memory", self.name, rows)
+        if batch_size is None:
+            batch_size = max(1, rows // k) if rows is not None else (8 if self.device != "cpu" else 2)
+        self.batch_size = int(batch_size)
+        self.max_rows = int(rows if rows is not None else self.batch_size * k)
+
+    # -- prompts ------------------------------------------------------------------------------
+    def _prompt(self, k: int) -> str:
+        if k not in self._prompts:
             messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": f"{SYSTEM} {variant_prompt(k)}"}]}]
-            prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            self._prompts[k] = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return self._prompts[k]
+
+    def _prompt_len(self, k: int) -> int:
+        """Token length of variant k's prompt text (image placeholders count once): the bucketing key."""
+        if not self.chat or self._tokenizer is None:
+            return 0
+        if k not in self._prompt_lens:
+            self._prompt_lens[k] = len(self._tokenizer(self._prompt(k), add_special_tokens=False)["input_ids"])
+        return self._prompt_lens[k]
+
+    # -- generation ---------------------------------------------------------------------------
+    def _inputs(self, images: list[Any], ks: list[int]) -> Any:
+        """Processor outputs for one row per (image, variant) pair, on the device in the model dtype."""
+        if self.chat:
             imgs: Any = [[im] for im in images] if self.model_type in _NESTED_IMAGES else images
-            batch = self.processor(images=imgs, text=[prompt] * len(images), return_tensors="pt", padding=True)
+            batch = self.processor(images=imgs, text=[self._prompt(k) for k in ks], return_tensors="pt", padding=True)
         else:
             batch = self.processor(images=images, return_tensors="pt")
         out = {}
@@ -134,35 +191,55 @@ class TransformersCaptioner:
             out[key] = value
         return out
 
-    def _generate(self, images: list[Any], k: int) -> list[str]:
+    def _generate_rows(self, images: list[Any], rows: list[tuple[int, int]]) -> list[str]:
+        """One generate call over `rows` (tile index, variant): variant 0 greedy, the others sampled."""
         torch = self._torch
-        inputs = self._inputs(images, k)
+        inputs = self._inputs([images[i] for i, _ in rows], [k for _, k in rows])
         kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens}
-        if k == 0:
+        greedy = torch.tensor([k == 0 for _, k in rows], dtype=torch.bool)
+        if bool(greedy.all()):
             kwargs["do_sample"] = False
         else:
             kwargs.update(do_sample=True, temperature=self.temperature, top_p=self.top_p)
-            torch.manual_seed(self.seed + k)
+            if bool(greedy.any()):
+                kwargs["logits_processor"] = [GreedyRows(greedy.to(self.device))]
+            # One seed per call, offset by the call's first variant: the same chunk samples the same text.
+            torch.manual_seed(self.seed + min(k for _, k in rows if k))
         if self._tokenizer is not None and self._tokenizer.pad_token_id is not None:
             kwargs["pad_token_id"] = self._tokenizer.pad_token_id
+        if self.compile:
+            kwargs["cache_implementation"] = "static"
         with torch.inference_mode():
+            if self.reuse_vision and self.chat and reusable_vision(self.model, list(inputs)):
+                pixel_values = inputs.pop("pixel_values")
+                kwargs["mm_encoder_outputs"] = encode_images_once(self.model, pixel_values, [i for i, _ in rows])
             ids = self.model.generate(**inputs, **kwargs)
         if self.chat and "input_ids" in inputs and not self.model.config.is_encoder_decoder:
             ids = ids[:, inputs["input_ids"].shape[1]:]
         decode: Any = getattr(self.processor, "batch_decode", None) or self._tokenizer.batch_decode
         return [str(t).strip() for t in decode(ids, skip_special_tokens=True)]
 
-    def _caption_chunk(self, tiles: Sequence[TileImage]) -> list[list[CaptionVariant]]:
+    def generate_texts(self, tiles: Sequence[TileImage]) -> list[list[str]]:
+        """The raw model answers, K per tile, before parsing (what tests and benchmarks compare)."""
         images = [tile_image(t) for t in tiles]
-        answers = [self._generate(images, k) for k in range(self.variants)]
+        texts: dict[tuple[int, int], str] = {}
+        if self.fuse_variants:
+            plan = plan_rows(len(tiles), self.variants, self._prompt_len, self.max_rows)
+        else:  # one call per variant (the reference path, kept for measurements)
+            plan = [[(i, k) for i in range(len(tiles))] for k in range(self.variants)]
+        for rows in plan:
+            texts.update(zip(rows, self._generate_rows(images, rows)))
+        return [[texts[(i, k)] for k in range(self.variants)] for i in range(len(tiles))]
+
+    def _caption_chunk(self, tiles: Sequence[TileImage]) -> list[list[CaptionVariant]]:
         out = []
-        for i, tile in enumerate(tiles):
+        for tile, answers in zip(tiles, self.generate_texts(tiles)):
             facts = spectral_facts(tile) if self.append_facts and tile.has_nir else ""
-            out.append(assemble_variants([a[i] for a in answers], self.variants, self._fallback, tile, facts))
+            out.append(assemble_variants(answers, self.variants, self._fallback, tile, facts))
         return out
 
     def caption(self, tiles: Sequence[TileImage]) -> list[list[CaptionVariant]]:
-        """K variants per tile, in input order; CUDA OOM halves the batch and retries down to 1."""
+        """K variants per tile, in input order; CUDA OOM halves the rows per call and retries down to 1."""
         out: list[list[CaptionVariant]] = []
         i = 0
         while i < len(tiles):
@@ -173,13 +250,17 @@ class TransformersCaptioner:
                 if not is_oom(exc):
                     raise
                 self._free_memory()
-                if self.batch_size <= 1:
+                if self.batch_size <= 1 and self.max_rows <= 1:
                     raise CaptionerError(
                         f"captioner {self.name!r} ran out of GPU memory even with batch size 1; "
                         "try dtype float16, a smaller model or device cpu"
                     ) from None
-                self.batch_size = max(1, self.batch_size // 2)
-                log.warning("captioner %s: out of GPU memory, retrying with batch size %d", self.name, self.batch_size)
+                self.max_rows = max(1, self.max_rows // 2)
+                self.batch_size = max(1, min(self.batch_size // 2, self.max_rows))
+                log.warning(
+                    "captioner %s: out of GPU memory, retrying with %d tiles per chunk, %d rows per generate call",
+                    self.name, self.batch_size, self.max_rows,
+                )
                 continue
             i += len(chunk)
         return out

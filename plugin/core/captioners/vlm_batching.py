@@ -1,0 +1,121 @@
+"""Throughput helpers of the transformers captioner: row plans, batch sizing, greedy rows in a sampled batch.
+
+A "row" is one (tile, variant) pair, i.e. one sequence in a `generate` batch. Decoding a 7B VLM
+is memory-bound: one generate call over many rows costs little more than one over a few, so the
+captioner puts all K variants of a chunk of tiles into as few calls as memory allows instead of K
+calls (issue 5). Three things make that possible without changing answers:
+
+* `GreedyRows` turns chosen rows of a sampled batch into greedy rows (argmax of the very scores
+  plain greedy `generate` would use), so variant 0 stays greedy while variants 1..K-1 sample in the
+  same call;
+* `plan_rows` buckets rows by prompt length so rows padded together have similar lengths (left
+  padding wastes less compute);
+* `rows_from_free_memory` sizes the batch from the KV cache a row needs and the free GPU memory.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence
+
+from ..errors import EngineError
+
+#: Upper bound of rows in one generate call (beyond this the decode step is compute-bound anyway).
+MAX_ROWS = 512
+
+
+class GreedyRows:
+    """A logits processor: rows in `mask` keep only their argmax token (greedy inside a sampled batch).
+
+    Custom processors run after the model's own ones (min_new_tokens, ...) and before the sampling
+    warpers (temperature, top-k, top-p), so the argmax is taken over exactly the scores a plain
+    greedy `generate` would take it over, and the warpers leave a one-hot row unchanged:
+    multinomial then draws that token with probability 1.
+    """
+
+    def __init__(self, mask: Any) -> None:
+        self.mask = mask
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        if not bool(self.mask.any()):
+            return scores
+        best = scores.argmax(dim=-1)
+        onehot = torch.full_like(scores, float("-inf"))
+        onehot.scatter_(1, best[:, None], 0.0)
+        return torch.where(self.mask.to(scores.device)[:, None], onehot, scores)
+
+
+def plan_rows(n_tiles: int, variants: int, prompt_len: Callable[[int], int], max_rows: int) -> list[list[tuple[int, int]]]:
+    """Chunks of (tile index, variant) rows, at most `max_rows` each, bucketed by prompt length.
+
+    Rows are sorted by the token length of their variant's prompt so each generate call pads a
+    group of near-equal lengths; within a length, tiles keep their order (deterministic plans, so
+    seeded sampling gives the same captions on a rerun of the same chunk).
+    """
+    if max_rows < 1:
+        raise EngineError(f"rows per generate call must be at least 1, got {max_rows}")
+    lengths = {k: int(prompt_len(k)) for k in range(variants)}
+    rows = sorted(((i, k) for i in range(n_tiles) for k in range(variants)), key=lambda r: (lengths[r[1]], r[1], r[0]))
+    return [rows[j : j + max_rows] for j in range(0, len(rows), max_rows)]
+
+
+def kv_bytes_per_token(config: Any, dtype_bytes: int) -> int:
+    """Bytes of K and V cache one token takes across all decoder layers of `config` (text part)."""
+    text = getattr(config, "text_config", None) or config
+    layers = int(getattr(text, "num_hidden_layers", 0) or 0)
+    hidden = int(getattr(text, "hidden_size", 0) or 0)
+    heads = int(getattr(text, "num_attention_heads", 0) or 1)
+    kv_heads = int(getattr(text, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(text, "head_dim", None) or (hidden // heads if heads else 0))
+    if layers <= 0 or head_dim <= 0:
+        raise EngineError("cannot size the batch: the model config has no decoder layer/head sizes; give batch_size")
+    return 2 * layers * kv_heads * head_dim * int(dtype_bytes)
+
+
+def rows_from_free_memory(free_bytes: int, per_row_bytes: int, *, fraction: float = 0.7, cap: int = MAX_ROWS) -> int:
+    """How many rows fit in `fraction` of the free memory, between 1 and `cap`.
+
+    `per_row_bytes` should include headroom for activations (the caller multiplies the KV cache
+    size); the remaining 30% covers the allocator's fragmentation and the vision tower's prefill.
+    """
+    if per_row_bytes <= 0:
+        raise EngineError(f"per-row memory must be positive, got {per_row_bytes}")
+    return int(max(1, min(cap, (free_bytes * fraction) // per_row_bytes)))
+
+
+def auto_rows(model: Any, device: str, dtype_bytes: int, tokens_per_row: int, torch: Any) -> Optional[int]:
+    """Rows per generate call from free CUDA memory (`torch.cuda.mem_get_info`); None off CUDA."""
+    if not device.startswith("cuda"):
+        return None
+    free, _total = torch.cuda.mem_get_info(torch.device(device))
+    # KV cache plus about as much again for the prefill's activations and the logits of a row.
+    per_row = 2 * kv_bytes_per_token(model.config, dtype_bytes) * max(1, tokens_per_row)
+    return rows_from_free_memory(int(free), per_row)
+
+
+def reusable_vision(model: Any, batch_keys: Sequence[str]) -> bool:
+    """True when image features can be computed once per tile and handed to `generate`.
+
+    Needs a model whose forward takes pre-encoded `mm_encoder_outputs` (transformers >= 5.2x) and
+    a processor output that is just ids, mask and one fixed-size image tensor per row (LLaVA-1.5
+    style): models with per-image grids or sizes (Qwen2-VL, LLaVA-NeXT) keep the plain path.
+    """
+    supports = getattr(model, "_supports_mm_encoder_outputs", None)
+    base = getattr(model, "base_model", None)
+    return bool(
+        callable(supports) and supports() and hasattr(base, "get_image_features")
+        and set(batch_keys) <= {"input_ids", "attention_mask", "pixel_values"} and "pixel_values" in batch_keys
+    )
+
+
+def encode_images_once(model: Any, pixel_values: Any, row_tiles: Sequence[int]) -> dict[str, Any]:
+    """`mm_encoder_outputs` for `generate`: the vision tower runs once per distinct tile of the rows."""
+    first: dict[int, int] = {}
+    for r, t in enumerate(row_tiles):
+        first.setdefault(t, r)
+    tiles = sorted(first)
+    out = model.base_model.get_image_features(pixel_values=pixel_values[[first[t] for t in tiles]], return_dict=True)
+    per_tile = dict(zip(tiles, list(out.pooler_output)))
+    out.pooler_output = [per_tile[t] for t in row_tiles]
+    return {"image": out}
