@@ -118,7 +118,8 @@ class TransformersCaptioner:
         self.append_facts = bool(append_facts)
         self.fuse_variants, self.reuse_vision, self.compile = bool(fuse_variants), bool(reuse_vision), bool(compile)
         self.name = model
-        self.processor, self.model, source = _load(model, revision, self.dtype, trust_remote_code, attn_implementation)
+        preloaded = self.__dict__.pop("_preloaded", None)
+        self.processor, self.model, source = preloaded or _load(model, revision, self.dtype, trust_remote_code, attn_implementation)
         self.model.to(self.device).eval()
         # transformers picks SDPA by itself where the architecture supports it ("auto").
         self.attn_implementation = str(getattr(self.model.config, "_attn_implementation", None) or "eager")
@@ -143,6 +144,15 @@ class TransformersCaptioner:
             facts=int(self.append_facts),
         )
         self._fallback = SpectralCaptioner(variants=self.variants)
+
+    @classmethod
+    def from_model(cls, model: Any, processor: Any, name: str, **options: Any) -> TransformersCaptioner:
+        """A captioner around a model already in memory (benchmarks build a random 7B on the GPU
+        in seconds; saving and reloading it would take minutes). `options` are the constructor's."""
+        obj = cls.__new__(cls)
+        obj._preloaded = (processor, model, name)
+        obj.__init__(name, **options)  # type: ignore[misc]
+        return obj
 
     def _size_batch(self, batch_size: Optional[int], max_rows: Optional[int]) -> None:
         """Tiles per chunk and rows per call: given, or from free CUDA memory, or small CPU defaults."""
