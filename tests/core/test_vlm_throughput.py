@@ -132,6 +132,8 @@ def test_cpu_guards_and_bad_options(llava_dir):
                            attn_implementation="eager")
     try:
         assert eager.attn_implementation == "eager" and eager.batch_size == 2 and eager.max_rows == 4
+        # The memory estimate counts every image token: 30 px / 6 px patches = 25 in place of one <image>.
+        assert eager._row_tokens() == eager._prompt_len(0) + 24
     finally:
         eager.close()
 

@@ -158,8 +158,8 @@ class TransformersCaptioner:
         """Tiles per chunk and rows per call: given, or from free CUDA memory, or small CPU defaults."""
         k = self.variants if self.fuse_variants else 1
         rows = max_rows
-        if rows is None:
-            tokens = self._prompt_len(0) + self.max_new_tokens if self.chat else 64 + self.max_new_tokens
+        if rows is None and self.device.startswith("cuda"):
+            tokens = self._row_tokens() + self.max_new_tokens
             itemsize = int(self._torch.tensor([], dtype=self.dtype).element_size())
             rows = auto_rows(self.model, self.device, itemsize, tokens, self._torch)
             if rows is not None:
@@ -168,6 +168,16 @@ class TransformersCaptioner:
             batch_size = max(1, rows // k) if rows is not None else (8 if self.device != "cpu" else 2)
         self.batch_size = int(batch_size)
         self.max_rows = int(rows if rows is not None else self.batch_size * k)
+
+    def _row_tokens(self) -> int:
+        """Prompt tokens of one row with the image placeholders expanded (a blank tile through the processor)."""
+        from PIL import Image
+
+        blank = Image.new("RGB", (64, 64))
+        if not self.chat:
+            return 64
+        imgs: Any = [[blank]] if self.model_type in _NESTED_IMAGES else [blank]
+        return int(self.processor(images=imgs, text=[self._prompt(0)], return_tensors="pt")["input_ids"].shape[1])
 
     # -- prompts ------------------------------------------------------------------------------
     def _prompt(self, k: int) -> str:
