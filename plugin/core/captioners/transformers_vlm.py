@@ -150,7 +150,7 @@ class TransformersCaptioner:
         """A captioner around a model already in memory (benchmarks build a random 7B on the GPU
         in seconds; saving and reloading it would take minutes). `options` are the constructor's."""
         obj = cls.__new__(cls)
-        obj._preloaded = (processor, model, name)
+        obj.__dict__["_preloaded"] = (processor, model, name)  # read (and dropped) by __init__
         obj.__init__(name, **options)  # type: ignore[misc]
         return obj
 
