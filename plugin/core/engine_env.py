@@ -22,19 +22,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from .errors import Canceled, EngineError
-
-# Same shapes as types.ProgressFn / CancelFn, redefined so that QGIS's process imports no numpy here.
-ProgressFn = Callable[[int, int, str], None]
-CancelFn = Callable[[], bool]
-
-
-def no_progress(done: int, total: int, message: str) -> None:
-    """Default progress callback."""
-
-
-def never_canceled() -> bool:
-    """Default cancel callback."""
-    return False
+from .types import CancelFn, ProgressFn, never_canceled, no_progress  # numpy-free: safe in QGIS's process
 
 REQUIREMENTS_FILE = str(Path(__file__).with_name("engine_requirements.txt"))
 PROBE_SCRIPT = str(Path(__file__).with_name("engine_probe.py"))

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Optional, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Sequence
 
-import numpy as np
+if TYPE_CHECKING:  # annotations only: QGIS's process imports these types without numpy
+    import numpy as np
 
 #: progress(done, total, message) -- total may be 0 when unknown.
 ProgressFn = Callable[[int, int, str], None]
