@@ -11,26 +11,12 @@ import os
 import pytest
 import torch
 from captioner_tiles import FOREST, WATER, fields, fill, make_tile
-from tiny_vlm import build_tiny_git, build_tiny_llava
+from tiny_vlm import build_tiny_git
 
 from plugin.core.captioners import make_captioner
 from plugin.core.errors import CaptionerError, ModelUnavailableError
 
-pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny matmuls on a shared 2-core machine: OpenMP spinning of 2 threads costs 10x; use one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def llava_dir(tmp_path_factory) -> str:
-    return str(build_tiny_llava(tmp_path_factory.mktemp("tiny_llava")))
+pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")

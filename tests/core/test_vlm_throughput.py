@@ -17,7 +17,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 from captioner_tiles import FOREST, WATER, fields, fill, make_tile
-from tiny_vlm import build_tiny_llava
 
 from plugin.core.captioners import make_captioner
 from plugin.core.captioners.base import tile_image
@@ -25,20 +24,7 @@ from plugin.core.captioners.vlm_batching import kv_bytes_per_token, plan_rows, r
 from plugin.core.errors import EngineError
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def llava_dir(tmp_path_factory) -> str:
-    return str(build_tiny_llava(tmp_path_factory.mktemp("tiny_llava_tp")))
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")
