@@ -125,7 +125,6 @@ def baseline(index_dir: str, queries: list[str], top: int) -> list[float]:
 
 def run_qgis(built: dict, rounds: int, top: int) -> int:
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    import importlib.util
     from unittest.mock import MagicMock
 
     from qgis.core import QgsApplication, QgsCoordinateReferenceSystem, QgsProject, QgsRasterLayer
@@ -151,11 +150,9 @@ def run_qgis(built: dict, rounds: int, top: int) -> int:
     canvas.setLayers([layer])
     canvas.zoomToFullExtent()
 
-    spec = importlib.util.spec_from_file_location("semantic_imagery_search", ROOT / "__init__.py",
-                                                  submodule_search_locations=[str(ROOT)])
-    pkg = importlib.util.module_from_spec(spec)
-    sys.modules["semantic_imagery_search"] = pkg
-    spec.loader.exec_module(pkg)
+    from scripts.plugin_loader import import_plugin_package
+
+    pkg = import_plugin_package()
     plugin = pkg.classFactory(iface)
     plugin.initGui()
     plugin.session.set_index_dir(built["index_dir"])

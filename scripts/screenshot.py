@@ -91,13 +91,9 @@ def main(argv=None) -> int:
     project = QgsProject.instance()
     project.setCrs(QgsCoordinateReferenceSystem("EPSG:32618"))
 
-    import importlib.util
+    from scripts.plugin_loader import import_plugin_package
 
-    spec = importlib.util.spec_from_file_location("semantic_imagery_search", ROOT / "__init__.py",
-                                                  submodule_search_locations=[str(ROOT)])
-    pkg = importlib.util.module_from_spec(spec)
-    sys.modules["semantic_imagery_search"] = pkg
-    spec.loader.exec_module(pkg)
+    pkg = import_plugin_package()
     plugin = pkg.classFactory(iface)
     plugin.initGui()
 

@@ -3,7 +3,6 @@ wait on Qt signals without blocking the event loop."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 import time
@@ -13,19 +12,9 @@ from typing import Any, Callable
 import numpy as np
 from qgis.core import QgsApplication, QgsProject, QgsRasterLayer
 
+from scripts.plugin_loader import import_plugin_package as load_package
+
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGE = "semantic_imagery_search"
-
-
-def load_package():
-    """Import the repository root as QGIS does (the plugin folder is the package)."""
-    if PACKAGE in sys.modules:
-        return sys.modules[PACKAGE]
-    spec = importlib.util.spec_from_file_location(PACKAGE, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[PACKAGE] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def load_plugin(iface) -> Any:

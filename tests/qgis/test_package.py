@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import configparser
-import importlib.util
 import subprocess
 import sys
 import zipfile
@@ -14,6 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 import package  # noqa: E402
+from plugin_loader import import_plugin_package  # noqa: E402
 
 NAME = package.PLUGIN_NAME
 
@@ -109,10 +109,7 @@ def test_plugin_loads_from_the_zip_in_a_fresh_profile(release_zip: Path, tmp_pat
     assert (folder / "metadata.txt").is_file() and not (folder / "tests").exists()
     saved = _forget_package()
     try:
-        spec = importlib.util.spec_from_file_location(NAME, folder / "__init__.py", submodule_search_locations=[str(folder)])
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[NAME] = mod
-        spec.loader.exec_module(mod)
+        mod = import_plugin_package(folder, NAME)
         plugin = mod.classFactory(qgis_iface)
         assert Path(sys.modules[f"{NAME}.plugin.plugin"].__file__).is_relative_to(folder)
         plugin.initGui()
