@@ -19,27 +19,20 @@ import numpy as np
 
 from .errors import Canceled, EngineError, RasterError
 from .searcher import Searcher, cached_embedder, open_index_for
-from .types import BandMap, CancelFn, CaptionVariant, ProgressFn, TileImage, TileRef, never_canceled, no_progress
+from .types import (
+    BandMap,
+    CancelFn,
+    CaptionVariant,
+    ProgressFn,
+    RasterSource,
+    TileImage,
+    TileRef,
+    never_canceled,
+    no_progress,
+)
 
 #: Commit (and make searchable) at least this often while indexing.
 FLUSH_EVERY_S = 30.0
-
-
-@dataclass(frozen=True)
-class RasterSource:
-    """What the user asked to index: a file GDAL opens, its band map and a display name."""
-
-    path: str
-    band_map: Optional[BandMap] = None
-    name: Optional[str] = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "band_map": self.band_map.to_text() if self.band_map else None, "name": self.name}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RasterSource:
-        bm = d.get("band_map")
-        return cls(str(d["path"]), BandMap.parse(bm) if bm else None, d.get("name"))
 
 
 @dataclass

@@ -202,3 +202,23 @@ class Hit:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
+
+
+@dataclass(frozen=True)
+class RasterSource:
+    """What the user asked to index: a file GDAL opens, its band map and a display name.
+
+    Lives here (numpy-free) because QGIS's process builds these from layers before a task starts.
+    """
+
+    path: str
+    band_map: Optional[BandMap] = None
+    name: Optional[str] = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "band_map": self.band_map.to_text() if self.band_map else None, "name": self.name}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RasterSource:
+        bm = d.get("band_map")
+        return cls(str(d["path"]), BandMap.parse(bm) if bm else None, d.get("name"))

@@ -15,7 +15,7 @@ from qgis.core import QgsTask
 from qgis.PyQt.QtCore import pyqtSignal
 
 from ..core.errors import Canceled
-from ..core.pipeline import RasterSource
+from ..core.types import RasterSource
 from ..core.worker_client import WorkerClient, WorkerError
 
 #: Keywords of index_rasters that the task passes through.
