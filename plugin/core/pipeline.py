@@ -31,8 +31,11 @@ from .types import (
     no_progress,
 )
 
-#: Commit (and make searchable) at least this often while indexing.
+#: Rewrite the hnsw file at most this often while indexing. Commits are searchable without it
+#: (readers replay the store's change log), so it only bounds how much a reader has to replay.
 FLUSH_EVERY_S = 30.0
+#: ... and never spend more than 1/FLUSH_BUDGET of the job rewriting it (1.6 GB at 1M variants).
+FLUSH_BUDGET = 20.0
 
 
 @dataclass
@@ -178,13 +181,16 @@ def index_rasters(
         total = sum(len(refs) - len(done & {r.tile_id for r in refs}) for _, refs, done in planned)
         counter = [0]
         last_flush = [time.monotonic()]
+        flush_every = [FLUSH_EVERY_S]
 
         def step(n: int, msg: str) -> None:
             counter[0] += n
             progress(counter[0], total, msg)
-            if time.monotonic() - last_flush[0] > FLUSH_EVERY_S:
+            if time.monotonic() - last_flush[0] > flush_every[0]:
+                t = time.monotonic()
                 idx.flush()
                 last_flush[0] = time.monotonic()
+                flush_every[0] = max(FLUSH_EVERY_S, FLUSH_BUDGET * (last_flush[0] - t))
 
         for info, refs, done in planned:
             entry = _index_one(idx, cap, emb, info, params, refs, done, step, is_canceled, iter_tiles)

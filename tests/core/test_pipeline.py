@@ -189,3 +189,25 @@ def test_warm_searcher_sees_later_commits_and_removals(tmp_path: Path, scenes: l
         assert {h.raster for h in s.search("sea", top=50)} == set(scenes)
         remove_rasters(idx, [scenes[0]])
         assert {h.raster for h in s.search("sea", top=50)} == {scenes[1]}
+
+
+def test_slow_hnsw_rewrites_are_spaced_out(tmp_path: Path, scenes: list[str], monkeypatch) -> None:
+    """Rewriting the hnsw file may not eat the job: its interval grows with what a rewrite costs."""
+    import plugin.core.pipeline as pipeline
+    from plugin.core.store import SearchIndex
+
+    calls: list[float] = []
+    real_flush = SearchIndex.flush
+
+    def slow_flush(self) -> None:
+        calls.append(time.monotonic())
+        time.sleep(0.2)  # as if the file were large
+        real_flush(self)
+
+    monkeypatch.setattr(SearchIndex, "flush", slow_flush)
+    monkeypatch.setattr(pipeline, "FLUSH_EVERY_S", 0.0)
+    monkeypatch.setattr(pipeline, "FLUSH_BUDGET", 1000.0)
+    index_rasters(str(tmp_path / "idx"), [RasterSource(scenes[0])], tiling=SMALL,
+                  captioner_options={"variants": 1, "batch_size": 1})
+    # 9 one-tile steps: one rewrite during the job (then 200 s apart), one at the end.
+    assert len(calls) == 2, calls
