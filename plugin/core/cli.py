@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import sys
-import threading
 from typing import Any, Optional, Sequence
 
 from .errors import Canceled, EngineError
@@ -126,17 +125,13 @@ def cmd_index(args: argparse.Namespace) -> int:
         if not key:
             raise EngineError(f"environment variable {args.api_key_env} is not set (it should hold the API key)")
         opts["api_key"] = key
-    cancel = threading.Event()
     bar = _Bar(args.quiet)
     try:
+        # Ctrl-C interrupts between commits; the store keeps what was committed (main() says so).
         report = index_rasters(
             args.index, sources, captioner=args.captioner, embedder=args.embedder, tiling=tiling,
-            captioner_options=opts, device=args.device, remove_missing=args.remove_missing,
-            progress=bar, is_canceled=cancel.is_set,
+            captioner_options=opts, device=args.device, remove_missing=args.remove_missing, progress=bar,
         )
-    except KeyboardInterrupt:
-        cancel.set()
-        raise
     finally:
         bar.close()
     if args.format == "json":
