@@ -80,7 +80,7 @@ def main() -> int:
     ap.add_argument("--tile-size", type=int, default=128, help="pixels (10 m each): 128 px = 1.28 km")
     ap.add_argument("--scales", default="1,2")
     ap.add_argument("--top", type=int, default=5)
-    ap.add_argument("--readme-png", default=str(ROOT / "docs" / "demo.jpg"))
+    ap.add_argument("--readme-png", default="", help="also write the picture here (docs/demo.jpg refreshes the README's)")
     args = ap.parse_args()
 
     from plugin.core.pipeline import RasterSource, index_rasters
