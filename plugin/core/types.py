@@ -135,13 +135,19 @@ class CaptionVariant:
     one_sentence: str
     feature: str
     caption: str
+    #: Why this is a stand-in (e.g. a spectral caption because the VLM answered nothing); "" for a real answer.
+    #: Fallbacks are stored as such, never as the captioner's answer, so the next update asks again.
+    fallback: str = field(default="", compare=False)
 
     def text(self) -> str:
         """The text that is embedded: the three fields as one passage."""
         return " ".join(s.strip() for s in (self.one_sentence, self.feature, self.caption) if s and s.strip())
 
     def to_dict(self) -> dict[str, str]:
-        return asdict(self)
+        d = {"one_sentence": self.one_sentence, "feature": self.feature, "caption": self.caption}
+        if self.fallback:
+            d["fallback"] = self.fallback
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CaptionVariant:
