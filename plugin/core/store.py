@@ -193,15 +193,25 @@ class SearchIndex(RasterRows):
         def __enter__(self) -> sqlite3.Connection:
             if self.idx.readonly:
                 raise IndexStoreError(f"the index at {self.idx.folder} was opened read-only")
-            self.idx.conn.execute("BEGIN IMMEDIATE")
+            with S.db_errors(self.idx.folder):
+                self.idx.conn.execute("BEGIN IMMEDIATE")
             return self.idx.conn
 
         def __exit__(self, et: Any, ev: Any, tb: Any) -> None:
+            conn = self.idx.conn
             if et is None:
-                self.idx.conn.execute("COMMIT")
+                try:
+                    conn.execute("COMMIT")
+                except sqlite3.DatabaseError as exc:  # e.g. disk full at commit: nothing of it was stored
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise S.db_error(exc, self.idx.folder) from None
                 self.idx._mutated = True
-            else:
-                self.idx.conn.execute("ROLLBACK")
+                return
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if isinstance(ev, sqlite3.DatabaseError):
+                raise S.db_error(ev, self.idx.folder) from None
 
     def _write(self) -> SearchIndex._Tx:
         return SearchIndex._Tx(self)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import sqlite3
 import time
 import uuid
@@ -139,12 +140,21 @@ def db_error(exc: BaseException, folder: str, doing: str = "is damaged") -> Inde
 
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     low = text.lower()
-    if "disk is full" in low or "disk full" in low:
-        return DiskFullError(f"disk full: the index at {folder} cannot grow; free some space on that disk and run again")
+    try:
+        free_b = shutil.disk_usage(folder).free
+    except OSError:
+        free_b = -1
+    if "disk is full" in low or "disk full" in low or ("i/o error" in low and 0 <= free_b < (1 << 20)):
+        free = f"{free_b / 1e6:.1f} MB free" if free_b >= 0 else "no space left"
+        return DiskFullError(f"disk full: the index at {folder} cannot grow ({free}); free some space on that disk and"
+                             " run again (what was committed is kept)")
     if "locked" in low or "busy" in low:
         return IndexStoreError(f"the index database at {folder} is busy ({text}); try again when the other job is done")
     if "readonly" in low or "read-only" in low:
         return IndexStoreError(f"the index at {folder} is read-only here ({text}); searching works, indexing needs write access")
+    if "i/o error" in low:
+        return IndexStoreError(f"the index database at {folder} could not be read or written ({text}): check that disk or"
+                               f" network share; if it persists, run `python -m plugin repair --index {folder}`")
     if "unable to open" in low:
         return IndexStoreError(f"the index database at {folder} cannot be opened ({text}); check the folder exists and is readable")
     return IndexStoreError(
