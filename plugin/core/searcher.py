@@ -28,7 +28,8 @@ def cached_embedder(spec: Optional[str] = None, device: str = "auto") -> Any:
         return _EMBEDDERS[key]
 
 
-def open_index_for(index_dir: str, embedder: Any, *, create: bool, allow_new_embedder: bool = False) -> Any:
+def open_index_for(index_dir: str, embedder: Any, *, create: bool, allow_new_embedder: bool = False,
+                   readonly: bool = False, lock: Any = None) -> Any:
     """Open the index at `index_dir` checked against (or switched to) this embedder."""
     from .store import SearchIndex
 
@@ -38,6 +39,8 @@ def open_index_for(index_dir: str, embedder: Any, *, create: bool, allow_new_emb
         embedder_fingerprint=embedder.fingerprint,
         dim=embedder.dim,
         allow_new_embedder=allow_new_embedder,
+        readonly=readonly,
+        lock=lock,
     )
 
 
@@ -74,7 +77,7 @@ class Searcher:
         return tuple(out)
 
     def _ensure(self) -> Any:
-        if not os.path.exists(os.path.join(self.index_dir, "manifest.json")):
+        if not os.path.exists(os.path.join(self.index_dir, "index.sqlite")):
             raise IndexStoreError(f"no search index at {self.index_dir}: index some rasters first")
         if self._emb is None:
             self._emb = cached_embedder(self._embedder_spec, self._device)
@@ -82,7 +85,8 @@ class Searcher:
         if self._idx is None or stamp != self._stamp:
             if self._idx is not None:
                 self._idx.close()
-            self._idx = open_index_for(self.index_dir, self._emb, create=False)
+            # Searching never writes: read-only media, another user's folder and a running job are fine.
+            self._idx = open_index_for(self.index_dir, self._emb, create=False, readonly=True)
             self._stamp = stamp
         return self._idx
 
@@ -104,20 +108,23 @@ class Searcher:
         if top < 1:
             raise QueryError(f"top must be at least 1 (got {top})")
         text = text[:MAX_QUERY_CHARS]
-        idx = self._ensure()
-        raster_ids = None
-        if rasters:
-            raster_ids = []
-            for key in rasters:
-                found = idx.find_raster_ids(os.path.abspath(key) if os.path.exists(key) else key)
-                raster_ids.extend(found)
-            if not raster_ids:
-                return []
-        vec = self._emb.encode_queries([text])[0]
-        return idx.search(
-            vec, top=top, fusion=fusion, raster_ids=raster_ids, bbox=bbox, bbox_crs=bbox_crs,
-            min_score=min_score, suppress_overlaps=suppress_overlaps,
-        )
+        from .store_schema import db_errors
+
+        with db_errors(self.index_dir):  # a damaged database: one line naming `repair`, not a traceback
+            idx = self._ensure()
+            raster_ids = None
+            if rasters:
+                raster_ids = []
+                for key in rasters:
+                    found = idx.find_raster_ids(os.path.abspath(key) if os.path.exists(key) else key)
+                    raster_ids.extend(found)
+                if not raster_ids:
+                    return []
+            vec = self._emb.encode_queries([text])[0]
+            return idx.search(
+                vec, top=top, fusion=fusion, raster_ids=raster_ids, bbox=bbox, bbox_crs=bbox_crs,
+                min_score=min_score, suppress_overlaps=suppress_overlaps,
+            )
 
     def close(self) -> None:
         if self._idx is not None:

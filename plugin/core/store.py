@@ -44,6 +44,7 @@ class SearchIndex(RasterRows):
         self._mutated = False
         self._vpt: Optional[tuple[int, float]] = None
         self._lock: Optional[IndexLock] = None
+        self._owned_lock: Optional[IndexLock] = None
         #: Things the open fixed or noticed (rebuilt manifest, removed leftovers), one line each.
         self.notes: list[str] = []
         self._has_active = S.has_column(conn, "tiles", "active")
@@ -61,6 +62,7 @@ class SearchIndex(RasterRows):
         allow_new_embedder: bool = False,
         job: Optional[str] = None,
         wait_s: float = 0.0,
+        lock: Optional[IndexLock] = None,
     ) -> SearchIndex:
         """Open (or create) the index at `folder`, checked against the embedder that will use it.
 
@@ -75,21 +77,21 @@ class SearchIndex(RasterRows):
             raise IndexStoreError(f"no index at {folder}: index some rasters first")
         if not exists and (not embedder_fingerprint or not dim):
             raise IndexStoreError("creating an index needs the embedder fingerprint and dimension")
-        lock = None
-        if not readonly:
+        owned = None
+        if not readonly and lock is None:  # a caller that holds the lock already (a job) passes it
             try:
                 os.makedirs(folder, exist_ok=True)
-                lock = IndexLock(folder, job).acquire(wait_s)
+                owned = IndexLock(folder, job).acquire(wait_s)
             except OSError as exc:
                 raise IndexStoreError(f"cannot write the index at {folder} ({exc.strerror or exc}); "
                                       "search it read-only, or index into a folder you can write") from None
         try:
             self = cls._open_locked(folder, db_path, exists, embedder_fingerprint, dim, readonly, allow_new_embedder)
         except BaseException:
-            if lock is not None:
-                lock.release()
+            if owned is not None:
+                owned.release()
             raise
-        self._lock = lock
+        self._lock, self._owned_lock = owned or lock, owned
         return self
 
     @classmethod
@@ -232,9 +234,9 @@ class SearchIndex(RasterRows):
         finally:
             self._conn.close()
             self._conn = None
-            if self._lock is not None:
-                self._lock.release()
-                self._lock = None
+            if self._owned_lock is not None:
+                self._owned_lock.release()
+                self._owned_lock = None
 
     # ---- tiles, captions, embeddings ----------------------------------------------------------
     def done_tile_ids(self, raster_id: str, captioner_fp: str) -> set[str]:

@@ -23,7 +23,7 @@ import math
 import numbers
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -32,7 +32,7 @@ from .raster import RasterInfo
 from .raster_io import read_bands_lazy
 from .types import CancelFn, PixelWindow, ProgressFn, TileImage, TileRef, never_canceled, no_progress
 
-__all__ = ["TilingParams", "tile_id", "footprint", "plan_tiles", "iter_tiles", "read_tile", "tile_side_px", "MAX_OUT_SIZE"]
+__all__ = ["TilingParams", "tile_id", "footprint", "plan_tiles", "count_tiles", "iter_tiles", "read_tile", "tile_side_px", "MAX_OUT_SIZE"]
 
 #: Default cap of the image side handed to captioners (VLMs resize larger images anyway).
 MAX_OUT_SIZE = 1024
@@ -132,6 +132,29 @@ def _starts(length: int, side: int, stride: int) -> list[int]:
     if out[-1] + side < length:
         out.append(length - side)
     return out
+
+
+def _n_starts(length: int, side: int, stride: int) -> int:
+    """len(_starts(length, side, stride)) without building the list."""
+    if side >= length:
+        return 1
+    n = (length - side) // stride + 1
+    return n + (1 if (n - 1) * stride + side < length else 0)
+
+
+def count_tiles(info: RasterInfo, params: TilingParams) -> int:
+    """How many tiles `plan_tiles` will plan, computed without planning (absurd plans are refused
+    from this number before they take memory or touch the index)."""
+    base = tile_side_px(info, params)
+    total, prev_side = 0, None
+    for scale in params.scales:
+        side = base * scale
+        if prev_side is not None and prev_side >= info.width and prev_side >= info.height:
+            break
+        prev_side = side
+        stride = max(1, int(round(side * (1.0 - params.overlap))))
+        total += _n_starts(info.height, side, stride) * _n_starts(info.width, side, stride)
+    return total
 
 
 def plan_tiles(info: RasterInfo, params: TilingParams) -> list[TileRef]:
@@ -266,10 +289,11 @@ def iter_tiles(
     refs: Optional[Sequence[TileRef]] = None,
     progress: ProgressFn = no_progress,
     is_canceled: CancelFn = never_canceled,
+    on_skip: Optional[Callable[[TileRef], None]] = None,
 ) -> Iterator[TileImage]:
     """Read the planned tiles (or `refs`) one window at a time; yield those with at least
-    `params.min_valid_fraction` valid pixels. Progress counts every tile read, skipped or not;
-    raises Canceled between tiles once is_canceled() is true."""
+    `params.min_valid_fraction` valid pixels (`on_skip(ref)` is told of the others). Progress counts
+    every tile read, skipped or not; raises Canceled between tiles once is_canceled() is true."""
     import rasterio
 
     todo = list(refs) if refs is not None else plan_tiles(info, params)
@@ -286,6 +310,8 @@ def iter_tiles(
             progress(i + 1, total, f"{info.name}: tile {i + 1}/{total}")
             if n_valid > 0 and n_valid >= params.min_valid_fraction * tile.valid.size:
                 yield tile
+            elif on_skip is not None:
+                on_skip(ref)
 
 
 def read_tile(info: RasterInfo, ref: TileRef, out_size: Optional[int] = None) -> TileImage:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -75,11 +75,13 @@ class LocalExecutor:
         self.captioner = captioner
         self.embedder = embedder
 
-    def run(self, info: Any, params: Any, refs: Sequence[TileRef], is_canceled: CancelFn) -> Iterator[CaptionedBatch]:
+    def run(self, info: Any, params: Any, refs: Sequence[TileRef], is_canceled: CancelFn,
+            on_empty: Optional[Callable[[TileRef], None]] = None) -> Iterator[CaptionedBatch]:
         from ..tiling import iter_tiles
 
         cap = self.captioner
-        for batch in _prefetch(iter_tiles(info, params, refs=list(refs), is_canceled=is_canceled), cap.batch_size):
+        tiles = iter_tiles(info, params, refs=list(refs), is_canceled=is_canceled, on_skip=on_empty)
+        for batch in _prefetch(tiles, cap.batch_size):
             if is_canceled():
                 raise Canceled()
             per_tile = cap.caption(batch)
