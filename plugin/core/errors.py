@@ -51,3 +51,7 @@ class PlanTooLargeError(TilingError):
 
 class CaptionFallbackError(CaptionerError):
     """Most caption answers were unusable and fell back to spectral captions: the job stopped."""
+
+
+class IndexMissingError(IndexStoreError):
+    """There is no index at that folder (yet: a first job may be creating it)."""

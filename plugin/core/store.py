@@ -20,7 +20,7 @@ import numpy as np
 
 from . import store_schema as S
 from .ann import AnnIndex, clean_tmp
-from .errors import IndexStoreError
+from .errors import IndexMissingError, IndexStoreError
 from .index_lock import IndexLock
 from .store_rasters import RASTER_STATES, RasterRows
 from .types import CaptionVariant, Hit, TileRef
@@ -74,7 +74,7 @@ class SearchIndex(RasterRows):
         db_path = os.path.join(folder, S.DB_FILE)
         exists = os.path.exists(db_path)
         if not exists and (not create or readonly):
-            raise IndexStoreError(f"no index at {folder}: index some rasters first")
+            raise IndexMissingError(f"no index at {folder}: index some rasters first")
         if not exists and (not embedder_fingerprint or not dim):
             raise IndexStoreError("creating an index needs the embedder fingerprint and dimension")
         owned = None
@@ -112,6 +112,8 @@ class SearchIndex(RasterRows):
             conn = S.connect(db_path, readonly=readonly)
             try:
                 with S.db_errors(folder):
+                    if readonly and conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone() is None:
+                        raise IndexMissingError(f"no index at {folder} yet (a first job is creating it): try again in a moment")
                     if not readonly:
                         S.init_db(conn, embedder_fingerprint or "", int(dim or 0))  # no-op on an existing schema
                         S.migrate(conn)

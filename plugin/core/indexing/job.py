@@ -157,7 +157,7 @@ def _index_rasters(index_dir, sources, captioner, embedder, tiling, captioner_op
         for info, refs, done in planned:
             entry = _index_one(idx, cap, emb, info, params, refs, done, step, is_canceled, ex)
             if info.raster_id in changed:
-                entry["tiling_changed_from"] = changed[info.raster_id]
+                entry["tiling_changed_from"], entry["tiling"] = changed[info.raster_id], new_params
             report.rasters.append(entry)
         # Damaged vectors found while loading the search file are re-embedded from their captions.
         damaged = sorted(idx.ann.bad)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any, Optional, Sequence
 
-from ..errors import EngineError
+from ..errors import EngineError, IndexMissingError
 from ..store_schema import db_errors
 
 
@@ -42,9 +42,12 @@ def index_info(index_dir: str, check: bool = False) -> dict[str, Any]:
 
     if not _exists(index_dir):
         return {"exists": False, "index_dir": index_dir, "rasters": [], "tiles": 0, "variants": 0}
-    with db_errors(index_dir), SearchIndex.open(index_dir, readonly=True) as idx:
-        stats = dict(idx.stats())
-        rows = idx.raster_rows()
+    try:
+        with db_errors(index_dir), SearchIndex.open(index_dir, readonly=True) as idx:
+            stats = dict(idx.stats())
+            rows = idx.raster_rows()
+    except IndexMissingError:  # a first job is creating it right now
+        return {"exists": False, "index_dir": index_dir, "rasters": [], "tiles": 0, "variants": 0}
     for r in rows:
         r["missing"] = not (r.get("path") and os.path.exists(r["path"]))
     stats.update({"exists": True, "index_dir": index_dir, "rasters": rows})
