@@ -33,14 +33,11 @@ from .base import (
     tile_image,
 )
 from .prompts import PROMPT_VERSION, SYSTEM, get_preset, variant_prompt
+from . import vlm_families
 from .spectral import SpectralCaptioner, spectral_facts
 from .vlm_batching import GreedyRows, auto_rows, encode_images_once, plan_rows, reusable_vision
 
 log = logging.getLogger(__name__)
-
-#: Processors of these model types want one list of images per prompt.
-_NESTED_IMAGES = {"idefics", "idefics2", "idefics3", "smolvlm", "mllama"}
-
 
 def _looks_like_path(name: str) -> bool:
     return name.startswith(("/", ".", "~")) or os.path.isabs(name) or name.count("/") > 1 or "\\" in name
@@ -61,7 +58,8 @@ def _load(
     if revision and not local:
         kw["revision"] = revision
     try:
-        processor = transformers.AutoProcessor.from_pretrained(source, **kw)
+        config = vlm_families.check_config(name, source, kw)  # one-line refusals of what cannot caption
+        processor = vlm_families.load_processor(name, source, config, kw)
     except (OSError, ValueError, KeyError) as exc:
         where = "offline (HF_HUB_OFFLINE is set; download it first or give a local folder)" if offline() and not local else ""
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -176,14 +174,14 @@ class TransformersCaptioner:
         blank = Image.new("RGB", (64, 64))
         if not self.chat:
             return 64
-        imgs: Any = [[blank]] if self.model_type in _NESTED_IMAGES else [blank]
+        imgs = vlm_families.images_arg(self.model_type, [blank])
         return int(self.processor(images=imgs, text=[self._prompt(0)], return_tensors="pt")["input_ids"].shape[1])
 
     # -- prompts ------------------------------------------------------------------------------
     def _prompt(self, k: int) -> str:
         if k not in self._prompts:
             messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": f"{SYSTEM} {variant_prompt(k)}"}]}]
-            self._prompts[k] = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            self._prompts[k] = vlm_families.chat_prompt(self.processor, messages)
         return self._prompts[k]
 
     def _prompt_len(self, k: int) -> int:
@@ -198,7 +196,7 @@ class TransformersCaptioner:
     def _inputs(self, images: list[Any], ks: list[int]) -> Any:
         """Processor outputs for one row per (image, variant) pair, on the device in the model dtype."""
         if self.chat:
-            imgs: Any = [[im] for im in images] if self.model_type in _NESTED_IMAGES else images
+            imgs = vlm_families.images_arg(self.model_type, images)
             batch = self.processor(images=imgs, text=[self._prompt(k) for k in ks], return_tensors="pt", padding=True)
         else:
             batch = self.processor(images=images, return_tensors="pt")
