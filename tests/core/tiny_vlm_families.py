@@ -123,8 +123,14 @@ def _start(folder: str | Path, seed: int) -> Path:
 
 def build_tiny_llava_next(folder: str | Path, *, seed: int = 0) -> Path:
     """LLaVA-NeXT: CLIP tower, anyres tiling over a grid of pinpoints (per-image token counts)."""
-    from transformers import (CLIPVisionConfig, LlamaConfig, LlavaNextConfig, LlavaNextForConditionalGeneration,
-                              LlavaNextImageProcessor, LlavaNextProcessor)
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextImageProcessor,
+        LlavaNextProcessor,
+    )
 
     folder = _start(folder, seed)
     tok = bpe_tokenizer(["<image>"], bos="<s>", eos="</s>", pad="<pad>", image_token="<image>")
@@ -246,6 +252,32 @@ def build_tiny_gemma3(folder: str | Path, *, seed: int = 0) -> Path:
     return _save(folder, model, proc, tok)
 
 
+def build_tiny_blip(folder: str | Path, *, seed: int = 0) -> Path:
+    """BLIP captioning (ViT encoder + BERT decoder with cross-attention), no chat template."""
+    from tiny_vlm import _wordpiece_tokenizer
+    from transformers import BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
+
+    folder = _start(folder, seed)
+    tok = _wordpiece_tokenizer()
+    config = BlipConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, encoder_hidden_size=32, max_position_embeddings=128,
+                         pad_token_id=tok.pad_token_id, bos_token_id=tok.cls_token_id, sep_token_id=tok.sep_token_id,
+                         eos_token_id=tok.sep_token_id),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=30, patch_size=6),
+        projection_dim=32,
+    )
+    model = BlipForConditionalGeneration(config).eval()
+    model.generation_config.bos_token_id = tok.cls_token_id
+    proc = BlipProcessor(image_processor=BlipImageProcessor(size={"height": 30, "width": 30}), tokenizer=tok)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.sep_token_id
+    model.save_pretrained(folder)
+    proc.save_pretrained(folder)
+    return folder
+
+
 #: family -> (builder, marker token counted once per image in a row's prompt; None: no chat prompt)
 FAMILIES: dict[str, tuple[Callable[..., Path], Any]] = {
     "llava": (build_tiny_llava, None),
@@ -257,4 +289,5 @@ FAMILIES: dict[str, tuple[Callable[..., Path], Any]] = {
     "smolvlm": (lambda f: build_tiny_idefics3(f, smolvlm=True), "<global-img>"),
     "gemma3": (build_tiny_gemma3, "<start_of_image>"),
     "git": (build_tiny_git, None),
+    "blip": (build_tiny_blip, None),
 }

@@ -22,6 +22,7 @@ from typing import Any, Optional, Sequence
 
 from ..errors import CaptionerError, EngineError, ModelUnavailableError
 from ..types import CaptionVariant, TileImage
+from . import vlm_families
 from .base import (
     assemble_variants,
     fingerprint,
@@ -33,7 +34,6 @@ from .base import (
     tile_image,
 )
 from .prompts import PROMPT_VERSION, SYSTEM, get_preset, variant_prompt
-from . import vlm_families
 from .spectral import SpectralCaptioner, spectral_facts
 from .vlm_batching import GreedyRows, auto_rows, encode_images_once, plan_rows, reusable_vision
 
@@ -223,8 +223,7 @@ class TransformersCaptioner:
                 kwargs["logits_processor"] = [GreedyRows(greedy.to(self.device))]
             # One seed per call, offset by the call's first variant: the same chunk samples the same text.
             torch.manual_seed(self.seed + min(k for _, k in rows if k))
-        if self._tokenizer is not None and self._tokenizer.pad_token_id is not None:
-            kwargs["pad_token_id"] = self._tokenizer.pad_token_id
+        kwargs.update(vlm_families.pad_kwargs(self.model_type, self._tokenizer))
         if self.compile:
             kwargs["cache_implementation"] = "static"
         with torch.inference_mode():

@@ -35,6 +35,9 @@ TESTED = {
 #: Processors of these model types want one list of images per prompt.
 NESTED_IMAGES = {"idefics", "idefics2", "idefics3", "smolvlm", "mllama", "gemma3"}
 
+#: Models whose own `generate` passes the pad token to the text decoder (a second one is a TypeError).
+OWN_PAD_TOKEN = {"blip"}
+
 _SUGGEST = "e.g. transformers:llava-hf/llava-1.5-7b-hf or transformers:Qwen/Qwen2.5-VL-3B-Instruct"
 
 
@@ -114,7 +117,7 @@ def _images_only(cls: Any) -> Any:
         def _get_arguments_from_pretrained(klass, path: str, processor_dict: Any = None, **kwargs: Any) -> list[Any]:
             import transformers
 
-            loaders = {"image_processor": transformers.AutoImageProcessor, "tokenizer": transformers.AutoTokenizer}
+            loaders: dict[str, Any] = {"image_processor": transformers.AutoImageProcessor, "tokenizer": transformers.AutoTokenizer}
             attributes = cls.get_attributes()
             if not set(attributes) - {"video_processor"} <= set(loaders):
                 return super()._get_arguments_from_pretrained(path, processor_dict, **kwargs)  # type: ignore[no-any-return]
@@ -149,10 +152,15 @@ def load_processor(name: str, source: str, config: Any, kw: dict[str, Any]) -> A
 
     model_type = str(getattr(config, "model_type", "") or "")
     cls = _processor_class(model_type)
-    if cls is not None and not is_torchvision_available() and "video_processor" in cls.get_attributes():
-        processor = _images_only(cls).from_pretrained(source, **kw)
-    else:
-        processor = transformers.AutoProcessor.from_pretrained(source, **kw)
+    try:
+        if cls is not None and not is_torchvision_available() and "video_processor" in cls.get_attributes():
+            processor = _images_only(cls).from_pretrained(source, **kw)
+        else:
+            processor = transformers.AutoProcessor.from_pretrained(source, **kw)
+    except OSError as exc:
+        if "image processor" not in str(exc) and "preprocessor_config" not in str(exc):
+            raise
+        processor = None
     if getattr(processor, "image_processor", None) is None:
         raise ModelUnavailableError(
             f"captioner model {name!r} ({model_type}) has no image processor in its folder "
@@ -164,3 +172,10 @@ def load_processor(name: str, source: str, config: Any, kw: dict[str, Any]) -> A
 def images_arg(model_type: str, images: list[Any]) -> Any:
     """The `images=` argument of the processor for one image per prompt."""
     return [[im] for im in images] if model_type in NESTED_IMAGES else images
+
+
+def pad_kwargs(model_type: str, tokenizer: Any) -> dict[str, Any]:
+    """`pad_token_id` for `generate` (batches are padded), unless the model sets it itself."""
+    if model_type in OWN_PAD_TOKEN or tokenizer is None or getattr(tokenizer, "pad_token_id", None) is None:
+        return {}
+    return {"pad_token_id": tokenizer.pad_token_id}
