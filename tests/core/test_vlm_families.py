@@ -18,6 +18,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from tiny_vlm_families import FAMILIES, bpe_tokenizer
+from transformers.utils import is_torchvision_available
 
 from plugin.core.captioners import make_captioner
 from plugin.core.captioners.parsing import parse_variants
@@ -34,6 +35,7 @@ pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("one_torch_threa
 
 K = 3
 PLAIN = {"git", "blip"}  # captioners without a chat template: image only, no prompt
+VIDEO_CAPABLE = {"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "smolvlm"}  # processors with a video part
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +90,8 @@ def test_family_loads_and_every_row_sees_the_rsrt_prompt_and_one_image(fam, real
     cap = fam.cap
     assert fam.name in TESTED and cap.model_type == fam.name
     assert cap.chat == (fam.name not in PLAIN) and cap.device == "cpu"
+    if fam.name in VIDEO_CAPABLE and not is_torchvision_available():  # loaded for images only
+        assert cap.processor.video_processor is None
     calls = _record_generate(cap, monkeypatch)
     out = cap.caption(tiles)
     assert len(calls) == 1  # 3 tiles x 3 variants fused into one generate call

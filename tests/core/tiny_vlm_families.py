@@ -99,15 +99,19 @@ class _Parts:
     video processor; a hub folder is just these files.)
     """
 
-    def __init__(self, cls_name: str, image_processor: Any, tokenizer: Any, chat_template: str, **options: Any) -> None:
+    def __init__(self, cls_name: str, image_processor: Any, tokenizer: Any, chat_template: str, *, legacy: bool = False,
+                 **options: Any) -> None:
         self.cls_name, self.image_processor, self.tokenizer = cls_name, image_processor, tokenizer
-        self.chat_template, self.options = chat_template, options
+        self.chat_template, self.options, self.legacy = chat_template, options, legacy
 
     def save_pretrained(self, folder: Path) -> None:
         import json
 
         self.image_processor.save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
+        if self.legacy:  # the 2024 layout (Qwen2-VL's hub repos): chat_template.json, no processor_config.json
+            (folder / "chat_template.json").write_text(json.dumps({"chat_template": self.chat_template}))
+            return
         (folder / "chat_template.jinja").write_text(self.chat_template)
         (folder / "processor_config.json").write_text(json.dumps({"processor_class": self.cls_name, **self.options}))
 
@@ -181,7 +185,7 @@ def build_tiny_qwen2_vl(folder: str | Path, *, seed: int = 0, v25: bool = False)
         cfg_cls, model_cls, proc_cls = "Qwen2VLConfig", "Qwen2VLForConditionalGeneration", "Qwen2VLProcessor"
     config = getattr(transformers, cfg_cls)(text_config=text, vision_config=vision, **ids)
     model = getattr(transformers, model_cls)(config).eval()
-    proc = _Parts(proc_cls, _qwen_image_processor(), tok, QWEN_TEMPLATE)
+    proc = _Parts(proc_cls, _qwen_image_processor(), tok, QWEN_TEMPLATE, legacy=not v25)
     return _save(folder, model, proc, tok)
 
 
