@@ -8,12 +8,12 @@ new embedder re-embeds without re-captioning and a captioner that has seen a til
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, Sequence
 
 from ..errors import Canceled, EngineError, RasterError
+from ..rasterpath import raster_present
 from ..searcher import cached_embedder, open_index_for
 from ..types import CancelFn, ProgressFn, RasterSource, TileRef, never_canceled, no_progress
 from .commit import _index_one, make_step
@@ -91,7 +91,7 @@ def index_rasters(
             extra = [
                 RasterSource(r["path"], _row_band_map(r), r.get("name"))
                 for r in known.values()
-                if r.get("path") and r["path"] not in asked and os.path.exists(r["path"])
+                if r.get("path") and r["path"] not in asked and raster_present(r["path"])
             ]
             opened += _open_all(extra, params, report, open_raster, plan_tiles)[0]
         planned: list[tuple[Any, list[TileRef], set[str]]] = []

@@ -6,6 +6,7 @@ import os
 from typing import Any, Sequence
 
 from ..errors import EngineError
+from ..rasterpath import raster_present
 
 
 def remove_rasters(index_dir: str, rasters: Sequence[str]) -> list[str]:
@@ -37,6 +38,6 @@ def index_info(index_dir: str) -> dict[str, Any]:
         stats = dict(idx.stats())
         rows = idx.raster_rows()
     for r in rows:
-        r["missing"] = not (r.get("path") and os.path.exists(r["path"]))
+        r["missing"] = not raster_present(r.get("path") or "")
     stats.update({"exists": True, "index_dir": index_dir, "rasters": rows})
     return stats
