@@ -10,15 +10,37 @@ from __future__ import annotations
 
 import json
 import math
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+import sqlite3
+from typing import Any, Optional, Protocol, Sequence
 
 import numpy as np
 
 from .errors import IndexStoreError, QueryError
 from .types import Hit, PixelWindow
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .store import SearchIndex
+
+class Searchable(Protocol):
+    """What ranking needs from an index (`store.SearchIndex` is one); search.py never imports the store,
+    so the arrow points one way: store -> search."""
+
+    @property
+    def conn(self) -> sqlite3.Connection: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def embedder_fingerprint(self) -> str: ...
+
+    @property
+    def ann(self) -> Any: ...
+
+    def sync(self) -> int: ...
+
+    def active_count(self) -> int: ...
+
+    def variants_per_tile(self) -> float: ...
+
 
 __all__ = ["FUSIONS", "fuse", "search", "window_overlap"]
 
@@ -54,7 +76,7 @@ def window_overlap(a: PixelWindow, b: PixelWindow) -> float:
     return max(inter / (area_a + area_b - inter), inter / max(1.0, min(area_a, area_b)))
 
 
-def _query_vector(index: SearchIndex, query_vector: np.ndarray) -> np.ndarray:
+def _query_vector(index: Searchable, query_vector: np.ndarray) -> np.ndarray:
     q = np.asarray(query_vector, dtype=np.float32).reshape(-1)
     if q.size != index.dim:
         raise IndexStoreError(f"the query vector has {q.size} dimensions, the index holds {index.dim}-d vectors "
@@ -102,7 +124,7 @@ class _Candidates:
     numpy calls (one matmul, a lexsort, reduceat) instead of a Python loop per tile.
     """
 
-    def __init__(self, index: SearchIndex, vectors: bool = True) -> None:
+    def __init__(self, index: Searchable, vectors: bool = True) -> None:
         self.index = index
         #: False (max fusion): a tile's score is its best *retrieved* variant's kNN similarity, which
         #: is exact for every tile that can rank (its best variant beats the k-th one), so no vectors
@@ -197,7 +219,7 @@ class _Candidates:
         return seg_sorted[first], score, np.asarray(self.row_cid, np.int64)[order[first]]
 
 
-def search(index: SearchIndex, query_vector: np.ndarray, *, top: int = 10, fusion: str = "max",
+def search(index: Searchable, query_vector: np.ndarray, *, top: int = 10, fusion: str = "max",
            raster_ids: Optional[Sequence[str]] = None, bbox: Optional[tuple[float, float, float, float]] = None,
            bbox_crs: Optional[str] = None, min_score: Optional[float] = None, suppress_overlaps: bool = False,
            oversample: int = 10) -> list[Hit]:
@@ -234,7 +256,7 @@ def search(index: SearchIndex, query_vector: np.ndarray, *, top: int = 10, fusio
     return [_hit(rank, tid, score, cid, cands, rasters) for rank, (tid, score, cid) in enumerate(hits[: int(top)], 1)]
 
 
-def _raster_meta(index: SearchIndex) -> list[dict[str, Any]]:
+def _raster_meta(index: Searchable) -> list[dict[str, Any]]:
     rows = index.conn.execute(
         "SELECT r.raster_id, r.path, r.name, r.crs_wkt, (SELECT COUNT(*) FROM tiles t WHERE t.raster_id = r.raster_id)"
         " FROM rasters r").fetchall()
