@@ -101,12 +101,21 @@ def auto_rows(model: Any, device: str, dtype_bytes: int, tokens_per_row: int, to
     """Rows per generate call from free CUDA memory (`torch.cuda.mem_get_info`); None off CUDA."""
     if not device.startswith("cuda"):
         return None
-    free, _total = torch.cuda.mem_get_info(torch.device(device))
-    return rows_from_free_memory(int(free), row_bytes(model.config, dtype_bytes, tokens_per_row))
+    return rows_from_free_memory(free_cuda_bytes(device, torch), row_bytes(model.config, dtype_bytes, tokens_per_row))
+
+
+def free_cuda_bytes(device: str, torch: Any) -> int:
+    """Memory this process can still use on `device`: what the driver reports free plus what
+    PyTorch's caching allocator holds but no tensor uses (after a large earlier call the allocator
+    keeps tens of GB reserved, and the driver alone would report them as taken)."""
+    dev = torch.device(device)
+    free, _total = torch.cuda.mem_get_info(dev)
+    cached = int(torch.cuda.memory_reserved(dev)) - int(torch.cuda.memory_allocated(dev))
+    return int(free) + max(0, cached)
 
 
 #: The KV cache the captioner uses on CUDA when `cache="auto"` (measured, benchmarks/RESULTS.md).
-CUDA_DEFAULT_CACHE = "dynamic"
+CUDA_DEFAULT_CACHE = "static"
 
 
 def resolve_cache(cache: str, device: str, compile: bool) -> str:
