@@ -37,8 +37,9 @@ def test_refused_connection_fails_in_seconds_with_progress():
     assert time.monotonic() - t0 < 15
     msg = str(err.value)
     assert "\n" not in msg and "connection refused" in msg and "after 4 attempts" in msg
-    assert "waiting for the captioner server (attempt 2 of 4)" in notes[0]
-    assert len(notes) == 3  # one line per failed attempt, none after the error
+    assert notes[0] == "checking the captioner server"
+    assert notes[1].startswith("waiting for the captioner server (attempt 2 of 4): connection refused")
+    assert len(notes) == 4  # one line per failed attempt, none after the error
 
 
 def test_spectral_has_nothing_to_check():

@@ -73,6 +73,7 @@ def preflight_captioner(spec: str, options: dict[str, Any], status: Callable[[st
     if kind != "openai":
         return
     cap = make_captioner(spec, **options)
+    status("checking the captioner server")
     try:
         bind_captioner(cap, status, is_canceled)
         cap.check_server()  # type: ignore[attr-defined]
