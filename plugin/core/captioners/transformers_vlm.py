@@ -93,7 +93,7 @@ class TransformersCaptioner:
         self, model: str, *, variants: Optional[int] = None, preset: str = "rsrt", device: str = "auto",
         dtype: str = "auto", batch_size: Optional[int] = None, max_new_tokens: Optional[int] = None,
         temperature: float = 0.7, top_p: float = 0.9, seed: int = 0, append_facts: bool = True,
-        revision: Optional[str] = None, trust_remote_code: bool = False, max_rows: Optional[int] = None,
+        revision: Optional[str] = None, max_rows: Optional[int] = None,
         fuse_variants: bool = True, reuse_vision: bool = False, attn_implementation: str = "auto",
         compile: bool = False, cache: str = "auto", prefetch: bool = True,
     ) -> None:
@@ -123,7 +123,7 @@ class TransformersCaptioner:
         self.prefetch = bool(prefetch)
         self.name = model
         preloaded = self.__dict__.pop("_preloaded", None)
-        self.processor, self.model, source = preloaded or _load(model, revision, self.dtype, trust_remote_code, attn_implementation)
+        self.processor, self.model, source = preloaded or _load(model, revision, self.dtype, False, attn_implementation)  # remote code never runs
         self.model.to(self.device).eval()
         # transformers picks SDPA by itself where the architecture supports it ("auto").
         self.attn_implementation = str(getattr(self.model.config, "_attn_implementation", None) or "eager")
