@@ -59,7 +59,7 @@ def _first_line(exc: BaseException) -> str:
 def check_config(name: str, source: str, kw: dict[str, Any]) -> Any:
     """The model's config, or ModelUnavailableError saying in one line why it cannot caption.
 
-    `kw` are the from_pretrained keywords (local_files_only, trust_remote_code, revision).
+    `kw` are the from_pretrained keywords (local_files_only, trust_remote_code=False, revision).
     OSError (no such model / not downloaded) is left to the caller, which words it per case.
     """
     import transformers
@@ -71,15 +71,12 @@ def check_config(name: str, source: str, kw: dict[str, Any]) -> Any:
         if "trust_remote_code" in msg or "does not recognize this architecture" in msg:
             raise ModelUnavailableError(
                 f"captioner model {name!r} needs trust_remote_code: its model code is not part of transformers "
-                f"{transformers.__version__}; pass trust_remote_code=True only if you trust that repository's code, "
-                f"or choose a supported model ({_SUGGEST})"
+                f"{transformers.__version__} and this plugin never runs a model repository's code; "
+                f"choose a supported model ({_SUGGEST})"
             ) from None
         raise ModelUnavailableError(f"captioner model {name!r} has an unreadable config: {_first_line(exc)}") from None
     model_type = str(getattr(config, "model_type", "") or "")
     arch = ", ".join(getattr(config, "architectures", None) or []) or model_type
-    if getattr(config, "auto_map", None) and kw.get("trust_remote_code"):
-        log.warning("captioner model %s runs its own code (trust_remote_code): untested family %s", name, arch)
-        return config
     if model_type in _vlm_types():
         if model_type not in TESTED:
             log.warning("captioner model %s: family %s loads but is not in the tested matrix", name, model_type)
