@@ -24,8 +24,8 @@ from plugin.core.captioners import make_captioner
 from plugin.core.captioners.parsing import parse_variants
 from plugin.core.captioners.prompts import SYSTEM, variant_prompt
 from plugin.core.captioners.spectral import spectral_facts
-from plugin.core.captioners.vlm_families import TESTED
-from plugin.core.errors import ModelUnavailableError
+from plugin.core.captioners.vlm_families import NO_STATIC_CACHE, TESTED, cache_for
+from plugin.core.errors import EngineError, ModelUnavailableError
 from plugin.core.raster import open_raster, sentinel2_vrt
 from plugin.core.store import SearchIndex
 from plugin.core.tiling import TilingParams, plan_tiles, read_tile
@@ -165,6 +165,22 @@ def test_vision_reuse_gives_the_same_answers(fam, real_tiles):
         assert cap.generate_texts(tiles) == plain
     finally:
         cap.reuse_vision = False
+
+
+def test_static_kv_cache_gives_the_same_answers_or_is_refused(fam, real_tiles):
+    """The static KV cache (the CUDA default) on every family; GIT/BLIP decode with the dynamic one."""
+    tiles, _ = real_tiles
+    if fam.name in NO_STATIC_CACHE:
+        with pytest.raises(EngineError, match=rf"\({fam.name}\) cannot decode with a static KV cache"):
+            _load(fam.folder, cache="static")
+        assert cache_for("m", fam.name, "static", asked=False) == "dynamic"  # what cache='auto' on CUDA becomes
+        return
+    static = _load(fam.folder, batch_size=3, cache="static")
+    try:
+        assert static.cache == "static" and fam.cap.cache == "dynamic"
+        assert [v[0] for v in static.generate_texts(tiles)] == [v[0] for v in fam.cap.generate_texts(tiles)]
+    finally:
+        static.close()
 
 
 # -- refusals ---------------------------------------------------------------------------------

@@ -137,6 +137,7 @@ class TransformersCaptioner:
         template = getattr(self.processor, "chat_template", None) or getattr(tok, "chat_template", None)
         self.chat = bool(template)
         self.model_type = str(getattr(self.model.config, "model_type", ""))
+        self.cache = vlm_families.cache_for(model, self.model_type, self.cache, asked=cache == "static" or self.compile)
         self._prompts: dict[int, str] = {}
         self._prompt_lens: dict[int, int] = {}
         self._size_batch(batch_size, max_rows)

@@ -10,7 +10,10 @@ instead of testing model types itself:
   does not install it) the processors that also carry a video processor (Qwen2-VL, Qwen2.5-VL,
   Qwen3-VL, SmolVLM2) cannot be built by transformers, so they are loaded for images only;
 * `images_arg` shapes the image list the processor wants (one list per prompt for the
-  Idefics/SmolVLM/Mllama processors, a flat list for the others).
+  Idefics/SmolVLM/Mllama/Gemma 3 processors, a flat list for the others);
+* `pad_kwargs` and `cache_for` keep `generate` options away from the families they break (BLIP
+  sets its own pad token; GIT and BLIP cannot decode with the static KV cache that is the CUDA
+  default).
 
 `TESTED` lists the model types the tiny-model matrix (tests/core/test_vlm_families.py) runs end
 to end; other image-text-to-text types load with a warning that they are untested.
@@ -21,7 +24,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ..errors import ModelUnavailableError
+from ..errors import EngineError, ModelUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,10 @@ NESTED_IMAGES = {"idefics", "idefics2", "idefics3", "smolvlm", "mllama", "gemma3
 
 #: Models whose own `generate` passes the pad token to the text decoder (a second one is a TypeError).
 OWN_PAD_TOKEN = {"blip"}
+
+#: Decoders that break on a static KV cache (GIT's image-prefix attention mask, BLIP's cross-attention
+#: decoder): they always decode with the dynamic cache.
+NO_STATIC_CACHE = {"git", "blip"}
 
 _SUGGEST = "e.g. transformers:llava-hf/llava-1.5-7b-hf or transformers:Qwen/Qwen2.5-VL-3B-Instruct"
 
@@ -176,3 +183,19 @@ def pad_kwargs(model_type: str, tokenizer: Any) -> dict[str, Any]:
     if model_type in OWN_PAD_TOKEN or tokenizer is None or getattr(tokenizer, "pad_token_id", None) is None:
         return {}
     return {"pad_token_id": tokenizer.pad_token_id}
+
+
+def cache_for(name: str, model_type: str, cache: str, *, asked: bool) -> str:
+    """The KV cache the family can decode with: `cache`, or 'dynamic' where a static one breaks it.
+
+    `asked` is True when the user chose the static cache (cache='static' or compile=True): that
+    is refused in one line rather than silently changed.
+    """
+    if cache != "static" or model_type not in NO_STATIC_CACHE:
+        return cache
+    if asked:
+        raise EngineError(
+            f"captioner model {name!r} ({model_type}) cannot decode with a static KV cache (cache='static' or "
+            "compile=True); use cache='dynamic'"
+        )
+    return "dynamic"
