@@ -17,7 +17,7 @@ from qgis.PyQt.QtCore import QObject, QTimer
 from .index_widget import IndexWidget, LayerRow
 from .messages import report_error, report_info
 from .session import EngineSession
-from .settings import save_index_options
+from .settings import save_index_options, tiling_saved
 
 #: Seconds a cancelled job may take to wind down before its worker process is killed.
 CANCEL_GRACE_S = 2.0
@@ -62,6 +62,10 @@ class IndexController(QObject):
         widget.cancel_requested.connect(self.cancel)
         widget.clear_requested.connect(self.clear_index)
         session.info_changed.connect(lambda _i: self.refresh_rows())
+        from .tiling_hint import TilingHint
+
+        self.tiling_hint = TilingHint(widget.options_widget, self.checked_layers, auto=not tiling_saved())
+        widget.layer_list.itemChanged.connect(lambda _item: self.tiling_hint.update())
         p = session.project
         p.layersAdded.connect(self._on_layers_added)
         p.layersRemoved.connect(self._on_layers_removed)
@@ -75,6 +79,10 @@ class IndexController(QObject):
             if layer.type() == QgsMapLayerType.RasterLayer and not layer.customProperty(RESULTS_PROPERTY):
                 out.append(layer)
         return sorted(out, key=lambda lyr: lyr.name().lower())
+
+    def checked_layers(self) -> list[QgsRasterLayer]:
+        project = self.session.project
+        return [lyr for lyr in (project.mapLayer(k) for k in self.widget.checked_keys()) if isinstance(lyr, QgsRasterLayer)]
 
     def _source(self, layer: QgsRasterLayer) -> Any:
         from ..qgis_io.layers import raster_source_from_layer
@@ -113,6 +121,7 @@ class IndexController(QObject):
                 rows.append(LayerRow("raster:" + str(r.get("raster_id")), str(r.get("name") or os.path.basename(path)),
                                      "stale (layer removed; Update drops it)", "", False))
         self.widget.set_rows(rows)
+        self.tiling_hint.update()
         self.set_status(self.session.status_text())
 
     def _watch(self, layer: QgsRasterLayer) -> None:

@@ -208,3 +208,44 @@ def test_progress_moves_on_the_right_row_and_cancel_touches_only_the_interrupted
     assert iw.state(big.id()).startswith("interrupted"), iw.state(big.id())
     assert "cancelled" in plugin.dock.status_label.text() and iw.options_widget.isEnabled()
     QgsProject.instance().removeMapLayer(big.id())
+
+
+def test_tiling_is_suggested_from_ground_resolution_with_count_size_and_time(shore, qgis_iface):
+    import math
+    import re
+
+    from qgis.core import QgsSettings
+
+    plugin, layer, _canvas, _tmp = shore
+    iw = plugin.dock.index_widget
+    ow = iw.options_widget
+    for w in (ow.tile_spin, ow.overlap_spin, ow.scales_edit, ow.kind_combo, ow.device_combo):
+        assert len(w.toolTip()) > 30
+    # 0.0001 degree pixels at 40.77 N: ~8.4 m east-west; ~1 km tiles -> 128 px, and 2x still within 3 km
+    iw.set_checked(layer.id(), True)
+    ow.tile_spin.setValue(512)
+    ow.scales_edit.setText("1")
+    assert "suggested 128 px, scales 1,2" in ow.estimate_label.text()
+    ow.suggest_button.click()
+    assert ow.tile_spin.value() == 128 and ow.scales_edit.text() == "1,2"
+    text = ow.estimate_label.text()
+    # 640 x 640 px: 5 x 5 tiles at scale 1, 3 x 3 at scale 2 (256 px with a shifted edge tile)
+    assert text.startswith("≈ 34 tiles (scale 1: 25 × ") and "scale 2: 9 × " in text and "with spectral" in text
+    km = [float(v) for v in re.findall(r"× ([0-9.]+) km", text)]
+    expected = 128 * 0.0001 * 111320 * math.cos(math.radians(40.768))
+    assert km[0] * 1000 == pytest.approx(expected, rel=0.02) and km[1] == pytest.approx(2 * km[0], rel=0.01)
+    assert "suggested" not in text
+    # a VLM sees at most ~448 px: on a fine raster the advice caps the tile there
+    from plugin.core.tiling_advice import suggest_tiling
+
+    assert suggest_tiling(0.3, 20000, 20000, "transformers").tile_size == 448
+    # a user who never chose a tile size gets the suggestion by itself when rasters are there
+    QgsSettings().remove("semantic_imagery_search/index/tile_size")
+    from tests.qgis.plugin_harness import load_plugin as load
+
+    fresh = load(qgis_iface)
+    try:
+        fw = fresh.dock.index_widget.options_widget
+        assert fw.tile_spin.value() == 128 and fw.scales_edit.text() == "1,2"
+    finally:
+        fresh.unload()
