@@ -46,6 +46,37 @@ def _overlap(text: str) -> float:
     return v
 
 
+def _option(text: str) -> tuple[str, Any]:
+    """KEY=VALUE -> (key, value) with ints, floats, true/false and none understood ("auto" stays a string)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip().replace("-", "_")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"captioner option {text!r} is not KEY=VALUE (e.g. cache=static)")
+    low = raw.strip().lower()
+    if low in ("true", "yes", "on"):
+        return key, True
+    if low in ("false", "no", "off"):
+        return key, False
+    if low == "none":
+        return key, None
+    for conv in (int, float):
+        try:
+            return key, conv(raw)
+        except ValueError:
+            pass
+    return key, raw.strip()
+
+
+def _seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive number of seconds")
+    return v
+
+
 def _bbox(text: str) -> tuple[float, float, float, float]:
     try:
         vals = tuple(float(v) for v in text.split(","))
@@ -84,6 +115,7 @@ class _Bar:
 def _expand_rasters(paths: Sequence[str], index_dir: str, bands: Optional[BandMap]) -> list[Any]:
     """Files as given; a folder of Sentinel-2 band files becomes a VRT kept in the index folder."""
     from .pipeline import RasterSource
+    from .rasterpath import raster_present
 
     out = []
     for p in paths:
@@ -95,7 +127,7 @@ def _expand_rasters(paths: Sequence[str], index_dir: str, bands: Optional[BandMa
             vrt = sentinel2_vrt(p, os.path.join(index_dir, "vrt", f"{name}.vrt"))
             out.append(RasterSource(vrt, bands or BandMap(1, 2, 3, 4), name))
         else:
-            if not os.path.exists(p):
+            if not raster_present(p):
                 raise EngineError(f"raster not found: {p}")
             out.append(RasterSource(p, bands))
     return out
@@ -111,7 +143,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         tile_size=args.tile_size, tile_size_units=args.tile_size_units, overlap=args.overlap,
         scales=args.scales, out_size=args.out_size,
     )
-    opts: dict[str, Any] = {}
+    opts: dict[str, Any] = dict(args.captioner_option)
     if args.variants:
         opts["variants"] = args.variants
     if args.preset:
@@ -120,6 +152,10 @@ def cmd_index(args: argparse.Namespace) -> int:
         opts["batch_size"] = args.batch_size
     if args.max_new_tokens:
         opts["max_new_tokens"] = args.max_new_tokens
+    if args.connect_timeout is not None:
+        opts["connect_timeout_s"] = args.connect_timeout
+    if args.tile_deadline is not None:
+        opts["tile_deadline_s"] = args.tile_deadline
     if args.api_key_env:
         key = os.environ.get(args.api_key_env)
         if not key:
@@ -296,8 +332,15 @@ def build_parser() -> argparse.ArgumentParser:
     pi.add_argument("--preset", default=None, help="prompt preset: rsrt (5 variants x 3 fields) or fast")
     pi.add_argument("--batch-size", type=int, default=None)
     pi.add_argument("--max-new-tokens", type=int, default=None)
+    pi.add_argument("--captioner-option", type=_option, action="append", default=[], metavar="KEY=VALUE",
+                    help="any captioner option, repeatable, e.g. cache=static, reuse_vision=true, max_rows=192, "
+                         "compile=false, dtype=float16 (transformers captioner)")
     pi.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     pi.add_argument("--api-key-env", default=None, help="environment variable holding the OpenAI-compatible API key")
+    pi.add_argument("--connect-timeout", type=_seconds, default=None, metavar="S",
+                    help="openai captioner: seconds to wait for a connection to the server (default 5)")
+    pi.add_argument("--tile-deadline", type=_seconds, default=None, metavar="S",
+                    help="openai captioner: seconds one tile may take, retries included (default 120)")
     pi.add_argument("--remove-missing", action="store_true", help="drop indexed rasters not listed here")
     pi.add_argument("--force", action="store_true", help="index plans past the tile limit (200,000 tiles per raster)")
     pi.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
@@ -355,7 +398,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _undecodable(argv: Sequence[str]) -> Optional[str]:
+    """The first argument holding bytes that are not UTF-8 (Python keeps them as lone surrogates)."""
+    for a in argv:
+        try:
+            a.encode("utf-8")
+        except UnicodeEncodeError:
+            try:
+                raw = a.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError:
+                raw = a.encode("utf-8", "backslashreplace")
+            return raw.decode("utf-8", "backslashreplace")
+    return None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    bad = _undecodable(sys.argv[1:] if argv is None else argv)
+    if bad is not None:
+        print(f"error: argument '{bad}' is not valid UTF-8 text (use a UTF-8 locale, or rename the file)", file=sys.stderr)
+        return EXIT_ERROR
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -13,6 +13,7 @@ from qgis.PyQt.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QPushButton,
     QSpinBox,
     QStackedWidget,
     QWidget,
@@ -55,6 +56,12 @@ class IndexOptionsWidget(QWidget):
         f_oa.addRow("Server URL", self.url_edit)
         f_oa.addRow("Model", self.server_model_edit)
         f_oa.addRow("API key", self.auth_select)
+        self.connect_spin, self.deadline_spin = _server_time_spins(self)
+        waits = QHBoxLayout()
+        waits.addWidget(self.connect_spin)
+        waits.addWidget(QLabel("tile deadline", self))
+        waits.addWidget(self.deadline_spin)
+        f_oa.addRow("Connect timeout", waits)
         self.pages.addWidget(page_oa)
 
         self.variants_spin = QSpinBox(self)
@@ -92,7 +99,27 @@ class IndexOptionsWidget(QWidget):
         form.addRow("Caption variants", variants_row)
         form.addRow("Embedder", self.embedder_edit)
         form.addRow("Tile / overlap / scales", tiles_row)
+        # filled by gui/tiling_hint.py from the checked layers: tile count, ground size per scale, time
+        self.estimate_label = QLabel("", self)
+        self.estimate_label.setWordWrap(True)
+        self.estimate_label.setStyleSheet("color: #444;")
+        self.suggest_button = QPushButton("Suggest", self)
+        self.suggest_button.setToolTip("Tile size and scales from the checked rasters' ground resolution and the captioner")
+        est_row = QHBoxLayout()
+        est_row.addWidget(self.estimate_label, 1)
+        est_row.addWidget(self.suggest_button)
+        form.addRow("Estimate", est_row)
         form.addRow("Device", self.device_combo)
+        self.kind_combo.setToolTip("What writes the captions: the offline spectral describer, a local vision-language "
+                                   "model (transformers) or an OpenAI-compatible server")
+        self.variants_spin.setToolTip("Captions written per tile (the paper uses 5); a tile scores by its best variant")
+        self.embedder_edit.setToolTip("sentence-transformers model that embeds captions and queries; empty = the packaged MiniLM")
+        self.tile_spin.setToolTip("Tile size in raster pixels at scale 1. Aim at 0.1-1 km of ground per tile; "
+                                  "a VLM sees about 336-448 px, larger tiles are downsampled")
+        self.overlap_spin.setToolTip("Fraction of a tile shared with its neighbour (0 = none; 0.25 = a quarter)")
+        self.scales_edit.setToolTip("Tile sizes as multiples of the tile size, e.g. 1,2 also indexes tiles twice as "
+                                    "large (wider context); each scale adds tiles")
+        self.device_combo.setToolTip("Where the models run: auto = CUDA, then Apple MPS, then CPU")
         self.kind_combo.currentIndexChanged.connect(self._on_kind_changed)
         self.set_options(options)
 
@@ -103,6 +130,8 @@ class IndexOptionsWidget(QWidget):
         self.url_edit.setText(o.server_url)
         self.server_model_edit.setText(o.server_model)
         _set_authcfg(self.auth_select, o.authcfg)
+        self.connect_spin.setValue(float(o.connect_timeout_s))
+        self.deadline_spin.setValue(float(o.tile_deadline_s))
         self.variants_spin.setValue(int(o.variants))
         self.batch_spin.setValue(int(o.batch_size))
         self.embedder_edit.setText(o.embedder)
@@ -120,6 +149,8 @@ class IndexOptionsWidget(QWidget):
             server_url=self.url_edit.text().strip(),
             server_model=self.server_model_edit.text().strip(),
             authcfg=_get_authcfg(self.auth_select),
+            connect_timeout_s=self.connect_spin.value(),
+            tile_deadline_s=self.deadline_spin.value(),
             variants=self.variants_spin.value(),
             batch_size=self.batch_spin.value(),
             embedder=self.embedder_edit.text().strip(),
@@ -135,6 +166,20 @@ class IndexOptionsWidget(QWidget):
         # the spectral captioner has no settings: no empty block in the form
         self.pages.setVisible(kind in ("transformers", "openai"))
         self.variants_spin.setEnabled(kind != "spectral")
+
+
+def _server_time_spins(parent: QWidget) -> tuple[QDoubleSpinBox, QDoubleSpinBox]:
+    """Connect timeout and per-tile deadline of an OpenAI-compatible server, in seconds."""
+    connect = QDoubleSpinBox(parent)
+    connect.setRange(0.5, 120.0)
+    connect.setSuffix(" s")
+    connect.setToolTip("Seconds to wait for a connection: a server that is down fails the job this fast")
+    deadline = QDoubleSpinBox(parent)
+    deadline.setRange(1.0, 3600.0)
+    deadline.setDecimals(0)
+    deadline.setSuffix(" s")
+    deadline.setToolTip("Seconds one tile may take, retries included (raise it for a slow CPU server)")
+    return connect, deadline
 
 
 def _make_auth_select(parent: QWidget) -> QWidget:

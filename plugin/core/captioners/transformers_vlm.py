@@ -7,11 +7,15 @@ padding, so every row's answer starts at the same column). Models without a chat
 sampling. Variant 0 is greedy, the others sample: reruns give the same captions, which the
 caption cache relies on.
 
-Throughput (issue 5): all K variants of a chunk of tiles go into as few `generate` calls as memory
+Throughput (issues 5 and 13): all K variants of a chunk of tiles go into as few `generate` calls as memory
 allows (`fuse_variants`, default on): rows are bucketed by prompt length, greedy rows ride in the
 sampled batch through `GreedyRows`, the vision tower can run once per tile (`reuse_vision`), the
 row count per call comes from free CUDA memory when `batch_size` is None, attention is SDPA where
 the model supports it, and `compile=True` (CUDA only) adds a static KV cache + torch.compile.
+Measured on an H200 with a 7B LLaVA-1.5 (benchmarks/RESULTS.md), the CUDA defaults are: static
+KV cache (`cache="auto"`; 19.6 vs 9.1 tiles/s for plain generate's dynamic cache at 128 rows: no
+per-step torch.cat of the whole cache), vision once per tile (`reuse_vision=None`), no
+compile (no gain after an 82 s warm-up), rows per call from free memory, expandable segments.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any, Optional, Sequence
 
 from ..errors import CaptionerError, EngineError, ModelUnavailableError
 from ..types import CaptionVariant, TileImage
+from . import vlm_families
 from .base import (
     assemble_variants,
     fingerprint,
@@ -34,13 +39,9 @@ from .base import (
 )
 from .prompts import PROMPT_VERSION, SYSTEM, get_preset, variant_prompt
 from .spectral import SpectralCaptioner, spectral_facts
-from .vlm_batching import GreedyRows, auto_rows, encode_images_once, plan_rows, reusable_vision
+from .vlm_batching import GreedyRows, auto_rows, encode_images_once, plan_rows, resolve_cache, reusable_vision
 
 log = logging.getLogger(__name__)
-
-#: Processors of these model types want one list of images per prompt.
-_NESTED_IMAGES = {"idefics", "idefics2", "idefics3", "smolvlm", "mllama"}
-
 
 def _looks_like_path(name: str) -> bool:
     return name.startswith(("/", ".", "~")) or os.path.isabs(name) or name.count("/") > 1 or "\\" in name
@@ -61,7 +62,8 @@ def _load(
     if revision and not local:
         kw["revision"] = revision
     try:
-        processor = transformers.AutoProcessor.from_pretrained(source, **kw)
+        config = vlm_families.check_config(name, source, kw)  # one-line refusals of what cannot caption
+        processor = vlm_families.load_processor(name, source, config, kw)
     except (OSError, ValueError, KeyError) as exc:
         where = "offline (HF_HUB_OFFLINE is set; download it first or give a local folder)" if offline() and not local else ""
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -95,9 +97,9 @@ class TransformersCaptioner:
         self, model: str, *, variants: Optional[int] = None, preset: str = "rsrt", device: str = "auto",
         dtype: str = "auto", batch_size: Optional[int] = None, max_new_tokens: Optional[int] = None,
         temperature: float = 0.7, top_p: float = 0.9, seed: int = 0, append_facts: bool = True,
-        revision: Optional[str] = None, trust_remote_code: bool = False, max_rows: Optional[int] = None,
-        fuse_variants: bool = True, reuse_vision: bool = False, attn_implementation: str = "auto",
-        compile: bool = False,
+        revision: Optional[str] = None, max_rows: Optional[int] = None,
+        fuse_variants: bool = True, reuse_vision: Any = None, attn_implementation: str = "auto",
+        compile: bool = False, cache: str = "auto", prefetch: bool = True,
     ) -> None:
         import torch
 
@@ -111,15 +113,30 @@ class TransformersCaptioner:
         self.device = resolve_device(device)
         if compile and not self.device.startswith("cuda"):
             raise EngineError(f"compile=True (static KV cache + torch.compile) needs a CUDA device, not {self.device!r}")
+        if cache not in ("auto", "dynamic", "static"):
+            raise EngineError(f"unknown cache {cache!r}; choose auto, dynamic or static")
+        if compile and cache == "dynamic":
+            raise EngineError("compile=True needs the static KV cache (cache='static' or 'auto'), not cache='dynamic'")
         if attn_implementation not in ("auto", "sdpa", "eager", "flash_attention_2"):
             raise EngineError(f"unknown attn_implementation {attn_implementation!r}; choose auto, sdpa, eager or flash_attention_2")
         self.dtype = resolve_dtype(dtype, self.device)
         self.temperature, self.top_p, self.seed = float(temperature), float(top_p), int(seed)
         self.append_facts = bool(append_facts)
+        # Vision tower once per tile: +22% variant rows/s at K=5 on an H200 (benchmarks/RESULTS.md),
+        # noise on CPU; same answers either way (tests/core/test_vlm_throughput.py).
+        if reuse_vision is None or reuse_vision == "auto":
+            reuse_vision = self.device.startswith("cuda")
         self.fuse_variants, self.reuse_vision, self.compile = bool(fuse_variants), bool(reuse_vision), bool(compile)
+        self.cache = resolve_cache(cache, self.device, self.compile)
+        self.prefetch = bool(prefetch)
         self.name = model
+        if self.device.startswith("cuda") and not torch.cuda.is_initialized():
+            # Large generate batches leave the caching allocator fragmented (a 209-row call failed
+            # with 24 GB reserved but unusable on an H200); expandable segments avoid that. Read
+            # by PyTorch when CUDA initialises, so only set before the first CUDA allocation.
+            os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
         preloaded = self.__dict__.pop("_preloaded", None)
-        self.processor, self.model, source = preloaded or _load(model, revision, self.dtype, trust_remote_code, attn_implementation)
+        self.processor, self.model, source = preloaded or _load(model, revision, self.dtype, False, attn_implementation)  # remote code never runs
         self.model.to(self.device).eval()
         # transformers picks SDPA by itself where the architecture supports it ("auto").
         self.attn_implementation = str(getattr(self.model.config, "_attn_implementation", None) or "eager")
@@ -133,6 +150,7 @@ class TransformersCaptioner:
         template = getattr(self.processor, "chat_template", None) or getattr(tok, "chat_template", None)
         self.chat = bool(template)
         self.model_type = str(getattr(self.model.config, "model_type", ""))
+        self.cache = vlm_families.cache_for(model, self.model_type, self.cache, asked=cache == "static" or self.compile)
         self._prompts: dict[int, str] = {}
         self._prompt_lens: dict[int, int] = {}
         self._size_batch(batch_size, max_rows)
@@ -176,14 +194,14 @@ class TransformersCaptioner:
         blank = Image.new("RGB", (64, 64))
         if not self.chat:
             return 64
-        imgs: Any = [[blank]] if self.model_type in _NESTED_IMAGES else [blank]
+        imgs = vlm_families.images_arg(self.model_type, [blank])
         return int(self.processor(images=imgs, text=[self._prompt(0)], return_tensors="pt")["input_ids"].shape[1])
 
     # -- prompts ------------------------------------------------------------------------------
     def _prompt(self, k: int) -> str:
         if k not in self._prompts:
             messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": f"{SYSTEM} {variant_prompt(k)}"}]}]
-            self._prompts[k] = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            self._prompts[k] = vlm_families.chat_prompt(self.processor, messages)
         return self._prompts[k]
 
     def _prompt_len(self, k: int) -> int:
@@ -195,26 +213,35 @@ class TransformersCaptioner:
         return self._prompt_lens[k]
 
     # -- generation ---------------------------------------------------------------------------
-    def _inputs(self, images: list[Any], ks: list[int]) -> Any:
-        """Processor outputs for one row per (image, variant) pair, on the device in the model dtype."""
+    def _host_inputs(self, images: list[Any], ks: list[int]) -> Any:
+        """Processor outputs for one row per (image, variant) pair, on the host (pinned on CUDA).
+
+        This is the CPU half of a generate call: `generate_texts` runs it for the next call in a
+        background thread while the GPU decodes the current one (`prefetch`)."""
         if self.chat:
-            imgs: Any = [[im] for im in images] if self.model_type in _NESTED_IMAGES else images
+            imgs = vlm_families.images_arg(self.model_type, images)
             batch = self.processor(images=imgs, text=[self._prompt(k) for k in ks], return_tensors="pt", padding=True)
         else:
             batch = self.processor(images=images, return_tensors="pt")
         out = {}
+        pin = self.device.startswith("cuda")
         for key, value in batch.items():
-            if hasattr(value, "to"):
-                value = value.to(self.device)
-                if value.is_floating_point():
-                    value = value.to(self.dtype)
+            if hasattr(value, "is_floating_point") and value.is_floating_point():
+                value = value.to(self.dtype)  # cast on the host: half the bytes to copy
+            if pin and hasattr(value, "pin_memory"):
+                value = value.pin_memory()
             out[key] = value
         return out
 
-    def _generate_rows(self, images: list[Any], rows: list[tuple[int, int]]) -> list[str]:
-        """One generate call over `rows` (tile index, variant): variant 0 greedy, the others sampled."""
+    def _inputs(self, images: list[Any], ks: list[int]) -> Any:
+        """Processor outputs for one row per (image, variant) pair, on the device in the model dtype."""
+        return self._to_device(self._host_inputs(images, ks))
+
+    def _to_device(self, host: dict[str, Any]) -> dict[str, Any]:
+        return {k: (v.to(self.device, non_blocking=True) if hasattr(v, "to") else v) for k, v in host.items()}
+
+    def _generate_kwargs(self, rows: list[tuple[int, int]]) -> dict[str, Any]:
         torch = self._torch
-        inputs = self._inputs([images[i] for i, _ in rows], [k for _, k in rows])
         kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens}
         greedy = torch.tensor([k == 0 for _, k in rows], dtype=torch.bool)
         if bool(greedy.all()):
@@ -223,12 +250,22 @@ class TransformersCaptioner:
             kwargs.update(do_sample=True, temperature=self.temperature, top_p=self.top_p)
             if bool(greedy.any()):
                 kwargs["logits_processor"] = [GreedyRows(greedy.to(self.device))]
+        kwargs.update(vlm_families.pad_kwargs(self.model_type, self._tokenizer))
+        if self.cache == "static":
+            # A preallocated KV cache: no per-step torch.cat of the whole cache. transformers compiles
+            # the decode step by itself for a static cache on CUDA; `compile` decides whether it may.
+            kwargs["cache_implementation"] = "static"
+            kwargs["disable_compile"] = not self.compile
+        return kwargs
+
+    def _generate_rows(self, images: list[Any], rows: list[tuple[int, int]], host: Optional[dict[str, Any]] = None) -> list[str]:
+        """One generate call over `rows` (tile index, variant): variant 0 greedy, the others sampled."""
+        torch = self._torch
+        inputs = self._to_device(host if host is not None else self._host_inputs([images[i] for i, _ in rows], [k for _, k in rows]))
+        kwargs = self._generate_kwargs(rows)
+        if kwargs.get("do_sample"):
             # One seed per call, offset by the call's first variant: the same chunk samples the same text.
             torch.manual_seed(self.seed + min(k for _, k in rows if k))
-        if self._tokenizer is not None and self._tokenizer.pad_token_id is not None:
-            kwargs["pad_token_id"] = self._tokenizer.pad_token_id
-        if self.compile:
-            kwargs["cache_implementation"] = "static"
         with torch.inference_mode():
             if self.reuse_vision and self.chat and reusable_vision(self.model, list(inputs)):
                 pixel_values = inputs.pop("pixel_values")
@@ -237,18 +274,36 @@ class TransformersCaptioner:
         if self.chat and "input_ids" in inputs and not self.model.config.is_encoder_decoder:
             ids = ids[:, inputs["input_ids"].shape[1]:]
         decode: Any = getattr(self.processor, "batch_decode", None) or self._tokenizer.batch_decode
-        return [str(t).strip() for t in decode(ids, skip_special_tokens=True)]
+        return [str(t).strip() for t in decode(ids.cpu(), skip_special_tokens=True)]
 
     def generate_texts(self, tiles: Sequence[TileImage]) -> list[list[str]]:
-        """The raw model answers, K per tile, before parsing (what tests and benchmarks compare)."""
+        """The raw model answers, K per tile, before parsing (what tests and benchmarks compare).
+
+        With `prefetch` and more than one generate call, the processor work (resize, normalise,
+        tokenise, pin) for call n+1 runs in a thread while call n generates."""
         images = [tile_image(t) for t in tiles]
         texts: dict[tuple[int, int], str] = {}
         if self.fuse_variants:
             plan = plan_rows(len(tiles), self.variants, self._prompt_len, self.max_rows)
         else:  # one call per variant (the reference path, kept for measurements)
             plan = [[(i, k) for i in range(len(tiles))] for k in range(self.variants)]
-        for rows in plan:
-            texts.update(zip(rows, self._generate_rows(images, rows)))
+
+        def host(rows: list[tuple[int, int]]) -> dict[str, Any]:
+            return self._host_inputs([images[i] for i, _ in rows], [k for _, k in rows])
+
+        if not self.prefetch or len(plan) < 2:
+            for rows in plan:
+                texts.update(zip(rows, self._generate_rows(images, rows)))
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlm-preprocess") as pool:
+                pending = pool.submit(host, plan[0])
+                for n, rows in enumerate(plan):
+                    ready = pending.result()
+                    if n + 1 < len(plan):
+                        pending = pool.submit(host, plan[n + 1])
+                    texts.update(zip(rows, self._generate_rows(images, rows, ready)))
         return [[texts[(i, k)] for k in range(self.variants)] for i in range(len(tiles))]
 
     def _caption_chunk(self, tiles: Sequence[TileImage]) -> list[list[CaptionVariant]]:

@@ -15,6 +15,7 @@ from typing import Any, Optional, Sequence
 
 from ..errors import Canceled, EngineError, RasterError
 from ..index_lock import IndexLock
+from ..rasterpath import raster_present
 from ..searcher import cached_embedder, open_index_for
 from ..store_check import reembed_damaged
 from ..store_schema import db_errors
@@ -79,7 +80,7 @@ def index_rasters(
 
 def _index_rasters(index_dir, sources, captioner, embedder, tiling, captioner_options, device, remove_missing,
                    executor, force, wait_s, job, progress, is_canceled) -> IndexReport:
-    from ..captioners import make_captioner
+    from ..captioners import bind_captioner, make_captioner, preflight_captioner
     from ..raster import open_raster
     from ..tiling import TilingParams, plan_tiles
 
@@ -104,10 +105,12 @@ def _index_rasters(index_dir, sources, captioner, embedder, tiling, captioner_op
         raise EngineError(f"cannot create the index folder {index_dir}: {exc.strerror or exc}") from None
     lock = IndexLock(index_dir, job).acquire(wait_s)
     try:
-        progress(0, 0, "loading embedder")
-        emb = cached_embedder(embedder, device)
         opts = dict(captioner_options or {})
         opts.setdefault("device", device)
+        # A captioner server that is down fails here, in seconds, before the embedder loads.
+        preflight_captioner(captioner, opts, lambda message: progress(0, 0, message), is_canceled)
+        progress(0, 0, "loading embedder")
+        emb = cached_embedder(embedder, device)
         cap = make_captioner(captioner, **opts)
         ex = _make_executor(executor, cap, emb)
     except BaseException:
@@ -131,7 +134,7 @@ def _index_rasters(index_dir, sources, captioner, embedder, tiling, captioner_op
             extra = [
                 RasterSource(r["path"], _row_band_map(r), r.get("name"))
                 for r in known.values()
-                if r.get("path") and r["path"] not in asked and os.path.exists(r["path"])
+                if r.get("path") and r["path"] not in asked and raster_present(r["path"])
             ]
             opened += _open_all(extra, params, report, open_raster, plan_tiles, limit)[0]
         planned: list[tuple[Any, list[TileRef], set[str]]] = []
@@ -154,11 +157,17 @@ def _index_rasters(index_dir, sources, captioner, embedder, tiling, captioner_op
                     report.removed.append(rid)
         total = sum(len(refs) - len(done & {r.tile_id for r in refs}) for _, refs, done in planned)
         step = make_step(idx, total, progress)
-        for info, refs, done in planned:
-            entry = _index_one(idx, cap, emb, info, params, refs, done, step, is_canceled, ex)
+        bind_captioner(cap, lambda message: step(0, message, may_flush=False), is_canceled)  # server retries show in progress
+        # Rasters with nothing left to do are settled first (no model work, no cancel point), so a
+        # job cancelled while it works on another raster never leaves a complete one marked unfinished.
+        order = sorted(range(len(planned)), key=lambda i: bool({r.tile_id for r in planned[i][1]} - planned[i][2]))
+        entries: dict[int, dict[str, Any]] = {}
+        for i in order:
+            info, refs, done = planned[i]
+            entries[i] = _index_one(idx, cap, emb, info, params, refs, done, step, is_canceled, ex)
             if info.raster_id in changed:
-                entry["tiling_changed_from"], entry["tiling"] = changed[info.raster_id], new_params
-            report.rasters.append(entry)
+                entries[i]["tiling_changed_from"], entries[i]["tiling"] = changed[info.raster_id], new_params
+        report.rasters.extend(entries[i] for i in range(len(planned)))
         # Damaged vectors found while loading the search file are re-embedded from their captions.
         damaged = sorted(idx.ann.bad)
         if damaged:

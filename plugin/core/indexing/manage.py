@@ -6,6 +6,7 @@ import os
 from typing import Any, Optional, Sequence
 
 from ..errors import EngineError, IndexMissingError
+from ..rasterpath import raster_present
 from ..store_schema import db_errors
 
 
@@ -49,7 +50,7 @@ def index_info(index_dir: str, check: bool = False) -> dict[str, Any]:
     except IndexMissingError:  # a first job is creating it right now
         return {"exists": False, "index_dir": index_dir, "rasters": [], "tiles": 0, "variants": 0}
     for r in rows:
-        r["missing"] = not (r.get("path") and os.path.exists(r["path"]))
+        r["missing"] = not raster_present(r.get("path") or "")
     stats.update({"exists": True, "index_dir": index_dir, "rasters": rows})
     problem = read_manifest(index_dir)[1]
     stats["notes"] = [f"{problem}; the database is intact and the next update rewrites it"] if problem else []

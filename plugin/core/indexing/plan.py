@@ -6,13 +6,14 @@ import os
 from typing import Any, Optional, Sequence
 
 from ..errors import EngineError, PlanTooLargeError
+from ..rasterpath import normalize_raster_path
 from ..types import BandMap, RasterSource, TileRef
 
 
 def _resolve_sources(sources: Sequence[RasterSource]) -> list[RasterSource]:
     out = []
     for s in sources:
-        p = os.path.abspath(os.path.expanduser(s.path))
+        p = normalize_raster_path(s.path)  # URLs and /vsi paths pass through untouched
         out.append(RasterSource(p, s.band_map, s.name))
     return out
 
