@@ -115,6 +115,14 @@ class VLMServer:
             def log_message(self, *args) -> None:
                 pass
 
+            def do_GET(self) -> None:  # GET /models: the job's preflight check
+                data = json.dumps({"data": [{"id": "tiny-vlm"}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers["Content-Length"]))
                 with owner.lock:
