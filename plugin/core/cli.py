@@ -135,6 +135,7 @@ def _expand_rasters(paths: Sequence[str], index_dir: str, bands: Optional[BandMa
 
 def cmd_index(args: argparse.Namespace) -> int:
     from .pipeline import index_rasters
+    from .report_lines import raster_notes
     from .tiling import TilingParams
 
     os.makedirs(args.index, exist_ok=True)
@@ -184,7 +185,7 @@ def cmd_index(args: argparse.Namespace) -> int:
             f"  {r['name']}: {r['tiles_planned']} tiles planned, {r['tiles_new']} captioned, "
             f"{r['tiles_cached']} from cache, {r['tiles_empty']} empty skipped, {r['variants']} variants added"
         )
-        for line in _raster_notes(r):
+        for line in raster_notes(r):
             print(f"    {line}")
     if report.reembedded_damaged:
         print(f"  re-embedded {report.reembedded_damaged} damaged vector(s) from their captions")
@@ -192,27 +193,6 @@ def cmd_index(args: argparse.Namespace) -> int:
         print(f"  removed {len(report.removed)} raster(s) no longer listed")
     print(f"indexed into {args.index} in {report.seconds:.1f} s (captioner {report.captioner})")
     return EXIT_ERROR if any("error" in r for r in report.rasters) else 0
-
-
-def _raster_notes(r: dict[str, Any]) -> list[str]:
-    """What a user must know about one raster's run: a new tiling, fallback captions."""
-    from .indexing.commit import fallback_line
-
-    out = []
-    old = r.get("tiling_changed_from")
-    if old is not None:
-        new = r.get("tiling") or {}
-        diff = ", ".join(f"{k.replace('_', ' ')} {old.get(k)} -> {new.get(k)}" for k in sorted(new) if old.get(k) != new.get(k))
-        out.append(f"tiling changed ({diff or 'parameters'}): "
-                   f"{r['tiles_new']} tile(s) captioned for it, {r['tiles_cached']} from the caption cache; "
-                   f"{r.get('tiles_retired', 0)} tile(s) of the previous tiling kept as cache (switching back costs no"
-                   " captioning; `prune` frees them)")
-    elif r.get("tiles_retired"):
-        out.append(f"{r['tiles_retired']} tile(s) no longer planned kept as cache (`prune` frees them)")
-    line = fallback_line(r)
-    if line:
-        out.append(line)
-    return out
 
 
 def _hits_geojson(hits: list[Any]) -> dict[str, Any]:

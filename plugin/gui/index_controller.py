@@ -297,7 +297,13 @@ class IndexController(QObject):
             removed = len(report.get("removed") or [])
             self.session.last_outcome = (f"{len(rasters)} raster(s), {new} new + {cached} cached tiles"
                                          + (f", {removed} removed" if removed else "") + f" in {secs:.1f} s")
-            report_info(iface, f"Index ready: {self.session.last_outcome}", Qgis.Success)
+            from ..core.report_lines import raster_notes
+
+            notes = [f"{r.get('name')}: {line}" for r in rasters for line in raster_notes(r)]
+            fell_back = any(r.get("tiles_fallback") for r in rasters)
+            if notes:
+                self.session.last_outcome += "; " + "; ".join(notes)
+            report_info(iface, f"Index ready: {self.session.last_outcome}", Qgis.Warning if fell_back else Qgis.Success)
         for key in keys:
             self.widget.set_state(key, "…")
         self.session.refresh_info()

@@ -58,8 +58,9 @@ def test_tiling_a_b_a_recaptions_nothing(tmp_path: Path) -> None:
     assert (preview["tiling_changed"], preview["from_cache"], preview["to_caption"]) == (True, 9, 0), "the dock can say it first"
     a = index_rasters(idx, [RasterSource(scene)], tiling=T64, captioner_options=FAST).rasters[0]
     assert (a["tiles_new"], a["tiles_cached"]) == (0, 9), "back to A: nothing captioned again"
-    assert _db(idx, "SELECT caption_id, caption FROM captions WHERE caption_id IN (%s) ORDER BY caption_id"
-               % ",".join(str(c) for c, _ in captions)) == captions, "the same captions, same ids"
+    ids = ",".join(str(c) for c, _ in captions)
+    assert _db(idx, f"SELECT caption_id, caption FROM captions WHERE caption_id IN ({ids}) ORDER BY caption_id") == captions, \
+        "the same captions, same ids"
     assert _ranking(idx, "open water of the sea") == want
 
 

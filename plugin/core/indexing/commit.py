@@ -11,6 +11,7 @@ import time
 from typing import Any, Callable
 
 from ..errors import Canceled, CaptionFallbackError
+from ..report_lines import fallback_line
 from ..types import ProgressFn
 from .local import _embed_variants
 
@@ -114,15 +115,6 @@ def _index_one(idx, cap, emb, info, params, refs, done, step, is_canceled, execu
     entry["tiles_retired"] = idx.retain_tiles(rid, {r.tile_id for r in refs})
     idx.set_raster_state(rid, "indexed")
     return entry
-
-
-def fallback_line(entry: dict[str, Any]) -> str:
-    """ "12 of 400 tiles fell back to spectral captions: the server returned no text" ("" if none)."""
-    n = entry.get("tiles_fallback") or 0
-    if not n:
-        return ""
-    return (f"{n} of {entry.get('tiles_new', 0)} tiles fell back to spectral captions: {entry.get('fallback_reason')}"
-            " (kept apart from the captioner's answers; the next update asks again)")
 
 
 def _stop_on_fallbacks(entry: dict[str, Any]) -> None:
