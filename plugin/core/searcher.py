@@ -97,13 +97,19 @@ class Searcher:
         bbox_crs: Optional[str] = None,
         min_score: Optional[float] = None,
         suppress_overlaps: bool = False,
+        ranker: Optional[str] = None,
+        like: Optional[str] = None,
     ) -> list[Hit]:
+        """Rank tiles for a query (negative terms allowed, see query.py) or, with `like`
+        ("RASTER:COL,ROW[,SCALE]"), for similarity to that tile (the query text is then ignored)."""
+        from .query import parse_query
+
         text = (query or "").strip()
-        if not text:
+        if not text and not like:
             raise QueryError("the query is empty: describe what you are looking for, e.g. 'sandy beach next to the sea'")
         if top < 1:
             raise QueryError(f"top must be at least 1 (got {top})")
-        text = text[:MAX_QUERY_CHARS]
+        parsed = parse_query(text[:MAX_QUERY_CHARS]) if not like else None
         idx = self._ensure()
         raster_ids = None
         if rasters:
@@ -113,11 +119,16 @@ class Searcher:
                 raster_ids.extend(found)
             if not raster_ids:
                 return []
-        vec = self._emb.encode_queries([text])[0]
-        return idx.search(
-            vec, top=top, fusion=fusion, raster_ids=raster_ids, bbox=bbox, bbox_crs=bbox_crs,
-            min_score=min_score, suppress_overlaps=suppress_overlaps,
-        )
+        opts: dict[str, Any] = dict(top=top, fusion=fusion, raster_ids=raster_ids, bbox=bbox, bbox_crs=bbox_crs,
+                                    min_score=min_score, suppress_overlaps=suppress_overlaps)
+        if like:
+            from .similar import parse_like, search_like
+
+            return search_like(idx, *parse_like(like), **opts)
+        assert parsed is not None
+        vecs = self._emb.encode_queries([parsed.text, *parsed.negatives])
+        negatives = list(zip(parsed.negatives, vecs[1:]))
+        return idx.search(vecs[0], ranker=ranker, query_text=parsed.text, negatives=negatives or None, **opts)
 
     def close(self) -> None:
         if self._idx is not None:
