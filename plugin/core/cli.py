@@ -162,10 +162,13 @@ def _hits_geojson(hits: list[Any]) -> dict[str, Any]:
 def cmd_search(args: argparse.Namespace) -> int:
     from .searcher import Searcher
 
+    if bool(args.query) == bool(args.like):
+        raise EngineError("search needs a query or --like RASTER:COL,ROW[,SCALE], not both")
     with Searcher(args.index, embedder=args.embedder, device=args.device) as s:
         hits = s.search(
             " ".join(args.query), top=args.top, fusion=args.fusion, rasters=args.raster, bbox=args.bbox,
             bbox_crs=args.bbox_crs, min_score=args.min_score, suppress_overlaps=args.suppress_overlaps,
+            ranker=args.ranker, like=args.like,
         )
     if args.format == "json":
         print(json.dumps([h.to_dict() for h in hits], indent=2, ensure_ascii=False))
@@ -179,6 +182,11 @@ def cmd_search(args: argparse.Namespace) -> int:
             print(f"{h.rank:>3}  {h.score:.3f}  {h.raster_name or os.path.basename(h.raster)}  "
                   f"x{h.scale} [{w.col_off},{w.row_off} {w.width}x{w.height}]")
             print(f"     {h.caption[:160]}")
+            why = [f"matched: {', '.join(h.extra['matched_terms'])}"] if h.extra.get("matched_terms") else []
+            if h.extra.get("demoted_by"):
+                why.append(f"demoted: looks like {h.extra['demoted_by']!r} ({h.extra['negative_score']:.2f})")
+            if why:
+                print(f"     [{'; '.join(why)}]")
     return 0
 
 
@@ -247,7 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--embedder", default=None)
     ps.add_argument("--device", default="auto")
     ps.add_argument("--format", choices=("table", "json", "geojson"), default="table")
-    ps.add_argument("query", nargs="+")
+    ps.add_argument("--ranker", choices=("dense", "lexical", "hybrid"), default=None,
+                    help="dense (cosine), lexical (bm25 over the captions) or hybrid (both; the default)")
+    ps.add_argument("--like", default=None, metavar="RASTER:COL,ROW[,SCALE]",
+                    help="search by example: tiles like the one under this full-resolution pixel (no query then)")
+    ps.add_argument("query", nargs="*", help='what to find; quote it, negative terms included: "beach -buildings"')
     ps.set_defaults(func=cmd_search)
 
     pn = sub.add_parser("info", help="what an index holds")

@@ -258,7 +258,7 @@ class Worker:
             job.progress(0, 0, "loading the embedder (first search)")
         s = self.searcher(index_dir, embedder, device)
         hits = s.search(
-            str(job.arg("query", kind=str)),
+            str(job.arg("query", "" if job.arg("like", None) else ..., kind=str)),
             top=int(job.arg("top", 10)),
             fusion=str(job.arg("fusion", "max", kind=str)),
             rasters=job.arg("rasters", None, kind=list),
@@ -266,6 +266,8 @@ class Worker:
             bbox_crs=job.arg("bbox_crs", None, kind=str),
             min_score=job.arg("min_score", None),
             suppress_overlaps=bool(job.arg("suppress_overlaps", False)),
+            ranker=job.arg("ranker", None, kind=str),
+            like=job.arg("like", None, kind=str),
         )
         return [h.to_dict() for h in hits]
 

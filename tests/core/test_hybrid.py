@@ -144,3 +144,49 @@ def test_search_by_example_returns_near_duplicates_first(index_dir: str) -> None
     assert all(h.extra["like"] == example.tile_id for h in hits)
     assert np.all(np.diff([h.score for h in hits]) <= 1e-9)
     assert coarse[0].extra["like"] == big and tile(A, 6 * 64, 0).tile_id not in [h.tile_id for h in coarse]
+
+
+def test_eval_harness_rankers(tmp_path: Path) -> None:
+    """`eval --ranker`: one result per ranker; hybrid is the cosine plus the max-normalised bm25 bonus."""
+    from plugin.core.eval.datasets import load_dataset
+    from plugin.core.eval.metrics import fuse_variant_scores, recall_metrics
+    from plugin.core.eval.runner import VectorCache, captions_only_split, run_captions_only
+    from tests.core.test_eval_datasets import write_precomp
+
+    ds = load_dataset(write_precomp(tmp_path))
+    emb = cached_embedder(None, "cpu")
+    res = run_captions_only(ds, VectorCache(emb), ks=(1,), rankers=("dense", "lexical", "hybrid"), lexical_weight=0.3)
+    assert [(r.config["ranker"], r.config.get("lexical_weight")) for r in res] == [
+        ("dense", None), ("lexical", None), ("hybrid", 0.3)]
+    v_txt, v_img, q_txt, q_img = captions_only_split(ds, 1)
+    dense = emb.encode_queries(q_txt) @ emb.encode_documents(v_txt).T
+    bm25 = bm25_matrix(v_txt, q_txt)
+    assert (bm25 > 0).any() and (bm25 == 0).any()
+    for r in res:
+        s = ranker_scores(dense, bm25, r.config["ranker"], 0.3)
+        expect = recall_metrics(fuse_variant_scores(s, v_img, len(ds.images), "max").T, q_img)
+        assert r.metrics.to_dict() == pytest.approx(expect.to_dict())
+
+
+def test_cli_search_like_and_why_it_matched(index_dir: str) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "plugin", "search", "--index", index_dir, "--device", "cpu", *args],
+                              cwd=root, env=dict(os.environ, PYTHONPATH=str(root)), capture_output=True, text=True,
+                              timeout=300)
+
+    like = cli("--top", "2", "--format", "json", "--like", "a:400,10")
+    assert like.returncode == 0, like.stderr
+    hits = json.loads(like.stdout)
+    assert hits[0]["tile_id"] == tile(B, 2 * 64, 0).tile_id and hits[0]["extra"]["like"] == tile(A, 6 * 64, 0).tile_id
+    table = cli("--top", "1", "storage tanks -refinery")
+    assert table.returncode == 0, table.stderr
+    assert "Farmland" in table.stdout and "[matched: storage, tanks]" in table.stdout
+    both = cli("--like", "a:400,10", "beach")
+    assert both.returncode != 0 and "not both" in both.stderr
