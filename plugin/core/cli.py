@@ -84,6 +84,7 @@ class _Bar:
 def _expand_rasters(paths: Sequence[str], index_dir: str, bands: Optional[BandMap]) -> list[Any]:
     """Files as given; a folder of Sentinel-2 band files becomes a VRT kept in the index folder."""
     from .pipeline import RasterSource
+    from .rasterpath import raster_present
 
     out = []
     for p in paths:
@@ -95,7 +96,7 @@ def _expand_rasters(paths: Sequence[str], index_dir: str, bands: Optional[BandMa
             vrt = sentinel2_vrt(p, os.path.join(index_dir, "vrt", f"{name}.vrt"))
             out.append(RasterSource(vrt, bands or BandMap(1, 2, 3, 4), name))
         else:
-            if not os.path.exists(p):
+            if not raster_present(p):
                 raise EngineError(f"raster not found: {p}")
             out.append(RasterSource(p, bands))
     return out

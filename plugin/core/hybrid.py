@@ -14,15 +14,12 @@ the proxies measured is what `search()` does.
 from __future__ import annotations
 
 import sqlite3
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
 from . import lexical as L
 from .errors import QueryError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .store import SearchIndex
 
 __all__ = ["RANKERS", "DEFAULT_RANKER", "HYBRID_WEIGHT", "check_ranker", "lexical_bonus", "bm25_matrix",
            "ranker_scores", "dense_of", "lexical_candidates", "matched_terms"]
@@ -78,26 +75,26 @@ def bm25_matrix(documents: Sequence[str], queries: Sequence[str]) -> np.ndarray:
         conn.close()
 
 
-def dense_of(index: SearchIndex, caption_ids: Sequence[int], q: np.ndarray) -> dict[int, float]:
+def dense_of(conn: sqlite3.Connection, caption_ids: Sequence[int], q: np.ndarray) -> dict[int, float]:
     """Exact cosines of these captions' stored vectors with the unit query (lexical-only candidates)."""
     out: dict[int, float] = {}
     ids = [int(c) for c in caption_ids]
     for i in range(0, len(ids), 500):
         chunk = ids[i : i + 500]
         qs = ",".join("?" * len(chunk))
-        rows = index.conn.execute(f"SELECT caption_id, vector FROM embeddings WHERE caption_id IN ({qs})", chunk).fetchall()
+        rows = conn.execute(f"SELECT caption_id, vector FROM embeddings WHERE caption_id IN ({qs})", chunk).fetchall()
         if rows:
             vecs = np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(len(rows), -1)
             out.update(zip((int(r[0]) for r in rows), (float(s) for s in vecs @ q)))
     return out
 
 
-def lexical_candidates(index: SearchIndex, terms: Sequence[str], k: int,
+def lexical_candidates(conn: sqlite3.Connection, terms: Sequence[str], k: int,
                        raster_ids: Optional[Sequence[str]] = None) -> tuple[np.ndarray, np.ndarray]:
     """The k best caption ids by bm25 for the query words (empty without words or FTS5 table)."""
-    return L.lexical_top(index.conn, terms, k, raster_ids)
+    return L.lexical_top(conn, terms, k, raster_ids)
 
 
-def matched_terms(index: SearchIndex, caption_id: int, terms: Sequence[str]) -> list[str]:
+def matched_terms(conn: sqlite3.Connection, caption_id: int, terms: Sequence[str]) -> list[str]:
     """The caption's words that matched the query (what the dock shows as "why it matched")."""
-    return L.matched_terms(index.conn, caption_id, terms)
+    return L.matched_terms(conn, caption_id, terms)

@@ -21,6 +21,7 @@ import numpy as np
 
 from .errors import RasterError
 from .raster_io import sample_stretch_pixels
+from .rasterpath import is_remote, normalize_raster_path, raster_display_name
 from .types import BandMap
 from .vrt import build_band_vrt, sentinel2_vrt
 
@@ -100,7 +101,7 @@ def _open_dataset(path: str) -> Any:
 
     if not path:
         raise RasterError("no raster path given")
-    if "://" not in path and not path.startswith("/vsi") and not os.path.exists(path):
+    if not is_remote(path) and not os.path.exists(path):
         raise RasterError(f"raster not found: {path}")
     if os.path.isdir(path):
         raise RasterError(f"{path} is a folder, not a raster (a Sentinel-2 folder needs sentinel2_vrt first)")
@@ -224,9 +225,9 @@ def open_raster(path: str, band_map: Optional[BandMap] = None) -> RasterInfo:
         nodata = next((float(v) for v in nodatas if v is not None), None)
         transform = tuple(float(v) for v in tuple(ds.transform)[:6])
         return RasterInfo(
-            path=os.path.abspath(path) if "://" not in path and not path.startswith("/vsi") else path,
+            path=normalize_raster_path(path),
             raster_id=_fingerprint(ds, crs_key),
-            name=os.path.splitext(os.path.basename(path))[0],
+            name=raster_display_name(path),
             width=int(ds.width),
             height=int(ds.height),
             count=int(ds.count),

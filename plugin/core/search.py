@@ -10,15 +10,37 @@ from __future__ import annotations
 
 import json
 import math
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+import sqlite3
+from typing import Any, Optional, Protocol, Sequence
 
 import numpy as np
 
 from .errors import IndexStoreError, QueryError
 from .types import Hit, PixelWindow
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .store import SearchIndex
+
+class Searchable(Protocol):
+    """What ranking needs from an index (`store.SearchIndex` is one); search.py never imports the store,
+    so the arrow points one way: store -> search."""
+
+    @property
+    def conn(self) -> sqlite3.Connection: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def embedder_fingerprint(self) -> str: ...
+
+    @property
+    def ann(self) -> Any: ...
+
+    def sync(self) -> int: ...
+
+    def active_count(self) -> int: ...
+
+    def variants_per_tile(self) -> float: ...
+
 
 __all__ = ["FUSIONS", "fuse", "search", "window_overlap"]
 
@@ -54,7 +76,7 @@ def window_overlap(a: PixelWindow, b: PixelWindow) -> float:
     return max(inter / (area_a + area_b - inter), inter / max(1.0, min(area_a, area_b)))
 
 
-def _query_vector(index: SearchIndex, query_vector: np.ndarray) -> np.ndarray:
+def _query_vector(index: Searchable, query_vector: np.ndarray) -> np.ndarray:
     """Unit query vector, or (m, dim) unit rows for several query vectors (search by example)."""
     q = np.asarray(query_vector, dtype=np.float32)
     q = q.reshape(-1) if q.ndim < 2 or q.shape[0] == 1 else q
@@ -104,7 +126,7 @@ class _Candidates:
     numpy calls (one matmul, a lexsort, reduceat) instead of a Python loop per tile.
     """
 
-    def __init__(self, index: SearchIndex, vectors: bool = True) -> None:
+    def __init__(self, index: Searchable, vectors: bool = True) -> None:
         self.index = index
         #: False (max fusion): a tile's score is its best *retrieved* variant's kNN similarity, which
         #: is exact for every tile that can rank (its best variant beats the k-th one), so no vectors
@@ -215,7 +237,7 @@ class _Candidates:
         return seg_sorted[first], score, np.asarray(self.row_cid, np.int64)[order[first]]
 
 
-def search(index: SearchIndex, query_vector: np.ndarray, *, top: int = 10, fusion: str = "max",
+def search(index: Searchable, query_vector: np.ndarray, *, top: int = 10, fusion: str = "max",
            raster_ids: Optional[Sequence[str]] = None, bbox: Optional[tuple[float, float, float, float]] = None,
            bbox_crs: Optional[str] = None, min_score: Optional[float] = None, suppress_overlaps: bool = False,
            oversample: int = 10, ranker: Optional[str] = None, query_text: Optional[str] = None,
@@ -255,7 +277,7 @@ def search(index: SearchIndex, query_vector: np.ndarray, *, top: int = 10, fusio
     k = min(n_active, max(int(top) * max(1, round(index.variants_per_tile())) * max(1, int(oversample)), 16))
     demoted: dict[str, tuple[str, float]] = {}
     while True:
-        lex_ids, lex_s = (H.lexical_candidates(index, terms, k, sorted(allowed) if raster_ids is not None else None)
+        lex_ids, lex_s = (H.lexical_candidates(index.conn, terms, k, sorted(allowed) if raster_ids is not None else None)
                           if terms else (np.zeros(0, np.int64), np.zeros(0)))
         if ranker == "lexical":  # the score is bm25 alone: cosines weigh 0, bm25 comes in as the bonus
             cands.dense_weight = 0.0
@@ -271,7 +293,7 @@ def search(index: SearchIndex, query_vector: np.ndarray, *, top: int = 10, fusio
                 floor = float(sims.min()) if len(sims) else -math.inf
                 if len(lex_ids) and not cands.vectors:  # lexical-only candidates need their cosine too
                     extra = [c for c in lex_ids.tolist() if c not in set(labels.tolist())]
-                    cos = H.dense_of(index, extra, q)
+                    cos = H.dense_of(index.conn, extra, q)
                     labels = np.r_[labels, np.asarray(list(cos), np.int64)]
                     sims = np.r_[sims, np.asarray(list(cos.values()), np.float32)]
                 elif len(lex_ids):
@@ -296,7 +318,7 @@ def search(index: SearchIndex, query_vector: np.ndarray, *, top: int = 10, fusio
     for h in out:
         if ranker != "dense":
             h.extra["ranker"] = ranker
-            h.extra["matched_terms"] = H.matched_terms(index, h.extra.pop("_cid"), terms)
+            h.extra["matched_terms"] = H.matched_terms(index.conn, h.extra.pop("_cid"), terms)
         h.extra.pop("_cid", None)
         if h.tile_id in demoted:
             h.extra["demoted_by"], h.extra["negative_score"] = demoted[h.tile_id]
@@ -307,7 +329,7 @@ def search(index: SearchIndex, query_vector: np.ndarray, *, top: int = 10, fusio
 NEGATIVE_THRESHOLD = 0.35
 
 
-def _knn(index: SearchIndex, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _knn(index: Searchable, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """kNN labels and cosines; several query rows (search by example) pool their neighbours."""
     if q.ndim == 1:
         return index.ann.query(q, k)
@@ -333,7 +355,7 @@ def _demote(ranked: list[tuple[str, float, int]], cands: _Candidates, neg: np.nd
     return [r for r in ranked if r[0] not in demoted] + [r for r in ranked if r[0] in demoted], demoted
 
 
-def _raster_meta(index: SearchIndex) -> list[dict[str, Any]]:
+def _raster_meta(index: Searchable) -> list[dict[str, Any]]:
     rows = index.conn.execute(
         "SELECT r.raster_id, r.path, r.name, r.crs_wkt, (SELECT COUNT(*) FROM tiles t WHERE t.raster_id = r.raster_id)"
         " FROM rasters r").fetchall()

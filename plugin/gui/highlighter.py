@@ -15,11 +15,13 @@ from qgis.core import (
     QgsGeometry,
     QgsPointXY,
     QgsProject,
+    QgsRectangle,
     QgsVectorLayer,
 )
 from qgis.PyQt.QtGui import QColor
 
 if TYPE_CHECKING:  # numpy comes with core.types: not at QGIS start-up
+    from ..core.score_scale import ScoreScale
     from ..core.types import Hit
 
 RESULTS_PROPERTY = "semantic_imagery_search/results"
@@ -53,21 +55,70 @@ class Highlighter:
             crs = self.canvas.mapSettings().destinationCrs()
         return crs
 
-    def show_hits(self, hits: list[Hit], name: str = "Search results") -> Optional[QgsVectorLayer]:
-        """Replace the results layer with one holding `hits`; returns the new layer (None if no hits)."""
+    def show_hits(self, hits: list[Hit], name: str = "Search results", scale: Optional[ScoreScale] = None,
+                  query: str = "", keep_in_view: bool = True) -> Optional[QgsVectorLayer]:
+        """Replace the results layer with one holding `hits`; returns the new layer (None if no hits).
+
+        With `keep_in_view`, the canvas zooms to the hits when none of them is visible (after the
+        user zoomed onto one result, the next query's hits are often elsewhere) and stays put when
+        at least one is.
+        """
         from ..qgis_io.hits_layer import hits_to_layer
 
         self.clear()
         if not hits:
             return None
-        layer = hits_to_layer(hits, self.dest_crs(), name=name)
+        layer = hits_to_layer(hits, self.dest_crs(), name=name, scale=scale, query=query)
         layer.setCustomProperty(RESULTS_PROPERTY, True)
         self.project.addMapLayer(layer, False)
         self.project.layerTreeRoot().insertLayer(0, layer)
         self._layer_id = layer.id()
         if self.canvas is not None:
-            self.canvas.refresh()
+            if not (keep_in_view and self.keep_in_view()):
+                self.canvas.refresh()
         return layer
+
+    def _canvas_geometries(self) -> list[QgsGeometry]:
+        layer = self.layer
+        if layer is None or self.canvas is None:
+            return []
+        dest = self.canvas.mapSettings().destinationCrs()
+        xform = None
+        if layer.crs().isValid() and dest.isValid() and layer.crs() != dest:
+            xform = QgsCoordinateTransform(layer.crs(), dest, self.project)
+        out = []
+        for f in layer.getFeatures():
+            g = QgsGeometry(f.geometry())
+            if xform is not None:
+                g.transform(xform)
+            out.append(g)
+        return out
+
+    def visible_count(self) -> int:
+        """How many hits intersect the canvas's visible extent."""
+        if self.canvas is None:
+            return 0
+        view = QgsGeometry.fromRect(self.canvas.extent())
+        return sum(1 for g in self._canvas_geometries() if not g.isEmpty() and g.intersects(view))
+
+    def keep_in_view(self) -> bool:
+        """Zoom to the results when none is visible; True when the canvas moved."""
+        if self.canvas is None or self.layer is None or self.visible_count() > 0:
+            return False
+        return self.zoom_to_results()
+
+    def zoom_to_results(self) -> bool:
+        """Fit every hit in the canvas (with a margin); False when there is nothing to show."""
+        geoms = [g for g in self._canvas_geometries() if not g.isEmpty()]
+        if self.canvas is None or not geoms:
+            return False
+        rect = QgsRectangle(geoms[0].boundingBox())
+        for g in geoms[1:]:
+            rect.combineExtentWith(g.boundingBox())
+        rect.scale(1.15)
+        self.canvas.setExtent(rect)
+        self.canvas.refresh()
+        return True
 
     def focus(self, hit: Hit, zoom: bool = True) -> QgsGeometry:
         """Zoom to the tile (with a margin) and flash it; returns the geometry in the canvas CRS."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Optional
 
 from qgis.PyQt.QtCore import QAbstractTableModel, QModelIndex, QSize, Qt
-from qgis.PyQt.QtGui import QImage, QPixmap
+from qgis.PyQt.QtGui import QBrush, QColor, QImage, QPixmap
 
 COLUMNS = ("#", "Score", "Tile", "Caption", "Raster")
 COL_RANK, COL_SCORE, COL_THUMB, COL_CAPTION, COL_RASTER = range(5)
@@ -20,9 +20,11 @@ _DECORATION = Qt.ItemDataRole.DecorationRole
 _TOOLTIP = Qt.ItemDataRole.ToolTipRole
 _SIZE = Qt.ItemDataRole.SizeHintRole
 _ALIGN = Qt.ItemDataRole.TextAlignmentRole
+_FOREGROUND = Qt.ItemDataRole.ForegroundRole
 HIT_ROLE = Qt.ItemDataRole.UserRole + 1
 
 if TYPE_CHECKING:  # numpy comes with core.types: not at QGIS start-up
+    from ..core.score_scale import ScoreScale
     from ..core.types import Hit
 
 
@@ -31,6 +33,11 @@ class ResultsModel(QAbstractTableModel):
         super().__init__(parent)
         self._hits: list[Hit] = []
         self._thumbs: dict[str, QPixmap] = {}
+        self._scale: Optional[ScoreScale] = None
+
+    def set_scale(self, scale: Optional[ScoreScale]) -> None:
+        """The embedder's fixed score scale: the score cell is coloured and explained by it."""
+        self._scale = scale
 
     # --- data in -----------------------------------------------------------------------------
     def set_hits(self, hits: list[Hit]) -> None:
@@ -96,6 +103,15 @@ class ResultsModel(QAbstractTableModel):
             return self._thumbs.get(hit.tile_id)
         if role == _SIZE and col == COL_THUMB:
             return QSize(THUMB_SIZE + 4, THUMB_SIZE + 4)
+        if role == _FOREGROUND and col == COL_SCORE and self._scale is not None:
+            from ..core.score_scale import CLASS_COLORS
+
+            return QBrush(QColor(CLASS_COLORS[self._scale.class_index(float(hit.score))]).darker(130))
+        if role == _TOOLTIP and col == COL_SCORE and self._scale is not None:
+            s = self._scale
+            return (f"{hit.score:.3f}: {s.label(float(hit.score))} match on the {s.embedder} scale"
+                    + ("" if s.calibrated else " (not calibrated for this embedder: MiniLM's numbers)")
+                    + "\n" + "; ".join(text for _lo, _hi, text, _c in s.ranges()))
         if role == _ALIGN:
             if col in (COL_RANK, COL_SCORE):
                 return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignTop)

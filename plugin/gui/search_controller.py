@@ -22,6 +22,7 @@ from .settings import save_search_options
 from .thumbnails import ThumbnailTask, cached
 
 if TYPE_CHECKING:  # numpy comes with core.types: not at QGIS start-up
+    from ..core.score_scale import ScoreScale
     from ..core.types import Hit
 
 
@@ -46,6 +47,7 @@ class SearchController(QObject):
         widget.hit_selected.connect(self.focus_hit)
         widget.hit_activated.connect(self.show_variants)
         widget.export_requested.connect(self.export_dialog)
+        widget.zoom_requested.connect(self.zoom_to_results)
 
     # --- search ------------------------------------------------------------------------------
     def search_options(self, opts: dict) -> dict:
@@ -101,13 +103,28 @@ class SearchController(QObject):
             return
         self.search_finished.emit(hits, "")
 
+    def score_scale(self) -> ScoreScale:
+        """The fixed score scale of the index's embedder (calibrated; see core/score_scale.py)."""
+        from ..core.score_scale import scale_for
+
+        return scale_for((self.session.info or {}).get("embedder"))
+
     def show_results(self, hits: list[Hit]) -> None:
         """List, results layer and thumbnails for `hits` (also used by the screenshot script)."""
         self.hits = hits
-        msg = (f"{len(hits)} result(s) for “{self.last_query}” in {self.last_seconds * 1000:.0f} ms"
-               if hits else f"No results for “{self.last_query}”")
-        self.widget.show_hits(hits, msg)
-        self.highlighter.show_hits(hits, name=f"Search results: {self.last_query}"[:80] if self.last_query else "Search results")
+        scale = self.score_scale()
+        self.widget.model.set_scale(scale)
+        warn = False
+        if hits:
+            best = max(float(h.score) for h in hits)
+            warn = not scale.confident(best)
+            msg = (f"{len(hits)} result(s) for “{self.last_query}” in {self.last_seconds * 1000:.0f} ms · "
+                   f"{scale.verdict(best)}")
+        else:
+            msg = f"No results for “{self.last_query}”"
+        self.widget.show_hits(hits, msg, warn=warn)
+        self.highlighter.show_hits(hits, name=f"Search results: {self.last_query}"[:80] if self.last_query else "Search results",
+                                   scale=scale, query=self.last_query)
         for h in hits:
             img = cached(h.tile_id)
             if img is not None:
@@ -136,6 +153,13 @@ class SearchController(QObject):
             self.widget.model.set_thumbnail(tile_id, image)
 
     # --- result actions ----------------------------------------------------------------------
+    def zoom_to_results(self) -> bool:
+        try:
+            return self.highlighter.zoom_to_results()
+        except Exception as exc:
+            report_exception(self.session.iface, exc, "Zoom to results")
+            return False
+
     def focus_hit(self, hit: Hit) -> None:
         try:
             self.highlighter.focus(hit)

@@ -36,6 +36,7 @@ class SearchWidget(QWidget):
     hit_selected = pyqtSignal(object)
     hit_activated = pyqtSignal(object)
     export_requested = pyqtSignal()
+    zoom_requested = pyqtSignal()
 
     def __init__(self, options: SearchOptions, parent=None, debounce_ms: int = 0) -> None:
         super().__init__(parent)
@@ -74,6 +75,9 @@ class SearchWidget(QWidget):
 
         self.export_button = QPushButton("Export results…", self)
         self.export_button.setEnabled(False)
+        self.zoom_button = QPushButton("Zoom to results", self)
+        self.zoom_button.setToolTip("Fit every result tile in the map view")
+        self.zoom_button.setEnabled(False)
         self.info_label = QLabel("", self)
         self.info_label.setWordWrap(True)
 
@@ -85,6 +89,7 @@ class SearchWidget(QWidget):
         row2.addWidget(self.extent_check, 1)
         row3 = QHBoxLayout()
         row3.addWidget(self.info_label, 1)
+        row3.addWidget(self.zoom_button)
         row3.addWidget(self.export_button)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
@@ -103,6 +108,7 @@ class SearchWidget(QWidget):
         self.query_edit.returnPressed.connect(self.request_search)
         self.search_button.clicked.connect(self.request_search)
         self.export_button.clicked.connect(self.export_requested)
+        self.zoom_button.clicked.connect(self.zoom_requested)
         self.view.selectionModel().currentRowChanged.connect(self._on_current_changed)
         self.view.doubleClicked.connect(self._on_double_clicked)
 
@@ -124,10 +130,13 @@ class SearchWidget(QWidget):
         if message:
             self.info_label.setText(message)
 
-    def show_hits(self, hits: list[Hit], message: str = "") -> None:
+    def show_hits(self, hits: list[Hit], message: str = "", warn: bool = False) -> None:
+        """Fill the list; `warn` shows the message in orange (e.g. no confident match)."""
         self.model.set_hits(hits)
         self.export_button.setEnabled(bool(hits))
+        self.zoom_button.setEnabled(bool(hits))
         self.info_label.setText(message)
+        self.info_label.setStyleSheet("color: #b34700; font-weight: bold;" if warn else "")
         self.view.scrollToTop()
 
     def select_row(self, row: int) -> None:

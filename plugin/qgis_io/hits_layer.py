@@ -22,23 +22,28 @@ from qgis.core import (
     QgsPalLayerSettings,
     QgsPointXY,
     QgsProject,
+    QgsProperty,
     QgsRendererRange,
+    QgsTextBufferSettings,
+    QgsTextFormat,
     QgsVectorFileWriter,
     QgsVectorLayer,
     QgsVectorLayerSimpleLabeling,
+    QgsWkbTypes,
 )
 from qgis.PyQt.QtCore import QVariant
-from qgis.PyQt.QtGui import QColor
+from qgis.PyQt.QtGui import QColor, QFont
 
 from ..core.errors import EngineError
+from ..core.score_scale import ScoreScale, scale_for
 from ..core.types import Hit
 
 FIELDS = (
     ("rank", QVariant.Int), ("score", QVariant.Double), ("caption", QVariant.String), ("raster", QVariant.String),
     ("raster_name", QVariant.String), ("tile_id", QVariant.String), ("scale", QVariant.Int),
 )
-#: Low to high score: pale yellow to red.
-_COLORS = ("#ffffb2", "#fecc5c", "#fd8d3c", "#f03b20", "#bd0026")
+#: Custom property holding the query of a results layer.
+QUERY_PROPERTY = "semantic_imagery_search/query"
 
 
 def footprint_geometry(hit: Hit) -> QgsGeometry:
@@ -102,8 +107,10 @@ def hits_crs(hits: Sequence[Hit]) -> QgsCoordinateReferenceSystem:
     return QgsCoordinateReferenceSystem()
 
 
-def hits_to_layer(hits: Sequence[Hit], dest_crs: QgsCoordinateReferenceSystem, name: str = "Search results") -> QgsVectorLayer:
-    """A memory layer with one polygon per hit, reprojected to `dest_crs`, styled by score, labelled by rank."""
+def hits_to_layer(hits: Sequence[Hit], dest_crs: QgsCoordinateReferenceSystem, name: str = "Search results",
+                  scale: Optional[ScoreScale] = None, query: str = "") -> QgsVectorLayer:
+    """A memory layer with one polygon per hit, reprojected to `dest_crs`, styled on the embedder's fixed
+    score scale, labelled by rank; the query goes into the layer's metadata (and so into an export)."""
     uri = "Polygon"
     if dest_crs.isValid() and dest_crs.authid():
         uri += f"?crs={dest_crs.authid()}"
@@ -114,30 +121,78 @@ def hits_to_layer(hits: Sequence[Hit], dest_crs: QgsCoordinateReferenceSystem, n
     layer.updateFields()
     layer.dataProvider().addFeatures(hit_features(hits, dest_crs, layer.fields()))
     layer.updateExtents()
-    style_hits_layer(layer, [float(h.score) for h in hits])
+    style_hits_layer(layer, [float(h.score) for h in hits], scale)
+    if query:
+        set_query_metadata(layer, query, scale)
     return layer
 
 
-def style_hits_layer(layer: QgsVectorLayer, scores: Sequence[float]) -> None:
-    """Graduated outline colours by score (five equal classes) and the rank as a label."""
-    lo, hi = (min(scores), max(scores)) if scores else (0.0, 1.0)
-    if hi - lo < 1e-9:
-        lo, hi = lo - 1e-6, hi + 1e-6
-    step = (hi - lo) / len(_COLORS)
+def set_query_metadata(layer: QgsVectorLayer, query: str, scale: Optional[ScoreScale] = None) -> None:
+    """The query in the layer's title, abstract and keywords (GeoPackage export keeps layer metadata)."""
+    md = layer.metadata()
+    md.setTitle(f"Semantic Imagery Search: {query}")
+    scale_text = f"; scores on the {scale.embedder} scale (weak < {scale.weak:.2f}, strong >= {scale.strong:.2f})" if scale else ""
+    md.setAbstract(f"Tiles matching the query \u201c{query}\u201d{scale_text}.")
+    md.addKeywords("query", [query])
+    layer.setMetadata(md)
+    layer.setCustomProperty(QUERY_PROPERTY, query)
+
+
+def style_hits_layer(layer: QgsVectorLayer, scores: Sequence[float], scale: Optional[ScoreScale] = None) -> None:
+    """Outline colours on a fixed score scale (the same numbers mean the same colour for every query)
+    and the rank as a haloed label inside each tile. `scores` is kept for callers; the classes no
+    longer depend on them."""
+    scale = scale or scale_for(None)
     ranges = []
-    for i, color in enumerate(_COLORS):
-        a, b = lo + i * step, (hi if i == len(_COLORS) - 1 else lo + (i + 1) * step)
+    for i, (lo, hi, text, color) in enumerate(scale.ranges()):
         fill = QColor(color)
-        fill.setAlpha(60)
-        symbol = QgsFillSymbol.createSimple({"color": fill.name(QColor.HexArgb), "outline_color": color, "outline_width": "0.8"})
-        symbol.setOpacity(1.0)
-        ranges.append(QgsRendererRange(a, b, symbol, f"{a:.3f} - {b:.3f}"))
-    layer.setRenderer(QgsGraduatedSymbolRenderer("score", ranges))
+        fill.setAlpha(0 if i == 0 else 50 + 15 * i)
+        props = {"color": fill.name(QColor.HexArgb), "outline_color": color, "outline_width": "0.5" if i == 0 else "0.9"}
+        if i == 0:
+            props["outline_style"] = "dash"
+        ranges.append(QgsRendererRange(lo, hi, QgsFillSymbol.createSimple(props), text))
+    renderer = QgsGraduatedSymbolRenderer("score", ranges)
+    layer.setRenderer(renderer)
+    layer.setLabeling(QgsVectorLayerSimpleLabeling(rank_label_settings()))
+    layer.setLabelsEnabled(True)
+
+
+#: Where a rank label sits: a point inset from the tile's north-west corner by 15 % of its size, so a
+#: tile and the larger-scale tile it nests in never share a label spot (centroids fall on shared corners).
+LABEL_POINT = ("make_point(x_min($geometry) + 0.15 * (x_max($geometry) - x_min($geometry)), "
+               "y_max($geometry) - 0.15 * (y_max($geometry) - y_min($geometry)))")
+#: Ranks up to this one are always labelled, even where labels collide.
+ALWAYS_LABEL_TOP = 10
+
+
+def rank_label_settings() -> QgsPalLayerSettings:
+    fmt = QgsTextFormat()
+    font = QFont()
+    font.setBold(True)
+    fmt.setFont(font)
+    fmt.setSize(11)
+    fmt.setColor(QColor("#111111"))
+    buf = QgsTextBufferSettings()
+    buf.setEnabled(True)
+    buf.setSize(1.2)
+    buf.setColor(QColor(255, 255, 255, 235))
+    fmt.setBuffer(buf)
     pal = QgsPalLayerSettings()
     pal.fieldName = "rank"
     pal.enabled = True
-    layer.setLabeling(QgsVectorLayerSimpleLabeling(pal))
-    layer.setLabelsEnabled(True)
+    pal.setFormat(fmt)
+    pal.placement = QgsPalLayerSettings.OverPoint
+    pal.geometryGenerator = LABEL_POINT
+    pal.geometryGeneratorEnabled = True
+    pal.geometryGeneratorType = QgsWkbTypes.PointGeometry
+    obstacle = pal.obstacleSettings()
+    obstacle.setIsObstacle(False)
+    pal.setObstacleSettings(obstacle)
+    props = pal.dataDefinedProperties()
+    props.setProperty(QgsPalLayerSettings.AlwaysShow, QgsProperty.fromExpression(f'"rank" <= {ALWAYS_LABEL_TOP}'))
+    props.setProperty(QgsPalLayerSettings.Priority, QgsProperty.fromExpression('max(0, 10 - "rank" + 1)'))
+    pal.setDataDefinedProperties(props)
+    return pal
 
 
 def export_layer_gpkg(layer: QgsVectorLayer, path: str, layer_name: Optional[str] = None) -> str:

@@ -22,6 +22,7 @@ from qgis.core import (
 )
 
 from ..core.errors import EngineError, RasterError
+from ..core.rasterpath import is_remote
 from ..core.types import BandMap, RasterSource
 
 _NIR_NAME = re.compile(r"\bnir\b|near[ _-]?infra|\bB0?8\b|\bband[ _]?8\b", re.IGNORECASE)
@@ -36,7 +37,7 @@ def layer_file_path(layer: QgsMapLayer) -> str:
         raise EngineError(f"{layer.name()}: a {provider} layer is not a file; save it as a GeoTIFF to index it")
     parts = QgsProviderRegistry.instance().decodeUri("gdal", layer.source())
     path = str(parts.get("path") or layer.source())
-    if path.startswith("/vsi"):
+    if is_remote(path):  # /vsicurl/, /vsis3/, plain URLs: passed through, read by rasterio
         return path
     if not os.path.isfile(path):
         raise RasterError(f"{layer.name()}: file not found: {path}")

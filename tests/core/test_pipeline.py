@@ -193,7 +193,7 @@ def test_warm_searcher_sees_later_commits_and_removals(tmp_path: Path, scenes: l
 
 def test_slow_hnsw_rewrites_are_spaced_out(tmp_path: Path, scenes: list[str], monkeypatch) -> None:
     """Rewriting the hnsw file may not eat the job: its interval grows with what a rewrite costs."""
-    import plugin.core.pipeline as pipeline
+    import plugin.core.indexing.commit as pipeline
     from plugin.core.store import SearchIndex
 
     calls: list[float] = []

@@ -20,7 +20,13 @@ from captioner_tiles import FOREST, WATER, fields, fill, make_tile
 
 from plugin.core.captioners import make_captioner
 from plugin.core.captioners.base import tile_image
-from plugin.core.captioners.vlm_batching import kv_bytes_per_token, plan_rows, rows_from_free_memory
+from plugin.core.captioners.vlm_batching import (
+    kv_bytes_per_token,
+    plan_rows,
+    resolve_cache,
+    row_bytes,
+    rows_from_free_memory,
+)
 from plugin.core.errors import EngineError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -101,15 +107,48 @@ def test_batch_size_from_free_memory():
     per_token = kv_bytes_per_token(cfg, 2)
     assert per_token == 2 * 32 * 32 * 128 * 2
     per_row = 2 * per_token * (616 + 128)
-    assert rows_from_free_memory(64 * 2**30, per_row) == int(0.7 * 64 * 2**30 // per_row) == 61
+    assert rows_from_free_memory(64 * 2**30, per_row) == int(0.85 * 64 * 2**30 // per_row) == 74
+    # A row's peak: its whole KV cache plus one layer's prefill activations (7B: 4096 wide, MLP 11008).
+    cfg.text_config.intermediate_size = 11008
+    tokens = 600 + 128
+    assert row_bytes(cfg, 2, tokens) == per_token * tokens + tokens * (6 * 4096 + 3 * 11008) * 2
+    # H200 after loading the 7B weights (~125 GiB free): about 245 rows of 728 tokens per call (89 GiB of KV cache).
+    assert rows_from_free_memory(125 * 2**30, row_bytes(cfg, 2, tokens)) == 245
     assert rows_from_free_memory(2**20, per_row) == 1 and rows_from_free_memory(2**50, per_row) == 512
     with pytest.raises(EngineError, match="no decoder"):
         kv_bytes_per_token(SimpleNamespace(), 2)
 
 
+def test_cache_choice():
+    assert resolve_cache("auto", "cpu", False) == "dynamic"
+    assert resolve_cache("auto", "cuda", True) == "static"
+    assert resolve_cache("static", "cpu", False) == "static"
+
+
+def test_static_cache_greedy_equals_dynamic(llava_dir, tiles):
+    """The preallocated KV cache changes memory traffic, not answers: same greedy text as the
+    dynamic cache, for fused mixed greedy/sampled rows, with the preprocessing thread on and off."""
+    opts = dict(variants=2, max_new_tokens=6, device="cpu", batch_size=4, max_rows=3)
+    dyn = make_captioner(f"transformers:{llava_dir}", cache="dynamic", prefetch=False, **opts)
+    try:
+        ref = dyn.generate_texts(tiles)
+    finally:
+        dyn.close()
+    stat = make_captioner(f"transformers:{llava_dir}", cache="static", **opts)
+    try:
+        assert stat.cache == "static" and stat.prefetch
+        got = stat.generate_texts(tiles)  # 8 rows in 3 calls: the 2nd and 3rd preprocessed in a thread
+        assert [v[0] for v in got] == [v[0] for v in ref]
+        assert all(v[0] for v in got)
+    finally:
+        stat.close()
+
+
 def test_cpu_guards_and_bad_options(llava_dir):
     with pytest.raises(EngineError, match="compile=True .* needs a CUDA device"):
         make_captioner(f"transformers:{llava_dir}", device="cpu", compile=True)
+    with pytest.raises(EngineError, match="unknown cache 'paged'"):
+        make_captioner(f"transformers:{llava_dir}", device="cpu", cache="paged")
     with pytest.raises(EngineError, match="unknown attn_implementation 'fast'"):
         make_captioner(f"transformers:{llava_dir}", device="cpu", attn_implementation="fast")
     with pytest.raises(EngineError, match="at least 1"):

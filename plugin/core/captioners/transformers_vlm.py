@@ -34,7 +34,7 @@ from .base import (
 )
 from .prompts import PROMPT_VERSION, SYSTEM, get_preset, variant_prompt
 from .spectral import SpectralCaptioner, spectral_facts
-from .vlm_batching import GreedyRows, auto_rows, encode_images_once, plan_rows, reusable_vision
+from .vlm_batching import GreedyRows, auto_rows, encode_images_once, plan_rows, resolve_cache, reusable_vision
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class TransformersCaptioner:
         temperature: float = 0.7, top_p: float = 0.9, seed: int = 0, append_facts: bool = True,
         revision: Optional[str] = None, trust_remote_code: bool = False, max_rows: Optional[int] = None,
         fuse_variants: bool = True, reuse_vision: bool = False, attn_implementation: str = "auto",
-        compile: bool = False,
+        compile: bool = False, cache: str = "auto", prefetch: bool = True,
     ) -> None:
         import torch
 
@@ -111,12 +111,18 @@ class TransformersCaptioner:
         self.device = resolve_device(device)
         if compile and not self.device.startswith("cuda"):
             raise EngineError(f"compile=True (static KV cache + torch.compile) needs a CUDA device, not {self.device!r}")
+        if cache not in ("auto", "dynamic", "static"):
+            raise EngineError(f"unknown cache {cache!r}; choose auto, dynamic or static")
+        if compile and cache == "dynamic":
+            raise EngineError("compile=True needs the static KV cache (cache='static' or 'auto'), not cache='dynamic'")
         if attn_implementation not in ("auto", "sdpa", "eager", "flash_attention_2"):
             raise EngineError(f"unknown attn_implementation {attn_implementation!r}; choose auto, sdpa, eager or flash_attention_2")
         self.dtype = resolve_dtype(dtype, self.device)
         self.temperature, self.top_p, self.seed = float(temperature), float(top_p), int(seed)
         self.append_facts = bool(append_facts)
         self.fuse_variants, self.reuse_vision, self.compile = bool(fuse_variants), bool(reuse_vision), bool(compile)
+        self.cache = resolve_cache(cache, self.device, self.compile)
+        self.prefetch = bool(prefetch)
         self.name = model
         preloaded = self.__dict__.pop("_preloaded", None)
         self.processor, self.model, source = preloaded or _load(model, revision, self.dtype, trust_remote_code, attn_implementation)
@@ -195,26 +201,35 @@ class TransformersCaptioner:
         return self._prompt_lens[k]
 
     # -- generation ---------------------------------------------------------------------------
-    def _inputs(self, images: list[Any], ks: list[int]) -> Any:
-        """Processor outputs for one row per (image, variant) pair, on the device in the model dtype."""
+    def _host_inputs(self, images: list[Any], ks: list[int]) -> Any:
+        """Processor outputs for one row per (image, variant) pair, on the host (pinned on CUDA).
+
+        This is the CPU half of a generate call: `generate_texts` runs it for the next call in a
+        background thread while the GPU decodes the current one (`prefetch`)."""
         if self.chat:
             imgs: Any = [[im] for im in images] if self.model_type in _NESTED_IMAGES else images
             batch = self.processor(images=imgs, text=[self._prompt(k) for k in ks], return_tensors="pt", padding=True)
         else:
             batch = self.processor(images=images, return_tensors="pt")
         out = {}
+        pin = self.device.startswith("cuda")
         for key, value in batch.items():
-            if hasattr(value, "to"):
-                value = value.to(self.device)
-                if value.is_floating_point():
-                    value = value.to(self.dtype)
+            if hasattr(value, "is_floating_point") and value.is_floating_point():
+                value = value.to(self.dtype)  # cast on the host: half the bytes to copy
+            if pin and hasattr(value, "pin_memory"):
+                value = value.pin_memory()
             out[key] = value
         return out
 
-    def _generate_rows(self, images: list[Any], rows: list[tuple[int, int]]) -> list[str]:
-        """One generate call over `rows` (tile index, variant): variant 0 greedy, the others sampled."""
+    def _inputs(self, images: list[Any], ks: list[int]) -> Any:
+        """Processor outputs for one row per (image, variant) pair, on the device in the model dtype."""
+        return self._to_device(self._host_inputs(images, ks))
+
+    def _to_device(self, host: dict[str, Any]) -> dict[str, Any]:
+        return {k: (v.to(self.device, non_blocking=True) if hasattr(v, "to") else v) for k, v in host.items()}
+
+    def _generate_kwargs(self, rows: list[tuple[int, int]]) -> dict[str, Any]:
         torch = self._torch
-        inputs = self._inputs([images[i] for i, _ in rows], [k for _, k in rows])
         kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens}
         greedy = torch.tensor([k == 0 for _, k in rows], dtype=torch.bool)
         if bool(greedy.all()):
@@ -223,12 +238,23 @@ class TransformersCaptioner:
             kwargs.update(do_sample=True, temperature=self.temperature, top_p=self.top_p)
             if bool(greedy.any()):
                 kwargs["logits_processor"] = [GreedyRows(greedy.to(self.device))]
-            # One seed per call, offset by the call's first variant: the same chunk samples the same text.
-            torch.manual_seed(self.seed + min(k for _, k in rows if k))
         if self._tokenizer is not None and self._tokenizer.pad_token_id is not None:
             kwargs["pad_token_id"] = self._tokenizer.pad_token_id
-        if self.compile:
+        if self.cache == "static":
+            # A preallocated KV cache: no per-step torch.cat of the whole cache. transformers compiles
+            # the decode step by itself for a static cache on CUDA; `compile` decides whether it may.
             kwargs["cache_implementation"] = "static"
+            kwargs["disable_compile"] = not self.compile
+        return kwargs
+
+    def _generate_rows(self, images: list[Any], rows: list[tuple[int, int]], host: Optional[dict[str, Any]] = None) -> list[str]:
+        """One generate call over `rows` (tile index, variant): variant 0 greedy, the others sampled."""
+        torch = self._torch
+        inputs = self._to_device(host if host is not None else self._host_inputs([images[i] for i, _ in rows], [k for _, k in rows]))
+        kwargs = self._generate_kwargs(rows)
+        if kwargs.get("do_sample"):
+            # One seed per call, offset by the call's first variant: the same chunk samples the same text.
+            torch.manual_seed(self.seed + min(k for _, k in rows if k))
         with torch.inference_mode():
             if self.reuse_vision and self.chat and reusable_vision(self.model, list(inputs)):
                 pixel_values = inputs.pop("pixel_values")
@@ -237,18 +263,36 @@ class TransformersCaptioner:
         if self.chat and "input_ids" in inputs and not self.model.config.is_encoder_decoder:
             ids = ids[:, inputs["input_ids"].shape[1]:]
         decode: Any = getattr(self.processor, "batch_decode", None) or self._tokenizer.batch_decode
-        return [str(t).strip() for t in decode(ids, skip_special_tokens=True)]
+        return [str(t).strip() for t in decode(ids.cpu(), skip_special_tokens=True)]
 
     def generate_texts(self, tiles: Sequence[TileImage]) -> list[list[str]]:
-        """The raw model answers, K per tile, before parsing (what tests and benchmarks compare)."""
+        """The raw model answers, K per tile, before parsing (what tests and benchmarks compare).
+
+        With `prefetch` and more than one generate call, the processor work (resize, normalise,
+        tokenise, pin) for call n+1 runs in a thread while call n generates."""
         images = [tile_image(t) for t in tiles]
         texts: dict[tuple[int, int], str] = {}
         if self.fuse_variants:
             plan = plan_rows(len(tiles), self.variants, self._prompt_len, self.max_rows)
         else:  # one call per variant (the reference path, kept for measurements)
             plan = [[(i, k) for i in range(len(tiles))] for k in range(self.variants)]
-        for rows in plan:
-            texts.update(zip(rows, self._generate_rows(images, rows)))
+
+        def host(rows: list[tuple[int, int]]) -> dict[str, Any]:
+            return self._host_inputs([images[i] for i, _ in rows], [k for _, k in rows])
+
+        if not self.prefetch or len(plan) < 2:
+            for rows in plan:
+                texts.update(zip(rows, self._generate_rows(images, rows)))
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlm-preprocess") as pool:
+                pending = pool.submit(host, plan[0])
+                for n, rows in enumerate(plan):
+                    ready = pending.result()
+                    if n + 1 < len(plan):
+                        pending = pool.submit(host, plan[n + 1])
+                    texts.update(zip(rows, self._generate_rows(images, rows, ready)))
         return [[texts[(i, k)] for k in range(self.variants)] for i in range(len(tiles))]
 
     def _caption_chunk(self, tiles: Sequence[TileImage]) -> list[list[CaptionVariant]]:

@@ -73,25 +73,58 @@ def kv_bytes_per_token(config: Any, dtype_bytes: int) -> int:
     return 2 * layers * kv_heads * head_dim * int(dtype_bytes)
 
 
-def rows_from_free_memory(free_bytes: int, per_row_bytes: int, *, fraction: float = 0.7, cap: int = MAX_ROWS) -> int:
+def rows_from_free_memory(free_bytes: int, per_row_bytes: int, *, fraction: float = 0.85, cap: int = MAX_ROWS) -> int:
     """How many rows fit in `fraction` of the free memory, between 1 and `cap`.
 
-    `per_row_bytes` should include headroom for activations (the caller multiplies the KV cache
-    size); the remaining 30% covers the allocator's fragmentation and the vision tower's prefill.
+    `per_row_bytes` includes the row's prefill activations (see `row_bytes`); the remaining
+    15% covers the allocator's fragmentation and the vision tower's prefill.
     """
     if per_row_bytes <= 0:
         raise EngineError(f"per-row memory must be positive, got {per_row_bytes}")
     return int(max(1, min(cap, (free_bytes * fraction) // per_row_bytes)))
 
 
+def row_bytes(config: Any, dtype_bytes: int, tokens_per_row: int) -> int:
+    """GPU bytes one row needs at its peak: its whole KV cache (prompt + new tokens) plus the
+    transient activations of one decoder layer's prefill over the prompt (attention in/out and
+    the MLP's gate, up and product planes), which dominate beside the cache during prefill."""
+    text = getattr(config, "text_config", None) or config
+    hidden = int(getattr(text, "hidden_size", 0) or 0)
+    inter = int(getattr(text, "intermediate_size", 0) or 4 * hidden)
+    tokens = max(1, int(tokens_per_row))
+    kv = kv_bytes_per_token(config, dtype_bytes) * tokens
+    act = tokens * (6 * hidden + 3 * inter) * int(dtype_bytes)
+    return int(kv + act)
+
+
 def auto_rows(model: Any, device: str, dtype_bytes: int, tokens_per_row: int, torch: Any) -> Optional[int]:
     """Rows per generate call from free CUDA memory (`torch.cuda.mem_get_info`); None off CUDA."""
     if not device.startswith("cuda"):
         return None
-    free, _total = torch.cuda.mem_get_info(torch.device(device))
-    # KV cache plus about as much again for the prefill's activations and the logits of a row.
-    per_row = 2 * kv_bytes_per_token(model.config, dtype_bytes) * max(1, tokens_per_row)
-    return rows_from_free_memory(int(free), per_row)
+    return rows_from_free_memory(free_cuda_bytes(device, torch), row_bytes(model.config, dtype_bytes, tokens_per_row))
+
+
+def free_cuda_bytes(device: str, torch: Any) -> int:
+    """Memory this process can still use on `device`: what the driver reports free plus what
+    PyTorch's caching allocator holds but no tensor uses (after a large earlier call the allocator
+    keeps tens of GB reserved, and the driver alone would report them as taken)."""
+    dev = torch.device(device)
+    free, _total = torch.cuda.mem_get_info(dev)
+    cached = int(torch.cuda.memory_reserved(dev)) - int(torch.cuda.memory_allocated(dev))
+    return int(free) + max(0, cached)
+
+
+#: The KV cache the captioner uses on CUDA when `cache="auto"` (measured, benchmarks/RESULTS.md).
+CUDA_DEFAULT_CACHE = "static"
+
+
+def resolve_cache(cache: str, device: str, compile: bool) -> str:
+    """'auto' -> static with compile (compile needs it), the measured best on CUDA, dynamic elsewhere."""
+    if cache != "auto":
+        return cache
+    if compile:
+        return "static"
+    return CUDA_DEFAULT_CACHE if device.startswith("cuda") else "dynamic"
 
 
 def reusable_vision(model: Any, batch_keys: Sequence[str]) -> bool:

@@ -1,0 +1,78 @@
+"""The single writer: commits what the executor yields, re-embeds cached captions, paces hnsw rewrites.
+
+Only this process writes the store, whatever executor produced the batches, so a job killed at any
+moment leaves whole tiles committed and the next run plans only what is missing.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from ..errors import Canceled
+from ..types import ProgressFn
+from .local import _embed_variants
+
+#: Rewrite the hnsw file at most this often while indexing. Commits are searchable without it
+#: (readers replay the store's change log), so it only bounds how much a reader has to replay.
+FLUSH_EVERY_S = 30.0
+#: ... and never spend more than 1/FLUSH_BUDGET of the job rewriting it (1.6 GB at 1M variants).
+FLUSH_BUDGET = 20.0
+
+
+def make_step(idx: Any, total: int, progress: ProgressFn) -> Callable[[int, str], None]:
+    """Progress callback for the job that also rewrites the hnsw file now and then."""
+    counter = [0]
+    last_flush = [time.monotonic()]
+    flush_every = [FLUSH_EVERY_S]
+
+    def step(n: int, msg: str) -> None:
+        counter[0] += n
+        progress(counter[0], total, msg)
+        if time.monotonic() - last_flush[0] > flush_every[0]:
+            t = time.monotonic()
+            idx.flush()
+            last_flush[0] = time.monotonic()
+            flush_every[0] = max(FLUSH_EVERY_S, FLUSH_BUDGET * (last_flush[0] - t))
+
+    return step
+
+
+def _index_one(idx, cap, emb, info, params, refs, done, step, is_canceled, executor) -> dict[str, Any]:
+    rid = info.raster_id
+    todo = [r for r in refs if r.tile_id not in done]
+    entry = {
+        "raster_id": rid, "path": info.path, "name": info.name, "tiles_planned": len(refs),
+        "tiles_new": 0, "tiles_cached": 0, "tiles_empty": 0, "variants": 0,
+    }
+    idx.set_raster_state(rid, "indexing")
+    # Captions this captioner already wrote (e.g. before an embedder switch) are only re-embedded.
+    cached = idx.cached_variants([r.tile_id for r in todo], cap.fingerprint) if todo else {}
+    by_id = {r.tile_id: r for r in todo}
+    cached_ids = [t for t in by_id if t in cached]
+    for i in range(0, len(cached_ids), 256):
+        if is_canceled():
+            raise Canceled()
+        chunk = cached_ids[i : i + 256]
+        variants = [cached[t] for t in chunk]
+        vecs = _embed_variants(emb, variants)
+        idx.add_tiles(rid, cap.fingerprint, [(by_id[t], v, e) for t, v, e in zip(chunk, variants, vecs)])
+        entry["tiles_cached"] += len(chunk)
+        entry["variants"] += sum(len(v) for v in variants)
+        step(len(chunk), f"{info.name}: re-embedding cached captions")
+    need = [r for r in todo if r.tile_id not in cached]
+    if need:
+        seen = 0
+        for batch_refs, per_tile, vecs in executor.run(info, params, need, is_canceled):
+            idx.add_tiles(rid, cap.fingerprint, list(zip(batch_refs, per_tile, vecs)))
+            seen += len(batch_refs)
+            entry["tiles_new"] += len(batch_refs)
+            entry["variants"] += sum(len(v) for v in per_tile)
+            step(len(batch_refs), f"{info.name}: captioned {entry['tiles_new']} tiles")
+        # Tiles the reader skipped as (mostly) nodata still count as progress.
+        entry["tiles_empty"] = len(need) - seen
+        if entry["tiles_empty"]:
+            step(entry["tiles_empty"], f"{info.name}: skipped {entry['tiles_empty']} empty tiles")
+    idx.retain_tiles(rid, {r.tile_id for r in refs})
+    idx.set_raster_state(rid, "indexed")
+    return entry

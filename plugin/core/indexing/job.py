@@ -1,0 +1,129 @@
+"""`index_rasters`: plan, then let an executor caption what is missing, committing as batches arrive.
+
+Indexing is incremental and resumable because the store is the only state: a tile is "done" once
+its caption variants and their embeddings are committed, so a job killed at any moment simply
+finds fewer tiles to do next time. Captions are cached per (tile id, captioner fingerprint), so a
+new embedder re-embeds without re-captioning and a captioner that has seen a tile never sees it again.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional, Sequence
+
+from ..errors import Canceled, EngineError, RasterError
+from ..rasterpath import raster_present
+from ..searcher import cached_embedder, open_index_for
+from ..types import CancelFn, ProgressFn, RasterSource, TileRef, never_canceled, no_progress
+from .commit import _index_one, make_step
+from .executor import EXECUTORS, Executor
+from .plan import _open_all, _previous_embedder, _resolve_sources, _row_band_map
+
+
+@dataclass
+class IndexReport:
+    rasters: list[dict[str, Any]] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    canceled: bool = False
+    embedder: str = ""
+    captioner: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _make_executor(name: str, cap: Any, emb: Any) -> Executor:
+    from .local import LocalExecutor
+
+    if name == "local":
+        return LocalExecutor(cap, emb)
+    raise EngineError(f"unknown executor {name!r}: use one of {', '.join(EXECUTORS)}")
+
+
+def index_rasters(
+    index_dir: str,
+    sources: Sequence[RasterSource],
+    *,
+    captioner: str = "spectral",
+    embedder: Optional[str] = None,
+    tiling: Optional[Any] = None,
+    captioner_options: Optional[dict[str, Any]] = None,
+    device: str = "auto",
+    remove_missing: bool = False,
+    executor: str = "local",
+    progress: ProgressFn = no_progress,
+    is_canceled: CancelFn = never_canceled,
+) -> IndexReport:
+    """Index `sources` into `index_dir` (created if needed); only what is not done yet is computed."""
+    from ..captioners import make_captioner
+    from ..raster import open_raster
+    from ..tiling import TilingParams, plan_tiles
+
+    t0 = time.perf_counter()
+    if executor not in EXECUTORS:
+        raise EngineError(f"unknown executor {executor!r}: use one of {', '.join(EXECUTORS)}")
+    params = tiling or TilingParams()
+    sources = _resolve_sources(sources)
+    report = IndexReport()
+    if not sources and not remove_missing:
+        raise EngineError("nothing to index: give at least one raster")
+    # Open and plan every raster before loading any model, so bad input fails in a second.
+    opened, failed_paths = _open_all(sources, params, report, open_raster, plan_tiles)
+    if sources and not opened:
+        raise RasterError("; ".join(r["error"] for r in report.rasters) or "no raster could be opened")
+    progress(0, 0, "loading embedder")
+    emb = cached_embedder(embedder, device)
+    opts = dict(captioner_options or {})
+    opts.setdefault("device", device)
+    cap = make_captioner(captioner, **opts)
+    ex = _make_executor(executor, cap, emb)
+    report.embedder, report.captioner = emb.fingerprint, cap.fingerprint
+    switched = _previous_embedder(index_dir) not in (None, emb.fingerprint)
+    idx = open_index_for(index_dir, emb, create=True, allow_new_embedder=True)
+    try:
+        known = {r["raster_id"]: r for r in idx.raster_rows()}
+        if switched:
+            # A new embedder dropped every embedding: re-embed the other indexed rasters too, from
+            # their cached captions (no re-captioning), so the whole index stays searchable.
+            asked = {s.path for s in sources}
+            extra = [
+                RasterSource(r["path"], _row_band_map(r), r.get("name"))
+                for r in known.values()
+                if r.get("path") and r["path"] not in asked and raster_present(r["path"])
+            ]
+            opened += _open_all(extra, params, report, open_raster, plan_tiles)[0]
+        planned: list[tuple[Any, list[TileRef], set[str]]] = []
+        for info, refs in opened:
+            # Same file, new content: the old tiles are stale, the new content is indexed afresh.
+            for rid, row in known.items():
+                if row.get("path") == info.path and rid != info.raster_id and rid not in report.removed:
+                    idx.remove_raster(rid)
+                    report.removed.append(rid)
+            idx.upsert_raster(info, cap.fingerprint, params.to_dict())
+            planned.append((info, refs, idx.done_tile_ids(info.raster_id, cap.fingerprint)))
+        if remove_missing:
+            # Rasters that failed to open this time are kept: nothing indexed is lost to a flaky drive.
+            keep = {info.raster_id for info, _ in opened}
+            for rid, row in known.items():
+                if rid not in keep and row.get("path") not in failed_paths and rid not in report.removed:
+                    idx.remove_raster(rid)
+                    report.removed.append(rid)
+        total = sum(len(refs) - len(done & {r.tile_id for r in refs}) for _, refs, done in planned)
+        step = make_step(idx, total, progress)
+        for info, refs, done in planned:
+            entry = _index_one(idx, cap, emb, info, params, refs, done, step, is_canceled, ex)
+            report.rasters.append(entry)
+        report.seconds = time.perf_counter() - t0
+        progress(total, total, "done")
+        return report
+    except Canceled:
+        report.canceled = True
+        raise
+    finally:
+        try:
+            idx.flush()
+        finally:
+            idx.close()
+            ex.close()
