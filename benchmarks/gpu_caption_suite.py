@@ -196,8 +196,9 @@ class Suite:
         self.base = out
         return out
 
-    def k1(self, cache: str, n: int, compile: bool = False, tag: str = "") -> dict[str, Any]:
-        cap = self.captioner(1, cache=cache, compile=compile, batch_size=min(n, 10**6) if n <= self.n else None)
+    def k1(self, cache: str, n: int, compile: bool = False, max_rows: Any = None) -> dict[str, Any]:
+        cap = self.captioner(1, cache=cache, compile=compile, batch_size=min(n, 10**6) if n <= self.n else max_rows,
+                             max_rows=max_rows)
         tiles = self.tiles[:n]
         r: dict[str, Any] = {}
         if compile:  # compile (and capture graphs) outside the timing, on a call of the timed shape
@@ -284,6 +285,7 @@ def main(argv: Any = None) -> int:
     ap.add_argument("--k5-tiles", type=int, default=None, help="tiles for the K=5 runs (GPU 64)")
     ap.add_argument("--e2e-tiles", type=int, default=None, help="tiles end to end (GPU 256)")
     ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--max-rows", type=int, default=None, help="rows per call for k1_big (default: from free memory)")
     ap.add_argument("--best-cache", choices=("dynamic", "static"), default=None, help="cache for k5/e2e (default: faster of k1)")
     ap.add_argument("--raster", default=None)
     ap.add_argument("--embedder", default=None, help="sentence-transformers folder (default: the packaged MiniLM)")
@@ -309,7 +311,7 @@ def main(argv: Any = None) -> int:
         ("plain", 60, s.plain),
         ("k1_dynamic", 20, lambda: s.k1("dynamic", s.n)),
         ("k1_static", 20, lambda: s.k1("static", s.n)),
-        ("k1_big", 60, lambda: s.k1(a.best_cache or s.best_cap.cache, a.big_tiles)),
+        ("k1_big", 60, lambda: s.k1(a.best_cache or s.best_cap.cache, a.big_tiles, max_rows=a.max_rows)),
         ("k5", 60, s.k5),
         ("greedy_fp32", 30, s.greedy_fp32),
         ("e2e", 60, s.e2e),

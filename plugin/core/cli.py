@@ -46,6 +46,16 @@ def _overlap(text: str) -> float:
     return v
 
 
+def _seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive number of seconds")
+    return v
+
+
 def _bbox(text: str) -> tuple[float, float, float, float]:
     try:
         vals = tuple(float(v) for v in text.split(","))
@@ -121,6 +131,10 @@ def cmd_index(args: argparse.Namespace) -> int:
         opts["batch_size"] = args.batch_size
     if args.max_new_tokens:
         opts["max_new_tokens"] = args.max_new_tokens
+    if args.connect_timeout is not None:
+        opts["connect_timeout_s"] = args.connect_timeout
+    if args.tile_deadline is not None:
+        opts["tile_deadline_s"] = args.tile_deadline
     if args.api_key_env:
         key = os.environ.get(args.api_key_env)
         if not key:
@@ -238,6 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
     pi.add_argument("--max-new-tokens", type=int, default=None)
     pi.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     pi.add_argument("--api-key-env", default=None, help="environment variable holding the OpenAI-compatible API key")
+    pi.add_argument("--connect-timeout", type=_seconds, default=None, metavar="S",
+                    help="openai captioner: seconds to wait for a connection to the server (default 5)")
+    pi.add_argument("--tile-deadline", type=_seconds, default=None, metavar="S",
+                    help="openai captioner: seconds one tile may take, retries included (default 120)")
     pi.add_argument("--remove-missing", action="store_true", help="drop indexed rasters not listed here")
     pi.add_argument("--format", choices=("table", "json"), default="table")
     pi.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -281,7 +299,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _undecodable(argv: Sequence[str]) -> Optional[str]:
+    """The first argument holding bytes that are not UTF-8 (Python keeps them as lone surrogates)."""
+    for a in argv:
+        try:
+            a.encode("utf-8")
+        except UnicodeEncodeError:
+            try:
+                raw = a.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError:
+                raw = a.encode("utf-8", "backslashreplace")
+            return raw.decode("utf-8", "backslashreplace")
+    return None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    bad = _undecodable(sys.argv[1:] if argv is None else argv)
+    if bad is not None:
+        print(f"error: argument '{bad}' is not valid UTF-8 text (use a UTF-8 locale, or rename the file)", file=sys.stderr)
+        return EXIT_ERROR
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

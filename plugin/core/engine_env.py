@@ -27,7 +27,9 @@ from .types import CancelFn, ProgressFn, never_canceled, no_progress  # numpy-fr
 REQUIREMENTS_FILE = str(Path(__file__).with_name("engine_requirements.txt"))
 PROBE_SCRIPT = str(Path(__file__).with_name("engine_probe.py"))
 #: torch releases tested with the engine (installed alone first, so the right build is chosen).
-TORCH_SPEC = "torch>=2.4,<2.15"
+#: The floor is a security floor: torch < 2.6 loads .bin weights without weights_only protection,
+#: and the weights-only unpickler itself was hardened in 2.10 (GHSA-63cw-57p8-fm3p).
+TORCH_SPEC = "torch>=2.10,<2.15"
 TORCH_INDEX = "https://download.pytorch.org/whl/"
 #: CUDA build of torch installed by default; cu128 wheels exist for torch 2.7+ on Windows and Linux.
 DEFAULT_CUDA_TAG = "cu128"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import unicodedata
 from typing import Any, Optional, Sequence
 
 from .errors import IndexStoreError, QueryError
@@ -11,6 +12,18 @@ from .types import Hit
 
 #: Queries are cut to this many characters: embedders only see their first few hundred tokens anyway.
 MAX_QUERY_CHARS = 4000
+
+
+def clean_query(query: Optional[str]) -> str:
+    """The query with control, format and unpaired-surrogate characters blanked and the ends trimmed.
+
+    A query of only such characters is empty (it used to reach the embedder and return noise);
+    tokenizers drop them anyway, so a query that has words in it embeds as before.
+    """
+    text = str(query or "")
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Cs") for c in text):
+        text = "".join(" " if unicodedata.category(c) in ("Cc", "Cf", "Cs") else c for c in text)
+    return text.strip()
 
 
 _EMBEDDERS: dict[tuple[Optional[str], str], Any] = {}
@@ -104,7 +117,7 @@ class Searcher:
         ("RASTER:COL,ROW[,SCALE]"), for similarity to that tile (the query text is then ignored)."""
         from .query import parse_query
 
-        text = (query or "").strip()
+        text = clean_query(query)
         if not text and not like:
             raise QueryError("the query is empty: describe what you are looking for, e.g. 'sandy beach next to the sea'")
         if top < 1:

@@ -28,6 +28,7 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 
 from .errors import Canceled, RasterError, TilingError
+from .geodesy import window_pixel_m
 from .raster import RasterInfo
 from .raster_io import read_bands_lazy
 from .types import CancelFn, PixelWindow, ProgressFn, TileImage, TileRef, never_canceled, no_progress
@@ -232,7 +233,8 @@ def _finish(info: RasterInfo, ref: TileRef, fetched: tuple[np.ndarray, Optional[
     all_valid = n_valid == valid.size
     if not all_valid:
         raw[:, ~valid] = np.nan
-    px = None if info.pixel_size is None else info.pixel_size * ref.window.width / shape[1]
+    win = ref.window
+    px = window_pixel_m(info.crs_wkt, info.transform, win.col_off, win.row_off, win.width, win.height, shape)
     tile = TileImage(
         ref=ref, rgb=renderer.rgb(data, valid, all_valid), raw=raw, valid=valid,
         has_nir=info.band_map.nir is not None, pixel_size=px,

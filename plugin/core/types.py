@@ -124,7 +124,7 @@ class TileImage:
     valid: np.ndarray
     #: True when `raw` has a NIR plane (band map with NIR).
     has_nir: bool = False
-    #: Ground size of one output pixel in CRS units (None when the raster has no CRS).
+    #: Ground size of one output pixel in metres, geodesic for any CRS (None when the raster has no CRS).
     pixel_size: Optional[float] = None
 
 

@@ -55,6 +55,12 @@ class IndexOptionsWidget(QWidget):
         f_oa.addRow("Server URL", self.url_edit)
         f_oa.addRow("Model", self.server_model_edit)
         f_oa.addRow("API key", self.auth_select)
+        self.connect_spin, self.deadline_spin = _server_time_spins(self)
+        waits = QHBoxLayout()
+        waits.addWidget(self.connect_spin)
+        waits.addWidget(QLabel("tile deadline", self))
+        waits.addWidget(self.deadline_spin)
+        f_oa.addRow("Connect timeout", waits)
         self.pages.addWidget(page_oa)
 
         self.variants_spin = QSpinBox(self)
@@ -103,6 +109,8 @@ class IndexOptionsWidget(QWidget):
         self.url_edit.setText(o.server_url)
         self.server_model_edit.setText(o.server_model)
         _set_authcfg(self.auth_select, o.authcfg)
+        self.connect_spin.setValue(float(o.connect_timeout_s))
+        self.deadline_spin.setValue(float(o.tile_deadline_s))
         self.variants_spin.setValue(int(o.variants))
         self.batch_spin.setValue(int(o.batch_size))
         self.embedder_edit.setText(o.embedder)
@@ -120,6 +128,8 @@ class IndexOptionsWidget(QWidget):
             server_url=self.url_edit.text().strip(),
             server_model=self.server_model_edit.text().strip(),
             authcfg=_get_authcfg(self.auth_select),
+            connect_timeout_s=self.connect_spin.value(),
+            tile_deadline_s=self.deadline_spin.value(),
             variants=self.variants_spin.value(),
             batch_size=self.batch_spin.value(),
             embedder=self.embedder_edit.text().strip(),
@@ -135,6 +145,20 @@ class IndexOptionsWidget(QWidget):
         # the spectral captioner has no settings: no empty block in the form
         self.pages.setVisible(kind in ("transformers", "openai"))
         self.variants_spin.setEnabled(kind != "spectral")
+
+
+def _server_time_spins(parent: QWidget) -> tuple[QDoubleSpinBox, QDoubleSpinBox]:
+    """Connect timeout and per-tile deadline of an OpenAI-compatible server, in seconds."""
+    connect = QDoubleSpinBox(parent)
+    connect.setRange(0.5, 120.0)
+    connect.setSuffix(" s")
+    connect.setToolTip("Seconds to wait for a connection: a server that is down fails the job this fast")
+    deadline = QDoubleSpinBox(parent)
+    deadline.setRange(1.0, 3600.0)
+    deadline.setDecimals(0)
+    deadline.setSuffix(" s")
+    deadline.setToolTip("Seconds one tile may take, retries included (raise it for a slow CPU server)")
+    return connect, deadline
 
 
 def _make_auth_select(parent: QWidget) -> QWidget:

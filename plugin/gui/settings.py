@@ -27,6 +27,8 @@ class IndexOptions:
     server_url: str = "http://localhost:11434/v1"
     server_model: str = ""
     authcfg: str = ""
+    connect_timeout_s: float = 5.0  # openai server: seconds to connect
+    tile_deadline_s: float = 120.0  # openai server: seconds per tile, retries included
     variants: int = 5
     batch_size: int = 0  # tiles per captioner call; 0 = the captioner's default
     embedder: str = ""
@@ -70,6 +72,9 @@ class IndexOptions:
             captioner_options["variants"] = int(self.variants)
         if int(self.batch_size) > 0:
             captioner_options["batch_size"] = int(self.batch_size)
+        if spec.startswith("openai:"):
+            captioner_options["connect_timeout_s"] = max(0.5, float(self.connect_timeout_s))
+            captioner_options["tile_deadline_s"] = max(1.0, float(self.tile_deadline_s))
         if spec.startswith("openai:") and self.authcfg:
             key = api_key_from_auth(self.authcfg)
             if key:

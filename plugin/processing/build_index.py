@@ -37,6 +37,7 @@ def parse_scales(text: str) -> list[int]:
 class BuildIndexAlgorithm(QgsProcessingAlgorithm):
     LAYERS, CAPTIONER, EMBEDDER, TILE_SIZE, OVERLAP, SCALES = "LAYERS", "CAPTIONER", "EMBEDDER", "TILE_SIZE", "OVERLAP", "SCALES"
     VARIANTS, AUTHCFG, DEVICE, REMOVE_MISSING, OUTPUT = "VARIANTS", "AUTHCFG", "DEVICE", "REMOVE_MISSING", "OUTPUT"
+    CONNECT_TIMEOUT, TILE_DEADLINE = "CONNECT_TIMEOUT", "TILE_DEADLINE"
 
     def __init__(self) -> None:
         super().__init__()
@@ -85,6 +86,10 @@ class BuildIndexAlgorithm(QgsProcessingAlgorithm):
             QgsProcessingParameterAuthConfig(self.AUTHCFG, "API key (authentication configuration)", optional=True),
             QgsProcessingParameterString(self.DEVICE, "Device (auto, cpu, cuda, mps)", defaultValue="auto"),
             QgsProcessingParameterBoolean(self.REMOVE_MISSING, "Remove rasters not listed here", defaultValue=False),
+            QgsProcessingParameterNumber(self.CONNECT_TIMEOUT, "Server connect timeout (s, openai captioner)",
+                                         QgsProcessingParameterNumber.Double, 5.0, minValue=0.5, maxValue=120.0),
+            QgsProcessingParameterNumber(self.TILE_DEADLINE, "Server deadline per tile (s, openai captioner)",
+                                         QgsProcessingParameterNumber.Double, 120.0, minValue=1.0, maxValue=3600.0),
         ]
         for p in advanced:
             p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
@@ -107,6 +112,9 @@ class BuildIndexAlgorithm(QgsProcessingAlgorithm):
         variants = self.parameterAsInt(parameters, self.VARIANTS, context)
         if variants and captioner != "spectral":
             opts["variants"] = variants
+        if captioner.startswith("openai:"):
+            opts["connect_timeout_s"] = self.parameterAsDouble(parameters, self.CONNECT_TIMEOUT, context)
+            opts["tile_deadline_s"] = self.parameterAsDouble(parameters, self.TILE_DEADLINE, context)
         key = api_key(self.parameterAsString(parameters, self.AUTHCFG, context))
         if key:
             opts["api_key"] = key

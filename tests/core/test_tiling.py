@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
@@ -156,12 +157,12 @@ def test_scales_2_and_4_cover_2x_and_4x(folder: str) -> None:
         for s in (2, 4):
             t = tiles[by[s][1].tile_id]
             assert t.rgb.shape == (128, 128, 3) and t.raw.shape == (3, 128, 128)
-            assert t.pixel_size == pytest.approx(10.0 * s)
+            assert t.pixel_size == pytest.approx(10.0 * s, rel=1e-3)  # geodesic metres (UTM scale ~0.9996)
             w = t.ref.window
             full = ds.read([1, 2, 3], window=Window(w.col_off, w.row_off, w.width, w.height)).astype(np.float64)
             block_mean = full.reshape(3, 128, s, 128, s).mean(axis=(2, 4))
             assert np.abs(t.raw - block_mean).max() <= 2.0  # averaged, from the overviews
-    assert tiles[by[1][0].tile_id].pixel_size == pytest.approx(10.0)
+    assert tiles[by[1][0].tile_id].pixel_size == pytest.approx(10.0, rel=1e-3)
 
 
 def test_uint16_tiles_raw_rgb_and_nir(folder: str) -> None:
@@ -238,7 +239,10 @@ def test_one_band_gray_and_geographic(folder: str) -> None:
     np.testing.assert_array_equal(t.raw[0], t.raw[2])
     geo = open_raster(rasters.geographic(folder))
     gt = list(iter_tiles(geo, TilingParams(tile_size=120)))
-    assert len(gt) == 4 and gt[0].pixel_size == pytest.approx(0.0001)
+    # Ground size in metres, not degrees: 0.0001 deg is ~11.1 m north-south and ~7.7 m east-west at 46.5 N.
+    lat = math.radians(46.5 - 60 * 0.0001)
+    spherical = math.sqrt((6371008.8 * math.radians(1e-4)) ** 2 * math.cos(lat))
+    assert len(gt) == 4 and gt[0].pixel_size == pytest.approx(spherical, rel=5e-3)
     lon, lat = gt[0].ref.footprint[0]
     assert (lon, lat) == pytest.approx((11.0, 46.5))
 
@@ -250,7 +254,7 @@ def test_refs_subset_cancel_and_out_size(folder: str) -> None:
     sub = [refs[3], refs[0]]
     got = list(iter_tiles(info, params, refs=sub))
     assert [t.ref.tile_id for t in got] == [refs[3].tile_id, refs[0].tile_id]
-    assert got[0].rgb.shape == (32, 32, 3) and got[0].pixel_size == pytest.approx(20.0)
+    assert got[0].rgb.shape == (32, 32, 3) and got[0].pixel_size == pytest.approx(20.0, rel=1e-3)
     seen: list[str] = []
     with pytest.raises(Canceled):
         for t in iter_tiles(info, params, is_canceled=lambda: len(seen) >= 2):
@@ -304,7 +308,7 @@ def test_real_sentinel2_scene(s2_dir: Path, tmp_path: Path) -> None:
 def test_real_neon_rgb(neon_tif: Path) -> None:
     info = open_raster(str(neon_tif))
     tiles = list(iter_tiles(info, TilingParams(tile_size=200)))
-    assert len(tiles) == 4 and all(t.pixel_size == pytest.approx(0.1) for t in tiles)
+    assert len(tiles) == 4 and all(t.pixel_size == pytest.approx(0.1, rel=2e-3) for t in tiles)
     with rasterio.open(neon_tif) as ds:
         full = ds.read()
     for t in tiles:

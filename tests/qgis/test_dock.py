@@ -239,7 +239,7 @@ def test_api_key_goes_to_the_auth_database_never_to_settings(qgis_iface):
     save_index_options(opts)
     engine = load_index_options().to_engine()
     assert engine["captioner"] == "openai:http://127.0.0.1:9/v1#tiny-vlm"
-    assert engine["captioner_options"] == {"variants": 3, "api_key": secret}
+    assert engine["captioner_options"] == {"variants": 3, "api_key": secret, "connect_timeout_s": 5.0, "tile_deadline_s": 120.0}
     settings_file = QgsSettings().fileName()
     QgsSettings().sync()
     assert secret not in open(settings_file, encoding="utf-8", errors="replace").read()

@@ -8,14 +8,14 @@ backends are imported only when asked for, so the spectral path never imports to
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from ..errors import EngineError
-from ..types import Captioner
+from ..types import CancelFn, Captioner
 from .prompts import get_preset
 from .spectral import SpectralCaptioner, spectral_facts
 
-__all__ = ["make_captioner", "spectral_facts", "SpectralCaptioner"]
+__all__ = ["bind_captioner", "make_captioner", "preflight_captioner", "spectral_facts", "SpectralCaptioner"]
 
 
 def make_captioner(
@@ -64,6 +64,28 @@ def make_captioner(
             batch_size=batch_size, max_new_tokens=max_new_tokens, **options,
         )
     raise EngineError(f"unknown captioner {spec!r}; use spectral, transformers:<model> or openai:<base_url>#<model>")
+
+
+def preflight_captioner(spec: str, options: dict[str, Any], status: Callable[[str], None], is_canceled: CancelFn) -> None:
+    """Cheap checks before any model loads: an `openai:` server that is down, refuses the key or
+    never answers fails here in seconds (with progress "waiting for the captioner server ...")."""
+    kind = (spec or "spectral").strip().partition(":")[0].strip().lower()
+    if kind != "openai":
+        return
+    cap = make_captioner(spec, **options)
+    status("checking the captioner server")
+    try:
+        bind_captioner(cap, status, is_canceled)
+        cap.check_server()  # type: ignore[attr-defined]
+    finally:
+        cap.close()  # type: ignore[attr-defined]
+
+
+def bind_captioner(cap: Any, status: Callable[[str], None], is_canceled: CancelFn) -> None:
+    """Hand a captioner that waits on a server the job's status line and cancel flag."""
+    bind = getattr(cap, "bind", None)
+    if bind is not None:
+        bind(status, is_canceled)
 
 
 _COMMON = {"variants", "preset", "device", "dtype", "batch_size", "api_key", "max_new_tokens"}

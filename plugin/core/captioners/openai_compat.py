@@ -9,25 +9,38 @@ CaptionerError naming the status and the server's own message, since retrying ca
 from __future__ import annotations
 
 import base64
+import http.client
 import io
 import json
 import logging
 import random
+import socket
 import time
 import urllib.error
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Optional, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, wait
+from typing import Any, Callable, Optional, Sequence
 
-from ..errors import CaptionerError, EngineError
-from ..types import CaptionVariant, TileImage
+from ..errors import Canceled, CaptionerError, EngineError
+from ..types import CancelFn, CaptionVariant, TileImage, never_canceled
 from .base import assemble_variants, fingerprint, tile_image
+from .openai_http import Aborted, Connections, DaemonPool, describe, one_line, open_url, warn_plain_http_key
 from .prompts import PROMPT_VERSION, SYSTEM, get_preset, variant_prompt
 from .spectral import SpectralCaptioner, spectral_facts
 
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES = {408, 409, 425, 429, 500, 502, 503, 504}
+#: A server that does not accept the connection within this is down (settable: connect_timeout_s).
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
+#: All K variants of one tile, retries included, must be answered within this (tile_deadline_s).
+DEFAULT_TILE_DEADLINE_S = 120.0
+#: The server check: attempts on connection errors, first backoff (doubling), read timeout.
+CHECK_ATTEMPTS = 4
+CHECK_BACKOFF_S = 0.5
+CHECK_READ_TIMEOUT_S = 10.0
+#: How often the waiting thread looks at cancel, deadlines and retry messages.
+POLL_S = 0.1
 
 
 def png_data_url(tile: TileImage) -> str:
@@ -38,17 +51,7 @@ def png_data_url(tile: TileImage) -> str:
 
 
 def _server_message(body: bytes) -> str:
-    text = body.decode("utf-8", "replace").strip()
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return text[:300]
-    err = data.get("error") if isinstance(data, dict) else None
-    if isinstance(err, dict):
-        return str(err.get("message") or err)[:300]
-    if err:
-        return str(err)[:300]
-    return (str(data.get("message") or data.get("detail") or text) if isinstance(data, dict) else text)[:300]
+    return one_line(body)
 
 
 def _retry_after(headers: Any) -> Optional[float]:
@@ -67,6 +70,7 @@ class OpenAICaptioner:
         api_key: Optional[str] = None, batch_size: Optional[int] = None, max_new_tokens: Optional[int] = None,
         concurrency: int = 4, timeout_s: float = 120.0, max_retries: int = 5, backoff_s: float = 1.0,
         max_backoff_s: float = 60.0, temperature: float = 0.7, seed: int = 0, append_facts: bool = True,
+        connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S, tile_deadline_s: float = DEFAULT_TILE_DEADLINE_S,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise EngineError(f"openai captioner: base URL {base_url!r} must start with http:// or https://")
@@ -81,14 +85,31 @@ class OpenAICaptioner:
         self.timeout_s, self.max_retries = float(timeout_s), max(0, int(max_retries))
         self.backoff_s, self.max_backoff_s = float(backoff_s), float(max_backoff_s)
         self.temperature, self.seed, self.append_facts = float(temperature), int(seed), bool(append_facts)
+        self.connect_timeout_s = _positive("connect_timeout_s", connect_timeout_s)
+        self.tile_deadline_s = _positive("tile_deadline_s", tile_deadline_s)
         # The server decides the revision; the base URL stands in for it (another server may serve
         # another build of the same model name).
         self.fingerprint = fingerprint(
             "openai", model, self.base_url, PROMPT_VERSION, variants=self.variants, max_tokens=self.max_new_tokens,
             temperature=self.temperature, seed=self.seed, facts=int(self.append_facts),
         )
+        if api_key:
+            warn_plain_http_key(self.base_url)
         self._fallback = SpectralCaptioner(variants=self.variants)
-        self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="openai-captioner")
+        self._pool = DaemonPool(self.concurrency, "openai-captioner")
+        self._status: Callable[[str], None] = lambda message: None
+        self._is_canceled: CancelFn = never_canceled
+        self._note: Optional[str] = None  # latest retry message, reported by the waiting thread
+
+    def bind(self, status: Callable[[str], None], is_canceled: CancelFn) -> None:
+        """Where retry messages go (the job's progress line) and how cancel is asked for."""
+        self._status, self._is_canceled = status, is_canceled
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        return headers
 
     def request_body(self, image_url: str, k: int) -> dict[str, Any]:
         """The chat-completions request of variant `k` (greedy for k = 0, seeded sampling otherwise)."""
@@ -107,59 +128,139 @@ class OpenAICaptioner:
             "stream": False,
         }
 
-    def _post(self, body: dict[str, Any]) -> str:
+    # -- the server check ---------------------------------------------------------------------
+
+    def check_server(self) -> None:
+        """`GET <base>/models` before anything is loaded: a server that is down, refuses the key or
+        never answers fails the job in seconds, with one line saying which."""
+        conns = Connections()
+        future = self._pool.submit(self._check, conns)
+        self._wait({future: -1}, conns, {})
+
+    def _check(self, conns: Connections) -> None:
+        url = self.base_url + "/models"
+        read_timeout = max(CHECK_READ_TIMEOUT_S, self.connect_timeout_s)
+        for attempt in range(1, CHECK_ATTEMPTS + 1):
+            req = urllib.request.Request(url, headers=self._headers(), method="GET")
+            try:
+                status, body, _ = open_url(req, conns, self.connect_timeout_s, read_timeout)
+            except (socket.timeout, TimeoutError):
+                raise CaptionerError(
+                    f"captioner server {self.base_url} accepted the connection but sent no answer to GET /models "
+                    f"within {read_timeout:g} s"
+                ) from None
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+                problem = describe(exc)
+            else:
+                if status in (401, 403):
+                    what = "refused the API key" if self.api_key else "needs an API key (--api-key-env)"
+                    raise CaptionerError(f"captioner server {self.base_url} {what}: HTTP {status}: {_server_message(body)}")
+                if status < 500:
+                    return  # up (a 404 only means the server does not list its models)
+                problem = f"HTTP {status}: {_server_message(body)}"
+            if attempt == CHECK_ATTEMPTS:
+                raise CaptionerError(f"captioner server {self.base_url} is not reachable after {attempt} attempts: {problem}")
+            self._note = f"waiting for the captioner server (attempt {attempt + 1} of {CHECK_ATTEMPTS}): {problem}"
+            if conns.aborted.wait(CHECK_BACKOFF_S * 2 ** (attempt - 1)):
+                raise Aborted()
+
+    # -- captioning -----------------------------------------------------------------------------
+
+    def _post(self, body: dict[str, Any], tile: int, starts: dict[int, float], conns: Connections) -> str:
         data = json.dumps(body).encode("utf-8")
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        attempt = 0
-        while True:
-            req = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
+        deadline = starts.setdefault(tile, time.monotonic()) + self.tile_deadline_s
+        attempts = self.max_retries + 1
+        for attempt in range(1, attempts + 1):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise self._deadline_error()
+            req = urllib.request.Request(self.url, data=data, headers=self._headers(), method="POST")
             wait: Optional[float] = None
             try:
-                with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                    payload = resp.read()
-                return self._content(payload)
-            except urllib.error.HTTPError as exc:
-                body_bytes = exc.read() if exc.fp is not None else b""
-                if exc.code not in RETRY_STATUSES:
-                    raise CaptionerError(
-                        f"openai server {self.url} refused the request: HTTP {exc.code}: {_server_message(body_bytes) or exc.reason}"
-                    ) from None
-                problem = f"HTTP {exc.code}: {_server_message(body_bytes) or exc.reason}"
-                wait = _retry_after(exc.headers)
-            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
-                problem = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
-            if attempt >= self.max_retries:
-                raise CaptionerError(f"openai server {self.url} failed after {attempt + 1} attempts: {problem}")
+                status, payload, headers = open_url(req, conns, self.connect_timeout_s, min(self.timeout_s, remaining))
+            except (socket.timeout, TimeoutError):
+                if time.monotonic() >= deadline - 0.05:
+                    raise self._deadline_error() from None
+                problem = f"no answer within {min(self.timeout_s, remaining):g} s"
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+                problem = describe(exc)
+            else:
+                if 200 <= status < 300:
+                    return self._content(payload)
+                if status not in RETRY_STATUSES:
+                    raise CaptionerError(f"openai server {self.url} refused the request: HTTP {status}: {_server_message(payload)}")
+                problem = f"HTTP {status}: {_server_message(payload)}"
+                wait = _retry_after(headers)
+            if attempt == attempts:
+                raise CaptionerError(f"openai server {self.url} failed after {attempt} attempts: {problem}")
             if wait is None:
-                wait = self.backoff_s * (2**attempt) * (1 + 0.1 * random.random())
-            wait = min(wait, self.max_backoff_s)
-            log.warning("openai captioner: %s; retrying in %.1f s", problem, wait)
-            time.sleep(wait)
-            attempt += 1
+                wait = self.backoff_s * (2 ** (attempt - 1)) * (1 + 0.1 * random.random())
+            wait = max(0.0, min(wait, self.max_backoff_s, deadline - time.monotonic()))
+            self._note = f"waiting for the captioner server (attempt {attempt + 1} of {attempts}): {problem}"
+            log.debug("openai captioner: %s; retrying in %.1f s", problem, wait)
+            if conns.aborted.wait(wait):
+                raise Aborted()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _deadline_error(self) -> CaptionerError:
+        return CaptionerError(
+            f"openai server {self.url} did not caption a tile within {self.tile_deadline_s:g} s "
+            "(raise the tile deadline for a slow server: --tile-deadline)"
+        )
 
     def _content(self, payload: bytes) -> str:
         try:
             data = json.loads(payload.decode("utf-8"))
             content = data["choices"][0]["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError):
-            raise CaptionerError(f"openai server {self.url} sent a response without choices[0].message.content: {payload[:200]!r}") from None
+            what = "an empty response" if not payload.strip() else f"a response without choices[0].message.content: {one_line(payload, 120)}"
+            raise CaptionerError(f"openai server {self.url} sent {what}") from None
         if isinstance(content, list):  # some servers return content parts
             content = " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
         return str(content or "")
 
+    def _wait(self, futures: dict[Future, int], conns: Connections, starts: dict[int, float]) -> None:
+        """Wait for `futures` (value = tile index) while honouring cancel and the tile deadline.
+
+        The first failure aborts every other request of the batch (their sockets are shut down),
+        so nothing keeps retrying or printing after the error; cancel returns within ~0.1 s.
+        """
+        pending = set(futures)
+        open_per_tile: dict[int, int] = {}
+        for t in futures.values():
+            open_per_tile[t] = open_per_tile.get(t, 0) + 1
+        try:
+            while pending:
+                done, pending = wait(pending, timeout=POLL_S, return_when=FIRST_EXCEPTION)
+                for f in done:
+                    exc = f.exception()
+                    if exc is not None and not isinstance(exc, Aborted):
+                        raise exc
+                    open_per_tile[futures[f]] -= 1
+                note, self._note = self._note, None
+                if note:
+                    self._status(note)
+                if self._is_canceled():
+                    raise Canceled()
+                now = time.monotonic()
+                if any(n > 0 and now > starts.get(t, now) + self.tile_deadline_s + 1.0 for t, n in open_per_tile.items()):
+                    raise self._deadline_error()
+        except BaseException:
+            conns.abort()
+            for f in futures:
+                f.cancel()
+            raise
+
     def caption(self, tiles: Sequence[TileImage]) -> list[list[CaptionVariant]]:
         """K variants per tile, in input order; requests run `concurrency` at a time."""
         urls = [png_data_url(t) for t in tiles]
-        jobs = [(i, k) for i in range(len(tiles)) for k in range(self.variants)]
-        futures = {job: self._pool.submit(self._post, self.request_body(urls[job[0]], job[1])) for job in jobs}
-        try:
-            answers = {job: f.result() for job, f in futures.items()}
-        except BaseException:
-            for f in futures.values():
-                f.cancel()
-            raise
+        conns, starts = Connections(), {}  # type: ignore[var-annotated]
+        futures = {
+            (i, k): self._pool.submit(self._post, self.request_body(urls[i], k), i, starts, conns)
+            for i in range(len(tiles)) for k in range(self.variants)
+        }
+        self._wait({f: job[0] for job, f in futures.items()}, conns, starts)
+        answers = {job: f.result() for job, f in futures.items()}
         out = []
         for i, tile in enumerate(tiles):
             facts = spectral_facts(tile) if self.append_facts and tile.has_nir else ""
@@ -168,5 +269,15 @@ class OpenAICaptioner:
         return out
 
     def close(self) -> None:
-        """Stop the request threads."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Stop the request threads (daemon threads: a stuck one never delays the exit)."""
+        self._pool.shutdown()
+
+
+def _positive(name: str, value: Any) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise EngineError(f"openai captioner: {name} must be a number of seconds, got {value!r}") from None
+    if not v > 0:
+        raise EngineError(f"openai captioner: {name} must be positive, got {value!r}")
+    return v

@@ -16,7 +16,7 @@ from ..types import CaptionVariant, TileImage
 from .spectral_measure import Finding, Measures, measure
 
 #: Bump when the wording or the thresholds change: it is part of the caption cache key.
-SPECTRAL_VERSION = "5"
+SPECTRAL_VERSION = "6"  # 6: ground sizes in geodesic metres (EPSG:4326 said "0 m")
 DEFAULT_VARIANTS = 5
 
 _NAMES = {

@@ -22,6 +22,7 @@ from typing import Any, Optional, Sequence
 
 from ..errors import CaptionerError, EngineError, ModelUnavailableError
 from ..types import CaptionVariant, TileImage
+from . import vlm_families
 from .base import (
     assemble_variants,
     fingerprint,
@@ -37,10 +38,6 @@ from .spectral import SpectralCaptioner, spectral_facts
 from .vlm_batching import GreedyRows, auto_rows, encode_images_once, plan_rows, resolve_cache, reusable_vision
 
 log = logging.getLogger(__name__)
-
-#: Processors of these model types want one list of images per prompt.
-_NESTED_IMAGES = {"idefics", "idefics2", "idefics3", "smolvlm", "mllama"}
-
 
 def _looks_like_path(name: str) -> bool:
     return name.startswith(("/", ".", "~")) or os.path.isabs(name) or name.count("/") > 1 or "\\" in name
@@ -61,7 +58,8 @@ def _load(
     if revision and not local:
         kw["revision"] = revision
     try:
-        processor = transformers.AutoProcessor.from_pretrained(source, **kw)
+        config = vlm_families.check_config(name, source, kw)  # one-line refusals of what cannot caption
+        processor = vlm_families.load_processor(name, source, config, kw)
     except (OSError, ValueError, KeyError) as exc:
         where = "offline (HF_HUB_OFFLINE is set; download it first or give a local folder)" if offline() and not local else ""
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -95,7 +93,7 @@ class TransformersCaptioner:
         self, model: str, *, variants: Optional[int] = None, preset: str = "rsrt", device: str = "auto",
         dtype: str = "auto", batch_size: Optional[int] = None, max_new_tokens: Optional[int] = None,
         temperature: float = 0.7, top_p: float = 0.9, seed: int = 0, append_facts: bool = True,
-        revision: Optional[str] = None, trust_remote_code: bool = False, max_rows: Optional[int] = None,
+        revision: Optional[str] = None, max_rows: Optional[int] = None,
         fuse_variants: bool = True, reuse_vision: bool = False, attn_implementation: str = "auto",
         compile: bool = False, cache: str = "auto", prefetch: bool = True,
     ) -> None:
@@ -125,7 +123,7 @@ class TransformersCaptioner:
         self.prefetch = bool(prefetch)
         self.name = model
         preloaded = self.__dict__.pop("_preloaded", None)
-        self.processor, self.model, source = preloaded or _load(model, revision, self.dtype, trust_remote_code, attn_implementation)
+        self.processor, self.model, source = preloaded or _load(model, revision, self.dtype, False, attn_implementation)  # remote code never runs
         self.model.to(self.device).eval()
         # transformers picks SDPA by itself where the architecture supports it ("auto").
         self.attn_implementation = str(getattr(self.model.config, "_attn_implementation", None) or "eager")
@@ -139,6 +137,7 @@ class TransformersCaptioner:
         template = getattr(self.processor, "chat_template", None) or getattr(tok, "chat_template", None)
         self.chat = bool(template)
         self.model_type = str(getattr(self.model.config, "model_type", ""))
+        self.cache = vlm_families.cache_for(model, self.model_type, self.cache, asked=cache == "static" or self.compile)
         self._prompts: dict[int, str] = {}
         self._prompt_lens: dict[int, int] = {}
         self._size_batch(batch_size, max_rows)
@@ -182,14 +181,14 @@ class TransformersCaptioner:
         blank = Image.new("RGB", (64, 64))
         if not self.chat:
             return 64
-        imgs: Any = [[blank]] if self.model_type in _NESTED_IMAGES else [blank]
+        imgs = vlm_families.images_arg(self.model_type, [blank])
         return int(self.processor(images=imgs, text=[self._prompt(0)], return_tensors="pt")["input_ids"].shape[1])
 
     # -- prompts ------------------------------------------------------------------------------
     def _prompt(self, k: int) -> str:
         if k not in self._prompts:
             messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": f"{SYSTEM} {variant_prompt(k)}"}]}]
-            self._prompts[k] = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            self._prompts[k] = vlm_families.chat_prompt(self.processor, messages)
         return self._prompts[k]
 
     def _prompt_len(self, k: int) -> int:
@@ -207,7 +206,7 @@ class TransformersCaptioner:
         This is the CPU half of a generate call: `generate_texts` runs it for the next call in a
         background thread while the GPU decodes the current one (`prefetch`)."""
         if self.chat:
-            imgs: Any = [[im] for im in images] if self.model_type in _NESTED_IMAGES else images
+            imgs = vlm_families.images_arg(self.model_type, images)
             batch = self.processor(images=imgs, text=[self._prompt(k) for k in ks], return_tensors="pt", padding=True)
         else:
             batch = self.processor(images=images, return_tensors="pt")
@@ -238,8 +237,7 @@ class TransformersCaptioner:
             kwargs.update(do_sample=True, temperature=self.temperature, top_p=self.top_p)
             if bool(greedy.any()):
                 kwargs["logits_processor"] = [GreedyRows(greedy.to(self.device))]
-        if self._tokenizer is not None and self._tokenizer.pad_token_id is not None:
-            kwargs["pad_token_id"] = self._tokenizer.pad_token_id
+        kwargs.update(vlm_families.pad_kwargs(self.model_type, self._tokenizer))
         if self.cache == "static":
             # A preallocated KV cache: no per-step torch.cat of the whole cache. transformers compiles
             # the decode step by itself for a static cache on CUDA; `compile` decides whether it may.

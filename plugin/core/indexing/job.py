@@ -57,7 +57,7 @@ def index_rasters(
     is_canceled: CancelFn = never_canceled,
 ) -> IndexReport:
     """Index `sources` into `index_dir` (created if needed); only what is not done yet is computed."""
-    from ..captioners import make_captioner
+    from ..captioners import bind_captioner, make_captioner, preflight_captioner
     from ..raster import open_raster
     from ..tiling import TilingParams, plan_tiles
 
@@ -73,10 +73,12 @@ def index_rasters(
     opened, failed_paths = _open_all(sources, params, report, open_raster, plan_tiles)
     if sources and not opened:
         raise RasterError("; ".join(r["error"] for r in report.rasters) or "no raster could be opened")
-    progress(0, 0, "loading embedder")
-    emb = cached_embedder(embedder, device)
     opts = dict(captioner_options or {})
     opts.setdefault("device", device)
+    # A captioner server that is down fails here, in seconds, before the embedder loads.
+    preflight_captioner(captioner, opts, lambda message: progress(0, 0, message), is_canceled)
+    progress(0, 0, "loading embedder")
+    emb = cached_embedder(embedder, device)
     cap = make_captioner(captioner, **opts)
     ex = _make_executor(executor, cap, emb)
     report.embedder, report.captioner = emb.fingerprint, cap.fingerprint
@@ -112,6 +114,7 @@ def index_rasters(
                     report.removed.append(rid)
         total = sum(len(refs) - len(done & {r.tile_id for r in refs}) for _, refs, done in planned)
         step = make_step(idx, total, progress)
+        bind_captioner(cap, lambda message: step(0, message), is_canceled)  # server retries show in progress
         for info, refs, done in planned:
             entry = _index_one(idx, cap, emb, info, params, refs, done, step, is_canceled, ex)
             report.rasters.append(entry)
