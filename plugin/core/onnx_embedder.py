@@ -316,20 +316,18 @@ def attach_onnx(emb: Any) -> None:
         log.warning("embedder %s: no ONNX export (%s); embedding stays on torch", emb.name, exc)
 
 
-def query_embedder(spec: str, index_fingerprint: Optional[str]) -> Optional[OnnxEmbedder]:
-    """The torch-free query embedder for an index whose embedder is `spec`, or None with the reason logged.
+def query_embedder(identity: str, index_fingerprint: Optional[str]) -> Optional[OnnxEmbedder]:
+    """The torch-free query embedder for an index, or None with the reason logged.
 
-    Only files are read (the model's folder is hashed, the index's fingerprint picks the export);
-    None means the caller loads the torch embedder, which also makes the export for next time.
+    `identity` is `embedder.model_identity(spec)` of the model the caller asks for (files only, no
+    torch); the index's fingerprint must start with it and picks the export. None means the caller
+    loads the torch embedder, which also makes the export for next time.
     """
-    from .embedder import model_identity
-
     if backend_choice() == "torch":
         return None
     if not index_fingerprint:
         log.info("no index fingerprint to pick an ONNX export by: queries go through torch")
         return None
-    identity = model_identity(spec)
     if not index_fingerprint.startswith(identity):
         log.info("the index was built with %s, not %s: queries go through torch", index_fingerprint, identity)
         return None

@@ -59,10 +59,10 @@ def cached_query_embedder(spec: Optional[str], device: str, index_fingerprint: O
     with _EMBEDDERS_LOCK:
         if key in _QUERY_EMBEDDERS:
             return _QUERY_EMBEDDERS[key]
-    from .embedder import resolve_spec
+    from .embedder import model_identity, resolve_spec
     from .onnx_embedder import query_embedder
 
-    emb = query_embedder(resolve_spec(spec), index_fingerprint)
+    emb = query_embedder(model_identity(resolve_spec(spec)), index_fingerprint)
     if emb is None:
         emb = cached_embedder(spec, device)
     with _EMBEDDERS_LOCK:

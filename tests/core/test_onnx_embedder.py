@@ -136,7 +136,7 @@ def test_unsupported_model_falls_back_to_torch_with_a_logged_reason(tmp_path: Pa
     # The search side: no export -> None (the Searcher then uses torch), reason logged.
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="plugin.core.onnx_embedder"):
-        assert query_embedder(spec, emb.fingerprint) is None
+        assert query_embedder(model_identity(spec), emb.fingerprint) is None
     assert any("no ONNX export" in r.getMessage() for r in caplog.records)
     assert emb.encode_queries(["a beach"]).shape == (1, 16)
 
@@ -145,16 +145,16 @@ def test_broken_or_foreign_exports_are_not_used(tmp_path: Path, caplog, monkeypa
     spec = _tiny_st(tmp_path / "b", {})
     emb = make_embedder(spec, device="cpu")
     assert emb.onnx is not None
-    assert isinstance(query_embedder(spec, emb.fingerprint), OnnxEmbedder)
-    assert query_embedder(spec, emb.fingerprint.replace("dim=32", "dim=33")) is None, "unknown fingerprint"
-    assert query_embedder(default_embedder_path(), emb.fingerprint) is None, "index built with another model"
+    assert isinstance(query_embedder(model_identity(spec), emb.fingerprint), OnnxEmbedder)
+    assert query_embedder(model_identity(spec), emb.fingerprint.replace("dim=32", "dim=33")) is None, "unknown fingerprint"
+    assert query_embedder(model_identity(default_embedder_path()), emb.fingerprint) is None, "index built with another model"
     monkeypatch.setenv("SIS_EMBEDDER_BACKEND", "torch")
-    assert backend_choice() == "torch" and query_embedder(spec, emb.fingerprint) is None
+    assert backend_choice() == "torch" and query_embedder(model_identity(spec), emb.fingerprint) is None
     monkeypatch.delenv("SIS_EMBEDDER_BACKEND")
     onnx_file = Path(export_dir(emb.fingerprint)) / "model.onnx"
     onnx_file.write_bytes(onnx_file.read_bytes()[:1000])
     with caplog.at_level(logging.WARNING, logger="plugin.core.onnx_embedder"):
-        assert query_embedder(spec, emb.fingerprint) is None
+        assert query_embedder(model_identity(spec), emb.fingerprint) is None
     assert any("does not load" in r.getMessage() for r in caplog.records)
     with pytest.raises(Exception, match="backend"):
         backend_choice("tensorflow")
