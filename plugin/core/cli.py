@@ -46,6 +46,27 @@ def _overlap(text: str) -> float:
     return v
 
 
+def _option(text: str) -> tuple[str, Any]:
+    """KEY=VALUE -> (key, value) with ints, floats, true/false and none understood ("auto" stays a string)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip().replace("-", "_")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"captioner option {text!r} is not KEY=VALUE (e.g. cache=static)")
+    low = raw.strip().lower()
+    if low in ("true", "yes", "on"):
+        return key, True
+    if low in ("false", "no", "off"):
+        return key, False
+    if low == "none":
+        return key, None
+    for conv in (int, float):
+        try:
+            return key, conv(raw)
+        except ValueError:
+            pass
+    return key, raw.strip()
+
+
 def _seconds(text: str) -> float:
     try:
         v = float(text)
@@ -122,7 +143,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         tile_size=args.tile_size, tile_size_units=args.tile_size_units, overlap=args.overlap,
         scales=args.scales, out_size=args.out_size,
     )
-    opts: dict[str, Any] = {}
+    opts: dict[str, Any] = dict(args.captioner_option)
     if args.variants:
         opts["variants"] = args.variants
     if args.preset:
@@ -250,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     pi.add_argument("--preset", default=None, help="prompt preset: rsrt (5 variants x 3 fields) or fast")
     pi.add_argument("--batch-size", type=int, default=None)
     pi.add_argument("--max-new-tokens", type=int, default=None)
+    pi.add_argument("--captioner-option", type=_option, action="append", default=[], metavar="KEY=VALUE",
+                    help="any captioner option, repeatable, e.g. cache=static, reuse_vision=true, max_rows=192, "
+                         "compile=false, dtype=float16 (transformers captioner)")
     pi.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     pi.add_argument("--api-key-env", default=None, help="environment variable holding the OpenAI-compatible API key")
     pi.add_argument("--connect-timeout", type=_seconds, default=None, metavar="S",

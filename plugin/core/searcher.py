@@ -1,4 +1,9 @@
-"""The warm searcher: embeds a query and ranks an index's tiles, reusing the loaded embedder."""
+"""The warm searcher: embeds a query and ranks an index's tiles, reusing the loaded embedder.
+
+Queries go through the ONNX export of the index's model (`onnx_embedder`) when there is one, so a
+fresh search worker imports neither torch nor sentence-transformers; without an export (or with
+SIS_EMBEDDER_BACKEND=torch) they go through the torch embedder, as indexing does.
+"""
 
 from __future__ import annotations
 
@@ -41,6 +46,36 @@ def cached_embedder(spec: Optional[str] = None, device: str = "auto") -> Any:
         return _EMBEDDERS[key]
 
 
+_QUERY_EMBEDDERS: dict[tuple[Optional[str], str, Optional[str]], Any] = {}
+
+
+def cached_query_embedder(spec: Optional[str], device: str, index_fingerprint: Optional[str]) -> Any:
+    """The embedder for queries against an index with this embedder fingerprint, loaded once per process.
+
+    The ONNX export when it exists (torch-free, CPU whatever `device` says: one sentence is
+    milliseconds); else the torch embedder of `cached_embedder`, whose load also makes the export.
+    """
+    key = (spec, device, index_fingerprint)
+    with _EMBEDDERS_LOCK:
+        if key in _QUERY_EMBEDDERS:
+            return _QUERY_EMBEDDERS[key]
+    from .embedder import model_identity, resolve_spec
+    from .onnx_embedder import query_embedder
+
+    emb = query_embedder(model_identity(resolve_spec(spec)), index_fingerprint)
+    if emb is None:
+        emb = cached_embedder(spec, device)
+    with _EMBEDDERS_LOCK:
+        return _QUERY_EMBEDDERS.setdefault(key, emb)
+
+
+def _manifest_fingerprint(index_dir: str) -> Optional[str]:
+    from .store_schema import read_manifest
+
+    fp = (read_manifest(index_dir) or {}).get("embedder_fingerprint")
+    return fp if isinstance(fp, str) else None
+
+
 def open_index_for(index_dir: str, embedder: Any, *, create: bool, allow_new_embedder: bool = False) -> Any:
     """Open the index at `index_dir` checked against (or switched to) this embedder."""
     from .store import SearchIndex
@@ -52,7 +87,6 @@ def open_index_for(index_dir: str, embedder: Any, *, create: bool, allow_new_emb
         dim=embedder.dim,
         allow_new_embedder=allow_new_embedder,
     )
-
 
 
 class Searcher:
@@ -89,9 +123,10 @@ class Searcher:
     def _ensure(self) -> Any:
         if not os.path.exists(os.path.join(self.index_dir, "manifest.json")):
             raise IndexStoreError(f"no search index at {self.index_dir}: index some rasters first")
-        if self._emb is None:
-            self._emb = cached_embedder(self._embedder_spec, self._device)
         stamp = self._files_stamp()
+        if self._emb is None or stamp != self._stamp:
+            fp = _manifest_fingerprint(self.index_dir)
+            self._emb = cached_query_embedder(self._embedder_spec, self._device, fp)
         if self._idx is None or stamp != self._stamp:
             if self._idx is not None:
                 self._idx.close()

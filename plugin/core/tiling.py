@@ -221,22 +221,19 @@ def _fetch(ds: Any, info: RasterInfo, ref: TileRef, side_out: int) -> tuple[np.n
 
 def _finish(info: RasterInfo, ref: TileRef, fetched: tuple[np.ndarray, Optional[np.ndarray], tuple[int, int]],
             renderer: _Renderer) -> tuple[TileImage, int]:
-    """The numpy part: float32 raw with NaN where invalid, 8-bit RGB, output pixel size.
-    Returns the tile and its number of valid pixels."""
+    """The numpy part: 8-bit RGB, validity, output pixel size; the float32 planes (`TileImage.raw`)
+    are made from `data` only if a captioner asks for them. Returns the tile and its number of valid pixels."""
     data, valid, shape = fetched
-    raw = data.astype(np.float32)
     if valid is None:
         valid = np.ones(shape, dtype=bool)
         n_valid = valid.size
     else:
         n_valid = int(np.count_nonzero(valid))
     all_valid = n_valid == valid.size
-    if not all_valid:
-        raw[:, ~valid] = np.nan
     win = ref.window
     px = window_pixel_m(info.crs_wkt, info.transform, win.col_off, win.row_off, win.width, win.height, shape)
     tile = TileImage(
-        ref=ref, rgb=renderer.rgb(data, valid, all_valid), raw=raw, valid=valid,
+        ref=ref, rgb=renderer.rgb(data, valid, all_valid), bands=data, valid=valid,
         has_nir=info.band_map.nir is not None, pixel_size=px,
     )
     return tile, n_valid

@@ -8,15 +8,30 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from typing import Any, Optional
 
 from qgis.core import Qgis, QgsApplication, QgsMapLayerType, QgsRasterLayer
-from qgis.PyQt.QtCore import QObject
+from qgis.PyQt.QtCore import QObject, QTimer
 
 from .index_widget import IndexWidget, LayerRow
 from .messages import report_error, report_info
 from .session import EngineSession
-from .settings import save_index_options
+from .settings import save_index_options, tiling_saved
+
+#: Seconds a cancelled job may take to wind down before its worker process is killed.
+CANCEL_GRACE_S = 2.0
+#: Tiles per spectral-captioner call in the dock: small enough for progress every second or so.
+SPECTRAL_PROGRESS_BATCH = 8
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 def _norm(path: str) -> str:
@@ -34,11 +49,23 @@ class IndexController(QObject):
         self._paths: dict[str, str] = {}  # layer id -> normalised file path (or "" when unsupported)
         self._watched: set[str] = set()
         self._closed = False
+        self._cancelling = False
+        self._job_names: dict[str, str] = {}
+        self._seen_rasters: list[str] = []
+        self._phase: dict = {}
+        self._t_start = 0.0
+        self._ticker = QTimer(self)
+        self._ticker.setInterval(1000)
+        self._ticker.timeout.connect(self._show_phase)
         widget.index_requested.connect(lambda: self.start_index(update=False))
         widget.update_requested.connect(lambda: self.start_index(update=True))
         widget.cancel_requested.connect(self.cancel)
         widget.clear_requested.connect(self.clear_index)
         session.info_changed.connect(lambda _i: self.refresh_rows())
+        from .tiling_hint import TilingHint
+
+        self.tiling_hint = TilingHint(widget.options_widget, self.checked_layers, auto=not tiling_saved())
+        widget.layer_list.itemChanged.connect(lambda _item: self.tiling_hint.update())
         p = session.project
         p.layersAdded.connect(self._on_layers_added)
         p.layersRemoved.connect(self._on_layers_removed)
@@ -52,6 +79,10 @@ class IndexController(QObject):
             if layer.type() == QgsMapLayerType.RasterLayer and not layer.customProperty(RESULTS_PROPERTY):
                 out.append(layer)
         return sorted(out, key=lambda lyr: lyr.name().lower())
+
+    def checked_layers(self) -> list[QgsRasterLayer]:
+        project = self.session.project
+        return [lyr for lyr in (project.mapLayer(k) for k in self.widget.checked_keys()) if isinstance(lyr, QgsRasterLayer)]
 
     def _source(self, layer: QgsRasterLayer) -> Any:
         from ..qgis_io.layers import raster_source_from_layer
@@ -90,6 +121,7 @@ class IndexController(QObject):
                 rows.append(LayerRow("raster:" + str(r.get("raster_id")), str(r.get("name") or os.path.basename(path)),
                                      "stale (layer removed; Update drops it)", "", False))
         self.widget.set_rows(rows)
+        self.tiling_hint.update()
         self.set_status(self.session.status_text())
 
     def _watch(self, layer: QgsRasterLayer) -> None:
@@ -106,12 +138,14 @@ class IndexController(QObject):
 
     def _state_for(self, layer_id: str, info_row: Optional[dict]) -> str:
         if self.task is not None and layer_id in self._job_keys:
-            current = self.widget.state(layer_id) or ""
-            return current if current.startswith("indexing") else "indexing 0%"
+            return self.widget.state(layer_id) or "waiting"
         if info_row is None:
             return "not indexed"
         if info_row.get("state") == "indexed" and not info_row.get("stale"):
-            return f"indexed ({int(info_row.get('tiles', 0))} tiles)"
+            n = int(info_row.get("tiles", 0))
+            return f"indexed ({n:,} tile{'' if n == 1 else 's'})"
+        if info_row.get("state") == "indexing":
+            return "interrupted (Update resumes it)"
         return "stale (Update finishes it)"
 
     def _on_layers_added(self, layers) -> None:
@@ -174,27 +208,77 @@ class IndexController(QObject):
         from ..tasks.index_task import IndexTask
 
         verb = "Updating" if update else "Indexing"
+        if engine["captioner"] == "spectral" and "batch_size" not in engine["captioner_options"]:
+            # its default (64 tiles a call) moved the progress 20 % at a time; 8 tiles is ~1 s of work
+            engine["captioner_options"]["batch_size"] = SPECTRAL_PROGRESS_BATCH
         task = IndexTask(f"Semantic Imagery Search: {verb.lower()} {len(sources)} raster(s)",
-                         self.session.index_dir(), sources, engine, self.session.python())
-        task.progressChanged.connect(self._on_progress)
+                         self.session.index_dir(), sources, engine, self.session.python(),
+                         cancel_grace=CANCEL_GRACE_S)
+        task.phase_changed.connect(self._on_phase)
         task.index_finished.connect(self._on_finished)
         self.task, self._job_keys = task, job_keys
+        self._job_names = {key: sources[i].name or "" for i, key in enumerate(job_keys)}
+        self._seen_rasters = []
+        self._phase = {}
+        self._t_start = time.monotonic()
         self.widget.set_running(True)
         for key in job_keys:
-            self.widget.set_state(key, "indexing 0%")
-        self.session.last_outcome = f"{verb.lower()} {len(sources)} raster(s)…"
+            self.widget.set_state(key, "waiting")
+        self.session.job_text = f"{verb} {len(sources)} raster(s): starting the engine…"
         self.set_status(self.session.status_text())
+        self._ticker.start()
         QgsApplication.taskManager().addTask(task)
         return True
 
-    def _on_progress(self, value: float) -> None:
-        if self._closed:
+    def _on_phase(self, phase: dict) -> None:
+        """Rows: only the raster being worked on shows a percentage; earlier ones are done."""
+        if self._closed or self.task is None or self._cancelling:
             return
+        self._phase = dict(phase)
+        raster = str(phase.get("raster") or "")
+        if raster and raster not in self._seen_rasters:
+            self._seen_rasters.append(raster)
+        done, total = int(phase.get("done") or 0), int(phase.get("total") or 0)
+        pct = int(100 * done / total) if total else 0
         for key in self._job_keys:
-            self.widget.set_state(key, f"indexing {int(value)}%")
+            name = self._job_names.get(key, "")
+            if name and name == raster:
+                self.widget.set_state(key, f"indexing {pct}% of the job")
+            elif name in self._seen_rasters:
+                self.widget.set_state(key, "indexed (finishing the job)")
+        self._show_phase()
+
+    def _show_phase(self) -> None:
+        """Status line and progress bar; also run every second, so elapsed time moves between tiles."""
+        if self._closed or self.task is None:
+            self._ticker.stop()
+            return
+        if self._cancelling:
+            return
+        p = self._phase
+        elapsed = time.monotonic() - self._t_start
+        done, total = int(p.get("done") or 0), int(p.get("total") or 0)
+        if p.get("phase") == "working" and total:
+            text = f"Captioning {done:,}/{total:,} tiles"
+            rate = float(p.get("rate") or 0.0)
+            if rate > 0:
+                text += f" · {rate:.1f} tiles/s" if rate >= 1 else f" · {1 / rate:.1f} s/tile"
+                eta = p.get("eta")
+                if eta is not None:
+                    text += f" · about {_duration(float(eta))} left"
+        else:
+            text = str(p.get("message") or "Starting the engine…")
+            text = text[:1].upper() + text[1:]
+        text += f" · {_duration(elapsed)} elapsed"
+        self.widget.set_progress(text, done, total)
+        self.session.job_text = f"Indexing: {text}"
+        self.set_status(self.session.status_text())
 
     def _on_finished(self, report: dict) -> None:
         self.task, keys, self._job_keys = None, self._job_keys, []
+        self._ticker.stop()
+        self._cancelling = False
+        self.session.job_text = ""
         if self._closed:
             return
         self.widget.set_running(False)
@@ -203,8 +287,8 @@ class IndexController(QObject):
             self.session.last_outcome = f"failed: {str(report['error']).splitlines()[0]}"
             report_error(iface, f"Indexing failed: {report['error']}", report.get("details"))
         elif report.get("canceled"):
-            self.session.last_outcome = "canceled (Update resumes it)"
-            report_info(iface, "Indexing canceled; what was done is kept and Update resumes it", Qgis.Warning)
+            self.session.last_outcome = "cancelled (what was done is kept; Update resumes it)"
+            report_info(iface, "Indexing cancelled: what was done is kept and Update resumes it", Qgis.Warning)
         else:
             rasters = report.get("rasters") or []
             new = sum(int(r.get("tiles_new", 0)) for r in rasters)
@@ -219,8 +303,18 @@ class IndexController(QObject):
         self.session.refresh_info()
 
     def cancel(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
+        """Say "Cancelling…" at once; the worker stops within CANCEL_GRACE_S (it is killed after that)."""
+        if self.task is None or self._cancelling:
+            return
+        self._cancelling = True
+        self.widget.set_cancelling()
+        for key in self._job_keys:
+            state = self.widget.state(key) or ""
+            if not state.startswith("indexed"):
+                self.widget.set_state(key, "cancelling…")
+        self.session.job_text = "Cancelling the indexing job… (what is done is kept)"
+        self.set_status(self.session.status_text())
+        self.task.cancel()
 
     def clear_index(self) -> None:
         """Remove every raster from the project's index (the folder stays, empty)."""

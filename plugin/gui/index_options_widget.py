@@ -13,6 +13,7 @@ from qgis.PyQt.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QPushButton,
     QSpinBox,
     QStackedWidget,
     QWidget,
@@ -98,7 +99,27 @@ class IndexOptionsWidget(QWidget):
         form.addRow("Caption variants", variants_row)
         form.addRow("Embedder", self.embedder_edit)
         form.addRow("Tile / overlap / scales", tiles_row)
+        # filled by gui/tiling_hint.py from the checked layers: tile count, ground size per scale, time
+        self.estimate_label = QLabel("", self)
+        self.estimate_label.setWordWrap(True)
+        self.estimate_label.setStyleSheet("color: #444;")
+        self.suggest_button = QPushButton("Suggest", self)
+        self.suggest_button.setToolTip("Tile size and scales from the checked rasters' ground resolution and the captioner")
+        est_row = QHBoxLayout()
+        est_row.addWidget(self.estimate_label, 1)
+        est_row.addWidget(self.suggest_button)
+        form.addRow("Estimate", est_row)
         form.addRow("Device", self.device_combo)
+        self.kind_combo.setToolTip("What writes the captions: the offline spectral describer, a local vision-language "
+                                   "model (transformers) or an OpenAI-compatible server")
+        self.variants_spin.setToolTip("Captions written per tile (the paper uses 5); a tile scores by its best variant")
+        self.embedder_edit.setToolTip("sentence-transformers model that embeds captions and queries; empty = the packaged MiniLM")
+        self.tile_spin.setToolTip("Tile size in raster pixels at scale 1. Aim at 0.1-1 km of ground per tile; "
+                                  "a VLM sees about 336-448 px, larger tiles are downsampled")
+        self.overlap_spin.setToolTip("Fraction of a tile shared with its neighbour (0 = none; 0.25 = a quarter)")
+        self.scales_edit.setToolTip("Tile sizes as multiples of the tile size, e.g. 1,2 also indexes tiles twice as "
+                                    "large (wider context); each scale adds tiles")
+        self.device_combo.setToolTip("Where the models run: auto = CUDA, then Apple MPS, then CPU")
         self.kind_combo.currentIndexChanged.connect(self._on_kind_changed)
         self.set_options(options)
 

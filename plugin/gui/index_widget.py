@@ -15,10 +15,12 @@ from qgis.PyQt.QtWidgets import (
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
+    QLabel,
     QLineEdit,
     QListWidget,
     QListWidgetItem,
     QMessageBox,
+    QProgressBar,
     QPushButton,
     QVBoxLayout,
     QWidget,
@@ -64,6 +66,14 @@ class IndexWidget(QWidget):
         self.cancel_button.setEnabled(False)
         self.clear_button = QPushButton("Clear", self)
         self.clear_button.setToolTip("Remove every raster from this project's index")
+        # shown only while a job runs: the phase (starting the engine, loading models, captioning
+        # x/N tiles, rate, time left) and a bar that moves with the tiles
+        self.progress_bar = QProgressBar(self)
+        self.progress_bar.setTextVisible(True)
+        self.progress_bar.setVisible(False)
+        self.phase_label = QLabel("", self)
+        self.phase_label.setWordWrap(True)
+        self.phase_label.setVisible(False)
 
         band_form = QFormLayout()
         band_form.addRow("Band map", self.band_edit)
@@ -78,6 +88,8 @@ class IndexWidget(QWidget):
         lay.addLayout(band_form)
         lay.addWidget(opts_box)
         lay.addLayout(buttons)
+        lay.addWidget(self.phase_label)
+        lay.addWidget(self.progress_bar)
 
         self._rows: dict[str, LayerRow] = {}
         self.layer_list.currentItemChanged.connect(self._on_current_changed)
@@ -159,9 +171,33 @@ class IndexWidget(QWidget):
             self.layer_list.setCurrentItem(item)
 
     def set_running(self, running: bool) -> None:
+        """During a job the options and band maps are frozen (they would not apply to it anyway)."""
         for b in (self.index_button, self.update_button, self.clear_button):
             b.setEnabled(not running)
         self.cancel_button.setEnabled(running)
+        self.cancel_button.setText("Cancel")
+        self.options_widget.setEnabled(not running)
+        self.band_edit.setEnabled(not running and bool(self._rows.get(self.current_key() or "")))
+        self.progress_bar.setVisible(running)
+        self.phase_label.setVisible(running)
+        if running:
+            self.progress_bar.setRange(0, 0)  # busy until the first tile is done
+            self.phase_label.setText("Starting…")
+
+    def set_progress(self, text: str, done: int = 0, total: int = 0) -> None:
+        """The phase line and the bar; total 0 = a phase without a count (busy indicator)."""
+        self.phase_label.setText(text)
+        if total > 0:
+            self.progress_bar.setRange(0, total)
+            self.progress_bar.setValue(min(done, total))
+            self.progress_bar.setFormat(f"{done}/{total} tiles (%p%)")
+        else:
+            self.progress_bar.setRange(0, 0)
+
+    def set_cancelling(self) -> None:
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.setText("Cancelling…")
+        self.phase_label.setText("Cancelling… (what is done is kept)")
 
     def options(self) -> IndexOptions:
         return self.options_widget.options()

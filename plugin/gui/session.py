@@ -153,6 +153,8 @@ class EngineSession(QObject):
         self._index_dir: Optional[str] = None
         self.info: dict = {}
         self.last_outcome = ""
+        #: what a running indexing job is doing; the status line shows it instead of the index summary
+        self.job_text = ""
         self.queue = WorkerQueue(self.python, self)
 
     @staticmethod
@@ -199,6 +201,8 @@ class EngineSession(QObject):
         self.queue.call("info", {"index_dir": index_dir}, done, key="info")
 
     def status_text(self) -> str:
+        if self.job_text:
+            return self.job_text
         info = self.info or {}
         if not info.get("exists"):
             text = "No index yet: tick raster layers in the Index tab and press Index."

@@ -142,6 +142,11 @@ def save_index_options(opts: IndexOptions) -> None:
     _save(opts, "index")
 
 
+def tiling_saved() -> bool:
+    """Whether the user ever indexed with a tile size of their own (else the dock suggests one)."""
+    return QgsSettings().contains(_key("index/tile_size"))
+
+
 def load_search_options() -> SearchOptions:
     return _load(SearchOptions, "search")
 

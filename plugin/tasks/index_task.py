@@ -9,6 +9,7 @@ period; the index keeps what was committed and the next update resumes.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Optional, Sequence
 
 from qgis.core import QgsTask
@@ -23,9 +24,16 @@ OPTION_KEYS = ("captioner", "embedder", "tiling", "captioner_options", "device",
 
 
 class IndexTask(QgsTask):
-    """`index_finished(report)`: the engine's report dict, or {"error": msg[, "details"]}, or {"canceled": True}."""
+    """`index_finished(report)`: the engine's report dict, or {"error": msg[, "details"]}, or {"canceled": True}.
+
+    `phase_changed(dict)` tells the dock what is happening, as it happens: {"phase": "starting" |
+    "loading" | "working", "message", "done", "total", "rate" (tiles/s since the first tile),
+    "eta" (seconds, or None), "raster" (the raster the message names, or "")}. A canceled job ends
+    as a completed task with {"canceled": True}: QGIS must not call a cancel a failure.
+    """
 
     index_finished = pyqtSignal(dict)
+    phase_changed = pyqtSignal(dict)
 
     def __init__(self, description: str, index_dir: str, sources: Sequence[RasterSource], options: dict,
                  python: str, *, env: Optional[dict] = None, cancel_grace: float = 10.0) -> None:
@@ -37,6 +45,22 @@ class IndexTask(QgsTask):
         self.client = WorkerClient(python, env=env, cancel_grace=cancel_grace)
         self.report: dict[str, Any] = {}
         self.message = ""
+        self.names = [s.name or "" for s in sources]
+        self._t_first: Optional[float] = None
+        self._done_first = 0
+
+    def _phase(self, phase: str, message: str, done: int = 0, total: int = 0) -> None:
+        rate, eta = 0.0, None
+        if phase == "working":
+            now = time.monotonic()
+            if self._t_first is None:
+                self._t_first, self._done_first = now, done
+            elif now > self._t_first and done > self._done_first:
+                rate = (done - self._done_first) / (now - self._t_first)
+                eta = (total - done) / rate if rate > 0 else None
+        raster = next((n for n in self.names if n and message.startswith(f"{n}:")), "")
+        self.phase_changed.emit({"phase": phase, "message": message, "done": done, "total": total,
+                                 "rate": rate, "eta": eta, "raster": raster})
 
     def _on_event(self, event: dict) -> None:
         if event.get("event") != "progress":
@@ -45,15 +69,22 @@ class IndexTask(QgsTask):
         self.message = str(event.get("message") or "")
         if total > 0:
             self.setProgress(min(100.0, 100.0 * done / total))
+            self._phase("working", self.message, done, total)
+        else:
+            self._phase("loading", f"{self.message or 'loading models'}…")
 
     def run(self) -> bool:
         try:
+            self._phase("starting", "starting the engine…")
             self.client.start()
+            if self.isCanceled():
+                raise Canceled()
+            self._phase("loading", "loading the captioner and embedder…")
             self.report = self.client.request("index", self.args, on_event=self._on_event, is_canceled=self.isCanceled)
             return True
         except Canceled:
             self.report = {"canceled": True}
-            return False
+            return True
         except WorkerError as exc:
             self.report = {"error": str(exc), "details": exc.details}
             return False

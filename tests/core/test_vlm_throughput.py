@@ -178,3 +178,43 @@ def test_benchmark_smoke(tmp_path):
     assert r["greedy_equal"] is True
     assert r["e2e"]["tiles"] == 4 and 0 < r["e2e"]["ratio_to_captioning"]
     assert "tiles/s" in res.stdout and "ratio" in res.stdout
+
+
+def test_cli_captioner_options(tmp_path):
+    """`--captioner-option KEY=VALUE` reaches the captioner typed; an option it does not take is one line."""
+    import argparse
+
+    from plugin.core.cli import _option
+
+    assert _option("cache=static") == ("cache", "static")
+    assert _option("max-rows=192") == ("max_rows", 192)
+    assert _option("reuse_vision=true") == ("reuse_vision", True)
+    assert _option("temperature=0.5") == ("temperature", 0.5)
+    assert _option("batch_size=none") == ("batch_size", None)
+    with pytest.raises(argparse.ArgumentTypeError, match="KEY=VALUE"):
+        _option("static")
+    from rasters import north_up
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    res = subprocess.run(
+        [sys.executable, "-m", "plugin", "index", "--index", str(tmp_path / "ix"), "--captioner-option", "cache=static",
+         "--quiet", north_up(str(tmp_path))], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error")]
+    assert "Traceback" not in res.stderr and len(errors) == 1, res.stderr
+    assert "does not take option(s) cache" in errors[0]
+
+
+def test_cpu_defaults_keep_the_reference_path(llava_dir):
+    """On CPU: dynamic cache, vision per row (measured: reuse is noise there), no allocator setting."""
+    cap = make_captioner(f"transformers:{llava_dir}", variants=2, max_new_tokens=2, device="cpu")
+    try:
+        assert cap.cache == "dynamic" and cap.reuse_vision is False and cap.compile is False
+    finally:
+        cap.close()
+    cap = make_captioner(f"transformers:{llava_dir}", variants=2, max_new_tokens=2, device="cpu", reuse_vision="auto",
+                         cache="static")
+    try:
+        assert cap.cache == "static" and cap.reuse_vision is False
+    finally:
+        cap.close()

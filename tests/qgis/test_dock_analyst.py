@@ -131,3 +131,121 @@ def test_rank_labels_have_a_halo_and_sit_inside_their_own_tile(shore):
         lab = by_rank[rank][0]
         centre = QgsGeometry.fromPointXY(lab.labelRect.center())
         assert tiles[rank].contains(centre), f"label {rank} is not inside its tile"
+
+
+def _write_big_raster(path: str, size: int = 1024) -> str:
+    """A 4-band uint16 GeoTIFF unlike the shore one (another content fingerprint), east of it."""
+    import numpy as np
+    from osgeo import gdal, osr
+
+    rng = np.random.default_rng(11)
+    ds = gdal.GetDriverByName("GTiff").Create(path, size, size, 4, gdal.GDT_UInt16)
+    ds.SetGeoTransform((-74.20, 0.0001, 0.0, 40.80, 0.0, -0.0001))
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(4326)
+    ds.SetProjection(srs.ExportToWkt())
+    yy, xx = np.mgrid[0:size, 0:size]
+    for b in range(1, 5):
+        band = 800 + 600 * np.sin(xx / (37.0 * b)) * np.cos(yy / 53.0) + rng.normal(0, 60, (size, size))
+        ds.GetRasterBand(b).WriteArray(np.clip(band, 1, 10000).astype(np.uint16))
+    ds.FlushCache()
+    ds = None
+    return path
+
+
+def test_progress_moves_on_the_right_row_and_cancel_touches_only_the_interrupted_raster(shore, qgis_iface):
+    from qgis.core import Qgis
+
+    from tests.qgis.plugin_harness import wait_until
+
+    plugin, shore_layer, _canvas, tmp = shore
+    big = add_raster(_write_big_raster(str(tmp / "big.tif")), "Big scene")
+    iw = plugin.dock.index_widget
+    assert iw.state(shore_layer.id()).startswith("indexed")
+    iw.set_checked(shore_layer.id(), True)
+    iw.set_checked(big.id(), True)
+    qgis_iface.messageBar().clear_messages()
+    phases: list[dict] = []
+    statuses: list[str] = []
+    rows: list[tuple[str, str]] = []
+    ctl = plugin.index_ctl
+    iw.index_button.click()
+    task = ctl.task
+    assert task is not None
+    outcome: list[str] = []
+    task.taskCompleted.connect(lambda: outcome.append("complete"))
+    task.taskTerminated.connect(lambda: outcome.append("terminated"))
+    grace = task.client.cancel_grace
+    task.phase_changed.connect(lambda p: (phases.append(p), statuses.append(plugin.dock.status_label.text()),
+                                          rows.append((iw.state(shore_layer.id()), iw.state(big.id())))))
+    # during the job: the options are frozen, the bar shows, the status line tells the job, not "No index"
+    assert not iw.options_widget.isEnabled() and iw.progress_bar.isVisible() is not None
+    assert iw.cancel_button.isEnabled() and not iw.index_button.isEnabled()
+    wait_until(lambda: sum(p["phase"] == "working" for p in phases) >= 3, 240, "three progress steps")
+    order = [p["phase"] for p in phases]
+    assert "loading" in order and order.index("loading") < order.index("working")
+    working = [p for p in phases if p["phase"] == "working"]
+    dones = [p["done"] for p in working]
+    assert dones == sorted(dones) and max(b - a for a, b in zip(dones, dones[1:])) <= 8
+    assert all("No index" not in s and s.startswith("Indexing") for s in statuses)
+    assert "Captioning" in plugin.dock.status_label.text() or "Captioning" in statuses[-1]
+    assert working[-1]["total"] == 64 and working[-1]["raster"] == "Big scene"
+    # the shore raster was complete: it is settled first and never shows the running percentage
+    shore_states = [s for s, _b in rows if s]
+    assert all("%" not in s for s in shore_states), shore_states
+    assert any("%" in b for _s, b in rows if b)
+
+    iw.cancel_button.click()
+    assert iw.cancel_button.text() == "Cancelling…" and not iw.cancel_button.isEnabled()
+    assert "Cancelling" in plugin.dock.status_label.text()
+    assert grace <= 2.0
+    wait_until(lambda: ctl.task is None and not plugin.session.queue.busy, 120, "the cancelled job")
+    assert outcome == ["complete"]  # QGIS does not call a cancel "Task failed"
+    warnings = " ".join(qgis_iface.messageBar().get_messages(Qgis.Warning))
+    assert "cancelled" in warnings
+    assert not qgis_iface.messageBar().get_messages(Qgis.Critical)
+    assert iw.state(shore_layer.id()).startswith("indexed (25 tiles)"), iw.state(shore_layer.id())
+    assert iw.state(big.id()).startswith("interrupted"), iw.state(big.id())
+    assert "cancelled" in plugin.dock.status_label.text() and iw.options_widget.isEnabled()
+    QgsProject.instance().removeMapLayer(big.id())
+
+
+def test_tiling_is_suggested_from_ground_resolution_with_count_size_and_time(shore, qgis_iface):
+    import math
+    import re
+
+    from qgis.core import QgsSettings
+
+    plugin, layer, _canvas, _tmp = shore
+    iw = plugin.dock.index_widget
+    ow = iw.options_widget
+    for w in (ow.tile_spin, ow.overlap_spin, ow.scales_edit, ow.kind_combo, ow.device_combo):
+        assert len(w.toolTip()) > 30
+    # 0.0001 degree pixels at 40.77 N: ~8.4 m east-west; ~1 km tiles -> 128 px, and 2x still within 3 km
+    iw.set_checked(layer.id(), True)
+    ow.tile_spin.setValue(512)
+    ow.scales_edit.setText("1")
+    assert "suggested 128 px, scales 1,2" in ow.estimate_label.text()
+    ow.suggest_button.click()
+    assert ow.tile_spin.value() == 128 and ow.scales_edit.text() == "1,2"
+    text = ow.estimate_label.text()
+    # 640 x 640 px: 5 x 5 tiles at scale 1, 3 x 3 at scale 2 (256 px with a shifted edge tile)
+    assert text.startswith("≈ 34 tiles (scale 1: 25 × ") and "scale 2: 9 × " in text and "with spectral" in text
+    km = [float(v) for v in re.findall(r"× ([0-9.]+) km", text)]
+    expected = 128 * 0.0001 * 111320 * math.cos(math.radians(40.768))
+    assert km[0] * 1000 == pytest.approx(expected, rel=0.02) and km[1] == pytest.approx(2 * km[0], rel=0.01)
+    assert "suggested" not in text
+    # a VLM sees at most ~448 px: on a fine raster the advice caps the tile there
+    from plugin.core.tiling_advice import suggest_tiling
+
+    assert suggest_tiling(0.3, 20000, 20000, "transformers").tile_size == 448
+    # a user who never chose a tile size gets the suggestion by itself when rasters are there
+    QgsSettings().remove("semantic_imagery_search/index/tile_size")
+    from tests.qgis.plugin_harness import load_plugin as load
+
+    fresh = load(qgis_iface)
+    try:
+        fw = fresh.dock.index_widget.options_widget
+        assert fw.tile_spin.value() == 128 and fw.scales_edit.text() == "1,2"
+    finally:
+        fresh.unload()

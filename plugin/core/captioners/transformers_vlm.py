@@ -7,11 +7,15 @@ padding, so every row's answer starts at the same column). Models without a chat
 sampling. Variant 0 is greedy, the others sample: reruns give the same captions, which the
 caption cache relies on.
 
-Throughput (issue 5): all K variants of a chunk of tiles go into as few `generate` calls as memory
+Throughput (issues 5 and 13): all K variants of a chunk of tiles go into as few `generate` calls as memory
 allows (`fuse_variants`, default on): rows are bucketed by prompt length, greedy rows ride in the
 sampled batch through `GreedyRows`, the vision tower can run once per tile (`reuse_vision`), the
 row count per call comes from free CUDA memory when `batch_size` is None, attention is SDPA where
 the model supports it, and `compile=True` (CUDA only) adds a static KV cache + torch.compile.
+Measured on an H200 with a 7B LLaVA-1.5 (benchmarks/RESULTS.md), the CUDA defaults are: static
+KV cache (`cache="auto"`; 19.6 vs 9.1 tiles/s for plain generate's dynamic cache at 128 rows: no
+per-step torch.cat of the whole cache), vision once per tile (`reuse_vision=None`), no
+compile (no gain after an 82 s warm-up), rows per call from free memory, expandable segments.
 """
 
 from __future__ import annotations
@@ -94,7 +98,7 @@ class TransformersCaptioner:
         dtype: str = "auto", batch_size: Optional[int] = None, max_new_tokens: Optional[int] = None,
         temperature: float = 0.7, top_p: float = 0.9, seed: int = 0, append_facts: bool = True,
         revision: Optional[str] = None, max_rows: Optional[int] = None,
-        fuse_variants: bool = True, reuse_vision: bool = False, attn_implementation: str = "auto",
+        fuse_variants: bool = True, reuse_vision: Any = None, attn_implementation: str = "auto",
         compile: bool = False, cache: str = "auto", prefetch: bool = True,
     ) -> None:
         import torch
@@ -118,10 +122,19 @@ class TransformersCaptioner:
         self.dtype = resolve_dtype(dtype, self.device)
         self.temperature, self.top_p, self.seed = float(temperature), float(top_p), int(seed)
         self.append_facts = bool(append_facts)
+        # Vision tower once per tile: +22% variant rows/s at K=5 on an H200 (benchmarks/RESULTS.md),
+        # noise on CPU; same answers either way (tests/core/test_vlm_throughput.py).
+        if reuse_vision is None or reuse_vision == "auto":
+            reuse_vision = self.device.startswith("cuda")
         self.fuse_variants, self.reuse_vision, self.compile = bool(fuse_variants), bool(reuse_vision), bool(compile)
         self.cache = resolve_cache(cache, self.device, self.compile)
         self.prefetch = bool(prefetch)
         self.name = model
+        if self.device.startswith("cuda") and not torch.cuda.is_initialized():
+            # Large generate batches leave the caching allocator fragmented (a 209-row call failed
+            # with 24 GB reserved but unusable on an H200); expandable segments avoid that. Read
+            # by PyTorch when CUDA initialises, so only set before the first CUDA allocation.
+            os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
         preloaded = self.__dict__.pop("_preloaded", None)
         self.processor, self.model, source = preloaded or _load(model, revision, self.dtype, False, attn_implementation)  # remote code never runs
         self.model.to(self.device).eval()

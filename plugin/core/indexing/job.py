@@ -115,9 +115,14 @@ def index_rasters(
         total = sum(len(refs) - len(done & {r.tile_id for r in refs}) for _, refs, done in planned)
         step = make_step(idx, total, progress)
         bind_captioner(cap, lambda message: step(0, message), is_canceled)  # server retries show in progress
-        for info, refs, done in planned:
-            entry = _index_one(idx, cap, emb, info, params, refs, done, step, is_canceled, ex)
-            report.rasters.append(entry)
+        # Rasters with nothing left to do are settled first (no model work, no cancel point), so a
+        # job cancelled while it works on another raster never leaves a complete one marked unfinished.
+        order = sorted(range(len(planned)), key=lambda i: bool({r.tile_id for r in planned[i][1]} - planned[i][2]))
+        entries: dict[int, dict[str, Any]] = {}
+        for i in order:
+            info, refs, done = planned[i]
+            entries[i] = _index_one(idx, cap, emb, info, params, refs, done, step, is_canceled, ex)
+        report.rasters.extend(entries[i] for i in range(len(planned)))
         report.seconds = time.perf_counter() - t0
         progress(total, total, "done")
         return report
