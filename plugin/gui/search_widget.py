@@ -51,6 +51,10 @@ class SearchWidget(QWidget):
         self.top_spin.setPrefix("top ")
         self.extent_check = QCheckBox("Only within current map extent", self)
         self.extent_check.setChecked(bool(options.only_extent))
+        # the embedder's state in the engine: a first search is instant only once it is "ready"
+        self.model_label = QLabel("", self)
+        self.model_label.setToolTip("The text embedder that turns a query into a vector. It loads in the "
+                                    "background when a project with an index opens, once per session.")
 
         self.model = ResultsModel(self)
         self.view = QTableView(self)
@@ -87,6 +91,7 @@ class SearchWidget(QWidget):
         row2 = QHBoxLayout()
         row2.addWidget(self.top_spin)
         row2.addWidget(self.extent_check, 1)
+        row2.addWidget(self.model_label)
         row3 = QHBoxLayout()
         row3.addWidget(self.info_label, 1)
         row3.addWidget(self.zoom_button)
@@ -124,6 +129,21 @@ class SearchWidget(QWidget):
             return
         o = self.options()
         self.search_requested.emit(text, {"top": o.top, "only_extent": o.only_extent, "fusion": o.fusion})
+
+    def set_model_state(self, state: str, seconds: float = 0.0) -> None:
+        """"cold" / "loading" / "ready" / "failed: …" as a short coloured label."""
+        if state == "ready":
+            text, color = "● embedder ready", "#2e7d32"
+        elif state == "loading":
+            text, color = f"◌ loading embedder… {seconds:.0f} s", "#1565c0"
+        elif state.startswith("failed"):
+            text, color = "● embedder failed", "#c62828"
+        else:
+            text, color = "○ embedder loads on first search", "#666666"
+        self.model_label.setText(text)
+        self.model_label.setStyleSheet(f"color: {color};")
+        if state.startswith("failed"):
+            self.model_label.setToolTip(state)
 
     def set_busy(self, busy: bool, message: str = "") -> None:
         self.search_button.setEnabled(not busy)

@@ -249,3 +249,37 @@ def test_tiling_is_suggested_from_ground_resolution_with_count_size_and_time(sho
         assert fw.tile_spin.value() == 128 and fw.scales_edit.text() == "1,2"
     finally:
         fresh.unload()
+
+
+def test_opening_an_indexed_project_preloads_the_embedder_and_labels_the_wait(shore):
+    from tests.qgis.plugin_harness import SignalCatcher, wait_until
+
+    plugin, _layer, _canvas, tmp = shore
+    project = QgsProject.instance()
+    path = str(tmp / "shore.qgz")
+    assert project.write(path)
+    wait_until(lambda: not plugin.session.queue.busy, 120, "the save")
+    # a new session: QGIS restarted the plugin (no engine worker yet), then the project opens
+    plugin.unload()
+    plugin.initGui()
+    project.clear()
+    states: list[str] = []
+    plugin.session.embedder_state_changed.connect(states.append)
+    w = plugin.dock.search_widget
+    assert "loads on first search" in w.model_label.text()
+    assert project.read(path)
+    wait_until(lambda: plugin.session.embedder_state in ("loading", "ready"), 60, "the preload to start")
+    assert states[0] == "loading" and "loading embedder" in w.model_label.text()
+    # a query typed while it loads says what it waits for, then answers
+    catcher = SignalCatcher(plugin.search_ctl.search_finished)
+    w.query_edit.setText("dark open water")
+    w.request_search()
+    assert w.info_label.text().startswith("Waiting for the embedder to finish loading")
+    hits, error = catcher.wait(1, 180, "the first search")
+    assert error == "" and hits
+    assert states[-1] == "ready" and "embedder ready" in w.model_label.text()
+    # once ready, the wait is just a search
+    w.query_edit.setText("vegetation")
+    w.request_search()
+    assert w.info_label.text() == "Searching…"
+    catcher.wait(2, 60, "the second search")
