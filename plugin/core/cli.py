@@ -112,33 +112,11 @@ class _Bar:
             self.bar.close()
 
 
-def _expand_rasters(paths: Sequence[str], index_dir: str, bands: Optional[BandMap]) -> list[Any]:
-    """Files as given; a folder of Sentinel-2 band files becomes a VRT kept in the index folder."""
-    from .pipeline import RasterSource
-    from .rasterpath import raster_present
-
-    out = []
-    for p in paths:
-        if os.path.isdir(p):
-            from .raster import sentinel2_vrt
-
-            os.makedirs(os.path.join(index_dir, "vrt"), exist_ok=True)
-            name = os.path.basename(os.path.normpath(p))
-            vrt = sentinel2_vrt(p, os.path.join(index_dir, "vrt", f"{name}.vrt"))
-            out.append(RasterSource(vrt, bands or BandMap(1, 2, 3, 4), name))
-        else:
-            if not raster_present(p):
-                raise EngineError(f"raster not found: {p}")
-            out.append(RasterSource(p, bands))
-    return out
-
-
 def cmd_index(args: argparse.Namespace) -> int:
     from .pipeline import index_rasters
+    from .raster_folders import expand_sources, remove_written
     from .tiling import TilingParams
 
-    os.makedirs(args.index, exist_ok=True)
-    sources = _expand_rasters(args.rasters, args.index, args.bands)
     tiling = TilingParams(
         tile_size=args.tile_size, tile_size_units=args.tile_size_units, overlap=args.overlap,
         scales=args.scales, out_size=args.out_size,
@@ -161,6 +139,8 @@ def cmd_index(args: argparse.Namespace) -> int:
         if not key:
             raise EngineError(f"environment variable {args.api_key_env} is not set (it should hold the API key)")
         opts["api_key"] = key
+    existed = os.path.exists(args.index)
+    sources, written = expand_sources(args.rasters, args.index, args.bands)
     bar = _Bar(args.quiet)
     try:
         # Ctrl-C interrupts between commits; the store keeps what was committed (main() says so).
@@ -168,6 +148,15 @@ def cmd_index(args: argparse.Namespace) -> int:
             args.index, sources, captioner=args.captioner, embedder=args.embedder, tiling=tiling,
             captioner_options=opts, device=args.device, remove_missing=args.remove_missing, progress=bar,
         )
+    except BaseException:
+        if not os.path.exists(os.path.join(args.index, "manifest.json")):  # no index yet: leave nothing behind
+            remove_written(written, args.index)
+            if not existed:
+                try:
+                    os.rmdir(args.index)
+                except OSError:
+                    pass
+        raise
     finally:
         bar.close()
     if args.format == "json":
