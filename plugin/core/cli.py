@@ -113,6 +113,7 @@ class _Bar:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
+    from .indexing.commit import failure_line
     from .pipeline import index_rasters
     from .raster_folders import expand_sources, remove_written
     from .tiling import TilingParams
@@ -169,11 +170,14 @@ def cmd_index(args: argparse.Namespace) -> int:
         print(
             f"  {r['name']}: {r['tiles_planned']} tiles planned, {r['tiles_new']} captioned, "
             f"{r['tiles_cached']} from cache, {r['tiles_empty']} empty skipped, {r['variants']} variants added"
+            + (f", {r['tiles_failed']} FAILED" if r.get("tiles_failed") else "")
         )
+        if r.get("tiles_failed"):
+            print(f"    {failure_line(r)}")
     if report.removed:
         print(f"  removed {len(report.removed)} raster(s) no longer listed")
     print(f"indexed into {args.index} in {report.seconds:.1f} s (captioner {report.captioner})")
-    return EXIT_ERROR if any("error" in r for r in report.rasters) else 0
+    return EXIT_ERROR if any("error" in r or r.get("tiles_failed") for r in report.rasters) else 0
 
 
 def _hits_geojson(hits: list[Any]) -> dict[str, Any]:
