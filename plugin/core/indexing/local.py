@@ -111,8 +111,10 @@ class LocalExecutor:
         from ..tiling import iter_tiles
 
         cap = self.captioner
-        tiles = iter_tiles(info, params, refs=list(refs), is_canceled=is_canceled, on_error=on_error)
-        batches = _prefetch(tiles, cap.batch_size)
+        # No local name for the tile generator: the reader thread must hold its only reference, so
+        # it is finalised there (rasterio's Env is thread-local; see _background).
+        batches = _prefetch(iter_tiles(info, params, refs=list(refs), is_canceled=is_canceled, on_error=on_error),
+                            cap.batch_size)
 
         def captioned() -> Iterator[tuple[list[TileImage], list[list[CaptionVariant]]]]:
             for batch in batches:
