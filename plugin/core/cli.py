@@ -276,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     pi.add_argument("--remove-missing", action="store_true", help="drop indexed rasters not listed here")
     pi.add_argument("--format", choices=("table", "json"), default="table")
     pi.add_argument("--quiet", action="store_true", help="no progress bar")
-    pi.add_argument("rasters", nargs="+", help="raster files (GeoTIFF, COG, JP2, VRT) or Sentinel-2 band folders")
+    pi.add_argument("rasters", nargs="+", help="raster files (GeoTIFF, COG, JP2, VRT), folders of rasters (recursive) or Sentinel-2 products")
     pi.set_defaults(func=cmd_index)
 
     ps = sub.add_parser("search", help="rank the indexed tiles for a text query")
