@@ -9,31 +9,15 @@ import shutil
 from pathlib import Path
 
 import pytest
-import rasterio
 from loopback_servers import StallServer, closed_port
 
 from plugin.core.captioners import openai_compat
 from plugin.core.cli import main
 from plugin.core.pipeline import index_info
 from tests.core import rasters
+from tests.core.rasters import blocky, corrupt_block
 
 QUERIES = ["sandy beach next to the sea", "dense forest", "bright square building"]
-
-
-def corrupt_block(path: str, bx: int, by: int) -> None:
-    """Overwrite the compressed bytes of tile block (bx, by) with garbage (the header stays valid)."""
-    with rasterio.open(path) as ds:
-        off = int(ds.get_tag_item(f"BLOCK_OFFSET_{bx}_{by}", "TIFF", bidx=1))
-        size = int(ds.get_tag_item(f"BLOCK_SIZE_{bx}_{by}", "TIFF", bidx=1))
-    with open(path, "r+b") as fh:
-        fh.seek(off + 2)
-        fh.write(b"\xff" * (size - 4))
-
-
-def blocky(folder: Path, name: str = "blocky.tif") -> str:
-    """1024 x 1024 deflate GeoTIFF in 64 px blocks (block (1, 1) is outside the fingerprint sample)."""
-    return rasters.write_raster(str(folder / name), rasters.pattern(3, 1024, 1024, seed=5), tiled=True,
-                                blockxsize=64, blockysize=64, compress="deflate")
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:
