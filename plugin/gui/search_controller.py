@@ -147,7 +147,7 @@ class SearchController(QObject):
                    f"{scale.verdict(best)}")
         else:
             msg = f"No results for “{self.last_query}”"
-        self.widget.show_hits(hits, msg, warn=warn)
+        self.widget.show_hits(hits, msg, warn=warn, query=self.last_query)
         self.highlighter.show_hits(hits, name=f"Search results: {self.last_query}"[:80] if self.last_query else "Search results",
                                    scale=scale, query=self.last_query)
         for h in hits:
@@ -199,10 +199,18 @@ class SearchController(QObject):
         except Exception as exc:  # the dialog still shows the best variant
             report_exception(self.session.iface, exc, "Reading caption variants")
             variants = None
-        dlg = CaptionDialog(hit, variants, parent=self.widget)
+        dlg = CaptionDialog(hit, variants, parent=self.widget, query=self.last_query)
         self._dialogs = [d for d in self._dialogs if d.isVisible()] + [dlg]
+        self._place_beside_dock(dlg)
         dlg.show()
         return dlg
+
+    def _place_beside_dock(self, dlg: CaptionDialog) -> None:
+        """Left of the dock (over the map edge), top-aligned with it, never off the screen's left."""
+        from qgis.PyQt.QtCore import QPoint
+
+        top_left = self.widget.mapToGlobal(QPoint(0, 0))
+        dlg.move(max(0, top_left.x() - dlg.width() - 12), max(0, top_left.y()))
 
     def export_dialog(self) -> None:
         path, _filter = QFileDialog.getSaveFileName(self.widget, "Export search results", "search_results.gpkg",

@@ -23,7 +23,7 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
-from .results_model import COL_CAPTION, COL_RANK, COL_RASTER, COL_SCORE, COL_THUMB, THUMB_SIZE, ResultsModel
+from .results_model import COL_CAPTION, COL_RANK, COL_RASTER, COL_SCALE, COL_SCORE, COL_THUMB, THUMB_SIZE, ResultsModel
 from .settings import SearchOptions
 
 if TYPE_CHECKING:  # numpy comes with core.types: not at QGIS start-up
@@ -70,7 +70,7 @@ class SearchWidget(QWidget):
         self.view.setTextElideMode(Qt.TextElideMode.ElideRight)
         self.view.setIconSize(QSize(THUMB_SIZE, THUMB_SIZE))
         header = self.view.horizontalHeader()
-        for col in (COL_RANK, COL_SCORE, COL_THUMB):
+        for col in (COL_RANK, COL_SCORE, COL_THUMB, COL_SCALE):
             header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(COL_CAPTION, QHeaderView.ResizeMode.Stretch)
         header.setSectionResizeMode(COL_RASTER, QHeaderView.ResizeMode.Interactive)
@@ -150,9 +150,11 @@ class SearchWidget(QWidget):
         if message:
             self.info_label.setText(message)
 
-    def show_hits(self, hits: list[Hit], message: str = "", warn: bool = False) -> None:
-        """Fill the list; `warn` shows the message in orange (e.g. no confident match)."""
-        self.model.set_hits(hits)
+    def show_hits(self, hits: list[Hit], message: str = "", warn: bool = False, query: str = "") -> None:
+        """Fill the list; `warn` shows the message in orange (e.g. no confident match). The raster
+        column is hidden when every hit comes from one raster."""
+        self.model.set_hits(hits, query)
+        self.view.setColumnHidden(COL_RASTER, self.model.single_raster())
         self.export_button.setEnabled(bool(hits))
         self.zoom_button.setEnabled(bool(hits))
         self.info_label.setText(message)
