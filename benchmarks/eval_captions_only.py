@@ -1,7 +1,9 @@
 """Captions-only proxy on the RSITMD and RSICD test captions: the text side alone, and its speed.
 
 The first k reference captions of each image stand in as its caption variants, the remaining ones
-are the queries; embedded with the packaged MiniLM; scored for max / mean / top-2-mean fusion.
+are the queries; embedded with the packaged MiniLM; scored for max / mean / top-2-mean fusion, by
+the dense ranker (the paper) and, with `--ranker`, bm25 and the hybrid fusion `search()` uses
+(`--weights` sweeps the hybrid's lexical weight).
 The captions are read where they are shared (`../shared/data/captions` beside the repository by
 default) and never copied into the project. Prints a table; `--out PREFIX` also writes
 PREFIX.json / PREFIX.md with the full configuration.
@@ -11,6 +13,7 @@ loading the captions, embedding every distinct text once and all the ranking; mo
 reported separately. CPU time is printed beside wall time because the 2-core machine is shared.
 
     .venv/bin/python benchmarks/eval_captions_only.py [--data DIR] [--sets rsitmd,rsicd] [--k 1,2]
+    .venv/bin/python benchmarks/eval_captions_only.py --k 1 --fusion max --ranker all --weights 0.05,0.1,0.15,0.2,0.3
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from plugin.core.eval.datasets import load_precomp  # noqa: E402
 from plugin.core.eval.metrics import FUSIONS  # noqa: E402
 from plugin.core.eval.report import format_table, write_reports  # noqa: E402
 from plugin.core.eval.runner import VectorCache, run_captions_only  # noqa: E402
+from plugin.core.hybrid import RANKERS  # noqa: E402
 
 
 def main() -> int:
@@ -40,6 +44,9 @@ def main() -> int:
     ap.add_argument("--sets", default="rsitmd,rsicd")
     ap.add_argument("--k", default="1,2")
     ap.add_argument("--fusion", default=",".join(FUSIONS))
+    ap.add_argument("--ranker", default="dense", help="dense, lexical, hybrid (comma-separated) or all")
+    ap.add_argument("--weights", default=None,
+                    help="hybrid weight sweep, e.g. 0.05,0.1,0.15,0.2,0.3 (one hybrid row per weight)")
     ap.add_argument("--embedder", default=None, help="default: the packaged MiniLM")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=None)
@@ -50,6 +57,8 @@ def main() -> int:
         return 1
     ks = [int(k) for k in args.k.split(",")]
     fusions = [f for f in args.fusion.split(",") if f]
+    rankers = list(RANKERS) if args.ranker == "all" else [r for r in args.ranker.split(",") if r]
+    weights = [float(w) for w in args.weights.split(",")] if args.weights else [None]
 
     t0 = time.perf_counter()
     embedder = make_embedder(args.embedder, device=args.device)
@@ -61,7 +70,10 @@ def main() -> int:
         t1, c1 = time.perf_counter(), time.process_time()
         ds = load_precomp(data / f"{name}_test_caps.txt", split="test", name=name)
         vectors = VectorCache(embedder)  # cold: everything this set needs is embedded in the timed run
-        res = run_captions_only(ds, vectors, ks, fusions)
+        res = run_captions_only(ds, vectors, ks, fusions, [r for r in rankers if r != "hybrid"])
+        if "hybrid" in rankers:
+            for w in weights:
+                res += run_captions_only(ds, vectors, ks, fusions, ["hybrid"], w)
         total, cpu = time.perf_counter() - t1, time.process_time() - c1
         queries = sum(r.metrics.query_captions for r in res)
         embed = sum(r.seconds.get("embed", 0.0) for r in res if r.config.get("fusion") == fusions[0])

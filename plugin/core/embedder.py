@@ -20,7 +20,10 @@ import numpy as np
 from .devices import resolve_device
 from .errors import ModelUnavailableError
 
-__all__ = ["SentenceTransformerEmbedder", "default_embedder_path", "make_embedder", "resolve_device"]
+__all__ = [
+    "SentenceTransformerEmbedder", "default_embedder_path", "make_embedder", "model_identity", "resolve_device",
+    "resolve_spec",
+]
 
 #: Display name of the packaged default model (its folder is just ".../model").
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
@@ -132,14 +135,11 @@ class SentenceTransformerEmbedder:
         prompts = dict(getattr(self.model, "prompts", None) or {})
         self.query_prompt: Optional[str] = prompts.get("query") or None
         self.document_prompt: Optional[str] = prompts.get("document") or prompts.get("passage") or None
-        snap = folder or _hub_snapshot(model)
-        self.name = DEFAULT_MODEL_NAME if folder and _same_folder(folder, _default_or_none()) else _display_name(model, folder)
-        self.fingerprint = self._make_fingerprint(snap)
-
-    def _make_fingerprint(self, folder: Optional[str]) -> str:
-        prompts = json.dumps([self.query_prompt or "", self.document_prompt or ""])
-        p_hash = hashlib.sha256(prompts.encode()).hexdigest()[:8]
-        return f"st:{self.name}@{_folder_digest(folder)}:dim={self.dim}:norm=l2:prompts={p_hash}"
+        self.name, digest = _name_and_digest(model)
+        identity = f"st:{self.name}@{digest}:"
+        self.fingerprint = make_fingerprint(identity, self.dim, self.query_prompt, self.document_prompt)
+        #: Documents go through this ONNX copy of the model when set (CPU: faster, same vectors).
+        self.onnx: Any = None
 
     def _encode(self, texts: Sequence[str], prompt: Optional[str], batch_size: Optional[int]) -> np.ndarray:
         items = [str(t) for t in texts]
@@ -157,6 +157,8 @@ class SentenceTransformerEmbedder:
 
     def encode_documents(self, texts: Sequence[str], batch_size: Optional[int] = None) -> np.ndarray:
         """Caption texts -> (N, dim) unit vectors, with the model's document prompt if it has one."""
+        if self.onnx is not None:
+            return self.onnx.encode_documents(texts, batch_size or self.batch_size)
         return self._encode(texts, self.document_prompt, batch_size)
 
     def encode_queries(self, texts: Sequence[str], batch_size: Optional[int] = None) -> np.ndarray:
@@ -164,7 +166,31 @@ class SentenceTransformerEmbedder:
         return self._encode(texts, self.query_prompt, batch_size)
 
     def __repr__(self) -> str:
-        return f"SentenceTransformerEmbedder({self.fingerprint!r}, device={self.device!r})"
+        via = ", documents via onnx" if self.onnx is not None else ""
+        return f"SentenceTransformerEmbedder({self.fingerprint!r}, device={self.device!r}{via})"
+
+
+def make_fingerprint(identity: str, dim: int, query_prompt: Optional[str], document_prompt: Optional[str]) -> str:
+    """The index's embedder fingerprint: model identity + what shapes the vectors (dim, norm, prompts)."""
+    prompts = json.dumps([query_prompt or "", document_prompt or ""])
+    p_hash = hashlib.sha256(prompts.encode()).hexdigest()[:8]
+    return f"{identity}dim={int(dim)}:norm=l2:prompts={p_hash}"
+
+
+def model_identity(spec: str) -> str:
+    """`st:<name>@<content digest>:`, the fingerprint's prefix, from files alone (no torch, no model load).
+
+    The search worker uses it to find the ONNX export of the index's model without importing torch.
+    """
+    name, digest = _name_and_digest(spec)
+    return f"st:{name}@{digest}:"
+
+
+def _name_and_digest(spec: str) -> tuple[str, str]:
+    folder = _local_folder(spec)
+    snap = folder or _hub_snapshot(spec)
+    name = DEFAULT_MODEL_NAME if folder and _same_folder(folder, _default_or_none()) else _display_name(spec, folder)
+    return name, _folder_digest(snap)
 
 
 def _default_or_none() -> Optional[str]:
@@ -183,15 +209,29 @@ def _same_folder(a: Optional[str], b: Optional[str]) -> bool:
         return False
 
 
-def make_embedder(spec: Optional[str] = None, device: str = "auto", batch_size: int = 64) -> SentenceTransformerEmbedder:
-    """Build the embedder a spec names: None/"default" -> packaged MiniLM; else a hub id or local folder.
-
-    A "sentence-transformers:" or "st:" prefix is accepted so specs read like captioner specs.
-    """
+def resolve_spec(spec: Optional[str] = None) -> str:
+    """None/"default" -> the packaged MiniLM's folder; a "sentence-transformers:" or "st:" prefix is dropped."""
     text = (spec or "").strip()
     for prefix in ("sentence-transformers:", "st:"):
         if text.startswith(prefix):
             text = text[len(prefix):].strip()
     if text in ("", "default", "minilm", DEFAULT_MODEL_NAME):
         text = default_embedder_path()
-    return SentenceTransformerEmbedder(text, device=device, batch_size=batch_size)
+    return text
+
+
+def make_embedder(
+    spec: Optional[str] = None, device: str = "auto", batch_size: int = 64, backend: Optional[str] = None
+) -> SentenceTransformerEmbedder:
+    """Build the embedder a spec names: None/"default" -> packaged MiniLM; else a hub id or local folder.
+
+    A "sentence-transformers:" or "st:" prefix is accepted so specs read like captioner specs.
+    `backend` "auto" (default, or $SIS_EMBEDDER_BACKEND) also exports the model to ONNX once (the
+    torch-free search worker needs it) and, on CPU, embeds documents through it; "torch" never does.
+    """
+    emb = SentenceTransformerEmbedder(resolve_spec(spec), device=device, batch_size=batch_size)
+    from .onnx_embedder import attach_onnx, backend_choice
+
+    if backend_choice(backend) != "torch":
+        attach_onnx(emb)
+    return emb

@@ -182,12 +182,17 @@ class IndexLock:
         if self._fd is not None and not self._os:
             self._write_holder()
 
-    def release(self) -> None:
+    def release(self, unlink: bool = False) -> None:
+        """Let go; `unlink` also removes the file (a first job that failed before creating the index
+        leaves nothing behind)."""
         if self._fd is None:
             return
         try:
             try:
-                self._write_holder(released=True)
+                if unlink:
+                    os.unlink(self.path)
+                else:
+                    self._write_holder(released=True)
             except OSError:
                 pass
             if self._os:

@@ -78,12 +78,14 @@ def window_overlap(a: PixelWindow, b: PixelWindow) -> float:
 
 
 def _query_vector(index: Searchable, query_vector: np.ndarray) -> np.ndarray:
-    q = np.asarray(query_vector, dtype=np.float32).reshape(-1)
-    if q.size != index.dim:
-        raise IndexStoreError(f"the query vector has {q.size} dimensions, the index holds {index.dim}-d vectors "
+    """Unit query vector, or (m, dim) unit rows for several query vectors (search by example)."""
+    q = np.asarray(query_vector, dtype=np.float32)
+    q = q.reshape(-1) if q.ndim < 2 or q.shape[0] == 1 else q
+    if q.shape[-1] != index.dim or q.ndim > 2:
+        raise IndexStoreError(f"the query vector has {q.shape[-1]} dimensions, the index holds {index.dim}-d vectors "
                               f"(embedder {index.embedder_fingerprint})")
-    n = float(np.linalg.norm(q))
-    if not math.isfinite(n) or n == 0.0:
+    n = np.linalg.norm(q, axis=-1, keepdims=True)
+    if not np.isfinite(n).all() or (n == 0.0).any():
         raise QueryError("the query vector is zero or not finite")
     return q / n
 
@@ -141,6 +143,10 @@ class _Candidates:
         self.row_cid: list[int] = []
         self.blobs: list[bytes] = []
         self.sims = np.zeros(0, np.float32)
+        #: Per-caption lexical bonus added to the cosine (hybrid ranker); empty for dense.
+        self.bonus: dict[int, float] = {}
+        #: Weight of the cosine in the score (0 for the lexical ranker, whose bm25 is the bonus).
+        self.dense_weight = 1.0
 
     def add_labels(self, labels: Sequence[int], sims: Sequence[float]) -> None:
         sim_of = dict(zip((int(x) for x in labels), (float(v) for v in sims)))
@@ -198,16 +204,28 @@ class _Candidates:
                     self.row_cid.append(int(cid))
                     self.blobs.append(vec)
 
+    def best_per_tile(self, vectors: np.ndarray) -> np.ndarray:
+        """Each candidate tile's best cosine with any of `vectors` over all its stored variants
+        (indexed by tile position; -inf for a tile without variants). Needs `vectors=True`."""
+        out = np.full(len(self.t_ids), -np.inf)
+        if self.blobs:
+            m = np.frombuffer(b"".join(self.blobs), np.float32).reshape(len(self.blobs), -1) @ np.atleast_2d(vectors).T
+            np.maximum.at(out, np.asarray(self.row_seg, np.int64), m.max(axis=1).astype(np.float64))
+        return out
+
     def fused(self, q: np.ndarray, rule: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(tile positions, fused scores, best caption ids) for every candidate tile with variants."""
         if not self.vectors:
             self.sims = np.asarray(self.row_sim, np.float32)
         elif len(self.sims) < len(self.blobs):
-            new = np.frombuffer(b"".join(self.blobs[len(self.sims):]), dtype=np.float32).reshape(-1, q.size)
-            self.sims = np.concatenate([self.sims, new @ q])
+            new = np.frombuffer(b"".join(self.blobs[len(self.sims):]), dtype=np.float32).reshape(-1, q.shape[-1])
+            s = new @ q.T  # several query vectors (search by example): the best of them
+            self.sims = np.concatenate([self.sims, s.max(axis=1) if s.ndim == 2 else s])
         if not len(self.sims):
             return np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64)
-        sims = self.sims.astype(np.float64)
+        sims = self.sims.astype(np.float64) * self.dense_weight
+        if self.bonus:
+            sims = sims + np.fromiter((self.bonus.get(c, 0.0) for c in self.row_cid), np.float64, len(self.row_cid))
         seg = np.asarray(self.row_seg, np.int64)
         order = np.lexsort((-sims, seg))
         s_sorted, seg_sorted = sims[order], seg[order]
@@ -227,13 +245,29 @@ class _Candidates:
 def search(index: Searchable, query_vector: np.ndarray, *, top: int = 10, fusion: str = "max",
            raster_ids: Optional[Sequence[str]] = None, bbox: Optional[tuple[float, float, float, float]] = None,
            bbox_crs: Optional[str] = None, min_score: Optional[float] = None, suppress_overlaps: bool = False,
-           oversample: int = 10) -> list[Hit]:
-    """Top `top` tiles for a unit query vector (see the module docstring for how)."""
+           oversample: int = 10, ranker: Optional[str] = None, query_text: Optional[str] = None,
+           lexical_weight: Optional[float] = None, negatives: Optional[Sequence[tuple[str, np.ndarray]]] = None,
+           exclude_tiles: Optional[set[str]] = None) -> list[Hit]:
+    """Top `top` tiles for a unit query vector (see the module docstring for how).
+
+    `ranker`: "dense" (cosine), "lexical" (bm25 of `query_text`'s words) or "hybrid" (both, see
+    hybrid.py; the default, and the same as dense without `query_text`). `negatives`: (phrase, unit vector) pairs; tiles whose best variant scores above
+    `NEGATIVE_THRESHOLD` for one of them rank after all others. A (m, dim) `query_vector` ranks by
+    the best of its rows (search by example); `exclude_tiles` never appear.
+    """
+    from . import hybrid as H
+    from .lexical import query_terms
+
+    ranker = H.check_ranker(ranker or H.DEFAULT_RANKER)
     if fusion not in FUSIONS:
         raise QueryError(f"unknown fusion {fusion!r}: use one of {', '.join(FUSIONS)}")
     if int(top) < 1:
         raise QueryError(f"top must be at least 1 (got {top})")
     q = _query_vector(index, query_vector)
+    terms = query_terms(query_text or "") if ranker != "dense" else []
+    if ranker == "lexical" and not terms:
+        raise QueryError("the lexical ranker needs query words (all of them were stop words)")
+    weight = H.HYBRID_WEIGHT if lexical_weight is None else float(lexical_weight)
     index.sync()  # see what writers committed since we opened
     rasters = {r["raster_id"]: r for r in _raster_meta(index)}
     allowed = set(rasters) if raster_ids is None else {r for r in raster_ids if r in rasters}
@@ -241,24 +275,89 @@ def search(index: Searchable, query_vector: np.ndarray, *, top: int = 10, fusion
         return []
     boxes = _bbox_per_raster(rasters, bbox, bbox_crs) if bbox is not None else None
     n_active = index.active_count()
-    exact = raster_ids is not None and sum(rasters[r]["embedded"] for r in allowed) <= min(EXACT_LIMIT, n_active)
-    cands = _Candidates(index, vectors=exact or fusion != "max")
+    exact = (raster_ids is not None and ranker != "lexical"
+             and sum(rasters[r]["embedded"] for r in allowed) <= min(EXACT_LIMIT, n_active))
+    neg = np.stack([v for _t, v in negatives]) if negatives else None
+    cands = _Candidates(index, vectors=exact or fusion != "max" or q.ndim == 2 or neg is not None)
     k = min(n_active, max(int(top) * max(1, round(index.variants_per_tile())) * max(1, int(oversample)), 16))
+    demoted: dict[str, tuple[str, float]] = {}
     while True:
-        if exact:
-            cands.add_tiles_of_rasters(sorted(allowed))
+        lex_ids, lex_s = (H.lexical_candidates(index.conn, terms, k, sorted(allowed) if raster_ids is not None else None)
+                          if terms else (np.zeros(0, np.int64), np.zeros(0)))
+        if ranker == "lexical":  # the score is bm25 alone: cosines weigh 0, bm25 comes in as the bonus
+            cands.dense_weight = 0.0
+            cands.add_labels(lex_ids.tolist(), [0.0] * len(lex_ids))
+            cands.bonus.update(zip(lex_ids.tolist(), lex_s.tolist()))
             floor = -math.inf
         else:
-            labels, sims = index.ann.query(q, k)
-            cands.add_labels(labels.tolist(), sims.tolist())
-            floor = float(sims[-1]) if len(sims) else -math.inf
-        ranked = _rank(cands, q, fusion, allowed, boxes, min_score)
+            if exact:
+                cands.add_tiles_of_rasters(sorted(allowed))
+                floor = -math.inf
+            else:
+                labels, sims = _knn(index, q, k)
+                floor = float(sims.min()) if len(sims) else -math.inf
+                if len(lex_ids) and not cands.vectors:  # lexical-only candidates need their cosine too
+                    extra = [c for c in lex_ids.tolist() if c not in set(labels.tolist())]
+                    cos = H.dense_of(index.conn, extra, q)
+                    labels = np.r_[labels, np.asarray(list(cos), np.int64)]
+                    sims = np.r_[sims, np.asarray(list(cos.values()), np.float32)]
+                elif len(lex_ids):
+                    labels = np.r_[labels, lex_ids]
+                    sims = np.r_[sims, np.zeros(len(lex_ids), np.float32)]
+                cands.add_labels(labels.tolist(), sims.tolist())
+            if len(lex_ids):
+                cands.bonus.update(zip(lex_ids.tolist(), H.lexical_bonus(lex_s, weight).tolist()))
+        ranked = _rank(cands, q, fusion, allowed, boxes, min_score, exclude_tiles)
+        if neg is not None:
+            ranked, demoted = _demote(ranked, cands, neg, [t for t, _v in negatives or []])
         hits = _suppress(ranked, cands) if suppress_overlaps else ranked
-        done = exact or len(hits) >= top or k >= n_active or (min_score is not None and floor < min_score)
+        good = sum(1 for h in hits if h[0] not in demoted)
+        exhausted = k >= n_active and (ranker != "lexical" or len(lex_ids) < k)
+        done = exact or good >= top or exhausted or (min_score is not None and floor < min_score)
+        if ranker == "lexical":
+            done = good >= top or len(lex_ids) < k
         if done:
             break
-        k = min(n_active, k * 4)
-    return [_hit(rank, tid, score, cid, cands, rasters) for rank, (tid, score, cid) in enumerate(hits[: int(top)], 1)]
+        k = k * 4 if ranker == "lexical" else min(n_active, k * 4)
+    out = [_hit(rank, tid, score, cid, cands, rasters) for rank, (tid, score, cid) in enumerate(hits[: int(top)], 1)]
+    for h in out:
+        if ranker != "dense":
+            h.extra["ranker"] = ranker
+            h.extra["matched_terms"] = H.matched_terms(index.conn, h.extra.pop("_cid"), terms)
+        h.extra.pop("_cid", None)
+        if h.tile_id in demoted:
+            h.extra["demoted_by"], h.extra["negative_score"] = demoted[h.tile_id]
+    return out
+
+
+#: A tile whose best variant has at least this cosine with a negative phrase ranks after the others.
+NEGATIVE_THRESHOLD = 0.35
+
+
+def _knn(index: Searchable, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """kNN labels and cosines; several query rows (search by example) pool their neighbours."""
+    if q.ndim == 1:
+        return index.ann.query(q, k)
+    best: dict[int, float] = {}
+    for row in q:
+        labels, sims = index.ann.query(row, k)
+        for lab, sim in zip(labels.tolist(), sims.tolist()):
+            best[lab] = max(sim, best.get(lab, -math.inf))
+    return np.asarray(list(best), np.int64), np.asarray(list(best.values()), np.float32)
+
+
+def _demote(ranked: list[tuple[str, float, int]], cands: _Candidates, neg: np.ndarray,
+            names: list[str]) -> tuple[list[tuple[str, float, int]], dict[str, tuple[str, float]]]:
+    """Stable partition: tiles naming none of the negatives first, then the demoted ones."""
+    per_neg = [cands.best_per_tile(v) for v in neg]
+    demoted: dict[str, tuple[str, float]] = {}
+    for tid, _s, _c in ranked:
+        pos = cands.tiles[tid]["pos"]
+        scores = [float(p[pos]) for p in per_neg]
+        j = int(np.argmax(scores))
+        if scores[j] >= NEGATIVE_THRESHOLD:
+            demoted[tid] = (names[j], round(scores[j], 4))
+    return [r for r in ranked if r[0] not in demoted] + [r for r in ranked if r[0] in demoted], demoted
 
 
 def _raster_meta(index: Searchable) -> list[dict[str, Any]]:
@@ -271,7 +370,7 @@ def _raster_meta(index: Searchable) -> list[dict[str, Any]]:
 
 def _rank(cands: _Candidates, q: np.ndarray, rule: str, allowed: set[str],
           boxes: Optional[dict[str, Optional[tuple[float, float, float, float]]]],
-          min_score: Optional[float]) -> list[tuple[str, float, int]]:
+          min_score: Optional[float], exclude: Optional[set[str]] = None) -> list[tuple[str, float, int]]:
     """Candidate tiles passing the filters, best first (score desc, then tile id)."""
     pos, score, cid = cands.fused(q, rule)
     if not len(pos):
@@ -284,6 +383,8 @@ def _rank(cands: _Candidates, q: np.ndarray, rule: str, allowed: set[str],
         keep &= ~((env[:, 2] < box[:, 0]) | (env[:, 0] > box[:, 2]) | (env[:, 3] < box[:, 1]) | (env[:, 1] > box[:, 3]))
     if min_score is not None:
         keep &= score >= float(min_score)
+    if exclude:
+        keep &= np.fromiter((cands.t_ids[p] not in exclude for p in pos), bool, len(pos))
     pos, score, cid = pos[keep], score[keep], cid[keep]
     ids = np.asarray(cands.t_ids)[pos] if len(pos) else np.zeros(0, str)
     order = np.lexsort((ids, -score))
@@ -311,4 +412,5 @@ def _hit(rank: int, tid: str, score: float, cid: int, cands: _Candidates, raster
     r = rasters.get(t["raster_id"], {})
     return Hit(rank=rank, score=float(score), tile_id=tid, raster_id=t["raster_id"], raster=r.get("path", ""),
                window=t["window"], scale=int(t["scale"]), caption=text, variant_index=vi,
-               footprint=json.loads(t["footprint"]), crs=r.get("crs_wkt"), raster_name=r.get("name", ""))
+               footprint=json.loads(t["footprint"]), crs=r.get("crs_wkt"), raster_name=r.get("name", ""),
+               extra={"_cid": int(cid)})

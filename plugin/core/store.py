@@ -117,6 +117,7 @@ class SearchIndex(RasterRows):
                     if not readonly:
                         S.init_db(conn, embedder_fingerprint or "", int(dim or 0))  # no-op on an existing schema
                         S.migrate(conn)
+                        _ensure_lexical(conn)  # the FTS5 table beside the embeddings (built once for older indexes)
                     version = S.get_meta(conn, "schema_version")
             except BaseException:
                 conn.close()
@@ -378,12 +379,13 @@ class SearchIndex(RasterRows):
     def search(self, query_vector: np.ndarray, *, top: int = 10, fusion: str = "max",
                raster_ids: Optional[Sequence[str]] = None, bbox: Optional[tuple[float, float, float, float]] = None,
                bbox_crs: Optional[str] = None, min_score: Optional[float] = None, suppress_overlaps: bool = False,
-               oversample: int = 10) -> list[Hit]:
-        """Rank tiles for a query vector; see `search.search` for the algorithm."""
+               oversample: int = 10, **ranking: Any) -> list[Hit]:
+        """Rank tiles for a query vector; see `search.search` for the algorithm and the `ranking`
+        options (ranker, query_text, lexical_weight, negatives, exclude_tiles)."""
         from .search import search
 
         return search(self, query_vector, top=top, fusion=fusion, raster_ids=raster_ids, bbox=bbox, bbox_crs=bbox_crs,
-                      min_score=min_score, suppress_overlaps=suppress_overlaps, oversample=oversample)
+                      min_score=min_score, suppress_overlaps=suppress_overlaps, oversample=oversample, **ranking)
 
     def stats(self) -> dict:
         c = self.conn
@@ -415,6 +417,16 @@ class SearchIndex(RasterRows):
     def active_count(self) -> int:
         """Searchable variants (labels not deleted) in the in-memory ANN index."""
         return self.ann.active
+
+
+def _ensure_lexical(conn: sqlite3.Connection) -> None:
+    from .lexical import ensure_lexical
+
+    try:
+        ensure_lexical(conn)
+    except BaseException:
+        conn.close()
+        raise
 
 
 def _chunks(seq: list, n: int) -> Iterator[list]:

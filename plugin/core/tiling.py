@@ -30,7 +30,7 @@ import numpy as np
 from .errors import Canceled, RasterError, TilingError
 from .geodesy import window_pixel_m
 from .raster import RasterInfo
-from .raster_io import read_bands_lazy
+from .raster_io import gdal_error_line, read_bands_lazy
 from .types import CancelFn, PixelWindow, ProgressFn, TileImage, TileRef, never_canceled, no_progress
 
 __all__ = ["TilingParams", "tile_id", "footprint", "plan_tiles", "count_tiles", "iter_tiles", "read_tile", "tile_side_px", "MAX_OUT_SIZE"]
@@ -244,22 +244,19 @@ def _fetch(ds: Any, info: RasterInfo, ref: TileRef, side_out: int) -> tuple[np.n
 
 def _finish(info: RasterInfo, ref: TileRef, fetched: tuple[np.ndarray, Optional[np.ndarray], tuple[int, int]],
             renderer: _Renderer) -> tuple[TileImage, int]:
-    """The numpy part: float32 raw with NaN where invalid, 8-bit RGB, output pixel size.
-    Returns the tile and its number of valid pixels."""
+    """The numpy part: 8-bit RGB, validity, output pixel size; the float32 planes (`TileImage.raw`)
+    are made from `data` only if a captioner asks for them. Returns the tile and its number of valid pixels."""
     data, valid, shape = fetched
-    raw = data.astype(np.float32)
     if valid is None:
         valid = np.ones(shape, dtype=bool)
         n_valid = valid.size
     else:
         n_valid = int(np.count_nonzero(valid))
     all_valid = n_valid == valid.size
-    if not all_valid:
-        raw[:, ~valid] = np.nan
     win = ref.window
     px = window_pixel_m(info.crs_wkt, info.transform, win.col_off, win.row_off, win.width, win.height, shape)
     tile = TileImage(
-        ref=ref, rgb=renderer.rgb(data, valid, all_valid), raw=raw, valid=valid,
+        ref=ref, rgb=renderer.rgb(data, valid, all_valid), bands=data, valid=valid,
         has_nir=info.band_map.nir is not None, pixel_size=px,
     )
     return tile, n_valid
@@ -291,11 +288,15 @@ def iter_tiles(
     refs: Optional[Sequence[TileRef]] = None,
     progress: ProgressFn = no_progress,
     is_canceled: CancelFn = never_canceled,
+    on_error: Optional[Callable[[TileRef, str], None]] = None,
     on_skip: Optional[Callable[[TileRef], None]] = None,
 ) -> Iterator[TileImage]:
     """Read the planned tiles (or `refs`) one window at a time; yield those with at least
-    `params.min_valid_fraction` valid pixels (`on_skip(ref)` is told of the others). Progress counts
-    every tile read, skipped or not; raises Canceled between tiles once is_canceled() is true."""
+    `params.min_valid_fraction` valid pixels (the others go to `on_skip(ref)`). Progress counts every
+    tile read, skipped or not; raises Canceled between tiles once is_canceled() is true.
+
+    A tile whose pixels cannot be read (a corrupt compressed block) goes to `on_error(ref, reason)`
+    and the next tile is read; without `on_error` it is a RasterError naming the tile."""
     import rasterio
 
     todo = list(refs) if refs is not None else plan_tiles(info, params)
@@ -308,7 +309,19 @@ def iter_tiles(
         for i, ref in enumerate(todo):
             if is_canceled():
                 raise Canceled(f"tiling canceled after {i} of {total} tiles")
-            tile, n_valid = _finish(info, ref, _fetch(ds, info, ref, side_out), renderer)
+            try:
+                fetched = _fetch(ds, info, ref, side_out)
+            except (MemoryError, Canceled):
+                raise
+            except Exception as exc:  # noqa: BLE001 - GDAL/rasterio read errors of this window only
+                w = ref.window
+                reason = f"pixels {w.col_off},{w.row_off} {w.width}x{w.height} cannot be read: {gdal_error_line(exc)}"
+                if on_error is None:
+                    raise RasterError(f"{info.name}: {reason}") from None
+                on_error(ref, reason)
+                progress(i + 1, total, f"{info.name}: tile {i + 1}/{total}")
+                continue
+            tile, n_valid = _finish(info, ref, fetched, renderer)
             progress(i + 1, total, f"{info.name}: tile {i + 1}/{total}")
             if n_valid > 0 and n_valid >= params.min_valid_fraction * tile.valid.size:
                 yield tile
@@ -321,4 +334,10 @@ def read_tile(info: RasterInfo, ref: TileRef, out_size: Optional[int] = None) ->
     the scale-1 tile side, capped at MAX_OUT_SIZE."""
     side = out_size or min(max(ref.window.width, ref.window.height) // max(ref.scale, 1), MAX_OUT_SIZE)
     with _open_for(info) as ds:
-        return _finish(info, ref, _fetch(ds, info, ref, max(1, side)), _Renderer(info))[0]
+        try:
+            fetched = _fetch(ds, info, ref, max(1, side))
+        except MemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a corrupt block: one line, not a GDAL traceback
+            raise RasterError(f"{info.name}: tile {ref.tile_id} cannot be read: {gdal_error_line(exc)}") from None
+        return _finish(info, ref, fetched, _Renderer(info))[0]

@@ -111,21 +111,51 @@ class TileRef:
         return {"type": "Polygon", "coordinates": [[list(p) for p in self.footprint]]}
 
 
-@dataclass
 class TileImage:
-    """A tile read from a raster, ready for captioners."""
+    """A tile read from a raster, ready for captioners.
 
-    ref: TileRef
-    #: (H, W, 3) uint8, the raster-wide percentile stretch applied.
-    rgb: np.ndarray
-    #: (C, H, W) float32 of the mapped bands (R, G, B[, NIR]) in raw units, NaN where invalid.
-    raw: np.ndarray
-    #: (H, W) bool, True where the pixel holds data.
-    valid: np.ndarray
-    #: True when `raw` has a NIR plane (band map with NIR).
-    has_nir: bool = False
-    #: Ground size of one output pixel in metres, geodesic for any CRS (None when the raster has no CRS).
-    pixel_size: Optional[float] = None
+    `raw` is made on first access from the native-dtype band planes the reader hands over
+    (`bands=`): most captioners only look at the 8-bit `rgb`, and the float32 copy with NaN for
+    invalid pixels was a fifth of the tiling time. Callers that have float planes already pass `raw=`.
+    """
+
+    def __init__(
+        self, ref: TileRef, rgb: np.ndarray, raw: Optional[np.ndarray] = None, valid: Optional[np.ndarray] = None,
+        has_nir: bool = False, pixel_size: Optional[float] = None, *, bands: Optional[np.ndarray] = None,
+    ) -> None:
+        if valid is None or (raw is None and bands is None):
+            raise ValueError("a TileImage needs valid and one of raw / bands")
+        self.ref = ref
+        #: (H, W, 3) uint8, the raster-wide percentile stretch applied.
+        self.rgb = rgb
+        #: (H, W) bool, True where the pixel holds data.
+        self.valid = valid
+        #: True when `raw` has a NIR plane (band map with NIR).
+        self.has_nir = has_nir
+        #: Ground size of one output pixel in metres, geodesic for any CRS (None when the raster has no CRS).
+        self.pixel_size = pixel_size
+        self._raw = raw
+        self._bands = bands if raw is None else None
+
+    @property
+    def raw(self) -> np.ndarray:
+        """(C, H, W) float32 of the mapped bands (R, G, B[, NIR]) in raw units, NaN where invalid."""
+        if self._raw is None:
+            import numpy as np
+
+            assert self._bands is not None
+            raw = self._bands.astype(np.float32)
+            if not self.valid.all():
+                raw[:, ~self.valid] = np.nan
+            self._raw, self._bands = raw, None
+        return self._raw
+
+    @raw.setter
+    def raw(self, value: np.ndarray) -> None:
+        self._raw, self._bands = value, None
+
+    def __repr__(self) -> str:
+        return f"TileImage({self.ref.tile_id!r}, {self.rgb.shape[1]}x{self.rgb.shape[0]} px, nir={self.has_nir})"
 
 
 @dataclass(frozen=True)

@@ -297,13 +297,20 @@ class IndexController(QObject):
             removed = len(report.get("removed") or [])
             self.session.last_outcome = (f"{len(rasters)} raster(s), {new} new + {cached} cached tiles"
                                          + (f", {removed} removed" if removed else "") + f" in {secs:.1f} s")
+            failed = sum(int(r.get("tiles_failed") or 0) for r in rasters)  # unreadable tiles (corrupt blocks)
+            broken = sum(1 for r in rasters if r.get("error"))  # rasters that could not be opened
+            if failed:
+                self.session.last_outcome += f", {failed} tiles failed (Update retries them)"
+            if broken:
+                self.session.last_outcome += f", {broken} raster(s) could not be read"
             from ..core.report_lines import raster_notes
 
             notes = [f"{r.get('name')}: {line}" for r in rasters for line in raster_notes(r)]
             fell_back = any(r.get("tiles_fallback") for r in rasters)
             if notes:
                 self.session.last_outcome += "; " + "; ".join(notes)
-            report_info(iface, f"Index ready: {self.session.last_outcome}", Qgis.Warning if fell_back else Qgis.Success)
+            warn = failed or broken or fell_back
+            report_info(iface, f"Index ready: {self.session.last_outcome}", Qgis.Warning if warn else Qgis.Success)
         for key in keys:
             self.widget.set_state(key, "…")
         self.session.refresh_info()

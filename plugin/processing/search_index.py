@@ -18,16 +18,19 @@ from qgis.core import (
 )
 
 from ..core.errors import Canceled, EngineError
+from ..core.query import SYNTAX_HELP
 from ..core.types import Hit
 from ..qgis_io.hits_layer import hit_features, hits_crs, hits_fields
 from .common import canceled_fn, engine_python, progress_to_feedback
 from .provider import shared_client
 
 FUSIONS = ("max", "mean", "top2")
+RANKERS = ("hybrid", "dense", "lexical")
 
 
 class SearchIndexAlgorithm(QgsProcessingAlgorithm):
     INDEX, QUERY, TOP, FUSION, MIN_SCORE, OUTPUT = "INDEX", "QUERY", "TOP", "FUSION", "MIN_SCORE", "OUTPUT"
+    RANKER, LIKE = "RANKER", "LIKE"
 
     def createInstance(self) -> SearchIndexAlgorithm:  # noqa: N802 (QGIS API)
         return SearchIndexAlgorithm()
@@ -48,18 +51,24 @@ class SearchIndexAlgorithm(QgsProcessingAlgorithm):
         return (
             "Ranks the tiles of a search index for a text query (e.g. 'oil storage tanks near a harbour') and "
             "writes the best ones as polygons (their footprints) with rank, score, the best-matching caption, "
-            "raster, tile id and scale. The output is in the project CRS, or the first raster's CRS without a project."
+            "raster, tile id and scale. The output is in the project CRS, or the first raster's CRS without a project.\n"
+            f"{SYNTAX_HELP}.\n"
+            "Search by example: leave the query empty and give a tile as RASTER:COL,ROW[,SCALE] (a full-resolution "
+            "pixel of an indexed raster, by path, name or id): tiles that look like it are ranked instead."
         )
 
     def initAlgorithm(self, config: Any = None) -> None:  # noqa: N802
         self.addParameter(QgsProcessingParameterFile(self.INDEX, "Index folder", QgsProcessingParameterFile.Folder))
-        self.addParameter(QgsProcessingParameterString(self.QUERY, "Query"))
+        self.addParameter(QgsProcessingParameterString(self.QUERY, "Query", optional=True))
+        self.addParameter(QgsProcessingParameterString(self.LIKE, "Search by example: RASTER:COL,ROW[,SCALE]", optional=True))
         self.addParameter(QgsProcessingParameterNumber(
             self.TOP, "Number of results", QgsProcessingParameterNumber.Integer, 10, minValue=1, maxValue=10000))
         fusion = QgsProcessingParameterEnum(self.FUSION, "Score of a tile from its caption variants", list(FUSIONS), defaultValue=0)
         min_score = QgsProcessingParameterNumber(self.MIN_SCORE, "Minimum score", QgsProcessingParameterNumber.Double,
                                                  optional=True, minValue=-1.0, maxValue=1.0)
-        for p in (fusion, min_score):
+        ranker = QgsProcessingParameterEnum(self.RANKER, "Ranker (hybrid = captions' words + meaning)", list(RANKERS),
+                                            defaultValue=0)
+        for p in (fusion, min_score, ranker):
             p.setFlags(p.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
             self.addParameter(p)
         self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, "Search results"))
@@ -71,6 +80,12 @@ class SearchIndexAlgorithm(QgsProcessingAlgorithm):
             "index_dir": index_dir, "query": query, "top": self.parameterAsInt(parameters, self.TOP, context),
             "fusion": FUSIONS[self.parameterAsEnum(parameters, self.FUSION, context)],
         }
+        like = self.parameterAsString(parameters, self.LIKE, context).strip()
+        if bool(query.strip()) == bool(like):
+            raise QgsProcessingException("give a query or a tile to search like (RASTER:COL,ROW[,SCALE]), not both")
+        if like:
+            args["like"] = like
+        args["ranker"] = RANKERS[self.parameterAsEnum(parameters, self.RANKER, context)]
         if parameters.get(self.MIN_SCORE) not in (None, ""):
             args["min_score"] = self.parameterAsDouble(parameters, self.MIN_SCORE, context)
         if feedback is not None:
@@ -92,5 +107,5 @@ class SearchIndexAlgorithm(QgsProcessingAlgorithm):
         for f in hit_features(hits, crs, fields):
             sink.addFeature(f, QgsFeatureSink.FastInsert)
         if feedback is not None:
-            feedback.pushInfo(f"{len(hits)} hit(s) for {query!r}")
+            feedback.pushInfo(f"{len(hits)} hit(s) for {query or 'tiles like ' + like!r}")
         return {self.OUTPUT: dest_id}

@@ -38,6 +38,15 @@ def _fusions(text: str) -> list[str]:
     return vals
 
 
+def _rankers(text: str) -> list[str]:
+    from ..hybrid import RANKERS
+
+    vals = list(RANKERS) if text.strip() == "all" else [v.strip() for v in text.split(",") if v.strip()]
+    if not vals or any(v not in RANKERS for v in vals):
+        raise argparse.ArgumentTypeError(f"ranker {text!r}: expected dense, lexical, hybrid (comma-separated) or all")
+    return vals
+
+
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "semantic-imagery-search" / "eval"
@@ -55,6 +64,9 @@ def add_eval_parser(subparsers: Any) -> None:
     p.add_argument("--split", default="test")
     p.add_argument("--mode", choices=MODES, default="captions-only")
     p.add_argument("--fusion", type=_fusions, default=["max"], help="max, mean, top2, comma-separated, or all")
+    p.add_argument("--ranker", type=_rankers, default=["dense"],
+                   help="dense (the paper), lexical (bm25), hybrid (both, as search() fuses them), comma-separated, or all")
+    p.add_argument("--lexical-weight", type=float, default=None, help="hybrid: weight of the bm25 bonus (default: search's)")
     p.add_argument("--k", type=_int_list, default=[1],
                    help="captions-only: reference captions standing in as variants, e.g. 1,2")
     p.add_argument("--max-variants", type=_int_list, default=None,
@@ -103,7 +115,7 @@ def evaluate(args: argparse.Namespace) -> list:
 
     vectors = VectorCache(make_embedder(args.embedder, device=args.device), cache_dir)
     if args.mode == "captions-only":
-        return run_captions_only(ds, vectors, args.k, args.fusion)
+        return run_captions_only(ds, vectors, args.k, args.fusion, args.ranker, args.lexical_weight)
     base: dict[str, Any] = {}
     if args.mode == "captions-file":
         from .captioning import read_captions_file
@@ -125,7 +137,8 @@ def evaluate(args: argparse.Namespace) -> list:
                     captioner_variants=args.variants, captions_cache=str(cache))
     out = []
     for kmax in args.max_variants or [None]:
-        out += run_with_variants(ds, variants, vectors, args.fusion, kmax, mode=args.mode, config=base)
+        out += run_with_variants(ds, variants, vectors, args.fusion, kmax, mode=args.mode, config=base,
+                                 rankers=args.ranker, lexical_weight=args.lexical_weight)
     return out
 
 

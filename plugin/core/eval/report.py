@@ -33,6 +33,8 @@ def _setting(r: EvalResult) -> str:
         parts.append(f"K={c['variants_per_image']}")
     if r.mode != "clip":
         parts.append(str(c.get("fusion", "")))
+    if c.get("ranker"):
+        parts.append(str(c["ranker"]) + (f" w={c['lexical_weight']:g}" if "lexical_weight" in c else ""))
     return " ".join(p for p in parts if p)
 
 

@@ -116,8 +116,14 @@ def evaluate_variants(
     fusions: Sequence[str] = ("max",),
     mode: str = "captions",
     config: Optional[dict[str, Any]] = None,
+    rankers: Sequence[str] = ("dense",),
+    lexical_weight: Optional[float] = None,
 ) -> list[EvalResult]:
-    """Embed, score every query against every variant, fuse per image, measure; one result per fusion."""
+    """Embed, score every query against every variant, fuse per image, measure; one result per
+    (ranker, fusion). Rankers other than dense score bm25 by the index's own FTS5 tokenizer and
+    fuse it with the cosines by the rule `search()` uses (hybrid.ranker_scores)."""
+    from ..hybrid import HYBRID_WEIGHT, bm25_matrix, check_ranker, ranker_scores
+
     bad = [f for f in fusions if f not in FUSIONS]
     if bad:
         raise DatasetError(f"fusion {bad[0]!r}: expected one of {', '.join(FUSIONS)}")
@@ -127,16 +133,30 @@ def evaluate_variants(
     docs = vectors.get(list(variant_texts), "documents")
     queries = vectors.get(list(query_texts), "queries")
     t_embed = time.perf_counter() - t0
-    variant_scores = queries @ docs.T  # (Q, V) cosine, vectors are normalised
+    dense = queries @ docs.T  # (Q, V) cosine, vectors are normalised
+    for r in rankers:
+        check_ranker(r)
+    t2 = time.perf_counter()
+    bm25 = bm25_matrix(list(variant_texts), list(query_texts)) if set(rankers) - {"dense"} else None
+    t_lex = time.perf_counter() - t2
+    weight = HYBRID_WEIGHT if lexical_weight is None else float(lexical_weight)
     out = []
-    for rule in fusions:
-        t1 = time.perf_counter()
-        per_image = fuse_variant_scores(variant_scores, np.asarray(variant_image), len(dataset.images), rule)
-        metrics = recall_metrics(per_image.T, query_image)
-        cfg = dict(config or {})
-        cfg.update(fusion=rule, embedder=vectors.embedder.fingerprint, variants_total=len(variant_texts))
-        out.append(EvalResult(mode, dataset.describe(), metrics, cfg,
-                              {"embed": round(t_embed, 3), "score": round(time.perf_counter() - t1, 3)}))
+    for ranker in rankers:
+        variant_scores = dense if bm25 is None or ranker == "dense" else ranker_scores(dense, bm25, ranker, weight)
+        for rule in fusions:
+            t1 = time.perf_counter()
+            per_image = fuse_variant_scores(variant_scores, np.asarray(variant_image), len(dataset.images), rule)
+            metrics = recall_metrics(per_image.T, query_image)
+            cfg = dict(config or {})
+            cfg.update(fusion=rule, embedder=vectors.embedder.fingerprint, variants_total=len(variant_texts))
+            if ranker != "dense" or len(rankers) > 1:
+                cfg["ranker"] = ranker
+            if ranker == "hybrid":
+                cfg["lexical_weight"] = weight
+            secs = {"embed": round(t_embed, 3), "score": round(time.perf_counter() - t1, 3)}
+            if ranker != "dense":
+                secs["bm25"] = round(t_lex, 3)
+            out.append(EvalResult(mode, dataset.describe(), metrics, cfg, secs))
     return out
 
 
@@ -163,14 +183,16 @@ def captions_only_split(dataset: EvalDataset, k: int) -> tuple[list[str], np.nda
 
 
 def run_captions_only(
-    dataset: EvalDataset, vectors: VectorCache, ks: Sequence[int] = (1,), fusions: Sequence[str] = ("max",)
+    dataset: EvalDataset, vectors: VectorCache, ks: Sequence[int] = (1,), fusions: Sequence[str] = ("max",),
+    rankers: Sequence[str] = ("dense",), lexical_weight: Optional[float] = None,
 ) -> list[EvalResult]:
-    """The text-side proxy for every k and fusion (vectors shared across all of them)."""
+    """The text-side proxy for every k, ranker and fusion (vectors shared across all of them)."""
     out = []
     for k in ks:
         v_txt, v_img, q_txt, q_img = captions_only_split(dataset, k)
         out += evaluate_variants(dataset, v_txt, v_img, q_txt, q_img, vectors, fusions,
-                                 mode="captions-only", config={"k": k, "variants_per_image": k})
+                                 mode="captions-only", config={"k": k, "variants_per_image": k},
+                                 rankers=rankers, lexical_weight=lexical_weight)
     return out
 
 
@@ -182,6 +204,8 @@ def run_with_variants(
     max_variants: Optional[int] = None,
     mode: str = "captions-file",
     config: Optional[dict[str, Any]] = None,
+    rankers: Sequence[str] = ("dense",),
+    lexical_weight: Optional[float] = None,
 ) -> list[EvalResult]:
     """Generated caption variants (by image file name) against all reference captions as queries.
 
@@ -202,4 +226,4 @@ def run_with_variants(
     cfg = dict(config or {})
     cfg["variants_per_image"] = max_variants or "all"
     return evaluate_variants(dataset, v_txt, np.asarray(v_img), dataset.captions, dataset.caption_image, vectors,
-                             fusions, mode=mode, config=cfg)
+                             fusions, mode=mode, config=cfg, rankers=rankers, lexical_weight=lexical_weight)

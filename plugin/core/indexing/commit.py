@@ -56,7 +56,7 @@ def _index_one(idx, cap, emb, info, params, refs, done, step, is_canceled, execu
     todo = [r for r in refs if r.tile_id not in done]
     entry: dict[str, Any] = {
         "raster_id": rid, "path": info.path, "name": info.name, "tiles_planned": len(refs),
-        "tiles_new": 0, "tiles_cached": 0, "tiles_empty": 0, "variants": 0,
+        "tiles_new": 0, "tiles_cached": 0, "tiles_empty": 0, "variants": 0, "tiles_failed": 0,
         "tiles_fallback": 0, "fallback_reason": "", "tiles_retired": 0,
     }
     idx.set_raster_state(rid, "indexing")
@@ -90,7 +90,10 @@ def _index_one(idx, cap, emb, info, params, refs, done, step, is_canceled, execu
             step(1, f"{info.name}: skipping empty tiles", may_flush=False)
 
         answers = fell_back = 0
-        for batch_refs, per_tile, vecs in executor.run(info, params, need, is_canceled, on_empty=on_empty):
+        failed: list[tuple[Any, str]] = []  # appended by the tile reader (list.append is atomic)
+        for batch_refs, per_tile, vecs in executor.run(info, params, need, is_canceled,
+                                                       on_error=lambda ref, why: failed.append((ref, why)),
+                                                       on_empty=on_empty):
             idx.add_tiles(rid, cap.fingerprint, list(zip(batch_refs, per_tile, vecs)))
             entry["tiles_new"] += len(batch_refs)
             entry["variants"] += sum(len(v) for v in per_tile)
@@ -104,16 +107,21 @@ def _index_one(idx, cap, emb, info, params, refs, done, step, is_canceled, execu
             step(len(batch_refs), f"{info.name}: captioned {entry['tiles_new']} tiles")
             if answers >= MIN_ANSWERS_TO_JUDGE and fell_back > FALLBACK_STOP_SHARE * answers:
                 _stop_on_fallbacks(entry)
-        n_empty = len(need) - entry["tiles_new"]
+        n_empty = len(need) - entry["tiles_new"] - len(failed)
         if empty:
             idx.mark_empty(rid, empty, params.min_valid_fraction)
         if n_empty > len(empty):  # an executor that does not report empties: count them now
             step(n_empty - len(empty), f"{info.name}: skipped {n_empty} empty tiles")
         entry["tiles_empty"] += n_empty
+        if failed:
+            step(len(failed), f"{info.name}: {len(failed)} tiles could not be read")
+            record_failures(entry, failed)
         if answers and fell_back > FALLBACK_STOP_SHARE * answers:
             _stop_on_fallbacks(entry)
     entry["tiles_retired"] = idx.retain_tiles(rid, {r.tile_id for r in refs})
-    idx.set_raster_state(rid, "indexed")
+    # A raster with unreadable tiles stays "indexing": it is searchable, shown as unfinished, and
+    # the next run (Update) reads exactly those tiles again (they were never committed).
+    idx.set_raster_state(rid, "indexing" if entry.get("tiles_failed") else "indexed")
     return entry
 
 
@@ -122,3 +130,26 @@ def _stop_on_fallbacks(entry: dict[str, Any]) -> None:
         f"{entry['name']}: {fallback_line(entry).split(' (')[0]}; stopped because most answers failed -- check that the"
         " model can see images and answers in its message content (what was done is kept)"
     )
+
+
+#: How many failed tiles a report lists one by one (all are counted).
+MAX_LISTED_FAILURES = 20
+
+
+def record_failures(entry: dict[str, Any], failed: list[tuple[Any, str]]) -> None:
+    """Count failed tiles in the raster's report entry and list the first few with their reason."""
+    entry["tiles_failed"] = entry.get("tiles_failed", 0) + len(failed)
+    listed = entry.setdefault("failed_tiles", [])
+    for ref, why in failed[: max(0, MAX_LISTED_FAILURES - len(listed))]:
+        w = ref.window
+        listed.append({"tile_id": ref.tile_id, "scale": ref.scale,
+                       "window": [w.col_off, w.row_off, w.width, w.height], "reason": why})
+
+
+def failure_line(entry: dict[str, Any]) -> str:
+    """ "3 tiles could not be read (the next run retries them), e.g. pixels 64,64 64x64 ..." ("" if none)."""
+    n = int(entry.get("tiles_failed") or 0)
+    if not n:
+        return ""
+    first = (entry.get("failed_tiles") or [{}])[0].get("reason", "")
+    return f"{n} tile(s) could not be read (the next run retries them); first: {first}"

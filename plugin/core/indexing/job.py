@@ -114,7 +114,7 @@ def _index_rasters(index_dir, sources, captioner, embedder, tiling, captioner_op
         cap = make_captioner(captioner, **opts)
         ex = _make_executor(executor, cap, emb)
     except BaseException:
-        lock.release()
+        lock.release(unlink=not os.path.exists(os.path.join(index_dir, "index.sqlite")))
         raise
     report.embedder, report.captioner = emb.fingerprint, cap.fingerprint
     try:

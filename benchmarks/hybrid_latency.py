@@ -1,0 +1,146 @@
+"""Hybrid vs dense query latency on one real index (SQLite + FTS5 + hnsw file), measured in the same run.
+
+The index holds `--n` caption variants (5 per tile): texts are caption-like passages over a
+vocabulary of land-cover words (embedding_throughput.caption_texts) plus one object word drawn
+from a Zipf-like list, so query words have realistic document frequencies (some in half the
+captions, some in a few); vectors scatter around the real MiniLM embedding of their own text.
+Each query is run dense and hybrid alternately (same query vector; the embedding is computed once
+and not timed: it is the same for both). Prints p50 / p95 and the ratio hybrid / dense
+(target <= 1.2), and the FTS5 part alone.
+
+    .venv/bin/python benchmarks/hybrid_latency.py --n 1000000
+    .venv/bin/python benchmarks/hybrid_latency.py --n 100000 --queries 100   # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+OBJECTS = ["storage tanks", "runway", "tennis court", "helipad", "roundabout", "swimming pool", "pier", "greenhouses",
+           "solar panels", "wind turbines", "baseball field", "stadium", "railway", "bridge", "dam", "quarry",
+           "vineyard", "orchard", "container terminal", "parking lot", "church", "cemetery", "golf course", "marina"]
+QUERIES = ["storage tanks near a harbour", "airport runway", "tennis court in a residential area", "helipad",
+           "sandy beach next to the sea", "dense forest", "farmland with rectangular fields", "solar panels on bare soil",
+           "wind turbines in fields", "a quarry", "river crossing a city", "a marina with boats", "greenhouses",
+           "roundabout", "railway bridge over a river", "golf course", "swimming pool", "the image shows a stadium",
+           "parking lot next to a church", "orchard and vineyard"]
+
+
+def pct(xs: list[float], p: float) -> float:
+    return float(np.percentile(np.asarray(xs) * 1000.0, p))
+
+
+def build(folder: str, emb, n: int, variants: int, bases: int) -> None:
+    from embedding_throughput import caption_texts
+
+    from plugin.core.store import SearchIndex
+    from plugin.core.types import CaptionVariant, PixelWindow, TileRef
+
+    rng = np.random.default_rng(0)
+    zipf = 1.0 / np.arange(1, len(OBJECTS) + 1)
+    zipf /= zipf.sum()
+    base_txt = caption_texts(bases, seed=7)
+    obj = rng.choice(len(OBJECTS), bases, p=zipf)
+    base_txt = [f"{t} There is a {OBJECTS[o]} in the north." for t, o in zip(base_txt, obj)]
+    base = emb.encode_documents(base_txt)
+
+    class Info:
+        path, raster_id, name, crs_wkt = "/bench/scene.tif", "bench", "scene", None
+
+        def to_dict(self) -> dict:
+            return {"path": self.path, "raster_id": self.raster_id, "name": self.name, "crs_wkt": None}
+
+    n_tiles = n // variants
+    side = int(np.ceil(np.sqrt(n_tiles)))
+    t0 = time.perf_counter()
+    with SearchIndex.open(folder, create=True, embedder_fingerprint=emb.fingerprint, dim=emb.dim) as idx:
+        idx.upsert_raster(Info(), "bench-captioner", {})
+        for b in range(0, n_tiles, 2000):
+            m = min(b + 2000, n_tiles) - b
+            which = rng.integers(0, bases, m * variants)
+            v = base[which] + 0.6 * rng.standard_normal((m * variants, emb.dim), dtype=np.float32) / np.sqrt(emb.dim)
+            v /= np.linalg.norm(v, axis=1, keepdims=True)
+            items = []
+            for j in range(m):
+                t = b + j
+                c, r = (t % side) * 64, (t // side) * 64
+                ring = ((c, r), (c + 64, r), (c + 64, r + 64), (c, r + 64), (c, r))
+                ref = TileRef(f"t{t:07d}", "bench", PixelWindow(c, r, 64, 64), 1, ring)
+                vs = [CaptionVariant(base_txt[which[j * variants + k]], f"tile {t}", "") for k in range(variants)]
+                items.append((ref, vs, v[j * variants : (j + 1) * variants]))
+            idx.add_tiles("bench", "bench-captioner", items)
+            if (b // 2000) % 20 == 0:
+                print(f"   {b + m:,} tiles ({time.perf_counter() - t0:.0f} s)", flush=True)
+        t_db = time.perf_counter() - t0
+        idx.flush()
+    print(f"built {n_tiles:,} tiles x {variants} = {n_tiles * variants:,} variants: rows + FTS5 {t_db:.0f} s, "
+          f"with hnsw {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=1_000_000, help="caption variants in the index")
+    ap.add_argument("--variants", type=int, default=5)
+    ap.add_argument("--bases", type=int, default=2000, help="distinct caption texts the variants scatter around")
+    ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--top", type=int, default=10)
+    ap.add_argument("--keep", default=None, help="build into / reuse this folder instead of a temporary one")
+    args = ap.parse_args()
+    from plugin.core.embedder import make_embedder
+    from plugin.core.lexical import lexical_top, query_terms
+    from plugin.core.store import SearchIndex
+
+    emb = make_embedder(None)
+    print(f"embedder {emb.fingerprint} on {emb.device}; cores {os.cpu_count()}; load average {os.getloadavg()[0]:.1f}")
+    folder = args.keep or tempfile.mkdtemp(prefix="hybrid-bench-")
+    if not os.path.exists(os.path.join(folder, "manifest.json")):
+        build(folder, emb, args.n, args.variants, args.bases)
+    texts = [QUERIES[i % len(QUERIES)] for i in range(args.queries)]
+    qv = emb.encode_queries(texts)
+    with SearchIndex.open(folder, embedder_fingerprint=emb.fingerprint, dim=emb.dim) as idx:
+        t0 = time.perf_counter()
+        idx.search(qv[0], top=args.top, ranker="dense")
+        print(f"index open + first search (hnsw load): {time.perf_counter() - t0:.1f} s; {idx.active_count():,} variants")
+        for i in range(5):  # warm both paths (page cache, FTS5 structures)
+            idx.search(qv[i], top=args.top, ranker="hybrid", query_text=texts[i])
+        dense, hybrid, fts, same = [], [], [], []
+        for i, (q, text) in enumerate(zip(qv, texts)):
+            runs = [("dense", dense), ("hybrid", hybrid)]
+            for ranker, out in (runs if i % 2 == 0 else runs[::-1]):
+                t0 = time.perf_counter()
+                hits = idx.search(q, top=args.top, ranker=ranker, query_text=text)
+                out.append(time.perf_counter() - t0)
+                if ranker == "dense":
+                    d_ids = [h.tile_id for h in hits]
+                else:
+                    h_ids = [h.tile_id for h in hits]
+            same.append(len(set(d_ids) & set(h_ids)) / args.top)
+            k = args.top * args.variants * 10
+            t0 = time.perf_counter()
+            lexical_top(idx.conn, query_terms(text), k)
+            fts.append(time.perf_counter() - t0)
+    print(f"dense  search: p50 {pct(dense, 50):.1f} ms  p95 {pct(dense, 95):.1f} ms")
+    print(f"hybrid search: p50 {pct(hybrid, 50):.1f} ms  p95 {pct(hybrid, 95):.1f} ms")
+    print(f"   FTS5 bm25 top-{args.top * args.variants * 10} alone: p50 {pct(fts, 50):.1f} ms  p95 {pct(fts, 95):.1f} ms")
+    print(f"ratio hybrid / dense: p50 {pct(hybrid, 50) / pct(dense, 50):.2f}  p95 {pct(hybrid, 95) / pct(dense, 95):.2f}"
+          f" (target <= 1.2); top-{args.top} overlap dense vs hybrid {np.mean(same):.2f}")
+    if not args.keep:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
