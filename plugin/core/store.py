@@ -107,6 +107,7 @@ class SearchIndex(RasterRows):
             conn = S.connect(db_path, readonly=False)
             with S.db_errors(folder):
                 S.init_db(conn, str(embedder_fingerprint), int(dim or 0))
+                _ensure_lexical(conn)
             S.write_manifest(folder, str(embedder_fingerprint), int(dim or 0))
         else:
             conn = S.connect(db_path, readonly=readonly)
