@@ -7,7 +7,22 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["fallback_line", "raster_notes"]
+__all__ = ["MAX_TILES", "fallback_line", "raster_notes", "tiling_change_line"]
+
+#: A raster planned past this many tiles is refused unless forced (1M caption variants at 5 per tile;
+#: the refused S2 plan was 2.8 million tiles, 4.6 GB of plan and ~150 h of captioning).
+MAX_TILES = 200_000
+
+
+def tiling_change_line(old: dict[str, Any], tile_size: int, overlap: float, scales: tuple[int, ...]) -> str:
+    """For the dock, before Index: what a new tiling does to an indexed raster ("" when unchanged)."""
+    new = {"tile_size": tile_size, "overlap": float(overlap), "scales": list(scales)}
+    diff = [f"{k.replace('_', ' ')} {old.get(k)}" for k in ("tile_size", "overlap", "scales")
+            if k in old and (list(old[k]) if k == "scales" else old[k]) != new[k]]
+    if not diff or old.get("tile_size_units") is not None:
+        return ""
+    return (f"indexed with {', '.join(diff)}: Index captions its tiles again for this tiling; the old captions"
+            " stay as cache, so going back costs no captioning")
 
 
 def fallback_line(entry: dict[str, Any]) -> str:

@@ -64,7 +64,8 @@ class IndexController(QObject):
         session.info_changed.connect(lambda _i: self.refresh_rows())
         from .tiling_hint import TilingHint
 
-        self.tiling_hint = TilingHint(widget.options_widget, self.checked_layers, auto=not tiling_saved())
+        self.tiling_hint = TilingHint(widget.options_widget, self.checked_layers, auto=not tiling_saved(),
+                                      indexed=self.checked_indexed_rows)
         widget.layer_list.itemChanged.connect(lambda _item: self.tiling_hint.update())
         p = session.project
         p.layersAdded.connect(self._on_layers_added)
@@ -83,6 +84,11 @@ class IndexController(QObject):
     def checked_layers(self) -> list[QgsRasterLayer]:
         project = self.session.project
         return [lyr for lyr in (project.mapLayer(k) for k in self.widget.checked_keys()) if isinstance(lyr, QgsRasterLayer)]
+
+    def checked_indexed_rows(self) -> list[dict]:
+        """The index rows of the checked layers that are indexed (for what a new tiling would do)."""
+        rows = {_norm(r.get("path", "")): r for r in (self.session.info.get("rasters") or [])}
+        return [rows[self._paths[lyr.id()]] for lyr in self.checked_layers() if self._paths.get(lyr.id()) in rows]
 
     def _source(self, layer: QgsRasterLayer) -> Any:
         from ..qgis_io.layers import raster_source_from_layer

@@ -7,6 +7,7 @@ from typing import Any, Optional, Sequence
 
 from ..errors import EngineError, PlanTooLargeError
 from ..rasterpath import normalize_raster_path
+from ..report_lines import MAX_TILES  # the limit lives where the dock reads it without numpy
 from ..types import BandMap, RasterSource, TileRef
 
 
@@ -18,9 +19,6 @@ def _resolve_sources(sources: Sequence[RasterSource]) -> list[RasterSource]:
     return out
 
 
-#: A raster planned past this many tiles is refused unless forced (1M caption variants at 5 per tile;
-#: the refused S2 plan was 2.8 million tiles, 4.6 GB of plan and ~150 h of captioning).
-MAX_TILES = 200_000
 
 
 def _open_all(sources, params, report, open_raster, plan_tiles,
