@@ -30,6 +30,8 @@ if TYPE_CHECKING:  # numpy comes with core.types: not at QGIS start-up
 class SearchController(QObject):
     #: emitted on the main thread once hits are in the list and on the map (hits, error)
     search_finished = pyqtSignal(list, str)
+    #: the engine itself failed (worker would not start, died, lacks packages): one line
+    engine_failed = pyqtSignal(str)
 
     def __init__(self, session: EngineSession, widget: SearchWidget, canvas, parent=None) -> None:
         super().__init__(parent)
@@ -101,6 +103,8 @@ class SearchController(QObject):
         if self._closed:
             return
         self.widget.set_model_state(state, time.monotonic() - self.session.embedder_since)
+        if state.startswith("failed: ") and is_engine_failure(state):
+            self.engine_failed.emit(state[len("failed: "):])
         if state == "loading":
             self._model_timer.start()
         else:
@@ -114,6 +118,8 @@ class SearchController(QObject):
         if not error:
             self.session.set_embedder_state("ready")  # a search loads it when no preload did
         if error:
+            if is_engine_failure(error):
+                self.engine_failed.emit(error.splitlines()[0])
             self.widget.show_hits(self.hits, f"Search failed: {error.splitlines()[0]}")
             report_error(self.session.iface, f"Search failed: {error}")
             self.search_finished.emit([], error)
@@ -313,3 +319,9 @@ class SearchController(QObject):
             self.highlighter.clear()
         except RuntimeError:
             pass
+
+
+def is_engine_failure(error: str) -> bool:
+    """The engine process, not the query or the index, is what failed."""
+    low = error.lower()
+    return "engine worker" in low or "no module named" in low or "cannot start" in low
