@@ -244,8 +244,8 @@ def _fetch(ds: Any, info: RasterInfo, ref: TileRef, side_out: int) -> tuple[np.n
 
 def _finish(info: RasterInfo, ref: TileRef, fetched: tuple[np.ndarray, Optional[np.ndarray], tuple[int, int]],
             renderer: _Renderer) -> tuple[TileImage, int]:
-    """The numpy part: 8-bit RGB, validity, output pixel size; the float32 planes (`TileImage.raw`)
-    are made from `data` only if a captioner asks for them. Returns the tile and its number of valid pixels."""
+    """The numpy part: 8-bit RGB and validity; the float32 planes (`TileImage.raw`) and the ground
+    pixel size are made only if a captioner asks for them. Returns the tile and its number of valid pixels."""
     data, valid, shape = fetched
     if valid is None:
         valid = np.ones(shape, dtype=bool)
@@ -254,10 +254,11 @@ def _finish(info: RasterInfo, ref: TileRef, fetched: tuple[np.ndarray, Optional[
         n_valid = int(np.count_nonzero(valid))
     all_valid = n_valid == valid.size
     win = ref.window
-    px = window_pixel_m(info.crs_wkt, info.transform, win.col_off, win.row_off, win.width, win.height, shape)
     tile = TileImage(
         ref=ref, rgb=renderer.rgb(data, valid, all_valid), bands=data, valid=valid,
-        has_nir=info.band_map.nir is not None, pixel_size=px,
+        has_nir=info.band_map.nir is not None,
+        pixel_size_fn=lambda: window_pixel_m(info.crs_wkt, info.transform, win.col_off, win.row_off, win.width,
+                                             win.height, shape),
     )
     return tile, n_valid
 

@@ -117,11 +117,14 @@ class TileImage:
     `raw` is made on first access from the native-dtype band planes the reader hands over
     (`bands=`): most captioners only look at the 8-bit `rgb`, and the float32 copy with NaN for
     invalid pixels was a fifth of the tiling time. Callers that have float planes already pass `raw=`.
+    `pixel_size` likewise may come as a function (`pixel_size_fn=`, a geodesic computation through
+    PROJ) called on first access.
     """
 
     def __init__(
         self, ref: TileRef, rgb: np.ndarray, raw: Optional[np.ndarray] = None, valid: Optional[np.ndarray] = None,
         has_nir: bool = False, pixel_size: Optional[float] = None, *, bands: Optional[np.ndarray] = None,
+        pixel_size_fn: Optional[Callable[[], Optional[float]]] = None,
     ) -> None:
         if valid is None or (raw is None and bands is None):
             raise ValueError("a TileImage needs valid and one of raw / bands")
@@ -132,8 +135,8 @@ class TileImage:
         self.valid = valid
         #: True when `raw` has a NIR plane (band map with NIR).
         self.has_nir = has_nir
-        #: Ground size of one output pixel in metres, geodesic for any CRS (None when the raster has no CRS).
-        self.pixel_size = pixel_size
+        self._pixel_size = pixel_size
+        self._pixel_size_fn = pixel_size_fn if pixel_size is None else None
         self._raw = raw
         self._bands = bands if raw is None else None
 
@@ -153,6 +156,17 @@ class TileImage:
     @raw.setter
     def raw(self, value: np.ndarray) -> None:
         self._raw, self._bands = value, None
+
+    @property
+    def pixel_size(self) -> Optional[float]:
+        """Ground size of one output pixel in metres, geodesic for any CRS (None when the raster has no CRS)."""
+        if self._pixel_size_fn is not None:
+            self._pixel_size, self._pixel_size_fn = self._pixel_size_fn(), None
+        return self._pixel_size
+
+    @pixel_size.setter
+    def pixel_size(self, value: Optional[float]) -> None:
+        self._pixel_size, self._pixel_size_fn = value, None
 
     def __repr__(self) -> str:
         return f"TileImage({self.ref.tile_id!r}, {self.rgb.shape[1]}x{self.rgb.shape[0]} px, nir={self.has_nir})"
