@@ -48,6 +48,7 @@ class SearchController(QObject):
         widget.hit_activated.connect(self.show_variants)
         widget.export_requested.connect(self.export_dialog)
         widget.zoom_requested.connect(self.zoom_to_results)
+        widget.like_requested.connect(self.search_like)
 
     # --- search ------------------------------------------------------------------------------
     def search_options(self, opts: dict) -> dict:
@@ -58,7 +59,16 @@ class SearchController(QObject):
             out["bbox"] = [ext.xMinimum(), ext.yMinimum(), ext.xMaximum(), ext.yMaximum()]
             crs = self.canvas.mapSettings().destinationCrs()
             out["bbox_crs"] = crs.toWkt() if crs.isValid() else None
+        if opts.get("like"):
+            out["like"] = str(opts["like"])
         return out
+
+    def search_like(self, hit: Hit) -> None:
+        """Search by example: the tiles most like this hit's tile (by its raster id and centre pixel)."""
+        w = hit.window
+        like = f"{hit.raster_id}:{w.col_off + w.width // 2},{w.row_off + w.height // 2},{hit.scale}"
+        self.search(f"tiles like #{hit.rank}", {"top": self.widget.top_spin.value(),
+                                                "only_extent": self.widget.extent_check.isChecked(), "like": like})
 
     def search(self, query: str, opts: Optional[dict] = None) -> None:
         opts = opts or {"top": self.widget.top_spin.value(), "only_extent": self.widget.extent_check.isChecked()}

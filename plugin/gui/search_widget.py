@@ -37,6 +37,8 @@ class SearchWidget(QWidget):
     hit_activated = pyqtSignal(object)
     export_requested = pyqtSignal()
     zoom_requested = pyqtSignal()
+    #: "More like this" on a result: the Hit whose tile is the example
+    like_requested = pyqtSignal(object)
 
     def __init__(self, options: SearchOptions, parent=None, debounce_ms: int = 0) -> None:
         super().__init__(parent)
@@ -111,6 +113,8 @@ class SearchWidget(QWidget):
         self.zoom_button.clicked.connect(self.zoom_requested)
         self.view.selectionModel().currentRowChanged.connect(self._on_current_changed)
         self.view.doubleClicked.connect(self._on_double_clicked)
+        self._add_query_help()
+        self._add_like_menu()
 
     def options(self) -> SearchOptions:
         return SearchOptions(top=self.top_spin.value(), only_extent=self.extent_check.isChecked(), fusion=self._fusion)
@@ -156,3 +160,33 @@ class SearchWidget(QWidget):
         if event.key() == Qt.Key.Key_Escape:
             self.query_edit.clear()
         super().keyPressEvent(event)
+
+    # --- query syntax help and "More like this" (issue 11) -------------------------------------
+    def _add_query_help(self) -> None:
+        """The negative-term syntax, where the user types."""
+        from ..core.query import SYNTAX_HELP
+
+        self.query_edit.setPlaceholderText(self.query_edit.placeholderText() + "  (-word excludes)")
+        self.query_edit.setToolTip(SYNTAX_HELP)
+
+    def _add_like_menu(self) -> None:
+        self.view.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.view.customContextMenuRequested.connect(self._on_context_menu)
+
+    def like_menu(self, row: int):
+        """The context menu of a result row (None off the rows): "More like this"."""
+        from qgis.PyQt.QtWidgets import QMenu
+
+        hit = self.model.hit(row) if row >= 0 else None
+        if hit is None:
+            return None
+        menu = QMenu(self)
+        act = menu.addAction("More like this")
+        act.setToolTip("Rank the tiles that look like this one (its own ground at other scales left out)")
+        act.triggered.connect(lambda _checked=False, h=hit: self.like_requested.emit(h))
+        return menu
+
+    def _on_context_menu(self, pos) -> None:
+        menu = self.like_menu(self.view.indexAt(pos).row())
+        if menu is not None:
+            menu.exec(self.view.viewport().mapToGlobal(pos))
