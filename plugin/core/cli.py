@@ -112,33 +112,12 @@ class _Bar:
             self.bar.close()
 
 
-def _expand_rasters(paths: Sequence[str], index_dir: str, bands: Optional[BandMap]) -> list[Any]:
-    """Files as given; a folder of Sentinel-2 band files becomes a VRT kept in the index folder."""
-    from .pipeline import RasterSource
-    from .rasterpath import raster_present
-
-    out = []
-    for p in paths:
-        if os.path.isdir(p):
-            from .raster import sentinel2_vrt
-
-            os.makedirs(os.path.join(index_dir, "vrt"), exist_ok=True)
-            name = os.path.basename(os.path.normpath(p))
-            vrt = sentinel2_vrt(p, os.path.join(index_dir, "vrt", f"{name}.vrt"))
-            out.append(RasterSource(vrt, bands or BandMap(1, 2, 3, 4), name))
-        else:
-            if not raster_present(p):
-                raise EngineError(f"raster not found: {p}")
-            out.append(RasterSource(p, bands))
-    return out
-
-
 def cmd_index(args: argparse.Namespace) -> int:
+    from .indexing.commit import failure_line
     from .pipeline import index_rasters
+    from .raster_folders import expand_sources, remove_written
     from .tiling import TilingParams
 
-    os.makedirs(args.index, exist_ok=True)
-    sources = _expand_rasters(args.rasters, args.index, args.bands)
     tiling = TilingParams(
         tile_size=args.tile_size, tile_size_units=args.tile_size_units, overlap=args.overlap,
         scales=args.scales, out_size=args.out_size,
@@ -161,6 +140,8 @@ def cmd_index(args: argparse.Namespace) -> int:
         if not key:
             raise EngineError(f"environment variable {args.api_key_env} is not set (it should hold the API key)")
         opts["api_key"] = key
+    existed = os.path.exists(args.index)
+    sources, written = expand_sources(args.rasters, args.index, args.bands)
     bar = _Bar(args.quiet)
     try:
         # Ctrl-C interrupts between commits; the store keeps what was committed (main() says so).
@@ -168,6 +149,15 @@ def cmd_index(args: argparse.Namespace) -> int:
             args.index, sources, captioner=args.captioner, embedder=args.embedder, tiling=tiling,
             captioner_options=opts, device=args.device, remove_missing=args.remove_missing, progress=bar,
         )
+    except BaseException:
+        if not os.path.exists(os.path.join(args.index, "manifest.json")):  # no index yet: leave nothing behind
+            remove_written(written, args.index)
+            if not existed:
+                try:
+                    os.rmdir(args.index)
+                except OSError:
+                    pass
+        raise
     finally:
         bar.close()
     if args.format == "json":
@@ -180,11 +170,14 @@ def cmd_index(args: argparse.Namespace) -> int:
         print(
             f"  {r['name']}: {r['tiles_planned']} tiles planned, {r['tiles_new']} captioned, "
             f"{r['tiles_cached']} from cache, {r['tiles_empty']} empty skipped, {r['variants']} variants added"
+            + (f", {r['tiles_failed']} FAILED" if r.get("tiles_failed") else "")
         )
+        if r.get("tiles_failed"):
+            print(f"    {failure_line(r)}")
     if report.removed:
         print(f"  removed {len(report.removed)} raster(s) no longer listed")
     print(f"indexed into {args.index} in {report.seconds:.1f} s (captioner {report.captioner})")
-    return EXIT_ERROR if any("error" in r for r in report.rasters) else 0
+    return EXIT_ERROR if any("error" in r or r.get("tiles_failed") for r in report.rasters) else 0
 
 
 def _hits_geojson(hits: list[Any]) -> dict[str, Any]:
@@ -283,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     pi.add_argument("--remove-missing", action="store_true", help="drop indexed rasters not listed here")
     pi.add_argument("--format", choices=("table", "json"), default="table")
     pi.add_argument("--quiet", action="store_true", help="no progress bar")
-    pi.add_argument("rasters", nargs="+", help="raster files (GeoTIFF, COG, JP2, VRT) or Sentinel-2 band folders")
+    pi.add_argument("rasters", nargs="+", help="raster files (GeoTIFF, COG, JP2, VRT), folders of rasters (recursive) or Sentinel-2 products")
     pi.set_defaults(func=cmd_index)
 
     ps = sub.add_parser("search", help="rank the indexed tiles for a text query")

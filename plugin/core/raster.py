@@ -20,7 +20,7 @@ from typing import Any, Optional
 import numpy as np
 
 from .errors import RasterError
-from .raster_io import sample_stretch_pixels
+from .raster_io import gdal_error_line, sample_stretch_pixels
 from .rasterpath import is_remote, normalize_raster_path, raster_display_name
 from .types import BandMap
 from .vrt import build_band_vrt, sentinel2_vrt
@@ -167,7 +167,7 @@ def _fingerprint(ds: Any, crs_key: str) -> str:
             try:
                 block = ds.read(window=Window(col, row, side_c, side_r))
             except Exception as exc:  # a truncated or corrupt file fails here, not mid-index
-                raise RasterError(f"cannot read pixels of {ds.name}: {str(exc).splitlines()[0]}") from None
+                raise RasterError(f"cannot read pixels of {ds.name}: {gdal_error_line(exc)}") from None
             h.update(np.ascontiguousarray(block).tobytes())
     return h.hexdigest()[:20]
 
@@ -181,7 +181,10 @@ def _stretch(ds: Any, band_map: BandMap, nodata: Optional[float]) -> tuple[tuple
     idx = band_map.indexes()
     if all(ds.dtypes[i - 1] == "uint8" for i in idx):
         return tuple((0.0, 255.0) for _ in idx)
-    raw, valid = sample_stretch_pixels(ds, idx)
+    try:
+        raw, valid = sample_stretch_pixels(ds, idx)
+    except Exception as exc:  # a corrupt block in the sample: this raster fails alone, in one line
+        raise RasterError(f"cannot read the stretch sample of {ds.name}: {gdal_error_line(exc)}") from None
     out = []
     for c in range(len(idx)):
         vals = raw[c][valid]

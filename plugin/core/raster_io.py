@@ -118,3 +118,20 @@ def sample_stretch_pixels(ds: Any, indexes: Sequence[int]) -> tuple[np.ndarray, 
             parts.append(d.reshape(d.shape[0], -1))
             masks.append(v.reshape(-1))
     return np.concatenate(parts, axis=1), np.concatenate(masks)
+
+
+def gdal_error_line(exc: BaseException) -> str:
+    """GDAL's own reason for a failed read, in one line.
+
+    rasterio raises "Read failed. See previous exception for details." and chains GDAL's message
+    ("band 1: IReadBlock failed at X offset 1, Y offset 1: TIFFReadEncodedTile() failed.");
+    the chained one is the useful one."""
+    lines: list[str] = []
+    e: Optional[BaseException] = exc
+    while e is not None and len(lines) < 5:
+        text = " ".join(str(e).split())
+        if text and "see previous exception" not in text.lower():
+            lines.append(text)
+        e = e.__cause__ or e.__context__
+    line = lines[-1] if lines else type(exc).__name__
+    return line if len(line) <= 300 else line[:297] + "..."

@@ -23,14 +23,14 @@ import math
 import numbers
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
 from .errors import Canceled, RasterError, TilingError
 from .geodesy import window_pixel_m
 from .raster import RasterInfo
-from .raster_io import read_bands_lazy
+from .raster_io import gdal_error_line, read_bands_lazy
 from .types import CancelFn, PixelWindow, ProgressFn, TileImage, TileRef, never_canceled, no_progress
 
 __all__ = ["TilingParams", "tile_id", "footprint", "plan_tiles", "iter_tiles", "read_tile", "tile_side_px", "MAX_OUT_SIZE"]
@@ -265,10 +265,14 @@ def iter_tiles(
     refs: Optional[Sequence[TileRef]] = None,
     progress: ProgressFn = no_progress,
     is_canceled: CancelFn = never_canceled,
+    on_error: Optional[Callable[[TileRef, str], None]] = None,
 ) -> Iterator[TileImage]:
     """Read the planned tiles (or `refs`) one window at a time; yield those with at least
     `params.min_valid_fraction` valid pixels. Progress counts every tile read, skipped or not;
-    raises Canceled between tiles once is_canceled() is true."""
+    raises Canceled between tiles once is_canceled() is true.
+
+    A tile whose pixels cannot be read (a corrupt compressed block) goes to `on_error(ref, reason)`
+    and the next tile is read; without `on_error` it is a RasterError naming the tile."""
     import rasterio
 
     todo = list(refs) if refs is not None else plan_tiles(info, params)
@@ -281,7 +285,19 @@ def iter_tiles(
         for i, ref in enumerate(todo):
             if is_canceled():
                 raise Canceled(f"tiling canceled after {i} of {total} tiles")
-            tile, n_valid = _finish(info, ref, _fetch(ds, info, ref, side_out), renderer)
+            try:
+                fetched = _fetch(ds, info, ref, side_out)
+            except (MemoryError, Canceled):
+                raise
+            except Exception as exc:  # noqa: BLE001 - GDAL/rasterio read errors of this window only
+                w = ref.window
+                reason = f"pixels {w.col_off},{w.row_off} {w.width}x{w.height} cannot be read: {gdal_error_line(exc)}"
+                if on_error is None:
+                    raise RasterError(f"{info.name}: {reason}") from None
+                on_error(ref, reason)
+                progress(i + 1, total, f"{info.name}: tile {i + 1}/{total}")
+                continue
+            tile, n_valid = _finish(info, ref, fetched, renderer)
             progress(i + 1, total, f"{info.name}: tile {i + 1}/{total}")
             if n_valid > 0 and n_valid >= params.min_valid_fraction * tile.valid.size:
                 yield tile
@@ -292,4 +308,10 @@ def read_tile(info: RasterInfo, ref: TileRef, out_size: Optional[int] = None) ->
     the scale-1 tile side, capped at MAX_OUT_SIZE."""
     side = out_size or min(max(ref.window.width, ref.window.height) // max(ref.scale, 1), MAX_OUT_SIZE)
     with _open_for(info) as ds:
-        return _finish(info, ref, _fetch(ds, info, ref, max(1, side)), _Renderer(info))[0]
+        try:
+            fetched = _fetch(ds, info, ref, max(1, side))
+        except MemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a corrupt block: one line, not a GDAL traceback
+            raise RasterError(f"{info.name}: tile {ref.tile_id} cannot be read: {gdal_error_line(exc)}") from None
+        return _finish(info, ref, fetched, _Renderer(info))[0]

@@ -85,6 +85,7 @@ class Worker:
             "ping": self.cmd_ping,
             "index": self.cmd_index,
             "search": self.cmd_search,
+            "warm": self.cmd_warm,
             "info": self.cmd_info,
             "remove": self.cmd_remove,
         }
@@ -270,6 +271,18 @@ class Worker:
             like=job.arg("like", None, kind=str),
         )
         return [h.to_dict() for h in hits]
+
+    def cmd_warm(self, job: Job) -> dict[str, Any]:
+        """Load the embedder and open the index now, so the first real query answers at once.
+
+        The dock sends it when an indexed project opens; it runs one throw-away query through the
+        same searcher a search uses (the embedder's first call initialises lazily too).
+        """
+        t0 = time.perf_counter()
+        index_dir = str(job.arg("index_dir", kind=str))
+        embedder, device = job.arg("embedder", None, kind=str), str(job.arg("device", "auto", kind=str))
+        self.searcher(index_dir, embedder, device).search("warm up", top=1)
+        return {"ready": True, "seconds": round(time.perf_counter() - t0, 3)}
 
     def cmd_info(self, job: Job) -> dict[str, Any]:
         from .pipeline import index_info

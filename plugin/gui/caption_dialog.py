@@ -55,13 +55,17 @@ def load_variants(index_dir: str, hit: Hit) -> list[CaptionVariant]:
     return [CaptionVariant(a or "", b or "", c or "") for a, b, c in rows] or hit_variants(hit)
 
 
-def variants_html(hit: Hit, variants: Optional[list[CaptionVariant]] = None) -> str:
+def variants_html(hit: Hit, variants: Optional[list[CaptionVariant]] = None, query: str = "") -> str:
+    """The best-matching variant first (numbers kept), then the others in their order."""
     variants = variants if variants is not None else hit_variants(hit)
     parts = [
-        f"<h3>#{hit.rank} &nbsp; score {hit.score:.3f}</h3>",
+        f"<h3>#{hit.rank} &nbsp; score {hit.score:.3f}"
+        + (f" &nbsp; for &ldquo;{html.escape(query)}&rdquo;" if query else "") + "</h3>",
         f"<p><b>{html.escape(hit.raster_name or hit.raster)}</b> &mdash; tile {html.escape(hit.tile_id)}, scale {hit.scale}</p>",
     ]
-    for i, v in enumerate(variants):
+    order = sorted(range(len(variants)), key=lambda i: i != hit.variant_index)
+    for i in order:
+        v = variants[i]
         best = " (best match)" if i == hit.variant_index else ""
         parts.append(f"<h4>Variant {i + 1}{best}</h4>")
         for label, text in (("One sentence", v.one_sentence), ("Features", v.feature), ("Caption", v.caption)):
@@ -71,12 +75,13 @@ def variants_html(hit: Hit, variants: Optional[list[CaptionVariant]] = None) -> 
 
 
 class CaptionDialog(QDialog):
-    def __init__(self, hit: Hit, variants: Optional[list[CaptionVariant]] = None, parent=None) -> None:
+    def __init__(self, hit: Hit, variants: Optional[list[CaptionVariant]] = None, parent=None, query: str = "") -> None:
         super().__init__(parent)
-        self.setWindowTitle(f"Caption variants — result #{hit.rank}")
+        what = f"“{query[:60]}”" if query else "the search"
+        self.setWindowTitle(f"Result #{hit.rank} for {what} — caption variants")
         self.resize(520, 420)
         self.browser = QTextBrowser(self)
-        self.browser.setHtml(variants_html(hit, variants))
+        self.browser.setHtml(variants_html(hit, variants, query))
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close, self)
         buttons.rejected.connect(self.reject)
         lay = QVBoxLayout(self)

@@ -297,7 +297,13 @@ class IndexController(QObject):
             removed = len(report.get("removed") or [])
             self.session.last_outcome = (f"{len(rasters)} raster(s), {new} new + {cached} cached tiles"
                                          + (f", {removed} removed" if removed else "") + f" in {secs:.1f} s")
-            report_info(iface, f"Index ready: {self.session.last_outcome}", Qgis.Success)
+            failed = sum(int(r.get("tiles_failed") or 0) for r in rasters)  # unreadable tiles (corrupt blocks)
+            broken = sum(1 for r in rasters if r.get("error"))  # rasters that could not be opened
+            if failed:
+                self.session.last_outcome += f", {failed} tiles failed (Update retries them)"
+            if broken:
+                self.session.last_outcome += f", {broken} raster(s) could not be read"
+            report_info(iface, f"Index ready: {self.session.last_outcome}", Qgis.Warning if failed or broken else Qgis.Success)
         for key in keys:
             self.widget.set_state(key, "…")
         self.session.refresh_info()

@@ -24,6 +24,15 @@ class ProjectWatcher(QObject):
         ]
         for sig, slot in self._connections:
             sig.connect(slot)
+        # QGIS may have opened a project before the plugin loaded: reconnect to its index now, which
+        # also preloads the embedder when it holds one (the first search is then instant)
+        try:
+            from ..qgis_io.project_index import recorded_index_dir
+
+            if p.fileName() and recorded_index_dir(p):
+                session.refresh_info()
+        except Exception as exc:
+            report_exception(session.iface, exc, "Opening the project's search index")
 
     def on_read(self, *_args) -> None:
         """Reconnect to the project's recorded index and show what it holds."""

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any, Optional
 from qgis.PyQt.QtCore import QAbstractTableModel, QModelIndex, QSize, Qt
 from qgis.PyQt.QtGui import QBrush, QColor, QImage, QPixmap
 
-COLUMNS = ("#", "Score", "Tile", "Caption", "Raster")
-COL_RANK, COL_SCORE, COL_THUMB, COL_CAPTION, COL_RASTER = range(5)
+COLUMNS = ("#", "Score", "Tile", "Scale", "Caption", "Raster")
+COL_RANK, COL_SCORE, COL_THUMB, COL_SCALE, COL_CAPTION, COL_RASTER = range(6)
 THUMB_SIZE = 64
 
 _DISPLAY = Qt.ItemDataRole.DisplayRole
@@ -34,16 +34,29 @@ class ResultsModel(QAbstractTableModel):
         self._hits: list[Hit] = []
         self._thumbs: dict[str, QPixmap] = {}
         self._scale: Optional[ScoreScale] = None
+        self._texts: list[str] = []
+        self._matched: list[str] = []
+        self._grounds: list[str] = []
 
     def set_scale(self, scale: Optional[ScoreScale]) -> None:
         """The embedder's fixed score scale: the score cell is coloured and explained by it."""
         self._scale = scale
 
     # --- data in -----------------------------------------------------------------------------
-    def set_hits(self, hits: list[Hit]) -> None:
+    def set_hits(self, hits: list[Hit], query: str = "") -> None:
+        """Rows for `hits`; the caption column shows what differs between them (see result_text)."""
+        from .result_text import distinct_texts, matched_sentence
+
         self.beginResetModel()
         self._hits = list(hits)
+        self._texts = distinct_texts([h.caption for h in self._hits], query)
+        self._matched = [matched_sentence(h.caption, query) if query else "" for h in self._hits]
+        self._grounds = [_ground(h) for h in self._hits]
         self.endResetModel()
+
+    def single_raster(self) -> bool:
+        """All rows come from one raster (its column would only repeat the name)."""
+        return len({h.raster_id for h in self._hits}) <= 1
 
     def clear(self) -> None:
         self.set_hits([])
@@ -94,8 +107,11 @@ class ResultsModel(QAbstractTableModel):
                 return str(hit.rank)
             if col == COL_SCORE:
                 return f"{hit.score:.3f}"
+            if col == COL_SCALE:
+                ground = self._grounds[index.row()] if index.row() < len(self._grounds) else ""
+                return f"×{hit.scale}" + (f"\n{ground}" if ground else "")
             if col == COL_CAPTION:
-                return hit.caption
+                return self._texts[index.row()] if index.row() < len(self._texts) else hit.caption
             if col == COL_RASTER:
                 return hit.raster_name or hit.raster.rsplit("/", 1)[-1]
             return None
@@ -117,8 +133,26 @@ class ResultsModel(QAbstractTableModel):
                 return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignTop)
             return int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
         if role == _TOOLTIP:
+            matched = self._matched[index.row()] if index.row() < len(self._matched) else ""
             return (
-                f"{hit.caption}\n\nraster: {hit.raster}\ntile: {hit.tile_id} (scale {hit.scale}, "
+                (f"Matched: {matched}\n\n" if matched else "")
+                + f"{hit.caption}\n\nraster: {hit.raster}\ntile: {hit.tile_id} (scale {hit.scale}, "
                 f"window {hit.window.col_off},{hit.window.row_off} {hit.window.width}x{hit.window.height})"
             )
         return None
+
+
+def _ground(hit: Hit) -> str:
+    """The tile's side on the ground ("1.28 km"), from its footprint in the raster's CRS."""
+    from qgis.core import QgsCoordinateReferenceSystem
+
+    from .result_text import ground_text, ring_ground_m
+
+    try:
+        ring = hit.footprint["coordinates"][0]
+        crs = QgsCoordinateReferenceSystem.fromWkt(hit.crs) if hit.crs else QgsCoordinateReferenceSystem()
+        if not crs.isValid():  # pixel coordinates: no ground size to tell
+            return ""
+        return ground_text(ring_ground_m(ring, crs.isGeographic()))
+    except (KeyError, IndexError, TypeError, ValueError):
+        return ""

@@ -10,7 +10,7 @@ import time
 from typing import TYPE_CHECKING, Any, Optional
 
 from qgis.core import QgsApplication
-from qgis.PyQt.QtCore import QObject, pyqtSignal
+from qgis.PyQt.QtCore import QObject, QTimer, pyqtSignal
 from qgis.PyQt.QtWidgets import QFileDialog
 
 from .caption_dialog import CaptionDialog
@@ -49,6 +49,11 @@ class SearchController(QObject):
         widget.export_requested.connect(self.export_dialog)
         widget.zoom_requested.connect(self.zoom_to_results)
         widget.like_requested.connect(self.search_like)
+        session.embedder_state_changed.connect(self._show_model_state)
+        self._model_timer = QTimer(self)
+        self._model_timer.setInterval(1000)
+        self._model_timer.timeout.connect(lambda: self._show_model_state(self.session.embedder_state))
+        self._show_model_state(session.embedder_state)
 
     # --- search ------------------------------------------------------------------------------
     def search_options(self, opts: dict) -> dict:
@@ -80,8 +85,7 @@ class SearchController(QObject):
             report_exception(self.session.iface, exc, "Search")
             return
         self.last_query = query
-        warm = self.session.queue.warm
-        self.widget.set_busy(True, "Searching…" if warm else "Starting the engine and loading the embedder (first search)…")
+        self.widget.set_busy(True, self.waiting_text())
         from ..tasks.search_task import SearchTask
 
         def make(client: Any) -> Any:
@@ -92,11 +96,32 @@ class SearchController(QObject):
 
         self.session.queue.submit(make, key="search")
 
+    def waiting_text(self) -> str:
+        """What the wait for a search is really made of, said before it starts."""
+        s = self.session
+        if s.embedder_ready():
+            return "Searching…"
+        if s.embedder_state == "loading":
+            return (f"Waiting for the embedder to finish loading ({time.monotonic() - s.embedder_since:.0f} s so far; "
+                    "once per session)…")
+        return "Starting the engine and loading the embedder (first search of the session, several seconds)…"
+
+    def _show_model_state(self, state: str) -> None:
+        if self._closed:
+            return
+        self.widget.set_model_state(state, time.monotonic() - self.session.embedder_since)
+        if state == "loading":
+            self._model_timer.start()
+        else:
+            self._model_timer.stop()
+
     def _on_finished(self, hit_dicts: list, error: str) -> None:
         if self._closed:
             return
         self.last_seconds = time.perf_counter() - self._t0
         self.widget.set_busy(False)
+        if not error:
+            self.session.set_embedder_state("ready")  # a search loads it when no preload did
         if error:
             self.widget.show_hits(self.hits, f"Search failed: {error.splitlines()[0]}")
             report_error(self.session.iface, f"Search failed: {error}")
@@ -132,7 +157,7 @@ class SearchController(QObject):
                    f"{scale.verdict(best)}")
         else:
             msg = f"No results for “{self.last_query}”"
-        self.widget.show_hits(hits, msg, warn=warn)
+        self.widget.show_hits(hits, msg, warn=warn, query=self.last_query)
         self.highlighter.show_hits(hits, name=f"Search results: {self.last_query}"[:80] if self.last_query else "Search results",
                                    scale=scale, query=self.last_query)
         for h in hits:
@@ -184,10 +209,18 @@ class SearchController(QObject):
         except Exception as exc:  # the dialog still shows the best variant
             report_exception(self.session.iface, exc, "Reading caption variants")
             variants = None
-        dlg = CaptionDialog(hit, variants, parent=self.widget)
+        dlg = CaptionDialog(hit, variants, parent=self.widget, query=self.last_query)
         self._dialogs = [d for d in self._dialogs if d.isVisible()] + [dlg]
+        self._place_beside_dock(dlg)
         dlg.show()
         return dlg
+
+    def _place_beside_dock(self, dlg: CaptionDialog) -> None:
+        """Left of the dock (over the map edge), top-aligned with it, never off the screen's left."""
+        from qgis.PyQt.QtCore import QPoint
+
+        top_left = self.widget.mapToGlobal(QPoint(0, 0))
+        dlg.move(max(0, top_left.x() - dlg.width() - 12), max(0, top_left.y()))
 
     def export_dialog(self) -> None:
         path, _filter = QFileDialog.getSaveFileName(self.widget, "Export search results", "search_results.gpkg",
@@ -219,6 +252,7 @@ class SearchController(QObject):
 
     def close(self) -> None:
         self._closed = True
+        self._model_timer.stop()
         for d in self._dialogs:
             try:
                 d.close()

@@ -23,7 +23,7 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
-from .results_model import COL_CAPTION, COL_RANK, COL_RASTER, COL_SCORE, COL_THUMB, THUMB_SIZE, ResultsModel
+from .results_model import COL_CAPTION, COL_RANK, COL_RASTER, COL_SCALE, COL_SCORE, COL_THUMB, THUMB_SIZE, ResultsModel
 from .settings import SearchOptions
 
 if TYPE_CHECKING:  # numpy comes with core.types: not at QGIS start-up
@@ -53,6 +53,10 @@ class SearchWidget(QWidget):
         self.top_spin.setPrefix("top ")
         self.extent_check = QCheckBox("Only within current map extent", self)
         self.extent_check.setChecked(bool(options.only_extent))
+        # the embedder's state in the engine: a first search is instant only once it is "ready"
+        self.model_label = QLabel("", self)
+        self.model_label.setToolTip("The text embedder that turns a query into a vector. It loads in the "
+                                    "background when a project with an index opens, once per session.")
 
         self.model = ResultsModel(self)
         self.view = QTableView(self)
@@ -68,7 +72,7 @@ class SearchWidget(QWidget):
         self.view.setTextElideMode(Qt.TextElideMode.ElideRight)
         self.view.setIconSize(QSize(THUMB_SIZE, THUMB_SIZE))
         header = self.view.horizontalHeader()
-        for col in (COL_RANK, COL_SCORE, COL_THUMB):
+        for col in (COL_RANK, COL_SCORE, COL_THUMB, COL_SCALE):
             header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(COL_CAPTION, QHeaderView.ResizeMode.Stretch)
         header.setSectionResizeMode(COL_RASTER, QHeaderView.ResizeMode.Interactive)
@@ -89,6 +93,7 @@ class SearchWidget(QWidget):
         row2 = QHBoxLayout()
         row2.addWidget(self.top_spin)
         row2.addWidget(self.extent_check, 1)
+        row2.addWidget(self.model_label)
         row3 = QHBoxLayout()
         row3.addWidget(self.info_label, 1)
         row3.addWidget(self.zoom_button)
@@ -129,14 +134,31 @@ class SearchWidget(QWidget):
         o = self.options()
         self.search_requested.emit(text, {"top": o.top, "only_extent": o.only_extent, "fusion": o.fusion})
 
+    def set_model_state(self, state: str, seconds: float = 0.0) -> None:
+        """"cold" / "loading" / "ready" / "failed: …" as a short coloured label."""
+        if state == "ready":
+            text, color = "● embedder ready", "#2e7d32"
+        elif state == "loading":
+            text, color = f"◌ loading embedder… {seconds:.0f} s", "#1565c0"
+        elif state.startswith("failed"):
+            text, color = "● embedder failed", "#c62828"
+        else:
+            text, color = "○ embedder loads on first search", "#666666"
+        self.model_label.setText(text)
+        self.model_label.setStyleSheet(f"color: {color};")
+        if state.startswith("failed"):
+            self.model_label.setToolTip(state)
+
     def set_busy(self, busy: bool, message: str = "") -> None:
         self.search_button.setEnabled(not busy)
         if message:
             self.info_label.setText(message)
 
-    def show_hits(self, hits: list[Hit], message: str = "", warn: bool = False) -> None:
-        """Fill the list; `warn` shows the message in orange (e.g. no confident match)."""
-        self.model.set_hits(hits)
+    def show_hits(self, hits: list[Hit], message: str = "", warn: bool = False, query: str = "") -> None:
+        """Fill the list; `warn` shows the message in orange (e.g. no confident match). The raster
+        column is hidden when every hit comes from one raster."""
+        self.model.set_hits(hits, query)
+        self.view.setColumnHidden(COL_RASTER, self.model.single_raster())
         self.export_button.setEnabled(bool(hits))
         self.zoom_button.setEnabled(bool(hits))
         self.info_label.setText(message)

@@ -8,6 +8,7 @@ time, a newer search replaces a pending one, and nothing here ever waits on the 
 from __future__ import annotations
 
 import os
+import time
 from typing import Any, Callable, Optional
 
 from qgis.core import QgsApplication, QgsProject, QgsTask
@@ -145,6 +146,8 @@ class EngineSession(QObject):
 
     index_dir_changed = pyqtSignal(str)
     info_changed = pyqtSignal(dict)
+    #: "cold" (not loaded), "loading", "ready" or "failed: <why>"
+    embedder_state_changed = pyqtSignal(str)
 
     def __init__(self, iface, project: Optional[QgsProject] = None, parent=None) -> None:
         super().__init__(parent)
@@ -155,6 +158,9 @@ class EngineSession(QObject):
         self.last_outcome = ""
         #: what a running indexing job is doing; the status line shows it instead of the index summary
         self.job_text = ""
+        self.embedder_state = "cold"
+        self.embedder_since = 0.0
+        self.warm_seconds = 0.0
         self.queue = WorkerQueue(self.python, self)
 
     @staticmethod
@@ -185,6 +191,36 @@ class EngineSession(QObject):
         self.info = {}
         self.last_outcome = ""
         self.info_changed.emit({})
+        if self.embedder_state != "loading":
+            self.set_embedder_state("cold")
+
+    # --- the embedder in the warm worker ------------------------------------------------------
+    def set_embedder_state(self, state: str) -> None:
+        if state != self.embedder_state:
+            self.embedder_state = state
+            self.embedder_since = time.monotonic()
+            self.embedder_state_changed.emit(state)
+
+    def embedder_ready(self) -> bool:
+        return self.embedder_state == "ready" and self.queue.warm
+
+    def preload(self) -> bool:
+        """Load the embedder in the background (an indexed project just opened); False when not needed."""
+        if not (self.info or {}).get("exists") or self.embedder_ready() or self.embedder_state == "loading":
+            return False
+        index_dir = self.index_dir()
+        self.set_embedder_state("loading")
+
+        def done(result: Any, error: str) -> None:
+            if error:
+                log(f"loading the embedder for {index_dir}: {error}")
+                self.set_embedder_state(f"failed: {error}")
+            else:
+                self.warm_seconds = float((result or {}).get("seconds", 0.0)) if isinstance(result, dict) else 0.0
+                self.set_embedder_state("ready")
+
+        self.queue.call("warm", {"index_dir": index_dir}, done, key="warm")
+        return True
 
     def refresh_info(self, on_done: Optional[Callable[[dict], None]] = None) -> None:
         index_dir = self.index_dir()
@@ -195,6 +231,7 @@ class EngineSession(QObject):
             if isinstance(result, dict) and index_dir == self._index_dir:
                 self.info = result
                 self.info_changed.emit(result)
+                self.preload()
             if on_done is not None:
                 on_done(self.info)
 

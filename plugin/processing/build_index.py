@@ -152,6 +152,9 @@ class BuildIndexAlgorithm(QgsProcessingAlgorithm):
             else:
                 feedback.pushInfo(f"{r.get('name')}: {r.get('tiles_planned')} tiles, {r.get('tiles_new')} captioned, "
                                   f"{r.get('tiles_cached')} cached, {r.get('tiles_empty')} empty")
+                if r.get("tiles_failed"):
+                    feedback.reportError(f"{r.get('name')}: {r['tiles_failed']} tile(s) could not be read (the next "
+                                         f"run retries them); first: {(r.get('failed_tiles') or [{}])[0].get('reason')}")
         if report.get("removed"):
             feedback.pushInfo(f"removed {len(report['removed'])} raster(s) no longer listed")
         return {

@@ -156,3 +156,19 @@ def rotation_angle(transform: Sequence[float]) -> float:
     """Angle (degrees) of the first pixel axis, for checks."""
     a, _b, _c, d = transform[:4]
     return math.degrees(math.atan2(d, a))
+
+
+def blocky(folder: Any, name: str = "blocky.tif") -> str:
+    """1024 x 1024 deflate GeoTIFF in 64 px blocks (block (1, 1) is outside the fingerprint sample)."""
+    return write_raster(os.path.join(str(folder), name), pattern(3, 1024, 1024, seed=5), tiled=True,
+                        blockxsize=64, blockysize=64, compress="deflate")
+
+
+def corrupt_block(path: str, bx: int, by: int) -> None:
+    """Overwrite the compressed bytes of tile block (bx, by) with garbage (the header stays valid)."""
+    with rasterio.open(path) as ds:
+        off = int(ds.get_tag_item(f"BLOCK_OFFSET_{bx}_{by}", "TIFF", bidx=1))
+        size = int(ds.get_tag_item(f"BLOCK_SIZE_{bx}_{by}", "TIFF", bidx=1))
+    with open(path, "r+b") as fh:
+        fh.seek(off + 2)
+        fh.write(b"\xff" * (size - 4))

@@ -21,6 +21,8 @@ from qgis.core import (
     QgsVectorLayer,
 )
 
+from qgis.PyQt.QtCore import Qt
+
 from tests.qgis.plugin_harness import (
     add_raster,
     engine_env,
@@ -103,7 +105,9 @@ def test_index_then_search_highlights_exactly_the_hits(indexed, qgis_iface):
     model = plugin.dock.search_widget.model
     assert model.rowCount() == len(hits)
     assert [model.hit(i).tile_id for i in range(len(hits))] == [h["tile_id"] for h in hits]
-    assert model.data(model.index(0, 3)) == hits[0]["caption"]
+    from plugin.gui.results_model import COL_CAPTION
+
+    assert hits[0]["caption"] in model.data(model.index(0, COL_CAPTION), Qt.ItemDataRole.ToolTipRole)
 
     # the results layer: one feature per hit, geometry = footprint in the project CRS
     layer = plugin.search_ctl.highlighter.layer

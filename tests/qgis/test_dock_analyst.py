@@ -249,3 +249,72 @@ def test_tiling_is_suggested_from_ground_resolution_with_count_size_and_time(sho
         assert fw.tile_spin.value() == 128 and fw.scales_edit.text() == "1,2"
     finally:
         fresh.unload()
+
+
+def test_opening_an_indexed_project_preloads_the_embedder_and_labels_the_wait(shore):
+    from tests.qgis.plugin_harness import SignalCatcher, wait_until
+
+    plugin, _layer, _canvas, tmp = shore
+    project = QgsProject.instance()
+    path = str(tmp / "shore.qgz")
+    assert project.write(path)
+    wait_until(lambda: not plugin.session.queue.busy, 120, "the save")
+    # a new session: QGIS restarted the plugin (no engine worker yet), then the project opens
+    plugin.unload()
+    plugin.initGui()
+    project.clear()
+    states: list[str] = []
+    plugin.session.embedder_state_changed.connect(states.append)
+    w = plugin.dock.search_widget
+    assert "loads on first search" in w.model_label.text()
+    assert project.read(path)
+    wait_until(lambda: plugin.session.embedder_state in ("loading", "ready"), 60, "the preload to start")
+    assert states[0] == "loading" and "loading embedder" in w.model_label.text()
+    # a query typed while it loads says what it waits for, then answers
+    catcher = SignalCatcher(plugin.search_ctl.search_finished)
+    w.query_edit.setText("dark open water")
+    w.request_search()
+    assert w.info_label.text().startswith("Waiting for the embedder to finish loading")
+    hits, error = catcher.wait(1, 180, "the first search")
+    assert error == "" and hits
+    assert states[-1] == "ready" and "embedder ready" in w.model_label.text()
+    # once ready, the wait is just a search
+    w.query_edit.setText("vegetation")
+    w.request_search()
+    assert w.info_label.text() == "Searching…"
+    catcher.wait(2, 60, "the second search")
+
+
+def test_results_tell_hits_apart(shore, qgis_iface):
+    from qgis.PyQt.QtCore import Qt
+
+    from plugin.gui.results_model import COL_CAPTION, COL_RASTER, COL_SCALE
+
+    plugin, *_ = shore
+    w = plugin.dock.search_widget
+    hits, error = search_and_wait(plugin, "dense green vegetation", top=10)
+    assert error == "" and len(hits) == 10
+    model = w.model
+    texts = [model.data(model.index(r, COL_CAPTION)) for r in range(10)]
+    full = [h["caption"] for h in hits]
+    # every caption of this scene starts alike; the list shows what differs instead
+    assert len({" ".join(t.split()[:3]) for t in full}) < len({" ".join(t.split()[:3]) for t in texts}) or \
+        all(len(t) < len(f) for t, f in zip(texts, full))
+    tip = model.data(model.index(0, COL_CAPTION), Qt.ItemDataRole.ToolTipRole)
+    assert full[0] in tip and tip.startswith("Matched: ") and "veg" in tip.split("\n")[0].lower()
+    # one raster: its column would repeat one name
+    assert w.view.isColumnHidden(COL_RASTER)
+    # scale and ground size: 128 px of ~8.4 m
+    scale_text = model.data(model.index(0, COL_SCALE))
+    assert scale_text.startswith("×1") and "km" in scale_text
+    # the caption dialog: the query in its title, the best variant first, beside the dock
+    plugin.show_dock()
+    dlg = plugin.search_ctl.show_variants(model.hit(0))
+    assert "dense green vegetation" in dlg.windowTitle() and "#1" in dlg.windowTitle()
+    html_text = dlg.browser.toPlainText()
+    best = hits[0]["variant_index"] + 1
+    assert html_text.index(f"Variant {best} (best match)") < min(
+        html_text.index(f"Variant {i}") for i in range(1, 6) if i != best)
+    dock_left = w.mapToGlobal(w.rect().topLeft()).x()
+    assert dlg.geometry().right() <= dock_left or dlg.x() == 0
+    dlg.close()

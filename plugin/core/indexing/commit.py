@@ -43,7 +43,7 @@ def _index_one(idx, cap, emb, info, params, refs, done, step, is_canceled, execu
     todo = [r for r in refs if r.tile_id not in done]
     entry = {
         "raster_id": rid, "path": info.path, "name": info.name, "tiles_planned": len(refs),
-        "tiles_new": 0, "tiles_cached": 0, "tiles_empty": 0, "variants": 0,
+        "tiles_new": 0, "tiles_cached": 0, "tiles_empty": 0, "variants": 0, "tiles_failed": 0,
     }
     idx.set_raster_state(rid, "indexing")
     # Captions this captioner already wrote (e.g. before an embedder switch) are only re-embedded.
@@ -63,16 +63,46 @@ def _index_one(idx, cap, emb, info, params, refs, done, step, is_canceled, execu
     need = [r for r in todo if r.tile_id not in cached]
     if need:
         seen = 0
-        for batch_refs, per_tile, vecs in executor.run(info, params, need, is_canceled):
+        failed: list[tuple[Any, str]] = []  # appended by the tile reader (list.append is atomic)
+        for batch_refs, per_tile, vecs in executor.run(info, params, need, is_canceled,
+                                                       on_error=lambda ref, why: failed.append((ref, why))):
             idx.add_tiles(rid, cap.fingerprint, list(zip(batch_refs, per_tile, vecs)))
             seen += len(batch_refs)
             entry["tiles_new"] += len(batch_refs)
             entry["variants"] += sum(len(v) for v in per_tile)
             step(len(batch_refs), f"{info.name}: captioned {entry['tiles_new']} tiles")
         # Tiles the reader skipped as (mostly) nodata still count as progress.
-        entry["tiles_empty"] = len(need) - seen
+        entry["tiles_empty"] = len(need) - seen - len(failed)
         if entry["tiles_empty"]:
             step(entry["tiles_empty"], f"{info.name}: skipped {entry['tiles_empty']} empty tiles")
+        if failed:
+            step(len(failed), f"{info.name}: {len(failed)} tiles could not be read")
+            record_failures(entry, failed)
     idx.retain_tiles(rid, {r.tile_id for r in refs})
-    idx.set_raster_state(rid, "indexed")
+    # A raster with unreadable tiles stays "indexing": it is searchable, shown as unfinished, and
+    # the next run (Update) reads exactly those tiles again (they were never committed).
+    idx.set_raster_state(rid, "indexing" if entry.get("tiles_failed") else "indexed")
     return entry
+
+
+#: How many failed tiles a report lists one by one (all are counted).
+MAX_LISTED_FAILURES = 20
+
+
+def record_failures(entry: dict[str, Any], failed: list[tuple[Any, str]]) -> None:
+    """Count failed tiles in the raster's report entry and list the first few with their reason."""
+    entry["tiles_failed"] = entry.get("tiles_failed", 0) + len(failed)
+    listed = entry.setdefault("failed_tiles", [])
+    for ref, why in failed[: max(0, MAX_LISTED_FAILURES - len(listed))]:
+        w = ref.window
+        listed.append({"tile_id": ref.tile_id, "scale": ref.scale,
+                       "window": [w.col_off, w.row_off, w.width, w.height], "reason": why})
+
+
+def failure_line(entry: dict[str, Any]) -> str:
+    """ "3 tiles could not be read (the next run retries them), e.g. pixels 64,64 64x64 ..." ("" if none)."""
+    n = int(entry.get("tiles_failed") or 0)
+    if not n:
+        return ""
+    first = (entry.get("failed_tiles") or [{}])[0].get("reason", "")
+    return f"{n} tile(s) could not be read (the next run retries them); first: {first}"

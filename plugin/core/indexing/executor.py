@@ -7,7 +7,7 @@ default); other executors (a Ray cluster) plug in here without touching planning
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, Optional, Protocol, Sequence
 
 import numpy as np
 
@@ -18,8 +18,10 @@ CaptionedBatch = tuple[list[TileRef], list[list[CaptionVariant]], list[np.ndarra
 
 
 class Executor(Protocol):
-    def run(self, info: Any, params: Any, refs: Sequence[TileRef], is_canceled: CancelFn) -> Iterator[CaptionedBatch]:
-        """Yield captioned batches for `refs` (tiles the reader skips as empty are never yielded)."""
+    def run(self, info: Any, params: Any, refs: Sequence[TileRef], is_canceled: CancelFn,
+            on_error: Optional[Callable[[TileRef, str], None]] = None) -> Iterator[CaptionedBatch]:
+        """Yield captioned batches for `refs` (tiles the reader skips as empty are never yielded;
+        tiles it cannot read go to `on_error(ref, reason)`, possibly from another thread)."""
         ...
 
     def close(self) -> None:

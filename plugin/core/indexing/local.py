@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar
 
 import numpy as np
 
@@ -106,11 +106,15 @@ class LocalExecutor:
         #: caption in a thread of its own (None: when the captioner runs on an accelerator)
         self.overlap = overlaps_captioning(captioner) if overlap is None else bool(overlap)
 
-    def run(self, info: Any, params: Any, refs: Sequence[TileRef], is_canceled: CancelFn) -> Iterator[CaptionedBatch]:
+    def run(self, info: Any, params: Any, refs: Sequence[TileRef], is_canceled: CancelFn,
+            on_error: Optional[Callable[[TileRef, str], None]] = None) -> Iterator[CaptionedBatch]:
         from ..tiling import iter_tiles
 
         cap = self.captioner
-        batches = _prefetch(iter_tiles(info, params, refs=list(refs), is_canceled=is_canceled), cap.batch_size)
+        # No local name for the tile generator: the reader thread must hold its only reference, so
+        # it is finalised there (rasterio's Env is thread-local; see _background).
+        batches = _prefetch(iter_tiles(info, params, refs=list(refs), is_canceled=is_canceled, on_error=on_error),
+                            cap.batch_size)
 
         def captioned() -> Iterator[tuple[list[TileImage], list[list[CaptionVariant]]]]:
             for batch in batches:
