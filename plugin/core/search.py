@@ -318,7 +318,10 @@ def search(index: Searchable, query_vector: np.ndarray, *, top: int = 10, fusion
     for h in out:
         if ranker != "dense":
             h.extra["ranker"] = ranker
-            h.extra["matched_terms"] = H.matched_terms(index.conn, h.extra.pop("_cid"), terms)
+            cid = h.extra.pop("_cid")
+            h.extra["matched_terms"] = H.matched_terms(index.conn, cid, terms)
+            if ranker == "hybrid":  # score = cosine + this bonus (max fusion): the cosine stays recoverable
+                h.extra["lexical_bonus"] = round(cands.bonus.get(cid, 0.0), 6)
         h.extra.pop("_cid", None)
         if h.tile_id in demoted:
             h.extra["demoted_by"], h.extra["negative_score"] = demoted[h.tile_id]
