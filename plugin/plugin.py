@@ -78,10 +78,13 @@ class SemanticImagerySearchPlugin:
         self.engine_banner = EngineBanner(self.show_engine_dialog, self.dock)
         self.dock.widget().layout().insertWidget(0, self.engine_banner)
         self._set_engine_problem(quick_engine_problem())
+        # the engine breaking later (worker dies, packages removed) shows up there too
+        self.search_ctl.engine_failed.connect(self._set_engine_problem)
 
     def _set_engine_problem(self, problem: Optional[str]) -> None:
         """Searching needs the engine; the results list, export and the index panel stay usable."""
-        self.engine_banner.set_problem(problem)
+        if problem is not None or self.engine_banner.problem is not None:  # keep a green "ready" showing
+            self.engine_banner.set_problem(problem)
         self.dock.search_widget.search_button.setEnabled(problem is None)
         self.dock.search_widget.query_edit.setEnabled(problem is None)
 

@@ -1,8 +1,10 @@
-"""Render the dock and the map after a demo search to docs/screenshot.jpg, offscreen.
+"""Render a QGIS-like main window after a demo search to docs/screenshot.jpg: layers panel with the
+results legend, map canvas with the hits and their rank labels, and the plugin's dock.
 
 Runs the real plugin the way QGIS does (classFactory + initGui with a minimal iface), indexes the
-Sentinel-2 test scene with the spectral captioner into a temporary folder, runs a query, waits for the
-thumbnails, then draws the map (rasters + results layer) and the dock side by side.
+Sentinel-2 test scene with the spectral captioner into a temporary folder at the tiling the dock
+suggests for it, runs a query, waits for the thumbnails and the canvas, then grabs the window
+(1600 x 1000). Works offscreen or under Xvfb (`xvfb-run -s "-screen 0 1600x1000x24" ...`).
 
     QT_QPA_PLATFORM=offscreen .venv/bin/python scripts/screenshot.py [--query TEXT] [--out docs/screenshot.jpg]
 """
@@ -27,15 +29,14 @@ sys.path.insert(0, str(ROOT))
 from qgis.core import (  # noqa: E402
     QgsApplication,
     QgsCoordinateReferenceSystem,
-    QgsMapRendererParallelJob,
-    QgsMapSettings,
+    QgsLayerTreeModel,
     QgsProject,
     QgsRasterLayer,
 )
-from qgis.gui import QgsMapCanvas, QgsMessageBar  # noqa: E402
-from qgis.PyQt.QtCore import QSize  # noqa: E402
-from qgis.PyQt.QtGui import QColor, QFont, QImage, QPainter  # noqa: E402
-from qgis.PyQt.QtWidgets import QMainWindow  # noqa: E402
+from qgis.gui import QgsLayerTreeMapCanvasBridge, QgsLayerTreeView, QgsMapCanvas, QgsMessageBar  # noqa: E402
+from qgis.PyQt.QtCore import Qt  # noqa: E402
+from qgis.PyQt.QtGui import QColor  # noqa: E402
+from qgis.PyQt.QtWidgets import QDockWidget, QMainWindow  # noqa: E402
 
 
 def wait_until(app, pred, timeout: float, what: str) -> None:
@@ -47,31 +48,21 @@ def wait_until(app, pred, timeout: float, what: str) -> None:
         time.sleep(0.01)
 
 
-def render_map(layers, extent, crs, size: QSize) -> QImage:
-    ms = QgsMapSettings()
-    ms.setLayers(layers)
-    ms.setDestinationCrs(crs)
-    ms.setOutputSize(size)
-    ms.setExtent(extent)
-    ms.setBackgroundColor(QColor("#1b1b1b"))
-    job = QgsMapRendererParallelJob(ms)
-    job.start()
-    job.waitForFinished()
-    return job.renderedImage()
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--query", default="river with vegetation along its banks")
     ap.add_argument("--top", type=int, default=8)
-    ap.add_argument("--tile-size", type=int, default=256)
+    ap.add_argument("--tile-size", type=int, default=0, help="0 = what the dock suggests for the scene")
     ap.add_argument("--out", default=str(ROOT / "docs" / "screenshot.jpg"))
     args = ap.parse_args(argv)
 
     app = QgsApplication([], True)
     app.initQgis()
     win = QMainWindow()
+    win.setWindowTitle("QGIS — Semantic Imagery Search")
     canvas = QgsMapCanvas(win)
+    canvas.setCanvasColor(QColor("#1b1b1b"))
+    win.setCentralWidget(canvas)
     bar = QgsMessageBar(win)
     iface = MagicMock()
     iface.mainWindow.return_value = win
@@ -91,26 +82,42 @@ def main(argv=None) -> int:
     project = QgsProject.instance()
     project.setCrs(QgsCoordinateReferenceSystem("EPSG:32618"))
 
+    # the layers panel, as in QGIS: the results layer's legend shows the fixed score classes
+    root = project.layerTreeRoot()
+    tree_model = QgsLayerTreeModel(root)
+    tree_view = QgsLayerTreeView()
+    tree_view.setModel(tree_model)
+    bridge = QgsLayerTreeMapCanvasBridge(root, canvas)
+    layers_dock = QDockWidget("Layers", win)
+    layers_dock.setObjectName("Layers")
+    layers_dock.setWidget(tree_view)
+    win.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, layers_dock)
+
     from scripts.plugin_loader import import_plugin_package
 
     pkg = import_plugin_package()
     plugin = pkg.classFactory(iface)
     plugin.initGui()
+    win.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, plugin.dock)
 
     s2 = QgsRasterLayer(vrt, "Sentinel-2 L1C (B04 B03 B02 B08)")
     assert s2.isValid(), vrt
     project.addMapLayer(s2)
     canvas.setDestinationCrs(project.crs())
-    canvas.setLayers([s2])
     canvas.setExtent(s2.extent())
 
-    opts = plugin.dock.index_widget.options_widget.options()
-    opts.captioner_kind, opts.tile_size, opts.device, opts.scales = "spectral", args.tile_size, "cpu", "1"
-    plugin.dock.index_widget.options_widget.set_options(opts)
+    ow = plugin.dock.index_widget.options_widget
+    opts = ow.options()
+    opts.captioner_kind, opts.device = "spectral", "cpu"
+    ow.set_options(opts)
+    if args.tile_size:
+        ow.tile_spin.setValue(args.tile_size)
+    else:
+        plugin.index_ctl.tiling_hint.apply()
     done: list = []
     assert plugin.index_ctl.start_index()
     plugin.index_ctl.task.index_finished.connect(done.append)
-    wait_until(app, lambda: bool(done), 600, "indexing")
+    wait_until(app, lambda: bool(done), 900, "indexing")
     if done[0].get("error"):
         raise SystemExit(f"indexing failed: {done[0]['error']}")
     wait_until(app, lambda: not plugin.session.queue.busy, 120, "index info")
@@ -126,38 +133,25 @@ def main(argv=None) -> int:
     if error:
         raise SystemExit(f"search failed: {error}")
     wait_until(app, lambda: all(w.model.has_thumbnail(h.tile_id) for h in hits), 120, "thumbnails")
-    w.select_row(0)
-    app.processEvents()
 
-    # the map: rasters under the results layer, zoomed to the raster
-    results_layer = plugin.search_ctl.highlighter.layer
-    map_img = render_map([results_layer, s2], s2.extent(), project.crs(), QSize(900, 860))
-
-    # the dock, as the user sees it after the search
-    plugin.dock.setFloating(True)
-    plugin.dock.resize(520, 860)
-    plugin.dock.show()
-    for _ in range(5):
+    win.resize(1600, 1000)
+    win.resizeDocks([layers_dock, plugin.dock], [250, 560], Qt.Orientation.Horizontal)
+    win.show()
+    plugin.show_dock()
+    tree_view.expandAll()
+    canvas.setExtent(s2.extent())
+    refreshed: list = []
+    canvas.mapCanvasRefreshed.connect(lambda: refreshed.append(1))
+    canvas.refresh()
+    wait_until(app, lambda: bool(refreshed), 120, "the canvas")
+    for _ in range(20):
         app.processEvents()
-    dock_img = plugin.dock.grab().toImage()
-
-    out = QImage(map_img.width() + dock_img.width(), max(map_img.height(), dock_img.height()) + 36,
-                 QImage.Format.Format_ARGB32)
-    out.fill(QColor("#f3f3f3"))
-    p = QPainter(out)
-    p.setRenderHint(QPainter.RenderHint.Antialiasing)
-    p.drawImage(0, 36, map_img)
-    p.drawImage(map_img.width(), 36, dock_img)
-    p.setPen(QColor("#222222"))
-    f = QFont()
-    f.setPointSize(11)
-    f.setBold(True)
-    p.setFont(f)
-    p.drawText(12, 24, f"Query: “{args.query}” — top {len(hits)} tiles on Sentinel-2 (spectral captioner, MiniLM)")
-    p.end()
+        time.sleep(0.02)
+    out = win.grab().toImage()
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    assert out.save(args.out), args.out
+    assert out.save(args.out, quality=88), args.out
     print(f"wrote {args.out} ({out.width()}x{out.height()}), {len(hits)} hits, best {hits[0].score:.3f}: {hits[0].caption[:80]}")
+    _ = bridge
     plugin.unload()
     project.clear()
     canvas.setLayers([])

@@ -15,7 +15,7 @@ import sys
 from typing import Callable, Optional
 
 from qgis.core import QgsApplication, QgsSettings
-from qgis.PyQt.QtCore import pyqtSignal
+from qgis.PyQt.QtCore import QTimer, pyqtSignal
 from qgis.PyQt.QtGui import QFontDatabase
 from qgis.PyQt.QtWidgets import (
     QComboBox,
@@ -38,6 +38,9 @@ from ..qgis_io.engine import SETTINGS_KEY, engine_python
 from ..tasks.engine_setup_task import EngineCheckTask, EngineSetupTask, default_engine_dir
 
 FIX_HINT = "Plugins › Semantic Imagery Search › Set up engine…"
+#: What "Set up engine" downloads (pip wheels: torch, sentence-transformers, transformers, hnswlib,
+#: rasterio ...), rounded from the Linux/Windows wheels of the pinned versions.
+DOWNLOAD_SIZES = {"cpu": "about 0.6 GB (about 1.5 GB installed)", "cuda": "about 3.5 GB (about 7 GB installed)"}
 
 
 #: what a usable engine environment must hold (folder or extension-module names in site-packages)
@@ -117,12 +120,15 @@ class EngineDialog(QDialog):
         gpu_words = f"NVIDIA GPU found: {self.gpu}" if self.gpu else "No NVIDIA driver found: the CPU build is suggested"
         self.gpu_label = QLabel(gpu_words, setup_box)
         self.setup_button = QPushButton("Set up engine", setup_box)
+        # a large download: never the button Enter presses
+        self.setup_button.setAutoDefault(False)
         self.cancel_button = QPushButton("Cancel set-up", setup_box)
+        self.cancel_button.setAutoDefault(False)
         self.cancel_button.setEnabled(False)
-        folder = QLabel(f"Folder: {self.env_dir}", setup_box)
-        folder.setWordWrap(True)
+        self.size_label = QLabel(setup_box)
+        self.size_label.setWordWrap(True)
         sl = QVBoxLayout(setup_box)
-        sl.addWidget(folder)
+        sl.addWidget(self.size_label)
         sl.addWidget(self.gpu_label)
         row = QHBoxLayout()
         row.addWidget(self.variant_combo, 1)
@@ -142,6 +148,7 @@ class EngineDialog(QDialog):
 
         self.progress = QProgressBar(self)
         self.progress.setRange(0, 100)
+        self.progress.setVisible(False)  # only while a set-up or a check runs
         self.log_view = QPlainTextEdit(self)
         self.log_view.setReadOnly(True)
         self.log_view.setMaximumBlockCount(5000)
@@ -154,12 +161,23 @@ class EngineDialog(QDialog):
         for w in (intro, self.current_label, setup_box, use_box, self.progress, self.log_view, buttons):
             lay.addWidget(w)
         buttons.rejected.connect(self.reject)
+        self.check_button.setAutoDefault(False)
+        close = buttons.button(QDialogButtonBox.StandardButton.Close)
+        close.setDefault(True)
+        close.setFocus()
+        self.variant_combo.currentIndexChanged.connect(self._show_size)
+        self._show_size()
         self.check_button.clicked.connect(lambda: self.check(engine_python()))
         self.setup_button.clicked.connect(self.start_setup)
         self.cancel_button.clicked.connect(self.cancel_setup)
         browse.clicked.connect(self._browse)
         self.use_button.clicked.connect(lambda: self.check(self.python_edit.text().strip(), save=True))
         self._show_current()
+
+    def _show_size(self, *_a) -> None:
+        variant = self.variant_combo.currentData()
+        size = DOWNLOAD_SIZES.get(variant, DOWNLOAD_SIZES["cpu"])
+        self.size_label.setText(f"Downloads {size} with pip into {self.env_dir} (your QGIS profile; no admin rights).")
 
     def _show_current(self) -> None:
         python = engine_python()
@@ -183,6 +201,9 @@ class EngineDialog(QDialog):
         self.task.setup_finished.connect(self._on_setup_finished)
         self.setup_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
+        self.progress.setRange(0, 100)
+        self.progress.setValue(0)
+        self.progress.setVisible(True)
         self.append_log(f"Setting up the engine ({variant.upper()} build) in {self.env_dir}; "
                         "this can take several minutes and continues if you close this window.")
         QgsApplication.taskManager().addTask(self.task)
@@ -193,6 +214,7 @@ class EngineDialog(QDialog):
             self.task.cancel()
 
     def _on_setup_finished(self, result: dict) -> None:
+        self.progress.setVisible(False)
         self.setup_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
         self.task = None
@@ -213,9 +235,15 @@ class EngineDialog(QDialog):
         self.append_log(f"Checking {python or '(no interpreter)'} …")
         self.check_button.setEnabled(False)
         self.check_task = EngineCheckTask(python)
+        if self.task is None:  # a busy bar while the check imports the engine's packages
+            self.progress.setRange(0, 0)
+            self.progress.setVisible(True)
 
         def done(result: dict) -> None:
             self.check_button.setEnabled(True)
+            if self.task is None:
+                self.progress.setRange(0, 100)
+                self.progress.setVisible(False)
             self.check_task = None
             self.append_log(result.get("summary") or f"Check failed: {result.get('error')}")
             if save and result.get("ok"):
@@ -230,14 +258,14 @@ class EngineDialog(QDialog):
 
 
 class EngineBanner(QWidget):
-    """A line at the top of the dock saying why searching is disabled and how to fix it."""
+    """One short line at the top of the dock that tracks the engine: what is wrong (details in the
+    tooltip) with the fix at hand, or a green "ready" for a few seconds after a passing check."""
 
     def __init__(self, open_setup: Callable[[], None], parent=None) -> None:
         super().__init__(parent)
         self.setObjectName("SemanticImagerySearchEngineBanner")
         self.label = QLabel(self)
-        self.label.setWordWrap(True)
-        self.label.setStyleSheet("color: #8a4b00;")
+        self.label.setWordWrap(False)
         self.button = QPushButton("Set up engine…", self)
         self.button.clicked.connect(open_setup)
         lay = QHBoxLayout(self)
@@ -245,23 +273,54 @@ class EngineBanner(QWidget):
         lay.addWidget(self.label, 1)
         lay.addWidget(self.button)
         self.problem: Optional[str] = None
+        self._hide_timer = QTimer(self)
+        self._hide_timer.setSingleShot(True)
+        self._hide_timer.timeout.connect(self.hide)
         self.hide()
 
     def set_problem(self, problem: Optional[str]) -> None:
-        """None hides the banner; a problem shows it with the fix."""
+        """None: nothing wrong (hidden); a problem: one short line, the full text in the tooltip."""
         self.problem = problem
+        self._hide_timer.stop()
         if problem:
-            self.label.setText(f"Searching is disabled: {problem} Fix: {FIX_HINT}")
+            self.label.setText(f"⚠ {short_problem(problem)} — searching is off")
+            self.label.setStyleSheet("color: #8a4b00; font-weight: bold;")
+            self.label.setToolTip(f"{problem}\nFix: {FIX_HINT}")
+            self.button.show()
             self.show()
         else:
             self.label.clear()
+            self.label.setToolTip("")
             self.hide()
 
+    def set_ready(self, summary: str = "") -> None:
+        self.problem = None
+        self.label.setText("● engine ready")
+        self.label.setStyleSheet("color: #2e7d32; font-weight: bold;")
+        self.label.setToolTip(summary)
+        self.button.hide()
+        self.show()
+        self._hide_timer.start(8000)
+
     def set_check(self, result: dict) -> None:
-        """Show a finished check: its first problem, its error, or nothing when the engine is ready."""
+        """Show a finished check: its first problem, its error, or a green "ready"."""
         if result.get("ok"):
-            self.set_problem(None)
+            self.set_ready(str(result.get("summary") or ""))
         elif result.get("error"):
             self.set_problem(result["error"].rstrip(".") + ".")
         elif result.get("problems"):
             self.set_problem(result["problems"][0].rstrip(".") + ".")
+
+
+def short_problem(problem: str) -> str:
+    """"The search engine is not set up (no Python at /a/b)." -> "Search engine not set up"."""
+    text = problem.strip()
+    low = text.lower()
+    if "not set up" in low or "no engine environment" in low or "no python at" in low:
+        return "Search engine not set up"
+    if "lacks" in low or "not finished" in low:
+        return "Engine set-up not finished"
+    if "worker" in low or "died" in low or "crash" in low or "killed" in low:
+        return "Search engine stopped"
+    first = text.split(" (")[0].split(": ")[0].rstrip(".")
+    return first[:60] + ("…" if len(first) > 60 else "")

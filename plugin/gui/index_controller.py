@@ -15,7 +15,7 @@ from qgis.core import Qgis, QgsApplication, QgsMapLayerType, QgsRasterLayer
 from qgis.PyQt.QtCore import QObject, QTimer
 
 from .index_widget import IndexWidget, LayerRow
-from .messages import report_error, report_info
+from .messages import job_outcome, report_error, report_info
 from .session import EngineSession
 from .settings import save_index_options, tiling_saved
 
@@ -50,6 +50,7 @@ class IndexController(QObject):
         self._watched: set[str] = set()
         self._closed = False
         self._cancelling = False
+        self._new_layers: list[str] = []
         self._job_names: dict[str, str] = {}
         self._seen_rasters: list[str] = []
         self._phase: dict = {}
@@ -121,6 +122,7 @@ class IndexController(QObject):
                 rows.append(LayerRow("raster:" + str(r.get("raster_id")), str(r.get("name") or os.path.basename(path)),
                                      "stale (layer removed; Update drops it)", "", False))
         self.widget.set_rows(rows)
+        self._report_new_layers()
         self.tiling_hint.update()
         self.set_status(self.session.status_text())
 
@@ -155,9 +157,22 @@ class IndexController(QObject):
         rasters = [lyr for lyr in rasters if not lyr.customProperty(RESULTS_PROPERTY)]
         if not rasters or self._closed:
             return
+        self._new_layers.extend(lyr.id() for lyr in rasters)
         self.refresh_rows()
-        names = ", ".join(lyr.name() for lyr in rasters[:3]) + ("…" if len(rasters) > 3 else "")
-        report_info(self.session.iface, f"New raster layer(s) can be indexed for search: {names} (Index tab)")
+
+    def _report_new_layers(self) -> None:
+        """Offer indexing for added layers that are not indexed -- once the index's content is known
+        (a reopened project's layers arrive before its index is read)."""
+        from ..qgis_io.project_index import recorded_index_dir
+
+        if not self._new_layers or ("exists" not in self.session.info and recorded_index_dir(self.session.project)):
+            return
+        ids, self._new_layers = self._new_layers, []
+        names = [self.widget.rows_by_key().get(i).name for i in ids
+                 if self.widget.state(i) == "not indexed" and self.widget.rows_by_key().get(i) is not None]
+        if names:
+            text = ", ".join(names[:3]) + ("…" if len(names) > 3 else "")
+            report_info(self.session.iface, f"Not indexed yet: {text}. Tick and press Index in the Index tab to search them")
 
     def _on_layers_removed(self, layer_ids) -> None:
         for lid in layer_ids:
@@ -291,19 +306,17 @@ class IndexController(QObject):
             report_info(iface, "Indexing cancelled: what was done is kept and Update resumes it", Qgis.Warning)
         else:
             rasters = report.get("rasters") or []
-            new = sum(int(r.get("tiles_new", 0)) for r in rasters)
-            cached = sum(int(r.get("tiles_cached", 0)) for r in rasters)
-            secs = float(report.get("seconds", 0.0))
-            removed = len(report.get("removed") or [])
-            self.session.last_outcome = (f"{len(rasters)} raster(s), {new} new + {cached} cached tiles"
-                                         + (f", {removed} removed" if removed else "") + f" in {secs:.1f} s")
+            self.session.last_outcome = job_outcome(report)
             failed = sum(int(r.get("tiles_failed") or 0) for r in rasters)  # unreadable tiles (corrupt blocks)
             broken = sum(1 for r in rasters if r.get("error"))  # rasters that could not be opened
             if failed:
                 self.session.last_outcome += f", {failed} tiles failed (Update retries them)"
             if broken:
                 self.session.last_outcome += f", {broken} raster(s) could not be read"
-            report_info(iface, f"Index ready: {self.session.last_outcome}", Qgis.Warning if failed or broken else Qgis.Success)
+            level = Qgis.Warning if failed or broken else Qgis.Success
+            # after QGIS's own "Task complete" (pushed when the task ends), so ours is the one on top
+            text = f"Index ready: {self.session.last_outcome}"
+            QTimer.singleShot(400, lambda: report_info(iface, text, level, duration=10))
         for key in keys:
             self.widget.set_state(key, "…")
         self.session.refresh_info()

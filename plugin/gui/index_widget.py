@@ -143,6 +143,9 @@ class IndexWidget(QWidget):
     def rows(self) -> list[LayerRow]:
         return list(self._rows.values())
 
+    def rows_by_key(self) -> dict[str, LayerRow]:
+        return dict(self._rows)
+
     def checked_keys(self) -> list[str]:
         return [k for k, r in self._rows.items() if r.checkable and self._is_checked(k)]
 

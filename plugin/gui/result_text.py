@@ -26,7 +26,7 @@ def _key(sentence: str) -> str:
 
 
 def _stems(text: str) -> set[str]:
-    return {w.lower()[:5] for w in _WORD.findall(text or "") if w.lower() not in _STOP}
+    return {w.lower()[:4] for w in _WORD.findall(text or "") if w.lower() not in _STOP}
 
 
 def matched_sentence(caption: str, query: str) -> str:
@@ -38,6 +38,20 @@ def matched_sentence(caption: str, query: str) -> str:
         if n > score:
             best, score = s, n
     return best
+
+
+def shared_match(captions: Sequence[str], query: str) -> str:
+    """The matched sentence when most captions share it (said once, above the list, not in every row)."""
+    if len(captions) < 3 or not query:
+        return ""
+    keys: dict[str, tuple[int, str]] = {}
+    for c in captions:
+        m = matched_sentence(c, query)
+        if m:
+            n, _s = keys.get(_key(m), (0, m))
+            keys[_key(m)] = (n + 1, m)
+    best = max(keys.values(), default=(0, ""))
+    return best[1] if best[0] > len(captions) / 2 else ""
 
 
 def distinct_texts(captions: Sequence[str], query: str = "") -> list[str]:

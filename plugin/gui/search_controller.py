@@ -6,6 +6,7 @@ of looking frozen. Later searches reuse it. A query typed while one runs replace
 
 from __future__ import annotations
 
+import os
 import time
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -29,6 +30,8 @@ if TYPE_CHECKING:  # numpy comes with core.types: not at QGIS start-up
 class SearchController(QObject):
     #: emitted on the main thread once hits are in the list and on the map (hits, error)
     search_finished = pyqtSignal(list, str)
+    #: the engine itself failed (worker would not start, died, lacks packages): one line
+    engine_failed = pyqtSignal(str)
 
     def __init__(self, session: EngineSession, widget: SearchWidget, canvas, parent=None) -> None:
         super().__init__(parent)
@@ -110,6 +113,8 @@ class SearchController(QObject):
         if self._closed:
             return
         self.widget.set_model_state(state, time.monotonic() - self.session.embedder_since)
+        if state.startswith("failed: ") and is_engine_failure(state):
+            self.engine_failed.emit(state[len("failed: "):])
         if state == "loading":
             self._model_timer.start()
         else:
@@ -123,6 +128,8 @@ class SearchController(QObject):
         if not error:
             self.session.set_embedder_state("ready")  # a search loads it when no preload did
         if error:
+            if is_engine_failure(error):
+                self.engine_failed.emit(error.splitlines()[0])
             self.widget.show_hits(self.hits, f"Search failed: {error.splitlines()[0]}")
             report_error(self.session.iface, f"Search failed: {error}")
             self.search_finished.emit([], error)
@@ -155,6 +162,11 @@ class SearchController(QObject):
             warn = not scale.confident(best)
             msg = (f"{len(hits)} result(s) for “{self.last_query}” in {self.last_seconds * 1000:.0f} ms · "
                    f"{scale.verdict(best)}")
+            from .result_text import shared_match
+
+            common = shared_match([h.caption for h in hits], self.last_query)
+            if common:
+                msg += f" · most match on “{common[:120]}”"
         else:
             msg = f"No results for “{self.last_query}”"
         self.widget.show_hits(hits, msg, warn=warn, query=self.last_query)
@@ -222,13 +234,25 @@ class SearchController(QObject):
         top_left = self.widget.mapToGlobal(QPoint(0, 0))
         dlg.move(max(0, top_left.x() - dlg.width() - 12), max(0, top_left.y()))
 
+    def export_slug(self) -> str:
+        """The query as a file and layer name part: "sandy beach!" -> "sandy_beach"."""
+        import re
+
+        return re.sub(r"[^a-z0-9]+", "_", self.last_query.lower()).strip("_")[:48] or "results"
+
+    def default_export_path(self) -> str:
+        """In the project's folder (else the user's home), named after the query."""
+        folder = self.session.project.absolutePath() or os.path.expanduser("~")
+        return os.path.join(folder, f"search_{self.export_slug()}.gpkg")
+
     def export_dialog(self) -> None:
-        path, _filter = QFileDialog.getSaveFileName(self.widget, "Export search results", "search_results.gpkg",
+        path, _filter = QFileDialog.getSaveFileName(self.widget, "Export search results", self.default_export_path(),
                                                     "GeoPackage (*.gpkg)")
         if path:
             self.export_to(path)
 
     def export_to(self, path: str) -> Optional[str]:
+        """Write the results (and the query, in the layer metadata) and offer to add the file to the map."""
         layer = self.highlighter.layer
         if layer is None:
             report_info(self.session.iface, "Nothing to export: run a search first")
@@ -238,12 +262,50 @@ class SearchController(QObject):
         try:
             from ..qgis_io.hits_layer import export_layer_gpkg
 
-            out = export_layer_gpkg(layer, path)
+            out = export_layer_gpkg(layer, path, layer_name=f"search_{self.export_slug()}")
         except Exception as exc:
             report_exception(self.session.iface, exc, "Export results")
             return None
-        report_info(self.session.iface, f"Results written to {out}")
+        self._offer_add_to_map(out)
         return out
+
+    def _offer_add_to_map(self, path: str) -> None:
+        from qgis.core import Qgis
+        from qgis.PyQt.QtWidgets import QPushButton
+
+        from .messages import TITLE, log
+
+        text = f"Results for “{self.last_query}” written to {path}"
+        log(text)
+        try:
+            bar = self.session.iface.messageBar()
+            item = bar.createMessage(TITLE, text)
+            button = QPushButton("Add to map", item)
+            button.clicked.connect(lambda _c=False, p=path: (self.add_export_to_map(p), bar.popWidget(item)))
+            item.layout().addWidget(button)
+            bar.pushWidget(item, Qgis.Success, 20)
+        except Exception:  # no message bar (closing): the log has it
+            pass
+
+    def add_export_to_map(self, path: str):
+        """The exported GeoPackage as a project layer, styled like the results layer."""
+        from qgis.core import QgsVectorLayer
+
+        name = f"search_{self.export_slug()}"
+        layer = QgsVectorLayer(f"{path}|layername={name}", f"Search: {self.last_query}"[:80], "ogr")
+        if not layer.isValid():
+            layer = QgsVectorLayer(path, f"Search: {self.last_query}"[:80], "ogr")
+        if not layer.isValid():
+            report_info(self.session.iface, f"Could not open {path}")
+            return None
+        src = self.highlighter.layer
+        if src is not None:
+            layer.setRenderer(src.renderer().clone())
+            if src.labeling() is not None:
+                layer.setLabeling(src.labeling().clone())
+                layer.setLabelsEnabled(True)
+        self.session.project.addMapLayer(layer)
+        return layer
 
     def clear(self) -> None:
         self.hits = []
@@ -267,3 +329,9 @@ class SearchController(QObject):
             self.highlighter.clear()
         except RuntimeError:
             pass
+
+
+def is_engine_failure(error: str) -> bool:
+    """The engine process, not the query or the index, is what failed."""
+    low = error.lower()
+    return "engine worker" in low or "no module named" in low or "cannot start" in low

@@ -1,7 +1,8 @@
 """Which Python interpreter runs the engine worker.
 
 QGIS's own Python never imports torch, so the engine runs in another interpreter: the one chosen in
-the settings, else the plugin's own `.venv` (what `make setup` builds), else `python3` on PATH.
+the settings, else the environment "Set up engine" created in the QGIS profile, else the plugin's own
+`.venv` (what `make setup` builds), else `python3` on PATH.
 """
 
 from __future__ import annotations
@@ -24,6 +25,12 @@ def engine_python() -> str:
     chosen = str(QgsSettings().value(SETTINGS_KEY, "") or "").strip()
     if chosen:
         return os.path.expanduser(chosen)
+    # a cleared setting falls back to what "Set up engine" created in the profile, when it is there
+    from qgis.core import QgsApplication
+
+    profile = venv_python(os.path.join(QgsApplication.qgisSettingsDirPath(), "semantic_imagery_search", "engine"))
+    if os.path.isfile(profile):
+        return profile
     local = venv_python(os.path.join(PLUGIN_ROOT, ".venv"))
     if os.path.isfile(local):
         return local

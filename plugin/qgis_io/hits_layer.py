@@ -157,9 +157,11 @@ def style_hits_layer(layer: QgsVectorLayer, scores: Sequence[float], scale: Opti
     layer.setLabelsEnabled(True)
 
 
-#: Where a rank label sits: a point inset from the tile's north-west corner by 15 % of its size, so a
-#: tile and the larger-scale tile it nests in never share a label spot (centroids fall on shared corners).
-LABEL_POINT = ("make_point(x_min($geometry) + 0.15 * (x_max($geometry) - x_min($geometry)), "
+#: Where a rank label sits: inset from a corner of its own tile by 15 % of the tile's size -- the
+#: north-west corner at odd scales, the north-east one at even scales -- so a tile and the larger tile
+#: it nests in never share a label spot (their centroids fall on shared corners).
+LABEL_POINT = ("make_point(if(\"scale\" % 2 = 0, x_max($geometry) - 0.15 * (x_max($geometry) - x_min($geometry)), "
+               "x_min($geometry) + 0.15 * (x_max($geometry) - x_min($geometry))), "
                "y_max($geometry) - 0.15 * (y_max($geometry) - y_min($geometry)))")
 #: Ranks up to this one are always labelled, even where labels collide.
 ALWAYS_LABEL_TOP = 10
@@ -204,6 +206,8 @@ def export_layer_gpkg(layer: QgsVectorLayer, path: str, layer_name: Optional[str
     opts.driverName = "GPKG"
     opts.fileEncoding = "UTF-8"
     opts.layerName = layer_name or "search_results"
+    opts.layerMetadata = layer.metadata()  # the query travels with the file (title, abstract, keywords)
+    opts.saveMetadata = True
     result = QgsVectorFileWriter.writeAsVectorFormatV3(layer, path, QgsProject.instance().transformContext(), opts)
     err, msg = result[0], result[1] if len(result) > 1 else ""
     if err != QgsVectorFileWriter.NoError:

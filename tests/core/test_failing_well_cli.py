@@ -90,6 +90,7 @@ def _snapshot(capsys, idx: str) -> list[bytes]:
     return out
 
 
+@pytest.mark.slow
 def test_bad_input_sweep_leaves_search_results_byte_identical(built, capsys, monkeypatch) -> None:
     folder, idx, good = built
     before = _snapshot(capsys, idx)

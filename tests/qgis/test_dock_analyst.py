@@ -251,7 +251,7 @@ def test_tiling_is_suggested_from_ground_resolution_with_count_size_and_time(sho
         fresh.unload()
 
 
-def test_opening_an_indexed_project_preloads_the_embedder_and_labels_the_wait(shore):
+def test_opening_an_indexed_project_preloads_the_embedder_and_labels_the_wait(shore, qgis_iface):
     from tests.qgis.plugin_harness import SignalCatcher, wait_until
 
     plugin, _layer, _canvas, tmp = shore
@@ -263,6 +263,7 @@ def test_opening_an_indexed_project_preloads_the_embedder_and_labels_the_wait(sh
     plugin.unload()
     plugin.initGui()
     project.clear()
+    qgis_iface.messageBar().clear_messages()
     states: list[str] = []
     plugin.session.embedder_state_changed.connect(states.append)
     w = plugin.dock.search_widget
@@ -283,6 +284,42 @@ def test_opening_an_indexed_project_preloads_the_embedder_and_labels_the_wait(sh
     w.request_search()
     assert w.info_label.text() == "Searching…"
     catcher.wait(2, 60, "the second search")
+    # reopening an indexed project does not offer its indexed layer for indexing again
+    from qgis.core import Qgis
+
+    infos = " ".join(qgis_iface.messageBar().get_messages(Qgis.Info))
+    assert "Not indexed" not in infos and "can be indexed" not in infos, infos
+    assert plugin.dock.index_widget.rows()[0].state == "indexed (25 tiles)"
+
+
+def test_export_defaults_to_the_project_folder_keeps_the_query_and_can_add_it_to_the_map(shore, qgis_iface):
+    from qgis.core import QgsVectorLayer
+    from qgis.PyQt.QtWidgets import QPushButton
+
+    from plugin.gui.messages import job_outcome
+
+    plugin, _layer, _canvas, tmp = shore
+    hits, error = search_and_wait(plugin, "Dark open water!", top=4)
+    assert error == "" and hits
+    ctl = plugin.search_ctl
+    default = ctl.default_export_path()
+    assert default == str(tmp / "search_dark_open_water.gpkg")  # the saved project's folder
+    out = ctl.export_to(default)
+    exported = QgsVectorLayer(out, "exported", "ogr")
+    assert exported.isValid() and exported.featureCount() == len(hits)
+    assert "Dark open water!" in exported.metadata().title() + exported.metadata().abstract()
+    buttons = [b for b in qgis_iface.messageBar().findChildren(QPushButton) if b.text() == "Add to map"]
+    assert buttons
+    before = set(QgsProject.instance().mapLayers())
+    buttons[-1].click()
+    added = [QgsProject.instance().mapLayer(i) for i in set(QgsProject.instance().mapLayers()) - before]
+    assert len(added) == 1 and added[0].featureCount() == len(hits) and "Dark open water!" in added[0].name()
+    QgsProject.instance().removeMapLayer(added[0].id())
+    # job summaries say what happened, in words
+    assert job_outcome({"rasters": [{"tiles_planned": 320, "tiles_new": 0, "tiles_cached": 0}], "seconds": 1.2}) == \
+        "1 raster: nothing to do: 320 already indexed in 1.2 s"
+    assert job_outcome({"rasters": [{"tiles_planned": 30, "tiles_new": 25, "tiles_empty": 5}], "seconds": 9}) == \
+        "1 raster: 25 tiles captioned, 5 empty skipped in 9.0 s"
 
 
 def test_results_tell_hits_apart(shore, qgis_iface):
@@ -297,17 +334,25 @@ def test_results_tell_hits_apart(shore, qgis_iface):
     model = w.model
     texts = [model.data(model.index(r, COL_CAPTION)) for r in range(10)]
     full = [h["caption"] for h in hits]
-    # every caption of this scene starts alike; the list shows what differs instead
-    # (with hybrid ranking the top 10 can be near-identical forest tiles: then each of them shows its
-    # query-matching sentence first, not the opening they share)
-    common = max(set(" ".join(f.split()[:3]) for f in full), key=lambda o: sum(f.startswith(o) for f in full))
-    assert len({" ".join(t.split()[:3]) for t in full}) < len({" ".join(t.split()[:3]) for t in texts}) or \
-        all(len(t) < len(f) for t, f in zip(texts, full)) or \
-        all(not t.startswith(common) for t, f in zip(texts, full) if f.startswith(common))
+    # sentences most of these captions share are not repeated in every row; what is shown is theirs
+    from plugin.gui.result_text import sentences
+
+    per_row = [sentences(f) for f in full]
+    shared = {x for x in {x for ss in per_row for x in ss} if sum(x in ss for ss in per_row) > len(full) / 2}
+    assert shared, "the scene's captions share no sentence: nothing to check"
+    for text, ss in zip(texts, per_row):
+        pieces = [p.lstrip("…") for p in text.split(" · ")]
+        assert all(any(p in x for x in ss) for p in pieces), (text, ss)
+        if any(x not in shared for x in ss):
+            assert not any(p in shared for p in pieces), (text, shared)
+    assert len(set(texts)) == len(set(full))
     tip = model.data(model.index(0, COL_CAPTION), Qt.ItemDataRole.ToolTipRole)
     assert full[0] in tip and tip.startswith("Matched: ") and "veg" in tip.split("\n")[0].lower()
-    # one raster: its column would repeat one name
+    # the raster column shows only when it tells hits apart
+    assert w.view.isColumnHidden(COL_RASTER) == (len({h["raster_id"] for h in hits}) == 1)
+    hits1, _ = search_and_wait(plugin, "dense green vegetation", top=1)
     assert w.view.isColumnHidden(COL_RASTER)
+    hits, _ = search_and_wait(plugin, "dense green vegetation", top=10)
     # scale and ground size: 128 px of ~8.4 m
     scale_text = model.data(model.index(0, COL_SCALE))
     assert scale_text.startswith("×1") and "km" in scale_text

@@ -126,9 +126,9 @@ def test_checking_a_broken_interpreter_says_so_and_keeps_the_setting(qgis_app, q
     banner = EngineBanner(lambda: None)
     banner.set_check(result)
     assert banner.problem and "engine Python not found" in banner.label.text()
-    assert "Set up engine" in banner.label.text()
+    assert "Set up engine" in banner.label.toolTip() and banner.button.text() == "Set up engine…"
     banner.set_check({"ok": True})
-    assert banner.problem is None and banner.isHidden()
+    assert banner.problem is None and not banner.isHidden() and "ready" in banner.label.text()
 
 
 def test_check_task_reports_the_repo_venv(qgis_app, repo_root: Path) -> None:
