@@ -9,6 +9,10 @@ ranking of the same tiles (max fusion) for recall@10 and latency.
 
     .venv/bin/python benchmarks/search_latency.py            # full size
     .venv/bin/python benchmarks/search_latency.py --n 50000 --index-n 20000   # quick
+    .venv/bin/python benchmarks/search_latency.py --n 1000000 --index-n 0 --M 48 --ef-construction 300 \
+        --ef-factors 4,8,12 --ann-file /tmp/ann1m.bin     # graph parameters; the built graph is kept and reused
+
+Query embedding goes through the embedder's ONNX export on CPU (the search worker's path), one thread.
 """
 
 from __future__ import annotations
@@ -104,21 +108,49 @@ def query_vectors(emb, rng: np.random.Generator, n: int, dim: int) -> tuple[np.n
     return qs, times
 
 
+def rss_mb() -> tuple[float, float]:
+    vals = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS", "VmHWM")):
+                vals[line.split(":")[0]] = int(line.split()[1]) / 1024
+    return vals.get("VmRSS", 0.0), vals.get("VmHWM", 0.0)
+
+
 def bench_ann(args: argparse.Namespace, emb) -> None:
     from plugin.core import ann as A
 
+    if args.M:
+        A.M = args.M
+    if args.ef_construction:
+        A.EF_CONSTRUCTION = args.ef_construction
     rng = np.random.default_rng(0)
     print(f"\n== ANN layer: {args.n:,} {args.data} unit vectors, dim {args.dim}, M={A.M}, ef_construction={A.EF_CONSTRUCTION}")
     x = make_data(args, emb, rng, args.n)
+    rss0 = rss_mb()[0]
     index = A.AnnIndex(tempfile.mkdtemp(), args.dim, "bench")
-    index.index = index._new(args.n)
-    t0 = time.perf_counter()
-    for i in range(0, args.n, 50_000):
-        index.add(np.arange(i, min(i + 50_000, args.n), dtype=np.int64), x[i : i + 50_000])
-        index.active = min(i + 50_000, args.n)
-        print(f"   built {index.active:,} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    build = time.perf_counter() - t0
-    print(f"build: {build:.1f} s ({args.n / build:,.0f} vectors/s)")
+    ann_file = args.ann_file and f"{args.ann_file}.n{args.n}.M{A.M}.efc{A.EF_CONSTRUCTION}"
+    if ann_file and os.path.exists(ann_file):
+        import hnswlib
+
+        index.index = hnswlib.Index(space="ip", dim=args.dim)
+        index.index.load_index(ann_file, max_elements=args.n)
+        index.active = args.n
+        print(f"loaded the graph built earlier from {ann_file}")
+    else:
+        index.index = index._new(args.n)
+        t0 = time.perf_counter()
+        for i in range(0, args.n, 50_000):
+            index.add(np.arange(i, min(i + 50_000, args.n), dtype=np.int64), x[i : i + 50_000])
+            index.active = min(i + 50_000, args.n)
+            print(f"   built {index.active:,} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        build = time.perf_counter() - t0
+        rss, hwm = rss_mb()
+        print(f"build: {build:.1f} s ({args.n / build:,.0f} vectors/s); graph in memory ~{rss - rss0:,.0f} MB "
+              f"(process RSS {rss:,.0f} MB, peak {hwm:,.0f} MB, the {x.nbytes / 2**20:,.0f} MB of vectors included)")
+        if ann_file:
+            index.index.save_index(ann_file)
+            print(f"saved the graph to {ann_file} ({os.path.getsize(ann_file) / 2**20:,.0f} MB)")
     qs, embed_t = make_queries(args, emb, rng, x)
     k_search = args.top * args.variants * args.oversample
     runs = [(f"k=10 (ef={A.EF_SEARCH})", 10, None)]
@@ -146,7 +178,7 @@ def bench_ann(args: argparse.Namespace, emb) -> None:
               f"p50 {pct(e2e, 50):.1f} ms p95 {pct(e2e, 95):.1f} ms | recall@10 {np.mean(rec):.4f}")
         print(f"   numpy brute force: p50 {pct(bf, 50):.1f} ms p95 {pct(bf, 95):.1f} ms -> hnsw is "
               f"{pct(bf, 50) / max(pct(lat, 50), 1e-6):.0f}x faster at p50")
-    print(f"query embedding alone (MiniLM, {emb.device}): p50 {pct(embed_t, 50):.1f} ms p95 {pct(embed_t, 95):.1f} ms")
+    print(f"query embedding alone (MiniLM, {'ONNX' if emb.onnx is not None else 'torch'} on {emb.device}): p50 {pct(embed_t, 50):.1f} ms p95 {pct(embed_t, 95):.1f} ms")
     del x, index
 
 
@@ -224,12 +256,19 @@ def main() -> None:
     ap.add_argument("--oversample", type=int, default=10)
     ap.add_argument("--ef-factors", type=lambda t: [int(x) for x in t.split(",")], default=[2, 4],
                     help="query ef as multiples of the oversampled k (2 = the engine's default)")
+    ap.add_argument("--M", type=int, default=0, help="hnswlib M (default: the engine's)")
+    ap.add_argument("--ef-construction", type=int, default=0, help="hnswlib ef_construction (default: the engine's)")
+    ap.add_argument("--ann-file", help="keep the built graph at this path prefix and reuse it on the next run")
     ap.add_argument("--data", choices=("captions", "uniform"), default="captions",
                     help="vectors around real caption embeddings (default) or uniform random (worst case)")
     args = ap.parse_args()
     from plugin.core.embedder import make_embedder
 
-    emb = make_embedder(None)
+    emb = make_embedder(None, device="cpu")
+    if emb.onnx is not None:  # queries as the search worker embeds them: ONNX, one thread
+        from plugin.core.onnx_embedder import OnnxEmbedder
+
+        emb.onnx = OnnxEmbedder(emb.onnx.folder, threads=1)
     emb.encode_queries(["warm up"])
     print(f"embedder {emb.fingerprint} on {emb.device}; cores {os.cpu_count()}; load average {os.getloadavg()[0]:.1f}")
     if args.n:

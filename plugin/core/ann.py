@@ -12,15 +12,19 @@ readers never write. Labels are caption ids.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 import sqlite3
 import struct
-import tempfile
+import uuid
 import zlib
 from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
+
+from .errors import DiskFullError, IndexStoreError
 
 __all__ = ["AnnIndex", "HNSW_FILE", "SIDECAR_FILE"]
 
@@ -37,6 +41,8 @@ CRC_LIMIT = 1 << 30
 #: Rebuild compacted on save once this share of the graph is deleted labels.
 MAX_DELETED_SHARE = 0.3
 _CHUNK = 20_000
+#: A stored vector whose norm is further than this from 1 is damaged (float32 rounding is ~1e-7).
+UNIT_TOLERANCE = 1e-3
 
 
 def _crc_file(path: str) -> int:
@@ -47,6 +53,30 @@ def _crc_file(path: str) -> int:
             if not block:
                 return crc
             crc = zlib.crc32(block, crc)
+
+
+def _layout_problem(path: str, dim: int, elements: int) -> str:
+    """Why a freshly saved hnswlib file is not complete ("" when it is): header, element count, and
+    the level-0 block plus every element's link list ending exactly at the end of the file."""
+    if not _header_ok(path, dim):
+        return "bad or short header"
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(96)
+        cur, size_per = struct.unpack("<Q", head[16:24])[0], struct.unpack("<Q", head[24:32])[0]
+        if cur != elements:
+            return f"{cur} elements written, {elements} expected"
+        f.seek(96 + cur * size_per)
+        rest = f.read()
+    pos = 0
+    for _ in range(cur):
+        if pos + 4 > len(rest):
+            return f"truncated at {size - len(rest) + pos} of at least {size - len(rest) + pos + 4} bytes"
+        (n,) = struct.unpack_from("<I", rest, pos)
+        pos += 4 + n
+    if pos != len(rest):
+        return f"{len(rest) - pos} bytes missing or extra at the end"
+    return ""
 
 
 def _header_ok(path: str, dim: int) -> bool:
@@ -76,19 +106,73 @@ def _tmp_dir(folder: str) -> str:
     return d
 
 
-def _atomic_write_text(path: str, text: str) -> None:
-    d = _tmp_dir(os.path.dirname(path) or ".")
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d)
+def _tmp_name(folder: str, prefix: str, suffix: str = "") -> str:
+    """A fresh path in the temp folder, not created: whoever writes it creates it with the user's
+    umask (mkstemp's 0600 would make the index unreadable to teammates)."""
+    return os.path.join(_tmp_dir(folder), f"{prefix}{uuid.uuid4().hex}{suffix}")
+
+
+def clean_tmp(folder: str) -> int:
+    """Remove what crashed writers left in `.tmp` (hnsw copies can be GBs); only call with the writer
+    lock held, when no other writer can be using them. Returns the bytes freed."""
+    d = os.path.join(folder, ".tmp")
+    freed = 0
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        names = os.listdir(d)
+    except OSError:
+        return 0
+    for name in names:
+        path = os.path.join(d, name)
+        try:
+            if os.path.isfile(path):
+                freed += os.path.getsize(path)
+                os.unlink(path)
+        except OSError:
+            pass
+    return freed
+
+
+def disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _disk_full_error(folder: str, need: int) -> DiskFullError:
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = 0
+    return DiskFullError(
+        f"disk full: the index at {folder} needs about {_mb(need)} more for the search file ({_mb(free)} free);"
+        " free some space on that disk and run again (what was indexed is kept)"
+    )
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n < 1e9 else f"{n / 1e9:.2f} GB"
+
+
+def _atomic_write_text(path: str, text: str) -> None:
+    folder = os.path.dirname(path) or "."
+    tmp = _tmp_name(folder, ".tmp-")
+    try:
+        with open(tmp, "x", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if disk_full(exc):
+            raise _disk_full_error(folder, len(text.encode("utf-8"))) from None
         raise
+
+
+def vector_ok(vecs: np.ndarray) -> np.ndarray:
+    """Rows that are finite unit vectors (what the store writes); anything else is damage."""
+    with np.errstate(all="ignore"):
+        norms = np.linalg.norm(vecs.astype(np.float64), axis=1)
+    return np.isfinite(vecs).all(axis=1) & (np.abs(norms - 1.0) < UNIT_TOLERANCE)
 
 
 class AnnIndex:
@@ -109,6 +193,8 @@ class AnnIndex:
         self.dirty = False
         #: Labels not marked deleted (what a query can return).
         self.active = 0
+        #: Caption ids whose stored vector is damaged (left out of the graph; re-embed them).
+        self.bad: set[int] = set()
 
     # ---- construction -------------------------------------------------------------------------
     def _new(self, capacity: int) -> Any:
@@ -139,7 +225,7 @@ class AnnIndex:
             return
         n = self.sync(conn)
         self.state = "replayed" if n else "loaded"
-        if self.active != _count(conn):
+        if self.active + len(self.bad) != _count(conn):
             # The index must mirror the embeddings table exactly; anything else is a damaged pair.
             self.rebuild(conn, "label count does not match the database")
 
@@ -177,6 +263,7 @@ class AnnIndex:
         self.index = idx
         self.last_seq = int(side.get("log_seq", 0))
         self.active = int(side.get("active", -1))
+        self.bad = {int(c) for c in side.get("bad", [])}
         self.dirty = False
         return None
 
@@ -186,19 +273,23 @@ class AnnIndex:
             seq = _max_seq(conn)
             total = _count(conn)
             idx = self._new(total)
-            done = 0
+            done, seen = 0, 0
+            bad: set[int] = set()
             cur = conn.execute("SELECT caption_id, vector FROM embeddings ORDER BY caption_id")
             while True:
                 rows = cur.fetchmany(_CHUNK)
                 if not rows:
                     break
-                ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-                vecs = _blobs_to_array(rows, self.dim)
-                idx.add_items(vecs, ids)
-                done += len(rows)
+                ids, vecs, wrong = decode_checked(rows, self.dim)
+                bad.update(wrong)
+                if len(ids):
+                    idx.add_items(vecs, ids)
+                done += len(ids)
+                seen += len(rows)
                 if progress:
-                    progress(done, total)
+                    progress(seen, total)
         self.index = idx
+        self.bad = bad
         self.last_seq = seq
         self.active = done
         self.state = f"rebuilt: {why}"
@@ -226,6 +317,7 @@ class AnnIndex:
                 last[int(cid)] = int(op)
             adds = [c for c, op in last.items() if op == 1]
             dels = [c for c, op in last.items() if op == 0]
+            self.bad.difference_update(dels)
             for cid in dels:
                 try:
                     self.index.mark_deleted(cid)
@@ -236,8 +328,17 @@ class AnnIndex:
                 chunk = adds[i : i + 500]
                 q = ",".join("?" * len(chunk))
                 found = conn.execute(f"SELECT caption_id, vector FROM embeddings WHERE caption_id IN ({q})", chunk).fetchall()
-                if found:
-                    self.add(np.array([r[0] for r in found], np.int64), _blobs_to_array(found, self.dim))
+                ids, vecs, wrong = decode_checked(found, self.dim)
+                self.bad.difference_update(c for c in chunk)
+                self.bad.update(wrong)
+                for cid in wrong:  # a rewritten row that is now damaged: its old vector must go too
+                    try:
+                        self.index.mark_deleted(cid)
+                        self.active -= 1
+                    except RuntimeError:
+                        pass
+                if len(ids):
+                    self.add(ids, vecs)
             self.last_seq = int(rows[-1][0])
         self.dirty = True
         return len(last)
@@ -301,26 +402,47 @@ class AnnIndex:
         deleted = self.deleted_estimate(conn)
         if self.element_count and deleted > MAX_DELETED_SHARE * self.element_count:
             self.rebuild(conn, "compacting deleted labels")
-        fd, tmp = tempfile.mkstemp(prefix="captions-", suffix=".hnsw", dir=_tmp_dir(self.folder))
-        os.close(fd)
+        need = self.expected_size()
+        try:
+            free = shutil.disk_usage(self.folder).free
+        except OSError:
+            free = need
+        if free < need:  # fail before writing a byte; the old file stays as it is
+            raise _disk_full_error(self.folder, need)
+        tmp = _tmp_name(self.folder, "captions-", ".hnsw")
         try:
             self.index.save_index(tmp)
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
+            # hnswlib writes with unchecked streams: a full disk leaves a short file without an error.
+            # Verify the written layout before it replaces anything.
+            why = _layout_problem(tmp, self.dim, self.element_count)
+            if why:
+                if shutil.disk_usage(self.folder).free < need // 8 + (1 << 20):
+                    raise _disk_full_error(self.folder, need)
+                raise IndexStoreError(f"writing the search file {tmp} failed verification ({why}); the previous file was kept")
             crc = _crc_file(tmp) if os.path.getsize(tmp) <= CRC_LIMIT else None
             os.replace(tmp, self.path)
-        except BaseException:
+        except BaseException as exc:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+            if disk_full(exc):
+                raise _disk_full_error(self.folder, need) from None
             raise
         st = os.stat(self.path)
         side = {
             "format": SIDECAR_FORMAT, "dim": self.dim, "epoch": self.epoch, "log_seq": self.last_seq,
             "elements": self.element_count, "active": self.active, "max_elements": int(self.index.get_max_elements()),
             "size": st.st_size, "mtime_ns": st.st_mtime_ns, "crc32": crc, "M": M, "ef_construction": EF_CONSTRUCTION,
+            "bad": sorted(self.bad),
         }
         _atomic_write_text(self.sidecar_path, json.dumps(side))
         self.dirty = False
+
+    def expected_size(self) -> int:
+        """About what `save` writes: the level-0 graph and vectors of every element, plus upper links."""
+        per = 2 * M * 4 + 4 + self.dim * 4 + 8
+        return 96 + self.element_count * (per + 4) + self.element_count // max(1, M) * (M * 4 + 4)
 
     def file_state(self) -> dict[str, Any]:
         return {
@@ -353,6 +475,22 @@ def _blobs_to_array(rows: list, dim: int) -> np.ndarray:
     if arr.size != len(rows) * dim:
         raise ValueError(f"stored embeddings do not have dimension {dim}")
     return arr.reshape(len(rows), dim)
+
+
+def decode_checked(rows: list, dim: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """(caption ids, vectors, damaged caption ids) of (caption_id, blob) rows: a blob of the wrong
+    size, or not a finite unit vector, is damage (it would rank first with a score of 1e37)."""
+    sized = [r for r in rows if isinstance(r[1], (bytes, bytearray, memoryview)) and len(r[1]) == dim * 4]
+    bad = [int(r[0]) for r in rows if not (isinstance(r[1], (bytes, bytearray, memoryview)) and len(r[1]) == dim * 4)]
+    if not sized:
+        return np.zeros(0, np.int64), np.zeros((0, dim), np.float32), bad
+    vecs = _blobs_to_array(sized, dim)
+    ids = np.fromiter((r[0] for r in sized), dtype=np.int64, count=len(sized))
+    ok = vector_ok(vecs)
+    if not ok.all():
+        bad += ids[~ok].tolist()
+        ids, vecs = ids[ok], vecs[ok]
+    return ids, vecs, bad
 
 
 def _max_seq(conn: sqlite3.Connection) -> int:

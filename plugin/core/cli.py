@@ -116,6 +116,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     from .indexing.commit import failure_line
     from .pipeline import index_rasters
     from .raster_folders import expand_sources, remove_written
+    from .report_lines import raster_notes
     from .tiling import TilingParams
 
     tiling = TilingParams(
@@ -148,6 +149,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         report = index_rasters(
             args.index, sources, captioner=args.captioner, embedder=args.embedder, tiling=tiling,
             captioner_options=opts, device=args.device, remove_missing=args.remove_missing, progress=bar,
+            force=args.force, wait_s=args.wait,
         )
     except BaseException:
         if not os.path.exists(os.path.join(args.index, "manifest.json")):  # no index yet: leave nothing behind
@@ -163,6 +165,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps(report.to_dict(), indent=2))
         return 0
+    for note in report.notes:
+        print(f"  note: {note}")
     for r in report.rasters:
         if "error" in r:
             print(f"  FAILED  {r['name']}: {r['error']}")
@@ -174,6 +178,10 @@ def cmd_index(args: argparse.Namespace) -> int:
         )
         if r.get("tiles_failed"):
             print(f"    {failure_line(r)}")
+        for line in raster_notes(r):
+            print(f"    {line}")
+    if report.reembedded_damaged:
+        print(f"  re-embedded {report.reembedded_damaged} damaged vector(s) from their captions")
     if report.removed:
         print(f"  removed {len(report.removed)} raster(s) no longer listed")
     print(f"indexed into {args.index} in {report.seconds:.1f} s (captioner {report.captioner})")
@@ -222,26 +230,67 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from .pipeline import index_info
 
-    info = index_info(args.index)
+    info = index_info(args.index, check=args.check)
+    bad = bool(info.get("check") and not info["check"]["ok"])
     if args.format == "json":
         print(json.dumps(info, indent=2, default=str))
-        return 0 if info["exists"] else EXIT_ERROR
+        return 0 if info["exists"] and not bad else EXIT_ERROR
     if not info["exists"]:
         raise EngineError(f"no search index at {args.index}")
     print(f"index {args.index}")
-    for k in ("tiles", "variants", "embedder", "captioners", "schema_version"):
+    for k in ("tiles", "cached_tiles", "variants", "embedder", "captioners", "schema_version"):
         if k in info:
             print(f"  {k}: {info[k]}")
+    for note in info.get("notes", []):
+        print(f"  note: {note}")
     for r in info["rasters"]:
         flag = " (file missing)" if r.get("missing") else ""
         print(f"  - {r.get('name')}: {r.get('state')}, {r.get('tiles', 0)} tiles, {r.get('variants', 0)} variants{flag}")
+    if "check" in info:
+        c = info["check"]
+        print(f"  check: SQLite {c['integrity']}, {c['vectors_checked']} vectors read, {c['damaged_vectors']} damaged")
+        for p in c["problems"]:
+            print(f"  problem: {p}")
+        if c["ok"]:
+            print("  check: no problems found")
+    return EXIT_ERROR if bad else 0
+
+
+def cmd_repair(args: argparse.Namespace) -> int:
+    from .pipeline import repair_index_dir
+
+    bar = _Bar(args.quiet)
+    try:
+        rep = repair_index_dir(args.index, embedder=args.embedder, device=args.device, progress=bar)
+    finally:
+        bar.close()
+    lost = {k: v for k, v in rep["unreadable_rows"].items() if v}
+    print(f"repaired {args.index}: copied " + ", ".join(f"{v} {k}" for k, v in rep["copied"].items() if k != "meta"))
+    if lost:
+        print("  unreadable and dropped: " + ", ".join(f"{'the whole table' if v < 0 else f'{v} row(s) of'} {k}"
+                                                      for k, v in lost.items()))
+    print(f"  re-embedded {rep['reembedded']} caption variant(s) from their text (nothing re-captioned)")
+    if rep["not_reembedded"]:
+        print(f"  {rep['not_reembedded']} variant(s) still need embedding: run `index` with the embedder {rep['embedder']}")
+    print(f"  the damaged database is kept in {rep['old_database']} (delete it once you are satisfied)")
+    print("  run `index` on the same rasters to fill in any tiles that were lost")
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from .pipeline import prune_index_dir
+
+    r = prune_index_dir(args.index, dry_run=args.dry_run, wait_s=args.wait)
+    verb = "would free" if args.dry_run else "freed"
+    print(f"{verb} {r['captions']} cached caption variant(s) ({r['bytes'] / 1e6:.1f} MB of text) and {r['tiles']}"
+          " tile(s) of tilings no longer used; switching back to those tilings or captioners will caption again")
     return 0
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
     from .pipeline import remove_rasters
 
-    removed = remove_rasters(args.index, args.rasters)
+    removed = remove_rasters(args.index, args.rasters, wait_s=args.wait)
     print(f"removed {len(removed)} raster(s) from {args.index}")
     return 0
 
@@ -274,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     pi.add_argument("--tile-deadline", type=_seconds, default=None, metavar="S",
                     help="openai captioner: seconds one tile may take, retries included (default 120)")
     pi.add_argument("--remove-missing", action="store_true", help="drop indexed rasters not listed here")
+    pi.add_argument("--force", action="store_true", help="index plans past the tile limit (200,000 tiles per raster)")
+    pi.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                    help="wait this long for another job writing the same index (default: refuse at once)")
     pi.add_argument("--format", choices=("table", "json"), default="table")
     pi.add_argument("--quiet", action="store_true", help="no progress bar")
     pi.add_argument("rasters", nargs="+", help="raster files (GeoTIFF, COG, JP2, VRT), folders of rasters (recursive) or Sentinel-2 products")
@@ -301,12 +353,27 @@ def build_parser() -> argparse.ArgumentParser:
     pn = sub.add_parser("info", help="what an index holds")
     pn.add_argument("--index", required=True)
     pn.add_argument("--format", choices=("table", "json"), default="table")
+    pn.add_argument("--check", action="store_true", help="also check SQLite integrity, every stored vector and the hnsw file")
     pn.set_defaults(func=cmd_info)
 
     pr = sub.add_parser("remove", help="remove rasters (paths or ids) from an index")
     pr.add_argument("--index", required=True)
+    pr.add_argument("--wait", type=float, default=0.0, metavar="SECONDS")
     pr.add_argument("rasters", nargs="+")
     pr.set_defaults(func=cmd_remove)
+
+    pp = sub.add_parser("prune", help="delete cached captions of tilings and captioners no longer used")
+    pp.add_argument("--index", required=True)
+    pp.add_argument("--dry-run", action="store_true", help="only say what would be freed")
+    pp.add_argument("--wait", type=float, default=0.0, metavar="SECONDS")
+    pp.set_defaults(func=cmd_prune)
+
+    pa = sub.add_parser("repair", help="salvage a damaged index into a new database, re-embedding from the captions")
+    pa.add_argument("--index", required=True)
+    pa.add_argument("--embedder", default=None, help="the index's embedder (default: packaged MiniLM)")
+    pa.add_argument("--device", default="auto")
+    pa.add_argument("--quiet", action="store_true")
+    pa.set_defaults(func=cmd_repair)
 
     from .eval.cli import add_eval_parser
     from .worker import add_worker_parser

@@ -138,7 +138,7 @@ class SentenceTransformerEmbedder:
         self.name, digest = _name_and_digest(model)
         identity = f"st:{self.name}@{digest}:"
         self.fingerprint = make_fingerprint(identity, self.dim, self.query_prompt, self.document_prompt)
-        #: Documents go through this ONNX copy of the model when set (CPU: faster, same vectors).
+        #: Documents and queries go through this ONNX copy of the model when set (CPU: faster, same vectors).
         self.onnx: Any = None
 
     def _encode(self, texts: Sequence[str], prompt: Optional[str], batch_size: Optional[int]) -> np.ndarray:
@@ -163,6 +163,8 @@ class SentenceTransformerEmbedder:
 
     def encode_queries(self, texts: Sequence[str], batch_size: Optional[int] = None) -> np.ndarray:
         """Query texts -> (N, dim) unit vectors, with the model's query prompt if it has one."""
+        if self.onnx is not None:
+            return self.onnx.encode_queries(texts, batch_size or self.batch_size)
         return self._encode(texts, self.query_prompt, batch_size)
 
     def __repr__(self) -> str:
@@ -227,7 +229,7 @@ def make_embedder(
 
     A "sentence-transformers:" or "st:" prefix is accepted so specs read like captioner specs.
     `backend` "auto" (default, or $SIS_EMBEDDER_BACKEND) also exports the model to ONNX once (the
-    torch-free search worker needs it) and, on CPU, embeds documents through it; "torch" never does.
+    torch-free search worker needs it) and, on CPU, embeds through it; "torch" never does.
     """
     emb = SentenceTransformerEmbedder(resolve_spec(spec), device=device, batch_size=batch_size)
     from .onnx_embedder import attach_onnx, backend_choice

@@ -35,3 +35,23 @@ class Canceled(Exception):
 
 class TilingError(EngineError):
     """Tiling parameters that cannot work (tile size, overlap, scales, ground units without a CRS)."""
+
+
+class IndexBusyError(IndexStoreError):
+    """Another job holds the index's writer lock (the message names it)."""
+
+
+class DiskFullError(IndexStoreError):
+    """The disk holding the index is full (the message names the folder and the space needed)."""
+
+
+class PlanTooLargeError(TilingError):
+    """A tiling plan past the tile limit (the message gives the count and a smaller setting; force insists)."""
+
+
+class CaptionFallbackError(CaptionerError):
+    """Most caption answers were unusable and fell back to spectral captions: the job stopped."""
+
+
+class IndexMissingError(IndexStoreError):
+    """There is no index at that folder (yet: a first job may be creating it)."""

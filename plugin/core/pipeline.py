@@ -5,8 +5,17 @@ Front ends (CLI, worker, QGIS tasks, benchmarks) keep importing from here.
 
 from __future__ import annotations
 
-from .indexing import IndexReport, index_info, index_rasters, remove_rasters
+from .indexing import (
+    IndexReport,
+    index_info,
+    index_rasters,
+    preview_index,
+    prune_index_dir,
+    remove_rasters,
+    repair_index_dir,
+)
 from .searcher import Searcher
 from .types import RasterSource
 
-__all__ = ["IndexReport", "RasterSource", "Searcher", "index_info", "index_rasters", "remove_rasters"]
+__all__ = ["IndexReport", "RasterSource", "Searcher", "index_info", "index_rasters", "preview_index", "prune_index_dir",
+           "remove_rasters", "repair_index_dir"]

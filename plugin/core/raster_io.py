@@ -69,8 +69,9 @@ def read_bands_lazy(
         valid = m if valid is None else (valid & m)
 
     dataset_mask_done = False
+    all_flags, nodatavals = ds.mask_flag_enums, ds.nodatavals  # rasterio rebuilds these on every access
     for k, b in enumerate(uniq):
-        flags = ds.mask_flag_enums[b - 1]
+        flags = all_flags[b - 1]
         if MaskFlags.per_dataset in flags or MaskFlags.alpha in flags:
             if MaskFlags.per_dataset in flags and dataset_mask_done:
                 pass
@@ -80,7 +81,7 @@ def read_bands_lazy(
                     mkw["out_shape"] = out_shape
                 _and(ds.read_masks(b, **mkw) > 0)
                 dataset_mask_done = dataset_mask_done or MaskFlags.per_dataset in flags
-        nd = ds.nodatavals[b - 1]
+        nd = nodatavals[b - 1]
         if nd is not None:
             if np.isnan(nd):
                 pass  # covered by the NaN test below

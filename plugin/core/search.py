@@ -15,6 +15,7 @@ from typing import Any, Optional, Protocol, Sequence
 
 import numpy as np
 
+from .ann import decode_checked
 from .errors import IndexStoreError, QueryError
 from .types import Hit, PixelWindow
 
@@ -189,10 +190,14 @@ class _Candidates:
             if not self.vectors:
                 continue
             # Every searchable variant of these tiles, with its vector, for exact scoring.
-            for cid, tid, vec in conn.execute(
+            rows = conn.execute(
                 "SELECT c.caption_id, c.tile_id, e.vector FROM captions c JOIN embeddings e"
                 f" ON e.caption_id = c.caption_id WHERE c.tile_id IN ({q}) ORDER BY c.tile_id, c.variant_index", chunk,
-            ):
+            ).fetchall()
+            bad = set(decode_checked([(r[0], r[2]) for r in rows], self.index.dim)[2]) if rows else set()
+            for cid, tid, vec in rows:
+                if cid in bad:  # damaged bytes (not a finite unit vector) would score 1e37: never rank them
+                    continue
                 t = self.tiles.get(tid)
                 if t is not None:
                     self.row_seg.append(t["pos"])

@@ -8,11 +8,12 @@ SIS_EMBEDDER_BACKEND=torch) they go through the torch embedder, as indexing does
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 import unicodedata
 from typing import Any, Optional, Sequence
 
-from .errors import IndexStoreError, QueryError
+from .errors import EngineError, IndexStoreError, QueryError
 from .types import Hit
 
 #: Queries are cut to this many characters: embedders only see their first few hundred tokens anyway.
@@ -70,13 +71,26 @@ def cached_query_embedder(spec: Optional[str], device: str, index_fingerprint: O
 
 
 def _manifest_fingerprint(index_dir: str) -> Optional[str]:
-    from .store_schema import read_manifest
+    """The index's embedder fingerprint: from the manifest, else (broken manifest) from the database."""
+    from . import store_schema as S
 
-    fp = (read_manifest(index_dir) or {}).get("embedder_fingerprint")
-    return fp if isinstance(fp, str) else None
+    fp = (S.read_manifest(index_dir)[0] or {}).get("embedder_fingerprint")
+    if isinstance(fp, str):
+        return fp
+    try:
+        conn = S.connect(os.path.join(index_dir, S.DB_FILE), readonly=True)
+    except EngineError:
+        return None
+    try:
+        return S.get_meta(conn, "embedder_fingerprint")
+    except sqlite3.DatabaseError:
+        return None
+    finally:
+        conn.close()
 
 
-def open_index_for(index_dir: str, embedder: Any, *, create: bool, allow_new_embedder: bool = False) -> Any:
+def open_index_for(index_dir: str, embedder: Any, *, create: bool, allow_new_embedder: bool = False,
+                   readonly: bool = False, lock: Any = None) -> Any:
     """Open the index at `index_dir` checked against (or switched to) this embedder."""
     from .store import SearchIndex
 
@@ -86,6 +100,8 @@ def open_index_for(index_dir: str, embedder: Any, *, create: bool, allow_new_emb
         embedder_fingerprint=embedder.fingerprint,
         dim=embedder.dim,
         allow_new_embedder=allow_new_embedder,
+        readonly=readonly,
+        lock=lock,
     )
 
 
@@ -121,7 +137,7 @@ class Searcher:
         return tuple(out)
 
     def _ensure(self) -> Any:
-        if not os.path.exists(os.path.join(self.index_dir, "manifest.json")):
+        if not os.path.exists(os.path.join(self.index_dir, "index.sqlite")):
             raise IndexStoreError(f"no search index at {self.index_dir}: index some rasters first")
         stamp = self._files_stamp()
         if self._emb is None or stamp != self._stamp:
@@ -130,7 +146,8 @@ class Searcher:
         if self._idx is None or stamp != self._stamp:
             if self._idx is not None:
                 self._idx.close()
-            self._idx = open_index_for(self.index_dir, self._emb, create=False)
+            # Searching never writes: read-only media, another user's folder and a running job are fine.
+            self._idx = open_index_for(self.index_dir, self._emb, create=False, readonly=True)
             self._stamp = stamp
         return self._idx
 
@@ -157,26 +174,29 @@ class Searcher:
             raise QueryError("the query is empty: describe what you are looking for, e.g. 'sandy beach next to the sea'")
         if top < 1:
             raise QueryError(f"top must be at least 1 (got {top})")
-        parsed = parse_query(text[:MAX_QUERY_CHARS]) if not like else None
-        idx = self._ensure()
-        raster_ids = None
-        if rasters:
-            raster_ids = []
-            for key in rasters:
-                found = idx.find_raster_ids(os.path.abspath(key) if os.path.exists(key) else key)
-                raster_ids.extend(found)
-            if not raster_ids:
-                return []
-        opts: dict[str, Any] = dict(top=top, fusion=fusion, raster_ids=raster_ids, bbox=bbox, bbox_crs=bbox_crs,
-                                    min_score=min_score, suppress_overlaps=suppress_overlaps)
-        if like:
-            from .similar import parse_like, search_like
+        from .store_schema import db_errors
 
-            return search_like(idx, *parse_like(like), **opts)
-        assert parsed is not None
-        vecs = self._emb.encode_queries([parsed.text, *parsed.negatives])
-        negatives = list(zip(parsed.negatives, vecs[1:]))
-        return idx.search(vecs[0], ranker=ranker, query_text=parsed.text, negatives=negatives or None, **opts)
+        with db_errors(self.index_dir):  # a damaged database: one line naming `repair`, not a traceback
+            parsed = parse_query(text[:MAX_QUERY_CHARS]) if not like else None
+            idx = self._ensure()
+            raster_ids = None
+            if rasters:
+                raster_ids = []
+                for key in rasters:
+                    found = idx.find_raster_ids(os.path.abspath(key) if os.path.exists(key) else key)
+                    raster_ids.extend(found)
+                if not raster_ids:
+                    return []
+            opts: dict[str, Any] = dict(top=top, fusion=fusion, raster_ids=raster_ids, bbox=bbox, bbox_crs=bbox_crs,
+                                        min_score=min_score, suppress_overlaps=suppress_overlaps)
+            if like:
+                from .similar import parse_like, search_like
+
+                return search_like(idx, *parse_like(like), **opts)
+            assert parsed is not None
+            vecs = self._emb.encode_queries([parsed.text, *parsed.negatives])
+            negatives = list(zip(parsed.negatives, vecs[1:]))
+            return idx.search(vecs[0], ranker=ranker, query_text=parsed.text, negatives=negatives or None, **opts)
 
     def close(self) -> None:
         if self._idx is not None:

@@ -19,16 +19,16 @@ from typing import Any, Iterable, Iterator, Optional, Sequence
 import numpy as np
 
 from . import store_schema as S
-from .ann import AnnIndex
-from .errors import IndexStoreError
+from .ann import AnnIndex, clean_tmp
+from .errors import IndexMissingError, IndexStoreError
+from .index_lock import IndexLock
+from .store_rasters import RASTER_STATES, RasterRows
 from .types import CaptionVariant, Hit, TileRef
 
 __all__ = ["SearchIndex", "RASTER_STATES"]
 
-RASTER_STATES = ("indexing", "indexed", "stale")
 
-
-class SearchIndex:
+class SearchIndex(RasterRows):
     """Facade over one index folder; open with `SearchIndex.open(...)`, use as a context manager."""
 
     SCHEMA_VERSION = S.SCHEMA_VERSION
@@ -43,6 +43,11 @@ class SearchIndex:
         self._ann_ready = False
         self._mutated = False
         self._vpt: Optional[tuple[int, float]] = None
+        self._lock: Optional[IndexLock] = None
+        self._owned_lock: Optional[IndexLock] = None
+        #: Things the open fixed or noticed (rebuilt manifest, removed leftovers), one line each.
+        self.notes: list[str] = []
+        self._has_active = S.has_column(conn, "tiles", "active")
 
     # ---- opening ------------------------------------------------------------------------------
     @classmethod
@@ -55,34 +60,77 @@ class SearchIndex:
         dim: Optional[int] = None,
         readonly: bool = False,
         allow_new_embedder: bool = False,
+        job: Optional[str] = None,
+        wait_s: float = 0.0,
+        lock: Optional[IndexLock] = None,
     ) -> SearchIndex:
-        """Open (or create) the index at `folder`, checked against the embedder that will use it."""
+        """Open (or create) the index at `folder`, checked against the embedder that will use it.
+
+        A writer first takes the index's writer lock (`index_lock.py`: one writer per index; waits
+        up to `wait_s`, then `IndexBusyError` naming the running `job`); readers take nothing and
+        write nothing, so they work on read-only media and beside a running job.
+        """
         folder = os.path.abspath(os.path.expanduser(str(folder)))
         db_path = os.path.join(folder, S.DB_FILE)
-        manifest = S.read_manifest(folder) if os.path.isdir(folder) else None
-        exists = manifest is not None and os.path.exists(db_path)
+        exists = os.path.exists(db_path)
+        if not exists and (not create or readonly):
+            raise IndexMissingError(f"no index at {folder}: index some rasters first")
+        if not exists and (not embedder_fingerprint or not dim):
+            raise IndexStoreError("creating an index needs the embedder fingerprint and dimension")
+        owned = None
+        if not readonly and lock is None:  # a caller that holds the lock already (a job) passes it
+            try:
+                os.makedirs(folder, exist_ok=True)
+                owned = IndexLock(folder, job).acquire(wait_s)
+            except OSError as exc:
+                raise IndexStoreError(f"cannot write the index at {folder} ({exc.strerror or exc}); "
+                                      "search it read-only, or index into a folder you can write") from None
+        try:
+            self = cls._open_locked(folder, db_path, exists, embedder_fingerprint, dim, readonly, allow_new_embedder)
+        except BaseException:
+            if owned is not None:
+                owned.release()
+            raise
+        self._lock, self._owned_lock = owned or lock, owned
+        return self
+
+    @classmethod
+    def _open_locked(cls, folder: str, db_path: str, exists: bool, embedder_fingerprint: Optional[str],
+                     dim: Optional[int], readonly: bool, allow_new_embedder: bool) -> SearchIndex:
+        manifest, problem = S.read_manifest(folder)
+        notes: list[str] = []
+        if not readonly:
+            freed = clean_tmp(folder)
+            if freed:
+                notes.append(f"removed {freed / 1e6:.1f} MB of temporary files left by a crashed job")
         if not exists:
-            if not create or readonly:
-                raise IndexStoreError(f"no index at {folder}: index some rasters first")
-            if not embedder_fingerprint or not dim:
-                raise IndexStoreError("creating an index needs the embedder fingerprint and dimension")
-            os.makedirs(folder, exist_ok=True)
             conn = S.connect(db_path, readonly=False)
-            S.init_db(conn, embedder_fingerprint, int(dim))
-            S.write_manifest(folder, embedder_fingerprint, int(dim))
+            with S.db_errors(folder):
+                S.init_db(conn, str(embedder_fingerprint), int(dim or 0))
+                _ensure_lexical(conn)
+            S.write_manifest(folder, str(embedder_fingerprint), int(dim or 0))
         else:
             conn = S.connect(db_path, readonly=readonly)
-            if not readonly:
-                S.init_db(conn, embedder_fingerprint or "", int(dim or 0))  # no-op on an existing schema
-        version = S.get_meta(conn, "schema_version")
-        if version is None or int(version) > S.SCHEMA_VERSION:
-            conn.close()
-            raise IndexStoreError(
-                f"the index at {folder} has schema version {version}, this plugin reads up to {S.SCHEMA_VERSION}: update the plugin"
-            )
-        if not readonly:
-            _ensure_lexical(conn)  # the FTS5 table beside the embeddings (built once for older indexes)
-        self = cls(folder, conn, readonly)
+            try:
+                with S.db_errors(folder):
+                    if readonly and conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone() is None:
+                        raise IndexMissingError(f"no index at {folder} yet (a first job is creating it): try again in a moment")
+                    if not readonly:
+                        S.init_db(conn, embedder_fingerprint or "", int(dim or 0))  # no-op on an existing schema
+                        S.migrate(conn)
+                        _ensure_lexical(conn)  # the FTS5 table beside the embeddings (built once for older indexes)
+                    version = S.get_meta(conn, "schema_version")
+            except BaseException:
+                conn.close()
+                raise
+            if version is None or int(version) > S.SCHEMA_VERSION:
+                conn.close()
+                raise IndexStoreError(
+                    f"the index at {folder} has schema version {version}, this plugin reads up to {S.SCHEMA_VERSION}: update the plugin"
+                )
+        with S.db_errors(folder):
+            self = cls(folder, conn, readonly)
+        self.notes = notes
         try:
             if embedder_fingerprint and embedder_fingerprint != self.embedder_fingerprint:
                 if not allow_new_embedder or readonly:
@@ -94,7 +142,12 @@ class SearchIndex:
             elif dim and int(dim) != self.dim:
                 raise IndexStoreError(f"the index at {folder} holds {self.dim}-d vectors, the embedder gives {dim}-d")
             if not readonly and (manifest or {}).get("embedder_fingerprint") != self.embedder_fingerprint:
-                S.write_manifest(folder, self.embedder_fingerprint, self.dim)  # crash between DB and manifest
+                # A missing or broken manifest (or a crash between DB and manifest): the database knows.
+                S.write_manifest(folder, self.embedder_fingerprint, self.dim)
+                if problem:
+                    notes.append(f"{problem}: rebuilt it from the database")
+            elif problem:
+                notes.append(f"{problem}; the database is intact, the next update rewrites it")
         except BaseException:
             self.close()
             raise
@@ -146,15 +199,25 @@ class SearchIndex:
         def __enter__(self) -> sqlite3.Connection:
             if self.idx.readonly:
                 raise IndexStoreError(f"the index at {self.idx.folder} was opened read-only")
-            self.idx.conn.execute("BEGIN IMMEDIATE")
+            with S.db_errors(self.idx.folder):
+                self.idx.conn.execute("BEGIN IMMEDIATE")
             return self.idx.conn
 
         def __exit__(self, et: Any, ev: Any, tb: Any) -> None:
+            conn = self.idx.conn
             if et is None:
-                self.idx.conn.execute("COMMIT")
+                try:
+                    conn.execute("COMMIT")
+                except sqlite3.DatabaseError as exc:  # e.g. disk full at commit: nothing of it was stored
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise S.db_error(exc, self.idx.folder) from None
                 self.idx._mutated = True
-            else:
-                self.idx.conn.execute("ROLLBACK")
+                return
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if isinstance(ev, sqlite3.DatabaseError):
+                raise S.db_error(ev, self.idx.folder) from None
 
     def _write(self) -> SearchIndex._Tx:
         return SearchIndex._Tx(self)
@@ -175,100 +238,43 @@ class SearchIndex:
         finally:
             self._conn.close()
             self._conn = None
-
-    # ---- rasters ------------------------------------------------------------------------------
-    def upsert_raster(self, info: Any, captioner_fp: str, params: dict) -> None:
-        """Register or update a raster (path, name, metadata) and mark it "indexing".
-
-        A new captioner makes the other captioners' captions of this raster unsearchable (their
-        embeddings are dropped, the captions stay as cache).
-        """
-        d = info.to_dict() if hasattr(info, "to_dict") else dict(info)
-        rid = str(d["raster_id"])
-        now = time.time()
-        name = str(d.get("name") or os.path.basename(str(d["path"])))
-        with self._write() as c:
-            c.execute(
-                "INSERT INTO rasters (raster_id, path, name, crs_wkt, info, captioner_fp, params, state, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, 'indexing', ?, ?) ON CONFLICT(raster_id) DO UPDATE SET path = excluded.path,"
-                " name = excluded.name, crs_wkt = excluded.crs_wkt, info = excluded.info, captioner_fp = excluded.captioner_fp,"
-                " params = excluded.params, state = 'indexing', updated_at = excluded.updated_at",
-                (rid, str(d["path"]), name, d.get("crs_wkt"), json.dumps(d, default=str), captioner_fp,
-                 json.dumps(params or {}, sort_keys=True, default=str), now, now),
-            )
-            c.execute(
-                "DELETE FROM embeddings WHERE caption_id IN (SELECT c.caption_id FROM captions c JOIN tiles t"
-                " ON t.tile_id = c.tile_id WHERE t.raster_id = ? AND c.captioner_fp != ?)", (rid, captioner_fp),
-            )
-
-    def raster_rows(self) -> list[dict]:
-        """Every raster with its state, captioner and counts of tiles and current-captioner variants."""
-        rows = self.conn.execute(
-            "SELECT r.raster_id, r.path, r.name, r.crs_wkt, r.state, r.captioner_fp, r.params, r.info, r.updated_at,"
-            " (SELECT COUNT(*) FROM tiles t WHERE t.raster_id = r.raster_id),"
-            " (SELECT COUNT(*) FROM captions c JOIN tiles t ON t.tile_id = c.tile_id"
-            "   WHERE t.raster_id = r.raster_id AND c.captioner_fp = r.captioner_fp),"
-            " (SELECT COUNT(*) FROM embeddings e JOIN captions c ON c.caption_id = e.caption_id JOIN tiles t"
-            "   ON t.tile_id = c.tile_id WHERE t.raster_id = r.raster_id)"
-            " FROM rasters r ORDER BY r.created_at, r.raster_id"
-        ).fetchall()
-        out = []
-        for rid, path, name, crs, state, cfp, params, info, upd, ntiles, nvar, nemb in rows:
-            info_d = json.loads(info)
-            out.append({
-                "raster_id": rid, "path": path, "name": name, "crs_wkt": crs, "state": state, "captioner_fp": cfp,
-                "params": json.loads(params), "tiles": ntiles, "variants": nvar, "embedded": nemb, "updated_at": upd,
-                "band_map": info_d.get("band_map"), "info": info_d,
-            })
-        return out
-
-    def get_raster(self, raster_id: str) -> Optional[dict]:
-        for r in self.raster_rows():
-            if r["raster_id"] == raster_id:
-                return r
-        return None
-
-    def find_raster_ids(self, path_or_id: str) -> list[str]:
-        """Raster ids matching an id, an id prefix (>= 6 chars), a path or a display name."""
-        key = str(path_or_id)
-        rows = self.conn.execute(
-            "SELECT raster_id FROM rasters WHERE raster_id = ? OR path = ? OR name = ? ORDER BY raster_id", (key, key, key)
-        ).fetchall()
-        if not rows and len(key) >= 6:
-            rows = self.conn.execute("SELECT raster_id FROM rasters WHERE raster_id LIKE ? ORDER BY raster_id",
-                                     (key.replace("%", "") + "%",)).fetchall()
-        return [r[0] for r in rows]
-
-    def set_raster_state(self, raster_id: str, state: str) -> None:
-        if state not in RASTER_STATES:
-            raise IndexStoreError(f"unknown raster state {state!r} (expected one of {', '.join(RASTER_STATES)})")
-        with self._write() as c:
-            c.execute("UPDATE rasters SET state = ?, updated_at = ? WHERE raster_id = ?", (state, time.time(), raster_id))
-
-    def remove_raster(self, raster_id: str) -> None:
-        """Delete the raster's rows (tiles, captions, embeddings cascade; triggers log the labels)."""
-        with self._write() as c:
-            c.execute("DELETE FROM rasters WHERE raster_id = ?", (raster_id,))
+            if self._owned_lock is not None:
+                self._owned_lock.release()
+                self._owned_lock = None
 
     # ---- tiles, captions, embeddings ----------------------------------------------------------
     def done_tile_ids(self, raster_id: str, captioner_fp: str) -> set[str]:
-        """Tiles captioned by this captioner AND embedded with the current embedder (nothing to do)."""
+        """Tiles captioned by this captioner AND embedded with the current embedder (nothing to do).
+
+        A tile with a fallback caption is not done: the next update asks the captioner again."""
         rows = self.conn.execute(
             "SELECT DISTINCT c.tile_id FROM captions c JOIN tiles t ON t.tile_id = c.tile_id JOIN embeddings e"
             " ON e.caption_id = c.caption_id WHERE t.raster_id = ? AND c.captioner_fp = ?", (raster_id, captioner_fp),
         ).fetchall()
-        return {r[0] for r in rows}
+        done = {r[0] for r in rows}
+        if done and self._has_active:
+            done -= {r[0] for r in self.conn.execute(
+                "SELECT DISTINCT c.tile_id FROM captions c JOIN tiles t ON t.tile_id = c.tile_id WHERE t.raster_id = ?"
+                " AND c.captioner_fp = ? AND c.fallback IS NOT NULL", (raster_id, captioner_fp))}
+        return done
 
     def cached_variants(self, tile_ids: Iterable[str], captioner_fp: str) -> dict[str, list[CaptionVariant]]:
-        """The caption cache: variants this captioner wrote for these tiles, embedded or not."""
+        """The caption cache: variants this captioner wrote for these tiles, embedded or not, in
+        this tiling or an earlier one. Tiles with a fallback caption are not cached (asked again)."""
         out: dict[str, list[CaptionVariant]] = {}
+        fell_back: set[str] = set()
+        fb = "fallback" if self._has_active else "NULL"
         for chunk in _chunks(list(tile_ids), 500):
             q = ",".join("?" * len(chunk))
-            for tid, _vi, a, b, cap in self.conn.execute(
-                f"SELECT tile_id, variant_index, one_sentence, feature, caption FROM captions WHERE captioner_fp = ?"
+            for tid, _vi, a, b, cap, why in self.conn.execute(
+                f"SELECT tile_id, variant_index, one_sentence, feature, caption, {fb} FROM captions WHERE captioner_fp = ?"
                 f" AND tile_id IN ({q}) ORDER BY tile_id, variant_index", (captioner_fp, *chunk),
             ):
+                if why:
+                    fell_back.add(tid)
                 out.setdefault(tid, []).append(CaptionVariant(a, b, cap))
+        for tid in fell_back:
+            out.pop(tid, None)
         return out
 
     def add_tiles(self, raster_id: str, captioner_fp: str,
@@ -303,8 +309,9 @@ class SearchIndex:
                 ys = [p[1] for p in ref.footprint] or [0.0]
                 w = ref.window
                 c.execute(
-                    "INSERT INTO tiles (tile_id, raster_id, col_off, row_off, width, height, scale, footprint, minx, miny, maxx, maxy)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(tile_id) DO UPDATE SET raster_id = excluded.raster_id,"
+                    "INSERT INTO tiles (tile_id, raster_id, col_off, row_off, width, height, scale, footprint, minx, miny, maxx, maxy,"
+                    " active) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1) ON CONFLICT(tile_id) DO UPDATE SET active = 1,"
+                    " raster_id = excluded.raster_id,"
                     " col_off = excluded.col_off, row_off = excluded.row_off, width = excluded.width, height = excluded.height,"
                     " scale = excluded.scale, footprint = excluded.footprint, minx = excluded.minx, miny = excluded.miny,"
                     " maxx = excluded.maxx, maxy = excluded.maxy",
@@ -313,27 +320,46 @@ class SearchIndex:
                 )
                 c.execute("DELETE FROM captions WHERE tile_id = ? AND captioner_fp = ? AND variant_index >= ?",
                           (ref.tile_id, captioner_fp, len(variants)))
+                c.execute("DELETE FROM empty_tiles WHERE tile_id = ?", (ref.tile_id,))
                 for vi, (v, vec) in enumerate(zip(variants, arr)):
                     cid = c.execute(
-                        "INSERT INTO captions (tile_id, captioner_fp, variant_index, one_sentence, feature, caption, created_at)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(tile_id, captioner_fp, variant_index) DO UPDATE SET"
-                        " one_sentence = excluded.one_sentence, feature = excluded.feature, caption = excluded.caption"
-                        " RETURNING caption_id",
-                        (ref.tile_id, captioner_fp, vi, v.one_sentence, v.feature, v.caption, now),
+                        "INSERT INTO captions (tile_id, captioner_fp, variant_index, one_sentence, feature, caption, created_at,"
+                        " fallback) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(tile_id, captioner_fp, variant_index) DO UPDATE"
+                        " SET one_sentence = excluded.one_sentence, feature = excluded.feature, caption = excluded.caption,"
+                        " fallback = excluded.fallback RETURNING caption_id",
+                        (ref.tile_id, captioner_fp, vi, v.one_sentence, v.feature, v.caption, now, v.fallback or None),
                     ).fetchone()[0]
                     c.execute("INSERT INTO embeddings (caption_id, vector) VALUES (?, ?) ON CONFLICT(caption_id)"
                               " DO UPDATE SET vector = excluded.vector", (cid, np.ascontiguousarray(vec).tobytes()))
 
     def retain_tiles(self, raster_id: str, keep: set[str]) -> int:
-        """Delete this raster's tiles not in `keep` (a changed tiling plan); returns how many went."""
+        """Take this raster's tiles not in `keep` (another tiling plan) out of search; returns how many.
+
+        Their captions stay as cache (like another captioner's): going back to that tiling only
+        re-embeds them. Deleting them is the explicit `prune` (or removing the raster)."""
         with self._write() as c:
             c.execute("CREATE TEMP TABLE IF NOT EXISTS keep_tiles (tile_id TEXT PRIMARY KEY)")
             c.execute("DELETE FROM keep_tiles")
             c.executemany("INSERT OR IGNORE INTO keep_tiles (tile_id) VALUES (?)", ((t,) for t in keep))
-            n = c.execute("DELETE FROM tiles WHERE raster_id = ? AND tile_id NOT IN (SELECT tile_id FROM keep_tiles)",
-                          (raster_id,)).rowcount
+            gone = "raster_id = ? AND active = 1 AND tile_id NOT IN (SELECT tile_id FROM keep_tiles)"
+            c.execute(f"DELETE FROM embeddings WHERE caption_id IN (SELECT c.caption_id FROM captions c WHERE c.tile_id IN"
+                      f" (SELECT tile_id FROM tiles WHERE {gone}))", (raster_id,))
+            n = c.execute(f"UPDATE tiles SET active = 0 WHERE {gone}", (raster_id,)).rowcount
             c.execute("DELETE FROM keep_tiles")
         return int(n)
+
+    def mark_empty(self, raster_id: str, tile_ids: Iterable[str], min_valid: float) -> None:
+        """Remember tiles the reader found (mostly) nodata, so updates skip them without reading."""
+        with self._write() as c:
+            c.executemany("INSERT INTO empty_tiles (tile_id, raster_id, min_valid) VALUES (?, ?, ?) ON CONFLICT(tile_id)"
+                          " DO UPDATE SET min_valid = excluded.min_valid", ((t, raster_id, float(min_valid)) for t in tile_ids))
+
+    def empty_tile_ids(self, raster_id: str, min_valid: float) -> set[str]:
+        """Tiles known to be empty at this validity threshold (the raster id pins its content)."""
+        if not self._has_active:
+            return set()
+        return {r[0] for r in self.conn.execute("SELECT tile_id FROM empty_tiles WHERE raster_id = ? AND min_valid = ?",
+                                                (raster_id, float(min_valid)))}
 
     # ---- ANN file, search, stats --------------------------------------------------------------
     def flush(self) -> None:
@@ -373,7 +399,8 @@ class SearchIndex:
         ann["deleted"] = max(0, ann["elements"] - embedded)
         ann["pending_log"] = one("SELECT COUNT(*) FROM ann_log")
         return {
-            "rasters": one("SELECT COUNT(*) FROM rasters"), "tiles": one("SELECT COUNT(*) FROM tiles"),
+            "rasters": one("SELECT COUNT(*) FROM rasters"), "tiles": one(f"SELECT COUNT(*) FROM tiles t WHERE {self._active('t')}"),
+            "cached_tiles": one(f"SELECT COUNT(*) FROM tiles t WHERE NOT ({self._active('t')})"),
             "variants": one("SELECT COUNT(*) FROM captions"), "embedded": embedded,
             "captioners": caps, "embedder": self.embedder_fingerprint, "embedder_fingerprint": self.embedder_fingerprint,
             "dim": self.dim, "schema_version": int(S.get_meta(c, "schema_version") or 0), "hnsw": ann,
@@ -384,7 +411,7 @@ class SearchIndex:
         """Average searchable variants per tile (sizes the kNN oversampling); cached per log position."""
         key = self.ann.last_seq
         if self._vpt is None or self._vpt[0] != key:
-            tiles = int(self.conn.execute("SELECT COUNT(*) FROM tiles").fetchone()[0])
+            tiles = int(self.conn.execute(f"SELECT COUNT(*) FROM tiles t WHERE {self._active('t')}").fetchone()[0])
             self._vpt = (key, max(1.0, S.embedded_count(self.conn) / tiles) if tiles else 1.0)
         return self._vpt[1]
 

@@ -7,12 +7,14 @@ inside the writer's transaction, which is what lets the ANN file be reconciled a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import sqlite3
 import time
 import uuid
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from .errors import IndexStoreError
 
@@ -43,7 +45,8 @@ CREATE TABLE IF NOT EXISTS tiles (
     col_off INTEGER NOT NULL, row_off INTEGER NOT NULL, width INTEGER NOT NULL, height INTEGER NOT NULL,
     scale INTEGER NOT NULL,
     footprint TEXT NOT NULL,
-    minx REAL, miny REAL, maxx REAL, maxy REAL
+    minx REAL, miny REAL, maxx REAL, maxy REAL,
+    active INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS tiles_raster ON tiles(raster_id);
 CREATE TABLE IF NOT EXISTS captions (
@@ -55,8 +58,15 @@ CREATE TABLE IF NOT EXISTS captions (
     feature TEXT NOT NULL,
     caption TEXT NOT NULL,
     created_at REAL NOT NULL,
+    fallback TEXT,
     UNIQUE (tile_id, captioner_fp, variant_index)
 );
+CREATE TABLE IF NOT EXISTS empty_tiles (
+    tile_id TEXT PRIMARY KEY,
+    raster_id TEXT NOT NULL REFERENCES rasters(raster_id) ON DELETE CASCADE,
+    min_valid REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS empty_tiles_raster ON empty_tiles(raster_id);
 CREATE TABLE IF NOT EXISTS embeddings (
     caption_id INTEGER PRIMARY KEY REFERENCES captions(caption_id) ON DELETE CASCADE,
     vector BLOB NOT NULL
@@ -80,22 +90,114 @@ END;
 
 
 def connect(path: str, readonly: bool) -> sqlite3.Connection:
-    """Autocommit connection (transactions are explicit) with WAL, foreign keys and a busy timeout."""
+    """Autocommit connection (transactions are explicit) with WAL, foreign keys and a busy timeout.
+
+    Read-only opens never write: on read-only media (or a folder this user may not write) a WAL
+    database cannot create its -shm file, so the database is then opened `immutable` (nobody can
+    be writing it from here anyway)."""
     try:
         if readonly:
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
-                                   timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+            conn = _connect_ro(path)
         else:
             conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA foreign_keys = ON")
-        if not readonly:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
     except sqlite3.DatabaseError as exc:
-        raise IndexStoreError(f"the index database {path} cannot be opened: {exc}") from None
+        raise db_error(exc, os.path.dirname(path), "cannot be opened") from None
     return conn
+
+
+def _connect_ro(path: str) -> sqlite3.Connection:
+    from pathlib import Path
+
+    uri = Path(path).absolute().as_uri()
+    last: Optional[sqlite3.DatabaseError] = None
+    for query in ("?mode=ro", "?mode=ro&immutable=1"):
+        try:
+            conn = sqlite3.connect(uri + query, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000,
+                                   check_same_thread=False)
+        except sqlite3.OperationalError as exc:
+            last = exc
+            continue
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            return conn
+        except sqlite3.OperationalError as exc:  # e.g. "unable to open database file": no -shm possible here
+            conn.close()
+            last = exc
+    assert last is not None
+    raise last
+
+
+def db_error(exc: BaseException, folder: str, doing: str = "is damaged") -> IndexStoreError:
+    """One line with the next step for an SQLite error: disk full, locked, or damaged (-> repair)."""
+    from .errors import DiskFullError
+
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    low = text.lower()
+    try:
+        free_b = shutil.disk_usage(folder).free
+    except OSError:
+        free_b = -1
+    if "disk is full" in low or "disk full" in low or ("i/o error" in low and 0 <= free_b < (1 << 20)):
+        free = f"{free_b / 1e6:.1f} MB free" if free_b >= 0 else "no space left"
+        return DiskFullError(f"disk full: the index at {folder} cannot grow ({free}); free some space on that disk and"
+                             " run again (what was committed is kept)")
+    if "locked" in low or "busy" in low:
+        return IndexStoreError(f"the index database at {folder} is busy ({text}); try again when the other job is done")
+    if "readonly" in low or "read-only" in low:
+        return IndexStoreError(f"the index at {folder} is read-only here ({text}); searching works, indexing needs write access")
+    if "i/o error" in low:
+        return IndexStoreError(f"the index database at {folder} could not be read or written ({text}): check that disk or"
+                               f" network share; if it persists, run `python -m plugin repair --index {folder}`")
+    if "unable to open" in low:
+        return IndexStoreError(f"the index database at {folder} cannot be opened ({text}); check the folder exists and is readable")
+    return IndexStoreError(
+        f"the index database at {folder} {doing} ({text}); run `python -m plugin repair --index {folder}`"
+        " to salvage it without re-captioning"
+    )
+
+
+@contextlib.contextmanager
+def db_errors(folder: str) -> Iterator[None]:
+    """Turn raw sqlite3 errors escaping an index operation into one-line `IndexStoreError`s."""
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        raise db_error(exc, folder) from None
+
+
+def has_column(conn: sqlite3.Connection, table: str, column: str) -> bool:
+    return any(r[1] == column for r in conn.execute(f"PRAGMA table_info({table})"))
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring an older database up to the current layout (additive, idempotent, one transaction).
+
+    Steps test for what they add rather than a version number, so they compose with other
+    additive migrations in any order."""
+    steps = []
+    if not has_column(conn, "tiles", "active"):
+        steps.append("ALTER TABLE tiles ADD COLUMN active INTEGER NOT NULL DEFAULT 1")
+    if not has_column(conn, "captions", "fallback"):
+        steps.append("ALTER TABLE captions ADD COLUMN fallback TEXT")
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'empty_tiles'").fetchone() is None:
+        steps += [s for s in _statements(SCHEMA) if "empty_tiles" in s]
+    if not steps:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for stmt in steps:
+            conn.execute(stmt)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 def init_db(conn: sqlite3.Connection, embedder_fp: str, dim: int) -> None:
@@ -151,18 +253,22 @@ def set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
                  (key, value))
 
 
-def read_manifest(folder: str) -> Optional[dict[str, Any]]:
+def read_manifest(folder: str) -> tuple[Optional[dict[str, Any]], str]:
+    """(manifest, problem): (None, "") when there is none; (None, why) when it is unreadable.
+
+    The manifest only repeats what the database's meta table holds, so a broken one is rebuilt
+    from the database (`write_manifest`), never a reason to give an index up."""
     path = os.path.join(folder, MANIFEST_FILE)
     if not os.path.exists(path):
-        return None
+        return None, ""
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except (OSError, ValueError) as exc:
-        raise IndexStoreError(f"the index manifest {path} is unreadable ({exc}); delete the folder to start over") from None
-    if not isinstance(data, dict):
-        raise IndexStoreError(f"the index manifest {path} is not a JSON object")
-    return data
+        return None, f"the index manifest {path} is unreadable ({str(exc)[:80]})"
+    if not isinstance(data, dict) or not data.get("embedder_fingerprint"):
+        return None, f"the index manifest {path} is not a manifest"
+    return data, ""
 
 
 def write_manifest(folder: str, embedder_fp: str, dim: int) -> None:

@@ -33,7 +33,7 @@ from .raster import RasterInfo
 from .raster_io import gdal_error_line, read_bands_lazy
 from .types import CancelFn, PixelWindow, ProgressFn, TileImage, TileRef, never_canceled, no_progress
 
-__all__ = ["TilingParams", "tile_id", "footprint", "plan_tiles", "iter_tiles", "read_tile", "tile_side_px", "MAX_OUT_SIZE"]
+__all__ = ["TilingParams", "tile_id", "footprint", "plan_tiles", "count_tiles", "iter_tiles", "read_tile", "tile_side_px", "MAX_OUT_SIZE"]
 
 #: Default cap of the image side handed to captioners (VLMs resize larger images anyway).
 MAX_OUT_SIZE = 1024
@@ -135,6 +135,29 @@ def _starts(length: int, side: int, stride: int) -> list[int]:
     return out
 
 
+def _n_starts(length: int, side: int, stride: int) -> int:
+    """len(_starts(length, side, stride)) without building the list."""
+    if side >= length:
+        return 1
+    n = (length - side) // stride + 1
+    return n + (1 if (n - 1) * stride + side < length else 0)
+
+
+def count_tiles(info: RasterInfo, params: TilingParams) -> int:
+    """How many tiles `plan_tiles` will plan, computed without planning (absurd plans are refused
+    from this number before they take memory or touch the index)."""
+    base = tile_side_px(info, params)
+    total, prev_side = 0, None
+    for scale in params.scales:
+        side = base * scale
+        if prev_side is not None and prev_side >= info.width and prev_side >= info.height:
+            break
+        prev_side = side
+        stride = max(1, int(round(side * (1.0 - params.overlap))))
+        total += _n_starts(info.height, side, stride) * _n_starts(info.width, side, stride)
+    return total
+
+
 def plan_tiles(info: RasterInfo, params: TilingParams) -> list[TileRef]:
     """Every tile of the raster at every scale, in scale then row-major order. Reads no pixels."""
     base = tile_side_px(info, params)
@@ -221,8 +244,8 @@ def _fetch(ds: Any, info: RasterInfo, ref: TileRef, side_out: int) -> tuple[np.n
 
 def _finish(info: RasterInfo, ref: TileRef, fetched: tuple[np.ndarray, Optional[np.ndarray], tuple[int, int]],
             renderer: _Renderer) -> tuple[TileImage, int]:
-    """The numpy part: 8-bit RGB, validity, output pixel size; the float32 planes (`TileImage.raw`)
-    are made from `data` only if a captioner asks for them. Returns the tile and its number of valid pixels."""
+    """The numpy part: 8-bit RGB and validity; the float32 planes (`TileImage.raw`) and the ground
+    pixel size are made only if a captioner asks for them. Returns the tile and its number of valid pixels."""
     data, valid, shape = fetched
     if valid is None:
         valid = np.ones(shape, dtype=bool)
@@ -231,10 +254,11 @@ def _finish(info: RasterInfo, ref: TileRef, fetched: tuple[np.ndarray, Optional[
         n_valid = int(np.count_nonzero(valid))
     all_valid = n_valid == valid.size
     win = ref.window
-    px = window_pixel_m(info.crs_wkt, info.transform, win.col_off, win.row_off, win.width, win.height, shape)
     tile = TileImage(
         ref=ref, rgb=renderer.rgb(data, valid, all_valid), bands=data, valid=valid,
-        has_nir=info.band_map.nir is not None, pixel_size=px,
+        has_nir=info.band_map.nir is not None,
+        pixel_size_fn=lambda: window_pixel_m(info.crs_wkt, info.transform, win.col_off, win.row_off, win.width,
+                                             win.height, shape),
     )
     return tile, n_valid
 
@@ -266,10 +290,11 @@ def iter_tiles(
     progress: ProgressFn = no_progress,
     is_canceled: CancelFn = never_canceled,
     on_error: Optional[Callable[[TileRef, str], None]] = None,
+    on_skip: Optional[Callable[[TileRef], None]] = None,
 ) -> Iterator[TileImage]:
     """Read the planned tiles (or `refs`) one window at a time; yield those with at least
-    `params.min_valid_fraction` valid pixels. Progress counts every tile read, skipped or not;
-    raises Canceled between tiles once is_canceled() is true.
+    `params.min_valid_fraction` valid pixels (the others go to `on_skip(ref)`). Progress counts every
+    tile read, skipped or not; raises Canceled between tiles once is_canceled() is true.
 
     A tile whose pixels cannot be read (a corrupt compressed block) goes to `on_error(ref, reason)`
     and the next tile is read; without `on_error` it is a RasterError naming the tile."""
@@ -301,6 +326,8 @@ def iter_tiles(
             progress(i + 1, total, f"{info.name}: tile {i + 1}/{total}")
             if n_valid > 0 and n_valid >= params.min_valid_fraction * tile.valid.size:
                 yield tile
+            elif on_skip is not None:
+                on_skip(ref)
 
 
 def read_tile(info: RasterInfo, ref: TileRef, out_size: Optional[int] = None) -> TileImage:

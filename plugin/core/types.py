@@ -117,11 +117,14 @@ class TileImage:
     `raw` is made on first access from the native-dtype band planes the reader hands over
     (`bands=`): most captioners only look at the 8-bit `rgb`, and the float32 copy with NaN for
     invalid pixels was a fifth of the tiling time. Callers that have float planes already pass `raw=`.
+    `pixel_size` likewise may come as a function (`pixel_size_fn=`, a geodesic computation through
+    PROJ) called on first access.
     """
 
     def __init__(
         self, ref: TileRef, rgb: np.ndarray, raw: Optional[np.ndarray] = None, valid: Optional[np.ndarray] = None,
         has_nir: bool = False, pixel_size: Optional[float] = None, *, bands: Optional[np.ndarray] = None,
+        pixel_size_fn: Optional[Callable[[], Optional[float]]] = None,
     ) -> None:
         if valid is None or (raw is None and bands is None):
             raise ValueError("a TileImage needs valid and one of raw / bands")
@@ -132,8 +135,8 @@ class TileImage:
         self.valid = valid
         #: True when `raw` has a NIR plane (band map with NIR).
         self.has_nir = has_nir
-        #: Ground size of one output pixel in metres, geodesic for any CRS (None when the raster has no CRS).
-        self.pixel_size = pixel_size
+        self._pixel_size = pixel_size
+        self._pixel_size_fn = pixel_size_fn if pixel_size is None else None
         self._raw = raw
         self._bands = bands if raw is None else None
 
@@ -154,6 +157,17 @@ class TileImage:
     def raw(self, value: np.ndarray) -> None:
         self._raw, self._bands = value, None
 
+    @property
+    def pixel_size(self) -> Optional[float]:
+        """Ground size of one output pixel in metres, geodesic for any CRS (None when the raster has no CRS)."""
+        if self._pixel_size_fn is not None:
+            self._pixel_size, self._pixel_size_fn = self._pixel_size_fn(), None
+        return self._pixel_size
+
+    @pixel_size.setter
+    def pixel_size(self, value: Optional[float]) -> None:
+        self._pixel_size, self._pixel_size_fn = value, None
+
     def __repr__(self) -> str:
         return f"TileImage({self.ref.tile_id!r}, {self.rgb.shape[1]}x{self.rgb.shape[0]} px, nir={self.has_nir})"
 
@@ -165,13 +179,19 @@ class CaptionVariant:
     one_sentence: str
     feature: str
     caption: str
+    #: Why this is a stand-in (e.g. a spectral caption because the VLM answered nothing); "" for a real answer.
+    #: Fallbacks are stored as such, never as the captioner's answer, so the next update asks again.
+    fallback: str = field(default="", compare=False)
 
     def text(self) -> str:
         """The text that is embedded: the three fields as one passage."""
         return " ".join(s.strip() for s in (self.one_sentence, self.feature, self.caption) if s and s.strip())
 
     def to_dict(self) -> dict[str, str]:
-        return asdict(self)
+        d = {"one_sentence": self.one_sentence, "feature": self.feature, "caption": self.caption}
+        if self.fallback:
+            d["fallback"] = self.fallback
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CaptionVariant:

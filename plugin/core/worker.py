@@ -235,6 +235,8 @@ class Worker:
             captioner_options=job.arg("captioner_options", None, kind=dict),
             device=str(job.arg("device", "auto", kind=str)),
             remove_missing=bool(job.arg("remove_missing", False)),
+            force=bool(job.arg("force", False)), wait_s=float(job.arg("wait_s", 0.0)),
+            job=str(job.arg("job_name", "QGIS indexing job", kind=str)),
             progress=job.progress, is_canceled=job.is_canceled,
         )
         return report.to_dict()

@@ -65,7 +65,8 @@ class IndexController(QObject):
         session.info_changed.connect(lambda _i: self.refresh_rows())
         from .tiling_hint import TilingHint
 
-        self.tiling_hint = TilingHint(widget.options_widget, self.checked_layers, auto=not tiling_saved())
+        self.tiling_hint = TilingHint(widget.options_widget, self.checked_layers, auto=not tiling_saved(),
+                                      indexed=self.checked_indexed_rows)
         widget.layer_list.itemChanged.connect(lambda _item: self.tiling_hint.update())
         p = session.project
         p.layersAdded.connect(self._on_layers_added)
@@ -84,6 +85,11 @@ class IndexController(QObject):
     def checked_layers(self) -> list[QgsRasterLayer]:
         project = self.session.project
         return [lyr for lyr in (project.mapLayer(k) for k in self.widget.checked_keys()) if isinstance(lyr, QgsRasterLayer)]
+
+    def checked_indexed_rows(self) -> list[dict]:
+        """The index rows of the checked layers that are indexed (for what a new tiling would do)."""
+        rows = {_norm(r.get("path", "")): r for r in (self.session.info.get("rasters") or [])}
+        return [rows[self._paths[lyr.id()]] for lyr in self.checked_layers() if self._paths.get(lyr.id()) in rows]
 
     def _source(self, layer: QgsRasterLayer) -> Any:
         from ..qgis_io.layers import raster_source_from_layer
@@ -313,7 +319,13 @@ class IndexController(QObject):
                 self.session.last_outcome += f", {failed} tiles failed (Update retries them)"
             if broken:
                 self.session.last_outcome += f", {broken} raster(s) could not be read"
-            level = Qgis.Warning if failed or broken else Qgis.Success
+            from ..core.report_lines import raster_notes
+
+            notes = [f"{r.get('name')}: {line}" for r in rasters for line in raster_notes(r)]
+            fell_back = any(r.get("tiles_fallback") for r in rasters)
+            if notes:
+                self.session.last_outcome += "; " + "; ".join(notes)
+            level = Qgis.Warning if failed or broken or fell_back else Qgis.Success
             # after QGIS's own "Task complete" (pushed when the task ends), so ours is the one on top
             text = f"Index ready: {self.session.last_outcome}"
             QTimer.singleShot(400, lambda: report_info(iface, text, level, duration=10))

@@ -42,9 +42,11 @@ def pixel_metres(layer: QgsRasterLayer) -> float:
 
 class TilingHint(QObject):
     def __init__(self, options: IndexOptionsWidget, layers: Callable[[], list[QgsRasterLayer]], auto: bool,
-                 parent=None) -> None:
+                 parent=None, indexed: Optional[Callable[[], list[dict]]] = None) -> None:
         super().__init__(parent)
         self.options, self.layers = options, layers
+        #: the index rows (name, params) of the checked layers that are indexed already
+        self.indexed = indexed or (lambda: [])
         #: apply the advice once, when rasters are first checked and the user never chose a tile size
         self.auto = auto
         o = options
@@ -104,6 +106,16 @@ class TilingHint(QObject):
         adv = self.advice()
         if adv is not None and (adv.tile_size != o.tile_size or adv.scales != scales):
             text += f" · suggested {adv.tile_size} px, scales {adv.scales_text()} ({adv.reason})"
+        from ..core.report_lines import MAX_TILES, tiling_change_line
+
+        for layer in layers:
+            n = sum(tile_counts(layer.width(), layer.height(), o.tile_size, o.overlap, scales).values())
+            if n > MAX_TILES:
+                text += f" · {layer.name()}: {n:,} tiles is over the {MAX_TILES:,} limit, Index refuses it (use larger tiles)"
+        for row in self.indexed():
+            line = tiling_change_line(row.get("params") or {}, o.tile_size, o.overlap, scales)
+            if line:
+                text += f" · {row.get('name')}: {line}"
         return self._set(text)
 
     def _set(self, text: str) -> str:

@@ -18,6 +18,8 @@ def test_raw_is_made_on_first_access_with_nan_where_invalid(tmp_path) -> None:
     info = open_raster(path)
     tiles = list(iter_tiles(info, TilingParams(tile_size=50)))
     assert tiles and all(t._raw is None for t in tiles), "no float planes until someone asks"
+    assert all(t._pixel_size_fn is not None for t in tiles), "no geodesic size until someone asks"
+    assert tiles[0].pixel_size == pytest.approx(10.0, rel=1e-2) and tiles[0]._pixel_size_fn is None
     first = tiles[0]
     raw = first.raw
     assert raw.dtype == np.float32 and raw.shape == (3, 50, 50) and first._raw is raw and first._bands is None

@@ -367,3 +367,24 @@ def test_results_tell_hits_apart(shore, qgis_iface):
     dock_left = w.mapToGlobal(w.rect().topLeft()).x()
     assert dlg.geometry().right() <= dock_left or dlg.x() == 0
     dlg.close()
+
+
+def test_dock_says_what_a_new_tiling_does_before_index(shore):
+    """Issue 14: before Index, the dock says a changed tiling captions again and keeps the old captions."""
+    plugin, layer, _canvas, _tmp = shore
+    iw = plugin.dock.index_widget
+    ow = iw.options_widget
+    iw.set_checked(layer.id(), True)
+    plugin.session.refresh_info()
+    from tests.qgis.plugin_harness import wait_until
+
+    wait_until(lambda: not plugin.session.queue.busy, 60, "the index info refresh")
+    ow.scales_edit.setText("1")
+    ow.overlap_spin.setValue(0.0)
+    ow.tile_spin.setValue(128)
+    assert "captions its tiles again" not in ow.estimate_label.text()
+    ow.tile_spin.setValue(256)
+    text = ow.estimate_label.text()
+    assert "Shore: indexed with tile size 128: Index captions its tiles again" in text and "stay as cache" in text
+    ow.tile_spin.setValue(128)
+    assert "captions its tiles again" not in ow.estimate_label.text()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -48,22 +49,28 @@ def folder_revision(folder: str) -> str:
     return "local-" + h.hexdigest()[:12]
 
 
-def assemble_variants(texts: Sequence[str], want: int, fallback: Any, tile: TileImage, facts: str = "") -> list[CaptionVariant]:
+def assemble_variants(texts: Sequence[str], want: int, fallback: Any, tile: TileImage, facts: str = "",
+                      source: str = "the model") -> list[CaptionVariant]:
     """K variants of one tile from the K raw answers: parsed, never empty, facts appended.
 
     An answer that parses into several variants contributes only its first (each answer is one
-    variant by design); an empty answer is replaced by the spectral description of that variant,
-    so a tile never ends up without a caption.
+    variant by design); an empty or unusable answer is replaced by the spectral description of that
+    variant, marked as a fallback with the reason (`source` says who answered: "the server", "the
+    model"), so the store never files it under the VLM and the next update asks again.
     """
     out: list[CaptionVariant] = []
     for k, text in enumerate(texts[:want]):
         found = parse_variants(text)
-        v = found[0] if found else fallback.describe_tile(tile, k)
+        if found:
+            v = found[0]
+        else:
+            why = f"{source} returned no text" if not (text or "").strip() else f"{source}'s answer could not be parsed"
+            v = replace(fallback.describe_tile(tile, k), fallback=why)
         if facts:
-            v = CaptionVariant(v.one_sentence, v.feature, f"{v.caption} {facts}".strip())
+            v = replace(v, caption=f"{v.caption} {facts}".strip())
         out.append(v)
     if not out:
-        out = [fallback.describe_tile(tile, 0)]
+        out = [replace(fallback.describe_tile(tile, 0), fallback=f"{source} returned no answers")]
     return out
 
 

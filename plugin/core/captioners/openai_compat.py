@@ -265,7 +265,7 @@ class OpenAICaptioner:
         for i, tile in enumerate(tiles):
             facts = spectral_facts(tile) if self.append_facts and tile.has_nir else ""
             texts = [answers[(i, k)] for k in range(self.variants)]
-            out.append(assemble_variants(texts, self.variants, self._fallback, tile, facts))
+            out.append(assemble_variants(texts, self.variants, self._fallback, tile, facts, source="the server"))
         return out
 
     def close(self) -> None:

@@ -12,6 +12,7 @@ planned, what the caption cache already holds and what gets committed never leav
 from __future__ import annotations
 
 from .job import IndexReport, index_rasters
-from .manage import index_info, remove_rasters
+from .manage import index_info, preview_index, prune_index_dir, remove_rasters, repair_index_dir
 
-__all__ = ["IndexReport", "index_info", "index_rasters", "remove_rasters"]
+__all__ = ["IndexReport", "index_info", "index_rasters", "preview_index", "prune_index_dir", "remove_rasters",
+           "repair_index_dir"]

@@ -19,9 +19,12 @@ CaptionedBatch = tuple[list[TileRef], list[list[CaptionVariant]], list[np.ndarra
 
 class Executor(Protocol):
     def run(self, info: Any, params: Any, refs: Sequence[TileRef], is_canceled: CancelFn,
-            on_error: Optional[Callable[[TileRef, str], None]] = None) -> Iterator[CaptionedBatch]:
+            on_error: Optional[Callable[[TileRef, str], None]] = None,
+            on_empty: Optional[Callable[[TileRef], None]] = None) -> Iterator[CaptionedBatch]:
         """Yield captioned batches for `refs` (tiles the reader skips as empty are never yielded;
-        tiles it cannot read go to `on_error(ref, reason)`, possibly from another thread)."""
+        tiles it cannot read go to `on_error(ref, reason)`, possibly from another thread). Empty
+        tiles go to `on_empty(ref)` (any thread), so they count as progress and are recorded
+        (updates then skip them without reading)."""
         ...
 
     def close(self) -> None:

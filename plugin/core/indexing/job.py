@@ -8,17 +8,21 @@ new embedder re-embeds without re-captioning and a captioner that has seen a til
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, Sequence
 
 from ..errors import Canceled, EngineError, RasterError
+from ..index_lock import IndexLock
 from ..rasterpath import raster_present
 from ..searcher import cached_embedder, open_index_for
+from ..store_check import reembed_damaged
+from ..store_schema import db_errors
 from ..types import CancelFn, ProgressFn, RasterSource, TileRef, never_canceled, no_progress
 from .commit import _index_one, make_step
 from .executor import EXECUTORS, Executor
-from .plan import _open_all, _previous_embedder, _resolve_sources, _row_band_map
+from .plan import MAX_TILES, _open_all, _previous_embedder, _resolve_sources, _row_band_map
 
 
 @dataclass
@@ -29,6 +33,10 @@ class IndexReport:
     canceled: bool = False
     embedder: str = ""
     captioner: str = ""
+    #: One line each: what opening the index fixed (rebuilt manifest, removed leftovers).
+    notes: list[str] = field(default_factory=list)
+    #: Caption variants whose damaged stored vector was re-embedded from the caption text.
+    reembedded_damaged: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -53,10 +61,25 @@ def index_rasters(
     device: str = "auto",
     remove_missing: bool = False,
     executor: str = "local",
+    force: bool = False,
+    wait_s: float = 0.0,
+    job: Optional[str] = None,
     progress: ProgressFn = no_progress,
     is_canceled: CancelFn = never_canceled,
 ) -> IndexReport:
-    """Index `sources` into `index_dir` (created if needed); only what is not done yet is computed."""
+    """Index `sources` into `index_dir` (created if needed); only what is not done yet is computed.
+
+    One writer per index: the job takes the index's writer lock once its plan is accepted (a plan
+    past `plan.MAX_TILES` tiles is refused unless `force`), waiting up to `wait_s` for a running
+    job, else refused with `IndexBusyError` naming it (`job` is how this one is named)."""
+    index_dir = os.path.abspath(os.path.expanduser(str(index_dir)))
+    with db_errors(index_dir):
+        return _index_rasters(index_dir, sources, captioner, embedder, tiling, captioner_options, device,
+                              remove_missing, executor, force, wait_s, job, progress, is_canceled)
+
+
+def _index_rasters(index_dir, sources, captioner, embedder, tiling, captioner_options, device, remove_missing,
+                   executor, force, wait_s, job, progress, is_canceled) -> IndexReport:
     from ..captioners import bind_captioner, make_captioner, preflight_captioner
     from ..raster import open_raster
     from ..tiling import TilingParams, plan_tiles
@@ -70,20 +93,38 @@ def index_rasters(
     if not sources and not remove_missing:
         raise EngineError("nothing to index: give at least one raster")
     # Open and plan every raster before loading any model, so bad input fails in a second.
-    opened, failed_paths = _open_all(sources, params, report, open_raster, plan_tiles)
+    limit = None if force else MAX_TILES
+    opened, failed_paths = _open_all(sources, params, report, open_raster, plan_tiles, limit)
     if sources and not opened:
         raise RasterError("; ".join(r["error"] for r in report.rasters) or "no raster could be opened")
-    opts = dict(captioner_options or {})
-    opts.setdefault("device", device)
-    # A captioner server that is down fails here, in seconds, before the embedder loads.
-    preflight_captioner(captioner, opts, lambda message: progress(0, 0, message), is_canceled)
-    progress(0, 0, "loading embedder")
-    emb = cached_embedder(embedder, device)
-    cap = make_captioner(captioner, **opts)
-    ex = _make_executor(executor, cap, emb)
+    # The plan is accepted: take the writer lock before loading any model (a second job learns in
+    # a second that it has to wait), and before anything of the index is read or changed.
+    try:
+        os.makedirs(index_dir, exist_ok=True)
+    except OSError as exc:
+        raise EngineError(f"cannot create the index folder {index_dir}: {exc.strerror or exc}") from None
+    lock = IndexLock(index_dir, job).acquire(wait_s)
+    try:
+        opts = dict(captioner_options or {})
+        opts.setdefault("device", device)
+        # A captioner server that is down fails here, in seconds, before the embedder loads.
+        preflight_captioner(captioner, opts, lambda message: progress(0, 0, message), is_canceled)
+        progress(0, 0, "loading embedder")
+        emb = cached_embedder(embedder, device)
+        cap = make_captioner(captioner, **opts)
+        ex = _make_executor(executor, cap, emb)
+    except BaseException:
+        lock.release(unlink=not os.path.exists(os.path.join(index_dir, "index.sqlite")))
+        raise
     report.embedder, report.captioner = emb.fingerprint, cap.fingerprint
-    switched = _previous_embedder(index_dir) not in (None, emb.fingerprint)
-    idx = open_index_for(index_dir, emb, create=True, allow_new_embedder=True)
+    try:
+        switched = _previous_embedder(index_dir) not in (None, emb.fingerprint)
+        idx = open_index_for(index_dir, emb, create=True, allow_new_embedder=True, lock=lock)
+    except BaseException:
+        lock.release()
+        ex.close()
+        raise
+    report.notes.extend(idx.notes)
     try:
         known = {r["raster_id"]: r for r in idx.raster_rows()}
         if switched:
@@ -95,8 +136,10 @@ def index_rasters(
                 for r in known.values()
                 if r.get("path") and r["path"] not in asked and raster_present(r["path"])
             ]
-            opened += _open_all(extra, params, report, open_raster, plan_tiles)[0]
+            opened += _open_all(extra, params, report, open_raster, plan_tiles, limit)[0]
         planned: list[tuple[Any, list[TileRef], set[str]]] = []
+        new_params = params.to_dict()
+        changed = {rid: r["params"] for rid, r in known.items() if r.get("tiles") and r.get("params") != new_params}
         for info, refs in opened:
             # Same file, new content: the old tiles are stale, the new content is indexed afresh.
             for rid, row in known.items():
@@ -114,7 +157,7 @@ def index_rasters(
                     report.removed.append(rid)
         total = sum(len(refs) - len(done & {r.tile_id for r in refs}) for _, refs, done in planned)
         step = make_step(idx, total, progress)
-        bind_captioner(cap, lambda message: step(0, message), is_canceled)  # server retries show in progress
+        bind_captioner(cap, lambda message: step(0, message, may_flush=False), is_canceled)  # server retries show in progress
         # Rasters with nothing left to do are settled first (no model work, no cancel point), so a
         # job cancelled while it works on another raster never leaves a complete one marked unfinished.
         order = sorted(range(len(planned)), key=lambda i: bool({r.tile_id for r in planned[i][1]} - planned[i][2]))
@@ -122,7 +165,13 @@ def index_rasters(
         for i in order:
             info, refs, done = planned[i]
             entries[i] = _index_one(idx, cap, emb, info, params, refs, done, step, is_canceled, ex)
+            if info.raster_id in changed:
+                entries[i]["tiling_changed_from"], entries[i]["tiling"] = changed[info.raster_id], new_params
         report.rasters.extend(entries[i] for i in range(len(planned)))
+        # Damaged vectors found while loading the search file are re-embedded from their captions.
+        damaged = sorted(idx.ann.bad)
+        if damaged:
+            report.reembedded_damaged = reembed_damaged(idx, emb, damaged)
         report.seconds = time.perf_counter() - t0
         progress(total, total, "done")
         return report
@@ -133,5 +182,8 @@ def index_rasters(
         try:
             idx.flush()
         finally:
-            idx.close()
-            ex.close()
+            try:
+                idx.close()
+            finally:
+                lock.release()
+                ex.close()

@@ -107,13 +107,15 @@ class LocalExecutor:
         self.overlap = overlaps_captioning(captioner) if overlap is None else bool(overlap)
 
     def run(self, info: Any, params: Any, refs: Sequence[TileRef], is_canceled: CancelFn,
-            on_error: Optional[Callable[[TileRef, str], None]] = None) -> Iterator[CaptionedBatch]:
+            on_error: Optional[Callable[[TileRef, str], None]] = None,
+            on_empty: Optional[Callable[[TileRef], None]] = None) -> Iterator[CaptionedBatch]:
         from ..tiling import iter_tiles
 
         cap = self.captioner
         # No local name for the tile generator: the reader thread must hold its only reference, so
         # it is finalised there (rasterio's Env is thread-local; see _background).
-        batches = _prefetch(iter_tiles(info, params, refs=list(refs), is_canceled=is_canceled, on_error=on_error),
+        batches = _prefetch(iter_tiles(info, params, refs=list(refs), is_canceled=is_canceled, on_error=on_error,
+                                       on_skip=on_empty),
                             cap.batch_size)
 
         def captioned() -> Iterator[tuple[list[TileImage], list[list[CaptionVariant]]]]:
