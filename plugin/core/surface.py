@@ -81,14 +81,14 @@ def score_surface(index_dir: str, query: str, out_dir: str, *, embedder: Optiona
 
     from .searcher import cached_query_embedder, clean_query
     from .store import SearchIndex
-    from .store_schema import read_manifest
 
     text = clean_query(query)
     if not text:
         raise EngineError("the query is empty: describe what you are looking for")
-    fp = (read_manifest(index_dir) or {}).get("embedder_fingerprint")
-    if not fp:
+    if not os.path.exists(os.path.join(index_dir, "manifest.json")):
         raise EngineError(f"no search index at {index_dir}: index some rasters first")
+    with SearchIndex.open(index_dir, readonly=True) as idx:
+        fp = str(idx.embedder_fingerprint)
     emb = cached_query_embedder(embedder, device, fp)
     q = np.asarray(emb.encode_queries([text]), dtype=np.float32)[0]
     scores = tile_scores(index_dir, q, fusion, rasters)

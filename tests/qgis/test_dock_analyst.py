@@ -51,6 +51,11 @@ def shore(qgis_iface, tmp_path_factory):
     project.clear()
 
 
+def _shore_layer():
+    """The Shore layer of the current project (a test re-opens the saved project: new layer objects)."""
+    return QgsProject.instance().mapLayersByName("Shore")[0]
+
+
 def _hit_rects(plugin) -> list[QgsGeometry]:
     return [f.geometry() for f in plugin.search_ctl.highlighter.layer.getFeatures()]
 
@@ -371,7 +376,8 @@ def test_results_tell_hits_apart(shore, qgis_iface):
 
 def test_dock_says_what_a_new_tiling_does_before_index(shore):
     """Issue 14: before Index, the dock says a changed tiling captions again and keeps the old captions."""
-    plugin, layer, _canvas, _tmp = shore
+    plugin, _layer, _canvas, _tmp = shore
+    layer = _shore_layer()
     iw = plugin.dock.index_widget
     ow = iw.options_widget
     iw.set_checked(layer.id(), True)
@@ -395,7 +401,8 @@ def test_score_surface_from_the_dock(shore):
 
     from tests.qgis.plugin_harness import SignalCatcher, wait_until
 
-    plugin, layer, _canvas, _tmp = shore
+    plugin, _layer, _canvas, _tmp = shore
+    layer = _shore_layer()
     hits, error = search_and_wait(plugin, "dark open water", top=25)
     assert error == "" and hits
     w = plugin.dock.search_widget
