@@ -29,6 +29,10 @@ RANKERS = ("dense", "lexical", "hybrid")
 DEFAULT_RANKER = "hybrid"
 #: Weight of the max-normalised bm25 bonus beside the cosine (chosen on the proxies' sweep).
 HYBRID_WEIGHT = 0.15
+#: In search(), query words more searchable captions than this contain are left to the dense score
+#: (lexical.selective_terms): bounds the FTS5 cost at any index size. The proxies (<= 1,093
+#: captions) never reach it, so what they measured is what search() does on indexes that size.
+LEXICAL_TERM_CAP = 2000
 
 
 def check_ranker(ranker: str) -> str:
@@ -90,9 +94,10 @@ def dense_of(conn: sqlite3.Connection, caption_ids: Sequence[int], q: np.ndarray
 
 
 def lexical_candidates(conn: sqlite3.Connection, terms: Sequence[str], k: int,
-                       raster_ids: Optional[Sequence[str]] = None) -> tuple[np.ndarray, np.ndarray]:
-    """The k best caption ids by bm25 for the query words (empty without words or FTS5 table)."""
-    return L.lexical_top(conn, terms, k, raster_ids)
+                       raster_ids: Optional[Sequence[str]] = None,
+                       term_cap: Optional[int] = LEXICAL_TERM_CAP) -> tuple[np.ndarray, np.ndarray]:
+    """The k best caption ids by bm25 for the selective query words (empty without words or FTS5 table)."""
+    return L.lexical_top(conn, terms, k, raster_ids, term_cap)
 
 
 def matched_terms(conn: sqlite3.Connection, caption_id: int, terms: Sequence[str]) -> list[str]:

@@ -23,7 +23,7 @@ import numpy as np
 
 __all__ = [
     "LEXICAL_TABLE", "LEXICAL_VERSION", "STOP_WORDS", "ensure_lexical", "has_lexical", "lexical_top",
-    "match_expression", "matched_terms", "query_terms",
+    "match_expression", "matched_terms", "query_terms", "selective_terms",
 ]
 
 LEXICAL_TABLE = "captions_lex"
@@ -121,9 +121,15 @@ def ensure_lexical(conn: sqlite3.Connection) -> bool:
 
 
 def lexical_top(conn: sqlite3.Connection, terms: Sequence[str], k: int,
-                raster_ids: Optional[Sequence[str]] = None) -> tuple[np.ndarray, np.ndarray]:
+                raster_ids: Optional[Sequence[str]] = None,
+                term_cap: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
     """The k caption ids with the best bm25 for any of `terms` (in these rasters only, when
-    given), best first, with positive scores (FTS5's bm25() is "lower is better": negated here)."""
+    given), best first, with positive scores (FTS5's bm25() is "lower is better": negated here).
+
+    `term_cap`: leave out the words more than this many captions contain (see `selective_terms`).
+    """
+    if term_cap is not None and terms and has_lexical(conn):
+        terms = selective_terms(conn, terms, term_cap)
     if not terms or k < 1 or not has_lexical(conn):
         return np.zeros(0, np.int64), np.zeros(0, np.float64)
     where, args = "", []
@@ -136,6 +142,23 @@ def lexical_top(conn: sqlite3.Connection, terms: Sequence[str], k: int,
         " ORDER BY s LIMIT ?", (match_expression(terms), *args, int(k)),
     ).fetchall()
     return np.fromiter((r[0] for r in rows), np.int64, len(rows)), -np.fromiter((r[1] for r in rows), np.float64, len(rows))
+
+
+def selective_terms(conn: sqlite3.Connection, terms: Sequence[str], cap: int) -> list[str]:
+    """The terms at most `cap` searchable captions contain.
+
+    FTS5 scores bm25 for every caption that holds any query word, so one common word ("green",
+    "area") costs time in proportion to the index; its IDF, and so its share of bm25, is small, and
+    the dense score already carries it. Each probe reads at most cap + 1 rows (no scoring), so the
+    lexical side's cost is bounded whatever the index size.
+    """
+    keep = []
+    for t in terms:
+        n = conn.execute(f"SELECT COUNT(*) FROM (SELECT rowid FROM {LEXICAL_TABLE} WHERE {LEXICAL_TABLE} MATCH ?"
+                         " LIMIT ?)", (match_expression([t]), int(cap) + 1)).fetchone()[0]
+        if int(n) <= cap:
+            keep.append(t)
+    return keep
 
 
 def matched_terms(conn: sqlite3.Connection, caption_id: int, terms: Sequence[str]) -> list[str]:

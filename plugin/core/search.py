@@ -282,7 +282,9 @@ def search(index: Searchable, query_vector: np.ndarray, *, top: int = 10, fusion
     k = min(n_active, max(int(top) * max(1, round(index.variants_per_tile())) * max(1, int(oversample)), 16))
     demoted: dict[str, tuple[str, float]] = {}
     while True:
-        lex_ids, lex_s = (H.lexical_candidates(index.conn, terms, k, sorted(allowed) if raster_ids is not None else None)
+        k_lex = k if ranker == "lexical" else max(int(top) * 4, k // 5)  # the bonus only matters near the top
+        lex_ids, lex_s = (H.lexical_candidates(index.conn, terms, k_lex, sorted(allowed) if raster_ids is not None else None,
+                                               None if ranker == "lexical" else H.LEXICAL_TERM_CAP)
                           if terms else (np.zeros(0, np.int64), np.zeros(0)))
         if ranker == "lexical":  # the score is bm25 alone: cosines weigh 0, bm25 comes in as the bonus
             cands.dense_weight = 0.0
@@ -297,7 +299,8 @@ def search(index: Searchable, query_vector: np.ndarray, *, top: int = 10, fusion
                 labels, sims = _knn(index, q, k)
                 floor = float(sims.min()) if len(sims) else -math.inf
                 if len(lex_ids) and not cands.vectors:  # lexical-only candidates need their cosine too
-                    extra = [c for c in lex_ids.tolist() if c not in set(labels.tolist())]
+                    seen = set(labels.tolist())
+                    extra = [c for c in lex_ids.tolist() if c not in seen]
                     cos = H.dense_of(index.conn, extra, q)
                     labels = np.r_[labels, np.asarray(list(cos), np.int64)]
                     sims = np.r_[sims, np.asarray(list(cos.values()), np.float32)]
@@ -323,7 +326,10 @@ def search(index: Searchable, query_vector: np.ndarray, *, top: int = 10, fusion
     for h in out:
         if ranker != "dense":
             h.extra["ranker"] = ranker
-            h.extra["matched_terms"] = H.matched_terms(index.conn, h.extra.pop("_cid"), terms)
+            cid = h.extra.pop("_cid")
+            h.extra["matched_terms"] = H.matched_terms(index.conn, cid, terms)
+            if ranker == "hybrid":  # score = cosine + this bonus (max fusion): the cosine stays recoverable
+                h.extra["lexical_bonus"] = round(cands.bonus.get(cid, 0.0), 6)
         h.extra.pop("_cid", None)
         if h.tile_id in demoted:
             h.extra["demoted_by"], h.extra["negative_score"] = demoted[h.tile_id]

@@ -37,6 +37,9 @@ class SearchWidget(QWidget):
     hit_activated = pyqtSignal(object)
     export_requested = pyqtSignal()
     zoom_requested = pyqtSignal()
+    #: "More like this" on a result: the Hit whose tile is the example
+    like_requested = pyqtSignal(object)
+    surface_requested = pyqtSignal()
 
     def __init__(self, options: SearchOptions, parent=None, debounce_ms: int = 0) -> None:
         super().__init__(parent)
@@ -82,6 +85,10 @@ class SearchWidget(QWidget):
         self.zoom_button = QPushButton("Zoom to results", self)
         self.zoom_button.setToolTip("Fit every result tile in the map view")
         self.zoom_button.setEnabled(False)
+        self.surface_button = QPushButton("Score surface", self)
+        self.surface_button.setToolTip("Every tile's score for this query as a raster layer: where the query "
+                                       "matches across the whole scene (same colours as the results)")
+        self.surface_button.setEnabled(False)
         self.info_label = QLabel("", self)
         self.info_label.setWordWrap(True)
 
@@ -95,6 +102,7 @@ class SearchWidget(QWidget):
         row3 = QHBoxLayout()
         row3.addWidget(self.info_label, 1)
         row3.addWidget(self.zoom_button)
+        row3.addWidget(self.surface_button)
         row3.addWidget(self.export_button)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
@@ -114,8 +122,11 @@ class SearchWidget(QWidget):
         self.search_button.clicked.connect(self.request_search)
         self.export_button.clicked.connect(self.export_requested)
         self.zoom_button.clicked.connect(self.zoom_requested)
+        self.surface_button.clicked.connect(self.surface_requested)
         self.view.selectionModel().currentRowChanged.connect(self._on_current_changed)
         self.view.doubleClicked.connect(self._on_double_clicked)
+        self._add_query_help()
+        self._add_like_menu()
 
     def options(self) -> SearchOptions:
         return SearchOptions(top=self.top_spin.value(), only_extent=self.extent_check.isChecked(), fusion=self._fusion)
@@ -157,6 +168,7 @@ class SearchWidget(QWidget):
         self.view.setColumnHidden(COL_RASTER, self.model.single_raster())
         self.export_button.setEnabled(bool(hits))
         self.zoom_button.setEnabled(bool(hits))
+        self.surface_button.setEnabled(bool(hits))
         self.info_label.setText(message)
         self.info_label.setStyleSheet("color: #b34700; font-weight: bold;" if warn else "")
         self.view.scrollToTop()
@@ -178,3 +190,33 @@ class SearchWidget(QWidget):
         if event.key() == Qt.Key.Key_Escape:
             self.query_edit.clear()
         super().keyPressEvent(event)
+
+    # --- query syntax help and "More like this" (issue 11) -------------------------------------
+    def _add_query_help(self) -> None:
+        """The negative-term syntax, where the user types."""
+        from ..core.query import SYNTAX_HELP
+
+        self.query_edit.setPlaceholderText(self.query_edit.placeholderText() + "  (-word excludes)")
+        self.query_edit.setToolTip(SYNTAX_HELP)
+
+    def _add_like_menu(self) -> None:
+        self.view.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.view.customContextMenuRequested.connect(self._on_context_menu)
+
+    def like_menu(self, row: int):
+        """The context menu of a result row (None off the rows): "More like this"."""
+        from qgis.PyQt.QtWidgets import QMenu
+
+        hit = self.model.hit(row) if row >= 0 else None
+        if hit is None:
+            return None
+        menu = QMenu(self)
+        act = menu.addAction("More like this")
+        act.setToolTip("Rank the tiles that look like this one (its own ground at other scales left out)")
+        act.triggered.connect(lambda _checked=False, h=hit: self.like_requested.emit(h))
+        return menu
+
+    def _on_context_menu(self, pos) -> None:
+        menu = self.like_menu(self.view.indexAt(pos).row())
+        if menu is not None:
+            menu.exec(self.view.viewport().mapToGlobal(pos))

@@ -13,7 +13,8 @@ from qgis.PyQt.QtCore import pyqtSignal
 
 from ..core.worker_client import WorkerClient
 
-SEARCH_KEYS = ("top", "fusion", "rasters", "bbox", "bbox_crs", "min_score", "suppress_overlaps", "embedder", "device")
+SEARCH_KEYS = ("top", "fusion", "rasters", "bbox", "bbox_crs", "min_score", "suppress_overlaps", "embedder", "device",
+               "ranker", "like")
 
 
 class SearchTask(QgsTask):

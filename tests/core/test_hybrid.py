@@ -78,7 +78,7 @@ def test_hybrid_finds_the_rare_object_word_dense_ranks_low(index_dir: str) -> No
     top = hybrid[0]
     assert top.caption.startswith("Farmland") and top.extra["ranker"] == "hybrid"
     assert top.extra["matched_terms"] == ["storage", "tanks"]
-    assert "matched_terms" not in dense[0].extra
+    assert "matched_terms" not in dense[0].extra and top.extra["lexical_bonus"] == pytest.approx(0.15)
     # hybrid = cosine + bonus: the tile's score is its cosine plus the full weight (it holds the best bm25)
     d = {h.tile_id: h.score for h in dense}
     assert top.score == pytest.approx(d[tanks] + 0.15, abs=1e-5)

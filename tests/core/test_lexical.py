@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from plugin.core.lexical import LEXICAL_TABLE, lexical_top, matched_terms, query_terms
+from plugin.core.lexical import LEXICAL_TABLE, lexical_top, matched_terms, query_terms, selective_terms
 from plugin.core.store import SearchIndex
 from plugin.core.types import CaptionVariant
 from tests.core.index_helpers import DIM, FakeInfo, tile, unit
@@ -150,3 +150,16 @@ def test_sigkill_mid_job_leaves_fts_in_step(tmp_path: Path) -> None:
                                                 " ON e.caption_id = c.caption_id WHERE c.one_sentence LIKE '%runway%'")}
         assert want and set(lexical_top(idx.conn, ["runways"], 10_000)[0].tolist()) == want
     assert _in_step(folder) == n
+
+
+def test_common_words_are_left_to_the_dense_score(tmp_path: Path) -> None:
+    """With a term cap, a word more captions hold than the cap is not scored (bounded FTS5 cost)."""
+    rng = np.random.default_rng(9)
+    folder = str(tmp_path / "idx")
+    with SearchIndex.open(folder, create=True, embedder_fingerprint="e", dim=DIM) as idx:
+        idx.upsert_raster(A, "c1", {})
+        idx.add_tiles("ra", "c1", _items(A, rng, 40, k=1))  # "tile" in all 40 captions, "quarry" in 5
+        assert selective_terms(idx.conn, ["tile", "quarry", "nowhere"], 10) == ["quarry", "nowhere"]
+        ids, _s = lexical_top(idx.conn, ["tile", "quarry"], 100, term_cap=10)
+        assert len(ids) == 5  # only the quarry captions: "tile" was left out
+        assert len(lexical_top(idx.conn, ["tile", "quarry"], 100)[0]) == 40

@@ -156,3 +156,33 @@ def test_qgis_process_runs_both_algorithms(tmp_path):
     del layer
 
 
+
+
+def test_search_by_example_and_ranker_parameters(provider, tmp_path, qgis_new_project, monkeypatch):
+    """Issue 11: LIKE (RASTER:COL,ROW) instead of a query, RANKER as an advanced parameter."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    path = rasters.write_raster(str(tmp_path / "r.tif"), rasters.pattern(3, 128, 192, seed=4), crs="EPSG:32618")
+    registry = QgsApplication.processingRegistry()
+    context, feedback = QgsProcessingContext(), QgsProcessingFeedback()
+    context.setProject(QgsProject.instance())
+    idx = str(tmp_path / "like.search")
+    build = registry.createAlgorithmById(f"{PROVIDER_ID}:build_index")
+    _res, ok = build.run({"LAYERS": [path], "CAPTIONER": "spectral", "TILE_SIZE": 64, "OVERLAP": 0.0, "SCALES": "1",
+                          "OUTPUT": idx}, context, feedback)
+    assert ok, feedback.textLog()
+    search = registry.createAlgorithmById(f"{PROVIDER_ID}:search_index")
+    assert search.parameterDefinition("RANKER").options() == ["hybrid", "dense", "lexical"]
+    assert "without" in search.shortHelpString() and "RASTER:COL,ROW" in search.shortHelpString()
+    gpkg = str(tmp_path / "like.gpkg")
+    res, ok = search.run({"INDEX": idx, "LIKE": f"{path}:10,10", "TOP": 3, "OUTPUT": gpkg}, context, feedback)
+    assert ok, feedback.textLog()
+    layer = QgsVectorLayer(res["OUTPUT"], "like", "ogr")
+    ids = [f["tile_id"] for f in layer.getFeatures()]
+    assert layer.featureCount() == 3 and len(set(ids)) == 3
+    from plugin.core.store import SearchIndex
+
+    with SearchIndex.open(idx, readonly=True) as si:  # the example is the tile at pixel (10, 10): never a hit
+        example = si.conn.execute("SELECT tile_id FROM tiles WHERE col_off = 0 AND row_off = 0").fetchone()[0]
+    assert example not in ids
+    _res, ok = search.run({"INDEX": idx, "QUERY": "water", "LIKE": f"{path}:10,10", "OUTPUT": gpkg}, context, feedback)
+    assert not ok and "not both" in feedback.textLog()

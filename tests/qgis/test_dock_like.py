@@ -1,0 +1,73 @@
+"""Issue 11 in the dock: the query box documents the negative-term syntax, a negative term demotes
+tiles through the real worker, and "More like this" on a result ranks the tiles like it (never
+itself). One small generated raster (25 tiles of 128 px), spectral captioner, packaged MiniLM."""
+
+from __future__ import annotations
+
+import pytest
+from qgis.core import QgsCoordinateReferenceSystem, QgsProject
+
+from tests.qgis.plugin_harness import (
+    SignalCatcher,
+    add_raster,
+    engine_env,
+    index_and_wait,
+    load_plugin,
+    search_and_wait,
+    set_spectral,
+    write_generated_raster,
+)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def shore(qgis_iface, tmp_path_factory):
+    engine_env()
+    tmp = tmp_path_factory.mktemp("like")
+    project = QgsProject.instance()
+    project.clear()
+    project.setCrs(QgsCoordinateReferenceSystem("EPSG:3857"))
+    plugin = load_plugin(qgis_iface)
+    add_raster(write_generated_raster(str(tmp / "shore.tif")), "Shore")
+    set_spectral(plugin, tile_size=128)
+    report = index_and_wait(plugin)
+    assert not report.get("error") and not report.get("canceled"), report
+    yield plugin
+    plugin.unload()
+    project.clear()
+
+
+def test_query_box_documents_negative_terms(shore):
+    edit = shore.dock.search_widget.query_edit
+    assert "-word" in edit.placeholderText() and "without" in edit.toolTip() and "-word" in edit.toolTip()
+
+
+def test_negative_term_demotes_through_the_worker(shore):
+    plain, error = search_and_wait(shore, "open water", top=25)
+    assert error == "" and plain
+    hits, error = search_and_wait(shore, "open water -forest", top=25)
+    assert error == "" and {h["tile_id"] for h in hits} == {h["tile_id"] for h in plain}
+    demoted = [h for h in hits if "demoted_by" in h["extra"]]
+    forest = {h["tile_id"] for h in hits if "image of a forest" in h["caption"]}
+    assert forest and forest <= {h["tile_id"] for h in demoted}, "every forest tile is demoted"
+    assert len(demoted) < len(hits), "the open-water tiles are not"
+    assert hits[len(hits) - len(demoted):] == demoted and all(h["extra"]["demoted_by"] == "forest" for h in demoted)
+    assert "water" in hits[0]["extra"]["matched_terms"]  # why it matched, as the dock receives it
+
+
+def test_more_like_this_on_a_result(shore):
+    hits, error = search_and_wait(shore, "open water", top=5)
+    assert error == "" and hits
+    w = shore.dock.search_widget
+    menu = w.like_menu(0)
+    assert menu is not None and [a.text() for a in menu.actions()] == ["More like this"]
+    assert w.like_menu(-1) is None
+    catcher = SignalCatcher(shore.search_ctl.search_finished)
+    menu.actions()[0].trigger()
+    like, error = catcher.wait(1, 180, "the search by example")
+    assert error == "" and like
+    example = hits[0]["tile_id"]
+    assert all(h.extra["like"] == example for h in like) and example not in {h.tile_id for h in like}
+    assert [h.rank for h in like] == list(range(1, len(like) + 1))
+    assert w.model.rowCount() == len(like)
