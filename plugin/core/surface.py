@@ -85,7 +85,7 @@ def score_surface(index_dir: str, query: str, out_dir: str, *, embedder: Optiona
     text = clean_query(query)
     if not text:
         raise EngineError("the query is empty: describe what you are looking for")
-    if not os.path.exists(os.path.join(index_dir, "manifest.json")):
+    if not os.path.exists(os.path.join(index_dir, "index.sqlite")):
         raise EngineError(f"no search index at {index_dir}: index some rasters first")
     with SearchIndex.open(index_dir, readonly=True) as idx:
         fp = str(idx.embedder_fingerprint)
