@@ -230,7 +230,15 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from .pipeline import index_info
 
-    info = index_info(args.index, check=args.check)
+    try:
+        info = index_info(args.index, check=args.check)
+    except EngineError as exc:
+        if not args.check:
+            raise
+        from .store_check import check_index
+
+        # Too damaged to describe: the check still says what it can (and names repair).
+        info = {"exists": True, "rasters": [], "notes": [str(exc)], "check": check_index(args.index)}
     bad = bool(info.get("check") and not info["check"]["ok"])
     if args.format == "json":
         print(json.dumps(info, indent=2, default=str))

@@ -42,31 +42,38 @@ def check_index(folder: str) -> dict[str, Any]:
     _, why = S.read_manifest(folder)
     if why:
         problems.append(f"{why}: the next `index` run rebuilds it from the database (nothing is re-captioned)")
-    out: dict[str, Any] = {"index_dir": folder, "integrity": "not checked", "vectors_checked": 0, "damaged_vectors": 0}
-    try:
-        with SearchIndex.open(folder, readonly=True) as idx:
-            c = idx.conn
+    out: dict[str, Any] = {"index_dir": folder, "integrity": "not checked", "vectors_checked": 0, "damaged_vectors": 0,
+                           "fallback_tiles": 0}
+    repair = f"run `python -m plugin repair --index {folder}`"
+    # Each stage on its own: a damaged page stops that stage only, the others still report.
+    with SearchIndex.open(folder, readonly=True) as idx:
+        c = idx.conn
+        try:
             rows = [r[0] for r in c.execute("PRAGMA integrity_check(20)")]
-            out["integrity"] = "ok" if rows == ["ok"] else "; ".join(rows)[:300]
-            if rows != ["ok"]:
-                problems.append(f"SQLite integrity check failed ({out['integrity'][:120]}): "
-                                f"run `python -m plugin repair --index {folder}`")
+        except sqlite3.DatabaseError as exc:
+            rows = [str(exc)]
+        out["integrity"] = "ok" if rows == ["ok"] else "; ".join(rows)[:300]
+        if rows != ["ok"]:
+            problems.append(f"SQLite integrity check failed ({out['integrity'][:120]}): {repair}")
+        try:
             bad = _scan_vectors(c, idx.dim, out)
-            if bad:
-                problems.append(f"{len(bad)} stored vector(s) are damaged (not finite unit vectors); they are left out of"
-                                f" search: run `python -m plugin index` again or `python -m plugin repair --index {folder}`"
-                                " to re-embed them from their captions")
-            out["damaged_vectors"] = len(bad)
+        except sqlite3.DatabaseError as exc:
+            bad = []
+            problems.append(f"the stored vectors cannot all be read ({exc}): {repair}")
+        out["damaged_vectors"] = len(bad)
+        if bad:
+            problems.append(f"{len(bad)} stored vector(s) are damaged (not finite unit vectors); they are left out of"
+                            f" search: run `python -m plugin index` again or {repair} to re-embed them from their captions")
+        try:
             fb = c.execute("SELECT COUNT(DISTINCT c.tile_id) FROM captions c JOIN rasters r ON r.captioner_fp ="
                            " c.captioner_fp JOIN tiles t ON t.tile_id = c.tile_id AND t.raster_id = r.raster_id"
                            " WHERE c.fallback IS NOT NULL").fetchone()[0] if idx._has_active else 0
             out["fallback_tiles"] = int(fb)
             if fb:
                 problems.append(f"{fb} tile(s) hold fallback (spectral) captions: the next `index` run asks the captioner again")
-            ann = idx.ann
-            out["hnsw"] = ann.file_state()
-    except sqlite3.DatabaseError as exc:
-        raise S.db_error(exc, folder) from None
+            out["hnsw"] = idx.ann.file_state()
+        except sqlite3.DatabaseError as exc:
+            problems.append(f"the index cannot be read completely ({exc}): {repair}")
     out["problems"] = problems
     out["ok"] = not problems
     return out
