@@ -211,6 +211,13 @@ class IndexLock:
         return (f"another job is writing the index at {self.folder}: '{h.get('job') or 'unknown job'}' ({who}); "
                 "wait for it to finish or cancel it, then run again (the CLI waits with --wait SECONDS)")
 
+    def __del__(self) -> None:
+        # A writer dropped without close() must not keep its index locked for the rest of the process.
+        try:
+            self.release()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
     def __enter__(self) -> IndexLock:
         return self
 

@@ -314,3 +314,16 @@ def test_leftover_temp_files_are_removed_by_the_next_writer(tmp_path: Path) -> N
         assert left.exists(), "readers never touch the folder"
     with SearchIndex.open(folder, embedder_fingerprint="e", dim=DIM) as idx:
         assert not left.exists() and any("0.3 MB" in n for n in idx.notes)
+
+
+def test_a_writer_dropped_without_close_does_not_keep_the_index_locked(tmp_path: Path) -> None:
+    import gc
+
+    folder = str(tmp_path / "idx")
+    idx = _new(folder)
+    with pytest.raises(IndexBusyError):
+        _new(folder)
+    del idx
+    gc.collect()
+    with _new(folder) as again:
+        assert not again._lock.took_over
