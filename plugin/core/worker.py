@@ -86,6 +86,7 @@ class Worker:
             "index": self.cmd_index,
             "search": self.cmd_search,
             "warm": self.cmd_warm,
+            "surface": self.cmd_surface,
             "info": self.cmd_info,
             "remove": self.cmd_remove,
         }
@@ -285,6 +286,17 @@ class Worker:
         embedder, device = job.arg("embedder", None, kind=str), str(job.arg("device", "auto", kind=str))
         self.searcher(index_dir, embedder, device).search("warm up", top=1)
         return {"ready": True, "seconds": round(time.perf_counter() - t0, 3)}
+
+    def cmd_surface(self, job: Job) -> list[dict[str, Any]]:
+        """Every tile's fused score for a query as GeoTIFFs (one per raster) in `out_dir`."""
+        from .surface import score_surface
+
+        return score_surface(
+            str(job.arg("index_dir", kind=str)), str(job.arg("query", kind=str)), str(job.arg("out_dir", kind=str)),
+            embedder=job.arg("embedder", None, kind=str), device=str(job.arg("device", "auto", kind=str)),
+            fusion=str(job.arg("fusion", "max", kind=str)), cell_px=int(job.arg("cell_px", 0)),
+            rasters=job.arg("rasters", None, kind=list),
+        )
 
     def cmd_info(self, job: Job) -> dict[str, Any]:
         from .pipeline import index_info

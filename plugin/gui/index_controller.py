@@ -174,8 +174,8 @@ class IndexController(QObject):
         if not self._new_layers or ("exists" not in self.session.info and recorded_index_dir(self.session.project)):
             return
         ids, self._new_layers = self._new_layers, []
-        names = [self.widget.rows_by_key().get(i).name for i in ids
-                 if self.widget.state(i) == "not indexed" and self.widget.rows_by_key().get(i) is not None]
+        rows = self.widget.rows_by_key()
+        names = [rows[i].name for i in ids if i in rows and rows[i].state == "not indexed"]
         if names:
             text = ", ".join(names[:3]) + ("…" if len(names) > 3 else "")
             report_info(self.session.iface, f"Not indexed yet: {text}. Tick and press Index in the Index tab to search them")

@@ -32,6 +32,8 @@ class SearchController(QObject):
     search_finished = pyqtSignal(list, str)
     #: the engine itself failed (worker would not start, died, lacks packages): one line
     engine_failed = pyqtSignal(str)
+    #: score surface layers added to the project (possibly none) and an error line
+    surface_finished = pyqtSignal(list, str)
 
     def __init__(self, session: EngineSession, widget: SearchWidget, canvas, parent=None) -> None:
         super().__init__(parent)
@@ -53,6 +55,7 @@ class SearchController(QObject):
         widget.zoom_requested.connect(self.zoom_to_results)
         widget.like_requested.connect(self.search_like)
         widget.like_tool_requested.connect(self.start_like_tool)
+        widget.surface_requested.connect(lambda: self.score_surface())
         session.embedder_state_changed.connect(self._show_model_state)
         self._model_timer = QTimer(self)
         self._model_timer.setInterval(1000)
@@ -224,6 +227,48 @@ class SearchController(QObject):
     def _on_thumbnail(self, tile_id: str, image) -> None:
         if not self._closed:
             self.widget.model.set_thumbnail(tile_id, image)
+
+    # --- score surface -------------------------------------------------------------------------
+    def score_surface(self, query: Optional[str] = None) -> None:
+        """Every tile's fused score for the query as raster layers (one per indexed raster), in the
+        index folder's `surfaces/`, styled on the embedder's fixed score scale."""
+        query = (query or self.last_query).strip()
+        if not query:
+            report_info(self.session.iface, "Run a search first: the surface is drawn for its query")
+            return
+        try:
+            index_dir = self.session.index_dir()
+        except Exception as exc:
+            report_exception(self.session.iface, exc, "Score surface")
+            return
+        self.widget.surface_button.setEnabled(False)
+        self.widget.set_busy(True, f"Scoring every tile for “{query}”…")
+        args = {"index_dir": index_dir, "query": query, "out_dir": os.path.join(index_dir, "surfaces")}
+        self.session.queue.call("surface", args, lambda result, error: self._on_surface(query, result, error),
+                                key="surface")
+
+    def _on_surface(self, query: str, result: Any, error: str) -> None:
+        if self._closed:
+            return
+        self.widget.set_busy(False, "")
+        self.widget.surface_button.setEnabled(bool(self.hits))
+        if error:
+            report_error(self.session.iface, f"Score surface failed: {error}")
+            self.surface_finished.emit([], error)
+            return
+        from ..qgis_io.surface_layer import surface_layer
+
+        layers = []
+        for item in result or []:
+            layer = surface_layer(item["path"], f"Score surface: {query} ({item['name']})"[:90], self.score_scale())
+            if layer.isValid():
+                layer.setCustomProperty("semantic_imagery_search/surface_query", query)
+                self.session.project.addMapLayer(layer)
+                layers.append(layer)
+        best = max((i["max"] for i in result or [] if i.get("max") is not None), default=None)
+        msg = f"Score surface for “{query}”: {len(layers)} layer(s)" + (f", best {best:.2f}" if best is not None else "")
+        self.widget.info_label.setText(msg)
+        self.surface_finished.emit(layers, "")
 
     # --- result actions ----------------------------------------------------------------------
     def zoom_to_results(self) -> bool:

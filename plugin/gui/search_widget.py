@@ -41,6 +41,7 @@ class SearchWidget(QWidget):
     like_requested = pyqtSignal(object)
     #: the "tiles like the one I click" map tool was asked for
     like_tool_requested = pyqtSignal()
+    surface_requested = pyqtSignal()
 
     def __init__(self, options: SearchOptions, parent=None, debounce_ms: int = 0) -> None:
         super().__init__(parent)
@@ -86,6 +87,10 @@ class SearchWidget(QWidget):
         self.zoom_button = QPushButton("Zoom to results", self)
         self.zoom_button.setToolTip("Fit every result tile in the map view")
         self.zoom_button.setEnabled(False)
+        self.surface_button = QPushButton("Score surface", self)
+        self.surface_button.setToolTip("Every tile's score for this query as a raster layer: where the query "
+                                       "matches across the whole scene (same colours as the results)")
+        self.surface_button.setEnabled(False)
         self.info_label = QLabel("", self)
         self.info_label.setWordWrap(True)
 
@@ -99,6 +104,7 @@ class SearchWidget(QWidget):
         row3 = QHBoxLayout()
         row3.addWidget(self.info_label, 1)
         row3.addWidget(self.zoom_button)
+        row3.addWidget(self.surface_button)
         row3.addWidget(self.export_button)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
@@ -118,6 +124,7 @@ class SearchWidget(QWidget):
         self.search_button.clicked.connect(self.request_search)
         self.export_button.clicked.connect(self.export_requested)
         self.zoom_button.clicked.connect(self.zoom_requested)
+        self.surface_button.clicked.connect(self.surface_requested)
         self.view.selectionModel().currentRowChanged.connect(self._on_current_changed)
         self.view.doubleClicked.connect(self._on_double_clicked)
         self._add_query_help()
@@ -163,6 +170,7 @@ class SearchWidget(QWidget):
         self.view.setColumnHidden(COL_RASTER, self.model.single_raster())
         self.export_button.setEnabled(bool(hits))
         self.zoom_button.setEnabled(bool(hits))
+        self.surface_button.setEnabled(bool(hits))
         self.info_label.setText(message)
         self.info_label.setStyleSheet("color: #b34700; font-weight: bold;" if warn else "")
         self.view.scrollToTop()

@@ -51,6 +51,11 @@ def shore(qgis_iface, tmp_path_factory):
     project.clear()
 
 
+def _shore_layer():
+    """The Shore layer of the current project (a test re-opens the saved project: new layer objects)."""
+    return QgsProject.instance().mapLayersByName("Shore")[0]
+
+
 def _hit_rects(plugin) -> list[QgsGeometry]:
     return [f.geometry() for f in plugin.search_ctl.highlighter.layer.getFeatures()]
 
@@ -371,7 +376,8 @@ def test_results_tell_hits_apart(shore, qgis_iface):
 
 def test_dock_says_what_a_new_tiling_does_before_index(shore):
     """Issue 14: before Index, the dock says a changed tiling captions again and keeps the old captions."""
-    plugin, layer, _canvas, _tmp = shore
+    plugin, _layer, _canvas, _tmp = shore
+    layer = _shore_layer()
     iw = plugin.dock.index_widget
     ow = iw.options_widget
     iw.set_checked(layer.id(), True)
@@ -388,3 +394,50 @@ def test_dock_says_what_a_new_tiling_does_before_index(shore):
     assert "Shore: indexed with tile size 128: Index captions its tiles again" in text and "stay as cache" in text
     ow.tile_spin.setValue(128)
     assert "captions its tiles again" not in ow.estimate_label.text()
+
+
+def test_score_surface_from_the_dock(shore):
+    from qgis.core import QgsPointXY, QgsRasterLayer, QgsSingleBandPseudoColorRenderer
+
+    from tests.qgis.plugin_harness import SignalCatcher, wait_until
+
+    plugin, _layer, _canvas, _tmp = shore
+    layer = _shore_layer()
+    hits, error = search_and_wait(plugin, "dark open water", top=25)
+    assert error == "" and hits
+    w = plugin.dock.search_widget
+    assert w.surface_button.isEnabled()
+    catcher = SignalCatcher(plugin.search_ctl.surface_finished)
+    w.surface_button.click()
+    layers, err = catcher.wait(1, 120, "the score surface")
+    assert err == "" and layers
+    # the surface holds the embedder's cosine (the dense ranker's score; the dock's default ranker
+    # adds a lexical bonus on top), asked of the same engine here
+    dense: list = []
+    plugin.session.queue.call("search", {"index_dir": plugin.session.index_dir(), "query": "dark open water",
+                                         "top": 25, "ranker": "dense"}, lambda r, e: dense.append((r, e)))
+    wait_until(lambda: bool(dense), 60, "the dense search")
+    assert dense[0][1] == ""
+    shore_hits = [h for h in dense[0][0] if h["raster_name"] == "Shore"]
+    (surf,) = [lyr for lyr in layers if "(Shore)" in lyr.name()]
+    assert isinstance(surf, QgsRasterLayer) and surf.isValid() and surf.bandCount() == 1
+    assert surf.crs().authid() == "EPSG:4326"
+    ext, src = surf.extent(), layer.extent()
+    assert abs(ext.xMinimum() - src.xMinimum()) < 1e-9 and abs(ext.yMaximum() - src.yMaximum()) < 1e-9
+    assert ext.width() == pytest.approx(src.width(), rel=1e-6)
+    # each tile's cells hold its fused score (tiles do not overlap here): the hits' scores, read back
+    for h in shore_hits[:5]:
+        ring = h["footprint"]["coordinates"][0]
+        cx = sum(x for x, _y in ring[:4]) / 4
+        cy = sum(y for _x, y in ring[:4]) / 4
+        value, ok = surf.dataProvider().sample(QgsPointXY(cx, cy), 1)
+        assert ok and value == pytest.approx(h["score"], abs=1e-4), (h["rank"], value, h["score"])
+    stats = surf.dataProvider().bandStatistics(1)
+    assert stats.maximumValue == pytest.approx(shore_hits[0]["score"], abs=1e-4)
+    # the same fixed colour scale as the results layer
+    r = surf.renderer()
+    scale = scale_for("st:all-MiniLM-L6-v2@x")
+    assert isinstance(r, QgsSingleBandPseudoColorRenderer)
+    assert r.classificationMin() == pytest.approx(scale.low) and r.classificationMax() == pytest.approx(scale.high)
+    for lyr in layers:
+        QgsProject.instance().removeMapLayer(lyr.id())
