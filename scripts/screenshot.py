@@ -53,6 +53,7 @@ def main(argv=None) -> int:
     ap.add_argument("--query", default="river with vegetation along its banks")
     ap.add_argument("--top", type=int, default=8)
     ap.add_argument("--tile-size", type=int, default=0, help="0 = what the dock suggests for the scene")
+    ap.add_argument("--no-surface", action="store_true", help="do not add the query's score surface under the hits")
     ap.add_argument("--out", default=str(ROOT / "docs" / "screenshot.jpg"))
     args = ap.parse_args(argv)
 
@@ -133,6 +134,15 @@ def main(argv=None) -> int:
     if error:
         raise SystemExit(f"search failed: {error}")
     wait_until(app, lambda: all(w.model.has_thumbnail(h.tile_id) for h in hits), 120, "thumbnails")
+    info_text = w.info_label.text()
+    if not args.no_surface:
+        surfaces: list = []
+        plugin.search_ctl.surface_finished.connect(lambda layers, e: surfaces.append((layers, e)))
+        w.surface_button.click()
+        wait_until(app, lambda: bool(surfaces), 300, "the score surface")
+        if surfaces[0][1]:
+            raise SystemExit(f"score surface failed: {surfaces[0][1]}")
+        w.info_label.setText(info_text)  # the list's own line, as after the search
 
     win.resize(1600, 1000)
     win.resizeDocks([layers_dock, plugin.dock], [250, 560], Qt.Orientation.Horizontal)

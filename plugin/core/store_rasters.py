@@ -16,8 +16,11 @@ RASTER_STATES = ("indexing", "indexed", "stale")
 class RasterRows:
     """Mixin of `SearchIndex` (store.py): it needs `conn` and `_write()`."""
 
-    conn: sqlite3.Connection
     _has_active: bool
+
+    @property
+    def conn(self) -> sqlite3.Connection:  # pragma: no cover - provided by SearchIndex
+        raise NotImplementedError
 
     def _write(self) -> Any:  # pragma: no cover - provided by SearchIndex
         raise NotImplementedError

@@ -85,15 +85,21 @@ def score_surface(index_dir: str, query: str, out_dir: str, *, embedder: Optiona
     text = clean_query(query)
     if not text:
         raise EngineError("the query is empty: describe what you are looking for")
-    if not os.path.exists(os.path.join(index_dir, "manifest.json")):
+    if not os.path.exists(os.path.join(index_dir, "index.sqlite")):
         raise EngineError(f"no search index at {index_dir}: index some rasters first")
     with SearchIndex.open(index_dir, readonly=True) as idx:
         fp = str(idx.embedder_fingerprint)
     emb = cached_query_embedder(embedder, device, fp)
     q = np.asarray(emb.encode_queries([text]), dtype=np.float32)[0]
-    scores = tile_scores(index_dir, q, fusion, rasters)
     with SearchIndex.open(index_dir, readonly=True) as idx:
         rows = {r["raster_id"]: r for r in idx.raster_rows()}
+    wanted = None
+    if rasters:  # by id, path or layer name
+        keys = {str(k) for k in rasters} | {os.path.abspath(str(k)) for k in rasters}
+        wanted = [rid for rid, r in rows.items() if rid in keys or r.get("path") in keys or r.get("name") in keys]
+        if not wanted:
+            raise EngineError(f"no indexed raster matches {', '.join(map(str, rasters))}")
+    scores = tile_scores(index_dir, q, fusion, wanted)
     os.makedirs(out_dir, exist_ok=True)
     out = []
     for rid, tiles in scores.items():

@@ -226,6 +226,8 @@ class IndexController(QObject):
             report_info(self.session.iface, "Tick at least one raster layer to index", Qgis.Warning)
             return False
         engine["remove_missing"] = bool(update)
+        # names this job in the refusal another job on the same index gets (one writer per index)
+        engine["job_name"] = f"QGIS dock: {'update' if update else 'index'} {len(sources)} raster(s)"
         from ..tasks.index_task import IndexTask
 
         verb = "Updating" if update else "Indexing"

@@ -135,7 +135,8 @@ class BuildIndexAlgorithm(QgsProcessingAlgorithm):
     def processAlgorithm(self, parameters: dict, context: Any, feedback: Any) -> dict:  # noqa: N802
         index_dir = self.parameterAsString(parameters, self.OUTPUT, context)
         client = WorkerClient(engine_python())
-        args = {"index_dir": index_dir, "sources": [s.to_dict() for s in self._sources], **self._options}
+        args = {"index_dir": index_dir, "sources": [s.to_dict() for s in self._sources], **self._options,
+                "job_name": "Processing: Build or update search index"}
         try:
             client.start()
             report = client.request("index", args, on_event=progress_to_feedback(feedback), is_canceled=canceled_fn(feedback))
@@ -155,6 +156,10 @@ class BuildIndexAlgorithm(QgsProcessingAlgorithm):
                 if r.get("tiles_failed"):
                     feedback.reportError(f"{r.get('name')}: {r['tiles_failed']} tile(s) could not be read (the next "
                                          f"run retries them); first: {(r.get('failed_tiles') or [{}])[0].get('reason')}")
+                from ..core.report_lines import raster_notes
+
+                for line in raster_notes(r):  # a new tiling and its caption cache, fallback captions
+                    feedback.pushWarning(f"{r.get('name')}: {line}")
         if report.get("removed"):
             feedback.pushInfo(f"removed {len(report['removed'])} raster(s) no longer listed")
         return {

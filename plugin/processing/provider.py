@@ -57,10 +57,12 @@ class SearchProvider(QgsProcessingProvider):
 
     def loadAlgorithms(self) -> None:  # noqa: N802 (QGIS API)
         from .build_index import BuildIndexAlgorithm
+        from .score_surface import ScoreSurfaceAlgorithm
         from .search_index import SearchIndexAlgorithm
 
         self.addAlgorithm(BuildIndexAlgorithm())
         self.addAlgorithm(SearchIndexAlgorithm())
+        self.addAlgorithm(ScoreSurfaceAlgorithm())
 
     def unload(self) -> None:
         stop_shared_clients()
@@ -68,4 +70,4 @@ class SearchProvider(QgsProcessingProvider):
 
 
 def algorithm_ids() -> list[str]:
-    return [f"{PROVIDER_ID}:build_index", f"{PROVIDER_ID}:search_index"]
+    return [f"{PROVIDER_ID}:build_index", f"{PROVIDER_ID}:search_index", f"{PROVIDER_ID}:score_surface"]

@@ -90,7 +90,8 @@ def _is_temp(folder: Optional[str]) -> bool:
 
 
 def _has_index(folder: Optional[str]) -> bool:
-    return bool(folder) and os.path.isfile(os.path.join(str(folder), "manifest.json"))
+    """An index is its database; a lost manifest is rebuilt from it by the next update."""
+    return bool(folder) and any(os.path.isfile(os.path.join(str(folder), n)) for n in ("index.sqlite", "manifest.json"))
 
 
 def index_dir_for_project(project: Optional[QgsProject] = None) -> str:

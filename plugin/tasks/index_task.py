@@ -20,7 +20,8 @@ from ..core.types import RasterSource
 from ..core.worker_client import WorkerClient, WorkerError
 
 #: Keywords of index_rasters that the task passes through.
-OPTION_KEYS = ("captioner", "embedder", "tiling", "captioner_options", "device", "remove_missing")
+OPTION_KEYS = ("captioner", "embedder", "tiling", "captioner_options", "device", "remove_missing",
+               "job_name", "force", "wait_s")
 
 
 class IndexTask(QgsTask):

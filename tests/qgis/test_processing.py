@@ -186,3 +186,33 @@ def test_search_by_example_and_ranker_parameters(provider, tmp_path, qgis_new_pr
     assert example not in ids
     _res, ok = search.run({"INDEX": idx, "QUERY": "water", "LIKE": f"{path}:10,10", "OUTPUT": gpkg}, context, feedback)
     assert not ok and "not both" in feedback.textLog()
+
+
+def test_score_surface_algorithm_writes_one_georeferenced_band(provider, tmp_path, qgis_new_project, monkeypatch):
+    """Issue 10: every tile's score for a query as a raster on the indexed raster's grid."""
+    from qgis.core import QgsRasterLayer
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    path = rasters.write_raster(str(tmp_path / "s.tif"), rasters.pattern(3, 128, 192, seed=5), crs="EPSG:32618")
+    registry = QgsApplication.processingRegistry()
+    context, feedback = QgsProcessingContext(), QgsProcessingFeedback()
+    context.setProject(QgsProject.instance())
+    idx = str(tmp_path / "surface.search")
+    build = registry.createAlgorithmById(f"{PROVIDER_ID}:build_index")
+    _res, ok = build.run({"LAYERS": [path], "CAPTIONER": "spectral", "TILE_SIZE": 64, "OVERLAP": 0.0, "SCALES": "1,2",
+                          "OUTPUT": idx}, context, feedback)
+    assert ok, feedback.textLog()
+    alg = registry.createAlgorithmById(f"{PROVIDER_ID}:score_surface")
+    out = str(tmp_path / "surface.tif")
+    res, ok = alg.run({"INDEX": idx, "QUERY": "bright water", "OUTPUT": out}, context, feedback)
+    assert ok, feedback.textLog()
+    layer = QgsRasterLayer(res["OUTPUT"], "surface")
+    src = QgsRasterLayer(path, "src")
+    assert layer.isValid() and layer.bandCount() == 1 and layer.crs().authid() == "EPSG:32618"
+    assert layer.extent().toString(3) == src.extent().toString(3)
+    # 64 px tiles at scale 1 and 2 -> 8 px cells; every cell is covered by a tile: no nodata, cosines
+    assert (layer.width(), layer.height()) == (192 // 8, 128 // 8)
+    stats = layer.dataProvider().bandStatistics(1)
+    assert -1.0 <= stats.minimumValue <= stats.maximumValue <= 1.0
+    res, ok = alg.run({"INDEX": idx, "QUERY": "water", "RASTER": "no-such-raster", "OUTPUT": out}, context, feedback)
+    assert not ok and "no indexed raster matches" in feedback.textLog()
