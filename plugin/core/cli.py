@@ -406,6 +406,9 @@ def _undecodable(argv: Sequence[str]) -> Optional[str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    # transformers' own "Loading weights" bars would interleave with ours (and with the one-line
+    # errors on stderr); read by huggingface_hub when transformers is first imported.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     bad = _undecodable(sys.argv[1:] if argv is None else argv)
     if bad is not None:
         print(f"error: argument '{bad}' is not valid UTF-8 text (use a UTF-8 locale, or rename the file)", file=sys.stderr)

@@ -54,6 +54,7 @@ class SearchController(QObject):
         widget.export_requested.connect(self.export_dialog)
         widget.zoom_requested.connect(self.zoom_to_results)
         widget.like_requested.connect(self.search_like)
+        widget.like_tool_requested.connect(self.start_like_tool)
         widget.surface_requested.connect(lambda: self.score_surface())
         session.embedder_state_changed.connect(self._show_model_state)
         self._model_timer = QTimer(self)
@@ -73,6 +74,31 @@ class SearchController(QObject):
         if opts.get("like"):
             out["like"] = str(opts["like"])
         return out
+
+    def start_like_tool(self):
+        """A map tool: the next click on the canvas searches for tiles like the one under it."""
+        from qgis.gui import QgsMapToolEmitPoint
+
+        tool = QgsMapToolEmitPoint(self.canvas)
+        tool.canvasClicked.connect(lambda point, _button: self.search_like_at(point))
+        self._like_tool = tool
+        self.canvas.setMapTool(tool)
+        return tool
+
+    def search_like_at(self, point) -> Optional[str]:
+        """Search by example from a map point (canvas CRS); says so when no indexed raster is there."""
+        from ..qgis_io.map_point import like_spec_at
+
+        if self.canvas.mapTool() is getattr(self, "_like_tool", None):
+            self.canvas.unsetMapTool(self._like_tool)
+        layers = [lyr for lyr in self.canvas.layers() if lyr.type() == lyr.RasterLayer]
+        like = like_spec_at(point, self.canvas.mapSettings().destinationCrs(), layers)
+        if like is None:
+            self.widget.info_label.setText("No raster layer under that point: click on an indexed raster.")
+            return None
+        self.search("tiles like the clicked one", {"top": self.widget.top_spin.value(),
+                                                   "only_extent": self.widget.extent_check.isChecked(), "like": like})
+        return like
 
     def search_like(self, hit: Hit) -> None:
         """Search by example: the tiles most like this hit's tile (by its raster id and centre pixel)."""

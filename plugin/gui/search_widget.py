@@ -39,6 +39,8 @@ class SearchWidget(QWidget):
     zoom_requested = pyqtSignal()
     #: "More like this" on a result: the Hit whose tile is the example
     like_requested = pyqtSignal(object)
+    #: the "tiles like the one I click" map tool was asked for
+    like_tool_requested = pyqtSignal()
     surface_requested = pyqtSignal()
 
     def __init__(self, options: SearchOptions, parent=None, debounce_ms: int = 0) -> None:
@@ -200,8 +202,19 @@ class SearchWidget(QWidget):
         self.query_edit.setToolTip(SYNTAX_HELP)
 
     def _add_like_menu(self) -> None:
+        from qgis.PyQt.QtWidgets import QToolButton
+
         self.view.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.view.customContextMenuRequested.connect(self._on_context_menu)
+        self.like_button = QToolButton(self)
+        self.like_button.setText("Like…")
+        self.like_button.setToolTip("Search by example: click a point on the map, get the tiles that look like it")
+        self.like_button.clicked.connect(self.like_tool_requested)
+        lay = self.layout()
+        rows = [lay.itemAt(i).layout() for i in range(lay.count())] if lay is not None else []
+        row = next((r for r in rows if r is not None and r.indexOf(self.query_edit) >= 0), None)
+        if row is not None:  # beside the query box
+            row.addWidget(self.like_button)
 
     def like_menu(self, row: int):
         """The context menu of a result row (None off the rows): "More like this"."""

@@ -71,3 +71,40 @@ def test_more_like_this_on_a_result(shore):
     assert all(h.extra["like"] == example for h in like) and example not in {h.tile_id for h in like}
     assert [h.rank for h in like] == list(range(1, len(like) + 1))
     assert w.model.rowCount() == len(like)
+
+
+def test_like_from_a_point_on_the_map(shore, qgis_iface):
+    from qgis.core import QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsPointXY, QgsProject
+    from qgis.gui import QgsMapToolEmitPoint
+
+    from plugin.qgis_io.map_point import like_spec_at, pixel_at
+
+    canvas = qgis_iface.mapCanvas()
+    layer = next(iter(QgsProject.instance().mapLayersByName("Shore")))
+    canvas.setLayers([layer])
+    crs = canvas.mapSettings().destinationCrs()
+    wgs84 = QgsCoordinateReferenceSystem("EPSG:4326")
+    # pixel (100, 200) of the generated raster: lon -74.30 + 100.5 * 1e-4, lat 40.80 - 200.5 * 1e-4
+    pt = QgsCoordinateTransform(wgs84, crs, QgsProject.instance()).transform(QgsPointXY(-74.28995, 40.77995))
+    assert pixel_at(layer, pt, crs) == (100, 200)
+    assert like_spec_at(pt, crs, [layer]).endswith("shore.tif:100,200")
+    assert like_spec_at(QgsPointXY(0, 0), crs, [layer]) is None
+    w = shore.dock.search_widget
+    assert w.like_button.toolTip().startswith("Search by example")
+    w.like_button.click()
+    tool = canvas.mapTool()
+    assert isinstance(tool, QgsMapToolEmitPoint)
+    catcher = SignalCatcher(shore.search_ctl.search_finished)
+    tool.canvasClicked.emit(pt, 1)  # what a left click on the canvas emits
+    like, error = catcher.wait(1, 180, "the search by example from the map")
+    assert error == "" and like and canvas.mapTool() is not tool
+    # the example is the tile holding pixel (100, 200)
+    example = like[0].extra["like"]
+    assert all(h.extra["like"] == example for h in like) and example not in {h.tile_id for h in like}
+    from plugin.core.store import SearchIndex
+
+    with SearchIndex.open(shore.session.index_dir(), readonly=True) as si:
+        c0, r0, ww, hh = si.conn.execute("SELECT col_off, row_off, width, height FROM tiles WHERE tile_id = ?",
+                                         (example,)).fetchone()
+    assert c0 <= 100 < c0 + ww and r0 <= 200 < r0 + hh
+    assert shore.search_ctl.search_like_at(QgsPointXY(0, 0)) is None and "No raster" in w.info_label.text()
