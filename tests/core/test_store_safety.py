@@ -193,8 +193,7 @@ def small_mount(tmp_path: Path):
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
-def test_search_and_info_work_on_a_read_only_mount(tmp_path: Path, small_mount: Path) -> None:
-    folder = str(small_mount / "idx")
+def _build_readable(folder: str) -> list:
     items = grid_items(A, np.random.default_rng(3), 4, 3)
     old = os.umask(0o022)
     try:
@@ -206,16 +205,44 @@ def test_search_and_info_work_on_a_read_only_mount(tmp_path: Path, small_mount: 
         os.umask(old)
     for name in ("manifest.json", "index.sqlite", "captions.hnsw", "captions.hnsw.json", "writer.lock"):
         assert Path(folder, name).stat().st_mode & 0o777 == 0o644, f"{name} follows the umask (teammates can read)"
-    with SearchIndex.open(folder, readonly=True) as r:
-        want = [h.tile_id for h in r.search(items[5][2][0], top=5)]
-    assert subprocess.run(["mount", "-o", "remount,ro", str(small_mount)], capture_output=True).returncode == 0
+    return items
+
+
+def _search_read_only(folder: str, items: list, want: list) -> None:
     with SearchIndex.open(folder, readonly=True) as r:
         assert [h.tile_id for h in r.search(items[5][2][0], top=5)] == want
         assert r.stats()["tiles"] == 12
     assert check_index(folder)["ok"]
-    with pytest.raises(IndexStoreError, match="read-only|cannot write") as err:
+    with pytest.raises(IndexStoreError, match="read-only|cannot write|cannot be opened") as err:
         SearchIndex.open(folder, embedder_fingerprint="e", dim=DIM)
     assert "\n" not in str(err.value)
+
+
+def test_search_and_info_work_on_a_read_only_mount(tmp_path: Path, small_mount: Path) -> None:
+    folder = str(small_mount / "idx")
+    items = _build_readable(folder)
+    with SearchIndex.open(folder, readonly=True) as r:
+        want = [h.tile_id for h in r.search(items[5][2][0], top=5)]
+    assert subprocess.run(["mount", "-o", "remount,ro", str(small_mount)], capture_output=True).returncode == 0
+    _search_read_only(folder, items, want)
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root ignores file permissions")
+def test_search_and_info_work_in_a_folder_this_user_cannot_write(tmp_path: Path) -> None:
+    folder = str(tmp_path / "idx")
+    items = _build_readable(folder)
+    with SearchIndex.open(folder, readonly=True) as r:
+        want = [h.tile_id for h in r.search(items[5][2][0], top=5)]
+    names = os.listdir(folder)
+    for name in names:  # what a teammate sees: 0644 files of another user, a folder they cannot write
+        os.chmod(os.path.join(folder, name), 0o444 if os.path.isfile(os.path.join(folder, name)) else 0o555)
+    os.chmod(folder, 0o555)
+    try:
+        _search_read_only(folder, items, want)
+    finally:
+        os.chmod(folder, 0o755)
+        for name in names:
+            os.chmod(os.path.join(folder, name), 0o755 if os.path.isdir(os.path.join(folder, name)) else 0o644)
 
 
 def _vector_offset(folder: str, caption_id: int) -> tuple[int, bytes]:
