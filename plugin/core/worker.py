@@ -88,6 +88,7 @@ class Worker:
             "warm": self.cmd_warm,
             "surface": self.cmd_surface,
             "info": self.cmd_info,
+            "preview": self.cmd_preview,
             "remove": self.cmd_remove,
         }
         #: Commands answered on the reader thread at once, even while a job runs.
@@ -302,6 +303,16 @@ class Worker:
         from .pipeline import index_info
 
         return index_info(str(job.arg("index_dir", kind=str)))
+
+    def cmd_preview(self, job: Job) -> list[dict[str, Any]]:
+        """Before Index: per raster, tiles searchable already / from the caption cache / to caption."""
+        from .pipeline import RasterSource, preview_index
+        from .tiling import TilingParams
+
+        sources = [RasterSource.from_dict(s) if isinstance(s, dict) else RasterSource(str(s))
+                   for s in job.arg("sources", [], kind=list)]
+        tiling = job.arg("tiling", None, kind=dict)
+        return preview_index(str(job.arg("index_dir", kind=str)), sources, TilingParams.from_dict(tiling) if tiling else None)
 
     def cmd_remove(self, job: Job) -> list[str]:
         from .pipeline import remove_rasters

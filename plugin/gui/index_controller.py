@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from qgis.core import Qgis, QgsApplication, QgsMapLayerType, QgsRasterLayer
 from qgis.PyQt.QtCore import QObject, QTimer
@@ -66,7 +66,7 @@ class IndexController(QObject):
         from .tiling_hint import TilingHint
 
         self.tiling_hint = TilingHint(widget.options_widget, self.checked_layers, auto=not tiling_saved(),
-                                      indexed=self.checked_indexed_rows)
+                                      indexed=self.checked_indexed_rows, preview=self.request_preview)
         widget.layer_list.itemChanged.connect(lambda _item: self.tiling_hint.update())
         p = session.project
         p.layersAdded.connect(self._on_layers_added)
@@ -90,6 +90,24 @@ class IndexController(QObject):
         """The index rows of the checked layers that are indexed (for what a new tiling would do)."""
         rows = {_norm(r.get("path", "")): r for r in (self.session.info.get("rasters") or [])}
         return [rows[self._paths[lyr.id()]] for lyr in self.checked_layers() if self._paths.get(lyr.id()) in rows]
+
+    def request_preview(self, tiling: dict, on_result: Callable[[list[dict]], None]) -> None:
+        """Exact counts for a tiling on the checked indexed layers (the warm worker reads the index)."""
+        rows = {_norm(r.get("path", "")) for r in (self.session.info.get("rasters") or [])}
+        try:
+            sources = [dataclasses.replace(self._source(lyr), name=lyr.name()) for lyr in self.checked_layers()
+                       if self._paths.get(lyr.id()) in rows]
+        except Exception:  # noqa: BLE001 - a layer that cannot be indexed has no preview
+            return
+        if not sources:
+            return
+
+        def done(result: Any, error: str) -> None:
+            if not error and isinstance(result, list) and not self._closed:
+                on_result([dict(item, name=src.name) for item, src in zip(result, sources)])
+
+        self.session.queue.call("preview", {"index_dir": self.session.index_dir(), "tiling": tiling,
+                                            "sources": [s.to_dict() for s in sources]}, done, key="preview")
 
     def _source(self, layer: QgsRasterLayer) -> Any:
         from ..qgis_io.layers import raster_source_from_layer
@@ -129,6 +147,7 @@ class IndexController(QObject):
                                      "stale (layer removed; Update drops it)", "", False))
         self.widget.set_rows(rows)
         self._report_new_layers()
+        self.tiling_hint.forget()  # the index may have changed: exact counts are asked again
         self.tiling_hint.update()
         self.set_status(self.session.status_text())
 

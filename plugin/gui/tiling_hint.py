@@ -42,11 +42,16 @@ def pixel_metres(layer: QgsRasterLayer) -> float:
 
 class TilingHint(QObject):
     def __init__(self, options: IndexOptionsWidget, layers: Callable[[], list[QgsRasterLayer]], auto: bool,
-                 parent=None, indexed: Optional[Callable[[], list[dict]]] = None) -> None:
+                 parent=None, indexed: Optional[Callable[[], list[dict]]] = None,
+                 preview: Optional[Callable[[dict, Callable[[list[dict]], None]], None]] = None) -> None:
         super().__init__(parent)
         self.options, self.layers = options, layers
         #: the index rows (name, params) of the checked layers that are indexed already
         self.indexed = indexed or (lambda: [])
+        #: asks the engine for exact counts (to caption / from the caption cache) of a tiling
+        self.preview = preview
+        self._exact: dict[tuple, list[str]] = {}
+        self._asked: set[tuple] = set()
         #: apply the advice once, when rasters are first checked and the user never chose a tile size
         self.auto = auto
         o = options
@@ -112,11 +117,43 @@ class TilingHint(QObject):
             n = sum(tile_counts(layer.width(), layer.height(), o.tile_size, o.overlap, scales).values())
             if n > MAX_TILES:
                 text += f" · {layer.name()}: {n:,} tiles is over the {MAX_TILES:,} limit, Index refuses it (use larger tiles)"
-        for row in self.indexed():
-            line = tiling_change_line(row.get("params") or {}, o.tile_size, o.overlap, scales)
-            if line:
-                text += f" · {row.get('name')}: {line}"
+        key = (o.tile_size, float(o.overlap), tuple(scales))
+        rule = [f"{row.get('name')}: {line}" for row in self.indexed()
+                if (line := tiling_change_line(row.get("params") or {}, o.tile_size, o.overlap, scales))]
+        if rule:
+            # The rule first; the engine's exact counts (the caption cache included) replace it.
+            for line in self._exact.get(key, rule):
+                text += f" · {line}"
+            if key not in self._asked and self.preview is not None:
+                self._asked.add(key)
+                tiling = {"tile_size": o.tile_size, "overlap": float(o.overlap), "scales": list(scales)}
+                self.preview(tiling, lambda items, key=key: self._on_preview(key, items))
         return self._set(text)
+
+    def forget(self) -> None:
+        """The index changed (a job ended): exact counts must be asked again."""
+        self._exact.clear()
+        self._asked.clear()
+
+    def _on_preview(self, key: tuple, items: list[dict]) -> None:
+        lines = []
+        for it in items:
+            if not it.get("tiling_changed") or it.get("too_many"):
+                continue
+            to_cap, cached = int(it.get("to_caption", 0)), int(it.get("from_cache", 0))
+            if to_cap:
+                lines.append(f"{it.get('name')}: another tiling than indexed: Index captions {to_cap:,} tile(s), "
+                             f"{cached:,} come from the caption cache (the old tiling's captions stay as cache)")
+            else:
+                lines.append(f"{it.get('name')}: another tiling than indexed, all {cached:,} tile(s) come from the caption"
+                             " cache: nothing to caption")
+        self._exact[key] = lines
+        o = self.options.options()
+        try:
+            if (o.tile_size, float(o.overlap), tuple(o.scale_tuple())) == key:
+                self.update()
+        except ValueError:
+            pass
 
     def _set(self, text: str) -> str:
         self.options.estimate_label.setText(text)

@@ -392,6 +392,10 @@ def test_dock_says_what_a_new_tiling_does_before_index(shore):
     ow.tile_spin.setValue(256)
     text = ow.estimate_label.text()
     assert "Shore: indexed with tile size 128: Index captions its tiles again" in text and "stay as cache" in text
+    # then the engine's exact counts (its caption cache included) replace the rule
+    wait_until(lambda: "another tiling than indexed" in ow.estimate_label.text(), 60, "the preview counts")
+    assert "Shore: another tiling than indexed: Index captions 9 tile(s), 0 come from the caption cache" \
+        in ow.estimate_label.text()
     ow.tile_spin.setValue(128)
     assert "captions its tiles again" not in ow.estimate_label.text()
 
