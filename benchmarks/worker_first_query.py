@@ -2,7 +2,8 @@
 
 Each round starts `python -m plugin worker` the way the dock does (WorkerClient, OMP_NUM_THREADS=1),
 sends one search, and takes the time from process start to the answer (interpreter start, imports,
-model load, index open and the query all included) and the worker's RSS after it (VmRSS) and at
+model load, index open and the query all included), the CPU seconds the worker spent to get there
+(load-independent on a shared machine) and its RSS after it (VmRSS) and at
 its peak (VmHWM). Rounds alternate the two backends so machine load hits both alike; the torch
 path is forced with SIS_EMBEDDER_BACKEND=torch. Targets: first answer <= 1.0 s, RSS <= 250 MB.
 
@@ -64,7 +65,14 @@ def _mem_mb(pid: int) -> tuple[float, float]:
     return vals["VmRSS"], vals["VmHWM"]
 
 
-def one_round(idx_dir: str, backend: str, query: str) -> tuple[float, float, float, str]:
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of the process so far: what the first answer costs, whatever the load."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def one_round(idx_dir: str, backend: str, query: str) -> tuple[float, float, float, str, float]:
     from plugin.core.worker_client import WorkerClient
 
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", SIS_EMBEDDER_BACKEND=backend)
@@ -75,8 +83,9 @@ def one_round(idx_dir: str, backend: str, query: str) -> tuple[float, float, flo
     first = time.perf_counter() - t0
     assert client.pid is not None
     rss, hwm = _mem_mb(client.pid)
+    cpu = _cpu_s(client.pid)
     client.stop()
-    return first, rss, hwm, hits[0]["caption"][:50]
+    return first, rss, hwm, hits[0]["caption"][:50], cpu
 
 
 def main() -> None:
@@ -88,7 +97,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     idx_dir = build_index(out, args.variants)
-    res: dict[str, list[tuple[float, float, float, str]]] = {"onnx": [], "torch": []}
+    res: dict[str, list[tuple[float, float, float, str, float]]] = {"onnx": [], "torch": []}
     for r in range(args.rounds):
         q = QUERIES[r % len(QUERIES)]
         for backend in (("onnx", "torch") if r % 2 == 0 else ("torch", "onnx")):
@@ -98,6 +107,7 @@ def main() -> None:
     for backend, rows in res.items():
         t = [x[0] for x in rows]
         print(f"{backend:5s}: first answer median {statistics.median(t):.2f} s, worst {max(t):.2f} s; "
+              f"CPU {statistics.median(x[4] for x in rows):.2f} s; "
               f"RSS after {statistics.median(x[1] for x in rows):.0f} MB, peak {max(x[2] for x in rows):.0f} MB "
               f"(runs {', '.join(f'{v:.2f}' for v in t)})")
     med = {b: statistics.median(x[0] for x in rows) for b, rows in res.items()}

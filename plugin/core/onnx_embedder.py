@@ -114,8 +114,7 @@ class OnnxEmbedder:
         self.document_prompt: Optional[str] = meta.get("document_prompt") or None
         self.batch_size = int(batch_size)
         self._pooling: list[str] = list(meta["pooling"])
-        self._normalize = bool(meta["normalize"])
-        self._lower = bool(meta.get("do_lower_case"))
+        self._normalize, self._lower = bool(meta["normalize"]), bool(meta.get("do_lower_case"))
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = 1
@@ -124,10 +123,9 @@ class OnnxEmbedder:
         opts.log_severity_level = 3
         self._session = ort.InferenceSession(os.path.join(folder, "model.onnx"), opts, providers=["CPUExecutionProvider"])
         self._inputs = [i.name for i in self._session.get_inputs()]
-        tok = Tokenizer.from_file(os.path.join(folder, "tokenizer.json"))
-        tok.enable_truncation(int(meta["max_length"]))
-        tok.enable_padding(pad_id=int(meta["pad_id"]), pad_token=str(meta["pad_token"]))
-        self._tok = tok
+        self._tok = Tokenizer.from_file(os.path.join(folder, "tokenizer.json"))
+        self._tok.enable_truncation(int(meta["max_length"]))
+        self._tok.enable_padding(pad_id=int(meta["pad_id"]), pad_token=str(meta["pad_token"]))
 
     def _encode(self, texts: Sequence[str], prompt: Optional[str], batch_size: Optional[int]) -> np.ndarray:
         items = [(prompt or "") + str(t) for t in texts]
@@ -285,8 +283,10 @@ def export_onnx(emb: Any, folder: str) -> str:
         if os.path.exists(plain):
             os.remove(plain)
         os.chmod(tmp, 0o755)  # mkdtemp's 0700 would hide a shared cache from other users
-        if os.path.isdir(folder):
-            shutil.rmtree(folder, ignore_errors=True)
+        if _read_meta(folder) is not None:  # another process exported the same model meanwhile
+            shutil.rmtree(tmp, ignore_errors=True)
+            return folder
+        shutil.rmtree(folder, ignore_errors=True)  # a broken or older-format export
         os.replace(tmp, folder)
     except OnnxExportError:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -389,7 +389,8 @@ def query_embedder(identity: str, index_fingerprint: Optional[str]) -> Optional[
         log.info("the index was built with %s, not %s: queries go through torch", index_fingerprint, identity)
         return None
     folder = export_dir(index_fingerprint)
-    if _read_meta(folder) is None:
+    meta = _read_meta(folder)
+    if meta is None or meta.get("fingerprint") != index_fingerprint:
         log.warning("no ONNX export of %s yet: this search loads torch once and makes it", index_fingerprint)
         return None
     try:
