@@ -20,7 +20,6 @@ from qgis.core import (
     QgsRectangle,
     QgsVectorLayer,
 )
-
 from qgis.PyQt.QtCore import Qt
 
 from tests.qgis.plugin_harness import (
