@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any, Mapping, Optional
 
 #: Five classes, low to high: no confident match, weak, fair, strong, very strong.
 CLASS_NAMES = ("no confident match", "weak", "fair", "strong", "very strong")
@@ -65,6 +66,17 @@ class ScoreScale:
                                                           else f"{name} ({lo:.2f} – {hi:.2f})")
             out.append((lo, hi, text, CLASS_COLORS[i]))
         return out
+
+
+def match_strength(score: float, extra: Optional[Mapping[str, Any]] = None) -> float:
+    """The part of a hit's score the scale was calibrated on: its cosine. Hybrid ranking adds a
+    lexical bonus (up to 0.15) for caption words the query names; it orders hits but says nothing
+    about how close the meaning is, so verdicts and colours leave it out."""
+    bonus = (extra or {}).get("lexical_bonus", 0.0) or 0.0
+    try:
+        return float(score) - float(bonus)
+    except (TypeError, ValueError):
+        return float(score)
 
 
 #: Calibrated scales by embedder display name (see the module docstring for how).

@@ -120,12 +120,18 @@ class ResultsModel(QAbstractTableModel):
         if role == _SIZE and col == COL_THUMB:
             return QSize(THUMB_SIZE + 4, THUMB_SIZE + 4)
         if role == _FOREGROUND and col == COL_SCORE and self._scale is not None:
-            from ..core.score_scale import CLASS_COLORS
+            from ..core.score_scale import CLASS_COLORS, match_strength
 
-            return QBrush(QColor(CLASS_COLORS[self._scale.class_index(float(hit.score))]).darker(130))
+            return QBrush(QColor(CLASS_COLORS[self._scale.class_index(match_strength(hit.score, hit.extra))]).darker(130))
         if role == _TOOLTIP and col == COL_SCORE and self._scale is not None:
+            from ..core.score_scale import match_strength
+
             s = self._scale
-            return (f"{hit.score:.3f}: {s.label(float(hit.score))} match on the {s.embedder} scale"
+            cos = match_strength(hit.score, hit.extra)
+            words = ", ".join(hit.extra.get("matched_terms") or [])
+            bonus = (f" (similarity {cos:.3f} + {hit.score - cos:.3f} for the words {words or 'it names'})"
+                     if hit.score - cos > 1e-6 else "")
+            return (f"{hit.score:.3f}{bonus}: {s.label(cos)} match on the {s.embedder} scale"
                     + ("" if s.calibrated else " (not calibrated for this embedder: MiniLM's numbers)")
                     + "\n" + "; ".join(text for _lo, _hi, text, _c in s.ranges()))
         if role == _ALIGN:

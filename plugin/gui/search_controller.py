@@ -187,7 +187,9 @@ class SearchController(QObject):
         self.widget.model.set_scale(scale)
         warn = False
         if hits:
-            best = max(float(h.score) for h in hits)
+            from ..core.score_scale import match_strength
+
+            best = max(match_strength(h.score, h.extra) for h in hits)  # the cosine: what the scale means
             warn = not scale.confident(best)
             msg = (f"{len(hits)} result(s) for “{self.last_query}” in {self.last_seconds * 1000:.0f} ms · "
                    f"{scale.verdict(best)}")

@@ -35,12 +35,13 @@ from qgis.PyQt.QtCore import QVariant
 from qgis.PyQt.QtGui import QColor, QFont
 
 from ..core.errors import EngineError
-from ..core.score_scale import ScoreScale, scale_for
+from ..core.score_scale import ScoreScale, match_strength, scale_for
 from ..core.types import Hit
 
 FIELDS = (
     ("rank", QVariant.Int), ("score", QVariant.Double), ("caption", QVariant.String), ("raster", QVariant.String),
     ("raster_name", QVariant.String), ("tile_id", QVariant.String), ("scale", QVariant.Int),
+    ("similarity", QVariant.Double),
 )
 #: Custom property holding the query of a results layer.
 QUERY_PROPERTY = "semantic_imagery_search/query"
@@ -92,7 +93,7 @@ def hit_features(hits: Sequence[Hit], dest_crs: QgsCoordinateReferenceSystem,
         f = QgsFeature(fields)
         f.setGeometry(geom)
         f.setAttributes([int(h.rank), float(h.score), h.caption, h.raster, h.raster_name or os.path.basename(h.raster),
-                         h.tile_id, int(h.scale)])
+                         h.tile_id, int(h.scale), match_strength(h.score, h.extra)])
         feats.append(f)
     return feats
 
@@ -151,7 +152,8 @@ def style_hits_layer(layer: QgsVectorLayer, scores: Sequence[float], scale: Opti
         if i == 0:
             props["outline_style"] = "dash"
         ranges.append(QgsRendererRange(lo, hi, QgsFillSymbol.createSimple(props), text))
-    renderer = QgsGraduatedSymbolRenderer("score", ranges)
+    # Colours on the calibrated scale: the similarity (cosine), not the hybrid score's word bonus.
+    renderer = QgsGraduatedSymbolRenderer("similarity", ranges)
     layer.setRenderer(renderer)
     layer.setLabeling(QgsVectorLayerSimpleLabeling(rank_label_settings()))
     layer.setLabelsEnabled(True)

@@ -36,8 +36,23 @@ def _run(ex: LocalExecutor, info, refs, is_canceled=lambda: False):
     return refs_out, texts, vecs
 
 
-def _threads(name: str) -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == name]
+_BEFORE: set[threading.Thread] = set()
+
+
+@pytest.fixture(autouse=True)
+def _own_threads():
+    """Only threads this test starts count (an earlier test's reader may still be winding down)."""
+    _BEFORE.clear()
+    _BEFORE.update(threading.enumerate())
+
+
+def _threads(name: str, wait_s: float = 2.0) -> list[threading.Thread]:
+    deadline = time.monotonic() + wait_s
+    while True:
+        alive = [t for t in threading.enumerate() if t.name == name and t not in _BEFORE]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.02)
 
 
 def test_threaded_caption_stage_equals_inline(job):
@@ -65,7 +80,6 @@ def test_caption_errors_reach_the_consumer(job):
     assert ex.overlap is True  # an accelerator captioner gets the thread
     with pytest.raises(RuntimeError, match="boom in the caption thread"):
         list(ex.run(info, PARAMS, refs, lambda: False))
-    time.sleep(0.2)
     assert not _threads("captioner")
 
 

@@ -56,7 +56,8 @@ def test_hits_layer_is_the_reprojected_footprints(qgis_new_project, utm18_raster
     QgsProject.instance().setCrs(dest)
     layer = hits_to_layer(hits, dest, name="results")
     assert layer.isValid() and layer.crs().authid() == "EPSG:3857" and layer.featureCount() == len(hits) == 12
-    assert [f.name() for f in layer.fields()] == ["rank", "score", "caption", "raster", "raster_name", "tile_id", "scale"]
+    assert [f.name() for f in layer.fields()] == ["rank", "score", "caption", "raster", "raster_name", "tile_id", "scale",
+                                                  "similarity"]
     rings = _rings(layer)
     for h in hits:
         src = h.footprint["coordinates"][0]
@@ -69,6 +70,7 @@ def test_hits_layer_is_the_reprojected_footprints(qgis_new_project, utm18_raster
     assert feat["tile_id"] == hits[0].tile_id and feat["score"] == pytest.approx(hits[0].score)
     assert feat["scale"] == 1 and feat["raster"] == path
     assert layer.renderer().type() == "graduatedSymbol" and layer.labelsEnabled()
+    assert layer.renderer().classAttribute() == "similarity" and feat["similarity"] == pytest.approx(hits[0].score)
 
     gpkg = export_layer_gpkg(layer, str(tmp_path / "out" / "hits"))
     assert gpkg.endswith(".gpkg") and os.path.isfile(gpkg)
@@ -181,3 +183,20 @@ def test_two_projects_never_share_an_index(qgis_new_project, tmp_path):
     assert b_dir == str(tmp_path / "b.search") and os.path.isfile(os.path.join(b_dir, "manifest.json"))
     assert os.path.isfile(os.path.join(a_dir, "manifest.json"))
     assert project_index.recorded_index_dir(project) == b_dir
+
+
+def test_hybrid_word_bonus_does_not_change_the_colour(qgis_new_project, utm18_raster):
+    """The fixed scale is calibrated on cosines: a hit whose hybrid score is lifted by the words it
+    matches is coloured (and judged) by its similarity, and ranked by its score."""
+    from plugin.core.score_scale import match_strength, scale_for
+
+    scale = scale_for(None)
+    hits = _hits_for(utm18_raster())[:2]
+    hits[0].score, hits[0].extra = scale.weak + 0.05, {"lexical_bonus": 0.1, "matched_terms": ["tanks"]}
+    assert match_strength(hits[0].score, hits[0].extra) == pytest.approx(scale.weak - 0.05)
+    assert match_strength(0.5, None) == 0.5 and match_strength(0.5, {"lexical_bonus": None}) == 0.5
+    layer = hits_to_layer(hits, QgsCoordinateReferenceSystem("EPSG:32618"), name="results")
+    feat = next(f for f in layer.getFeatures() if f["rank"] == 1)
+    assert feat["score"] == pytest.approx(scale.weak + 0.05) and feat["similarity"] == pytest.approx(scale.weak - 0.05)
+    (first,) = [r for r in layer.renderer().ranges() if r.lowerValue() <= feat["similarity"] < r.upperValue()]
+    assert first.label().startswith("no confident match")
