@@ -2,7 +2,8 @@
 
 `make_captioner(spec)` picks the backend from the spec string:
 `spectral` (offline physics, the default), `transformers:<hub id or local folder>` (any
-image-text-to-text VLM) or `openai:<base_url>#<model>` (an OpenAI-compatible server). The heavy
+image-text-to-text VLM), `openai:<base_url>#<model>` (an OpenAI-compatible server) or
+`python:<module>:<factory>` (a captioner of your own). The heavy
 backends are imported only when asked for, so the spectral path never imports torch.
 """
 
@@ -63,7 +64,29 @@ def make_captioner(
             base_url.strip(), model.strip(), variants=variants, preset=preset, api_key=api_key,
             batch_size=batch_size, max_new_tokens=max_new_tokens, **options,
         )
-    raise EngineError(f"unknown captioner {spec!r}; use spectral, transformers:<model> or openai:<base_url>#<model>")
+    if kind == "python":
+        return _from_factory(spec, target, variants=variants, batch_size=batch_size, device=device, **options)
+    raise EngineError(f"unknown captioner {spec!r}; use spectral, transformers:<model>, openai:<base_url>#<model>"
+                      " or python:<module>:<factory>")
+
+
+def _from_factory(spec: str, target: str, **kwargs: Any) -> Captioner:
+    """`python:<module>:<factory>`: a captioner of your own (a site model, a stand-in with a fixed
+    latency for scaling benchmarks); the factory gets variants, batch_size, device and the options.
+    On a cluster the module must be importable on every node."""
+    import importlib
+
+    module, _, attr = target.strip().rpartition(":")
+    if not module or not attr:
+        raise EngineError(f"captioner spec {spec!r}: expected python:<module>:<factory>")
+    try:
+        factory = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise EngineError(f"captioner spec {spec!r}: {exc}") from None
+    cap = factory(**kwargs)
+    if not getattr(cap, "fingerprint", None) or not callable(getattr(cap, "caption", None)):
+        raise EngineError(f"captioner spec {spec!r}: the factory must return an object with fingerprint and caption()")
+    return cap
 
 
 def preflight_captioner(spec: str, options: dict[str, Any], status: Callable[[str], None], is_canceled: CancelFn) -> None:

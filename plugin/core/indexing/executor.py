@@ -31,4 +31,4 @@ class Executor(Protocol):
         ...
 
 
-EXECUTORS = ("local",)
+EXECUTORS = ("local", "ray")

@@ -42,12 +42,36 @@ class IndexReport:
         return asdict(self)
 
 
-def _make_executor(name: str, cap: Any, emb: Any) -> Executor:
-    from .local import LocalExecutor
+def _make_executor(name: str, captioner: str, opts: dict[str, Any], embedder: Optional[str], emb: Any,
+                   device: str, options: dict[str, Any]) -> tuple[Any, Executor]:
+    """(captioner, executor): the local executor builds the captioner here; the Ray executor builds
+    it on the cluster and hands back what the writer needs (its fingerprint)."""
+    if name == "ray":
+        from .ray_exec import RayExecutor
 
+        ray_ex: Any = RayExecutor(captioner, opts, embedder, device, emb.dim, embedder_fingerprint=emb.fingerprint, **options)
+        return ray_ex.captioner, ray_ex
     if name == "local":
-        return LocalExecutor(cap, emb)
+        from ..captioners import make_captioner
+        from .local import LocalExecutor
+
+        cap = make_captioner(captioner, **opts)
+        return cap, LocalExecutor(cap, emb)
     raise EngineError(f"unknown executor {name!r}: use one of {', '.join(EXECUTORS)}")
+
+
+def _prepare(ex: Any, idx: Any, cap: Any, planned: list[tuple[Any, list[TileRef], set[str]]], params: Any) -> None:
+    """Give an executor that runs the whole job as one stream (Ray) every tile it will be asked for:
+    not done and not in the caption cache (those are re-embedded by the writer)."""
+    prepare = getattr(ex, "prepare", None)
+    if prepare is None:
+        return
+    work = []
+    for info, refs, done in planned:
+        todo = [r for r in refs if r.tile_id not in done]
+        cached = idx.cached_variants([r.tile_id for r in todo], cap.fingerprint) if todo else {}
+        work.append((info, [r for r in todo if r.tile_id not in cached]))
+    prepare(work, params)
 
 
 def index_rasters(
@@ -64,6 +88,7 @@ def index_rasters(
     force: bool = False,
     wait_s: float = 0.0,
     job: Optional[str] = None,
+    executor_options: Optional[dict[str, Any]] = None,
     progress: ProgressFn = no_progress,
     is_canceled: CancelFn = never_canceled,
 ) -> IndexReport:
@@ -71,16 +96,19 @@ def index_rasters(
 
     One writer per index: the job takes the index's writer lock once its plan is accepted (a plan
     past `plan.MAX_TILES` tiles is refused unless `force`), waiting up to `wait_s` for a running
-    job, else refused with `IndexBusyError` naming it (`job` is how this one is named)."""
+    job, else refused with `IndexBusyError` naming it (`job` is how this one is named).
+    `executor`: "local" (this process) or "ray" (`executor_options`: address, caption_workers, ...,
+    see `ray_exec.RayExecutor`)."""
     index_dir = os.path.abspath(os.path.expanduser(str(index_dir)))
     with db_errors(index_dir):
         return _index_rasters(index_dir, sources, captioner, embedder, tiling, captioner_options, device,
-                              remove_missing, executor, force, wait_s, job, progress, is_canceled)
+                              remove_missing, executor, force, wait_s, job, progress, is_canceled,
+                              dict(executor_options or {}))
 
 
 def _index_rasters(index_dir, sources, captioner, embedder, tiling, captioner_options, device, remove_missing,
-                   executor, force, wait_s, job, progress, is_canceled) -> IndexReport:
-    from ..captioners import bind_captioner, make_captioner, preflight_captioner
+                   executor, force, wait_s, job, progress, is_canceled, executor_options) -> IndexReport:
+    from ..captioners import bind_captioner, preflight_captioner
     from ..raster import open_raster
     from ..tiling import TilingParams, plan_tiles
 
@@ -111,8 +139,9 @@ def _index_rasters(index_dir, sources, captioner, embedder, tiling, captioner_op
         preflight_captioner(captioner, opts, lambda message: progress(0, 0, message), is_canceled)
         progress(0, 0, "loading embedder")
         emb = cached_embedder(embedder, device)
-        cap = make_captioner(captioner, **opts)
-        ex = _make_executor(executor, cap, emb)
+        if executor == "ray":
+            progress(0, 0, "starting Ray workers")
+        cap, ex = _make_executor(executor, captioner, opts, embedder, emb, device, executor_options)
     except BaseException:
         lock.release(unlink=not os.path.exists(os.path.join(index_dir, "index.sqlite")))
         raise
@@ -122,7 +151,7 @@ def _index_rasters(index_dir, sources, captioner, embedder, tiling, captioner_op
         idx = open_index_for(index_dir, emb, create=True, allow_new_embedder=True, lock=lock)
     except BaseException:
         lock.release()
-        ex.close()
+        ex.close()  # never leave a model or a Ray cluster behind
         raise
     report.notes.extend(idx.notes)
     try:
@@ -161,6 +190,7 @@ def _index_rasters(index_dir, sources, captioner, embedder, tiling, captioner_op
         # Rasters with nothing left to do are settled first (no model work, no cancel point), so a
         # job cancelled while it works on another raster never leaves a complete one marked unfinished.
         order = sorted(range(len(planned)), key=lambda i: bool({r.tile_id for r in planned[i][1]} - planned[i][2]))
+        _prepare(ex, idx, cap, [planned[i] for i in order], params)  # the order _index_one runs them in
         entries: dict[int, dict[str, Any]] = {}
         for i in order:
             info, refs, done = planned[i]
