@@ -25,6 +25,8 @@ from .errors import Canceled, EngineError
 from .types import CancelFn, ProgressFn, never_canceled, no_progress  # numpy-free: safe in QGIS's process
 
 REQUIREMENTS_FILE = str(Path(__file__).with_name("engine_requirements.txt"))
+#: Optional extras of the engine environment: name -> requirements file.
+EXTRAS = {"cluster": str(Path(__file__).with_name("engine_requirements_cluster.txt"))}
 PROBE_SCRIPT = str(Path(__file__).with_name("engine_probe.py"))
 #: torch releases tested with the engine (installed alone first, so the right build is chosen).
 #: The floor is a security floor: torch < 2.6 loads .bin weights without weights_only protection,
@@ -174,14 +176,18 @@ def setup_plan(env_dir: str, variant: str = "cpu", *, python: Optional[str] = No
                requirements: Optional[Sequence[str]] = None, install_torch: bool = True,
                system_site_packages: bool = False, find_links: Optional[str] = None,
                upgrade_pip: bool = True, platform: str = sys.platform, torch_spec: str = TORCH_SPEC,
-               cuda_tag: str = DEFAULT_CUDA_TAG) -> list[SetupStep]:
+               cuda_tag: str = DEFAULT_CUDA_TAG, extras: Sequence[str] = ()) -> list[SetupStep]:
     """The commands that create the engine environment in `env_dir`, in order.
 
     `requirements` are pip arguments (default: `-r engine_requirements.txt`); tests pass a tiny set.
+    `extras`: optional parts, e.g. ("cluster",) for the Ray executor (ray[data] and its pins).
     An existing venv is reused (pip then only installs what is missing or outdated).
     """
     if variant not in VARIANTS:
         raise EngineEnvError(f"torch build {variant!r}: choose one of {', '.join(VARIANTS)}")
+    unknown = sorted(set(extras) - set(EXTRAS))
+    if unknown:
+        raise EngineEnvError(f"unknown engine extra(s) {', '.join(unknown)}: choose from {', '.join(EXTRAS)}")
     py = venv_python(env_dir, platform)
     steps = []
     if not os.path.exists(py):
@@ -195,6 +201,8 @@ def setup_plan(env_dir: str, variant: str = "cpu", *, python: Optional[str] = No
     reqs = list(requirements) if requirements is not None else ["-r", REQUIREMENTS_FILE]
     if reqs:
         steps.append(SetupStep("Installing the engine's packages", tuple(pip_command(py, reqs, find_links=find_links)), 4.0))
+    for name in extras:
+        steps.append(SetupStep(f"Installing the {name} extra", tuple(pip_command(py, ["-r", EXTRAS[name]], find_links=find_links)), 2.0))
     return steps
 
 

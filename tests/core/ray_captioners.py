@@ -54,7 +54,16 @@ def wrapped(variants: Optional[int] = None, batch_size: Optional[int] = None, de
     return WrappedSpectral(variants=variants, batch_size=batch_size, **options)
 
 
+def faulty(variants: Optional[int] = None, batch_size: Optional[int] = None, device: str = "auto", **options: Any) -> WrappedSpectral:
+    """Faults from the cluster's environment (RAY9_FAIL_ONCE / RAY9_EXIT_ONCE marker files), so a job
+    started from the CLI gets them too; they fire after the actor's first 4 tiles."""
+    options.setdefault("fail_once", os.environ.get("RAY9_FAIL_ONCE"))
+    options.setdefault("exit_once", os.environ.get("RAY9_EXIT_ONCE"))
+    options.setdefault("fault_after", 4)
+    return WrappedSpectral(variants=variants, batch_size=batch_size or 4, **options)
+
+
 def slow(variants: Optional[int] = None, batch_size: Optional[int] = None, device: str = "auto", **options: Any) -> WrappedSpectral:
-    """0.3 s per tile: long enough to kill things mid-run from a test."""
-    options.setdefault("latency", 0.3)
+    """0.8 s per tile: long enough to kill things mid-run from a test."""
+    options.setdefault("latency", 0.8)
     return WrappedSpectral(variants=variants, batch_size=batch_size or 2, **options)

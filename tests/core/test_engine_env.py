@@ -191,3 +191,16 @@ def test_failed_pip_step_names_the_step_and_the_reason(tmp_path: Path) -> None:
     assert msg.startswith("Installing the engine's packages failed (exit 1): ERROR:"), msg
     assert "sis-no-such-package" in msg and "Troubleshooting" in msg
     assert os.path.exists(ee.venv_python(str(env))), "the venv step ran before the failing pip step"
+
+
+def test_setup_plan_cluster_extra_pins_ray_beside_numpy_1(tmp_path: Path) -> None:
+    """The optional "cluster" extra installs ray[data] with the pins it needs next to numpy<2."""
+    steps = ee.setup_plan(str(tmp_path / "engine"), "cpu", python="/usr/bin/python3.11", platform="linux",
+                          extras=("cluster",))
+    assert steps[-1].title == "Installing the cluster extra" and list(steps[-1].argv)[-2:] == ["-r", ee.EXTRAS["cluster"]]
+    reqs = [ln.split("#")[0].strip() for ln in Path(ee.EXTRAS["cluster"]).read_text().splitlines()]
+    reqs = [r for r in reqs if r]
+    assert any(r.startswith("ray[data]") for r in reqs) and "pyarrow>=14,<26" in reqs and "pandas>=2.0,<3" in reqs
+    assert any(r.startswith("typing_extensions") for r in reqs)
+    with pytest.raises(ee.EngineEnvError, match="unknown engine extra"):
+        ee.setup_plan(str(tmp_path / "engine"), "cpu", extras=("gpu-farm",))

@@ -64,6 +64,30 @@ def _loopback_only() -> None:
         pass
 
 
+def _host_port(address: str) -> tuple[str, int]:
+    rest = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = rest.rpartition(":")
+    if not host or not port.isdigit():
+        raise EngineError(f"Ray address {address!r}: expected host:port (the head's GCS port, 6379 by default)")
+    return host.strip("[]"), int(port)
+
+
+def _is_loopback(address: str) -> bool:
+    host = _host_port(address)[0]
+    return host == "localhost" or host.startswith("127.") or host == "::1"
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Ray retries an unreachable head for minutes; say so in seconds instead."""
+    import socket
+
+    host, port = _host_port(address)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        raise EngineError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
+
+
 def _plugin_package_dir() -> str:
     """The top package this module lives in, shipped to the cluster so workers can import the stages."""
     import importlib
@@ -100,8 +124,10 @@ class RayExecutor:
         self.read_batch_size, self.read_cpus, self.actor_cpus = int(read_batch_size), float(read_cpus), float(actor_cpus)
         self.embed_workers = max(1, int(embed_workers))
         self.stall_timeout_s = float(stall_timeout_s)
-        if not address:
-            _loopback_only()
+        if address:
+            _check_reachable(address)
+        if not address or _is_loopback(address):
+            _loopback_only()  # else Ray would turn 127.0.0.1 into this machine's network address
         self.ray = ray = import_ray()
         self.owns_cluster = self.connected = False
         if not ray.is_initialized():  # else: the caller's connection, left open by close()
@@ -115,7 +141,8 @@ class RayExecutor:
                     self.owns_cluster = True
             except Exception as exc:  # connection refused, auth, version mismatch: one line
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                raise EngineError(f"cannot start or reach the Ray cluster{' at ' + address if address else ''}: {first}") from None
+                hint = " (a token-auth cluster needs RAY_AUTH_MODE=token and its RAY_AUTH_TOKEN here too)" if address else ""
+                raise EngineError(f"cannot start or reach the Ray cluster{' at ' + address if address else ''}: {first}{hint}") from None
             self.connected = True
         self._stop = threading.Event()
         try:
@@ -154,6 +181,8 @@ class RayExecutor:
     def _configure_data_context(self) -> None:
         ctx = self.ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
+        ctx.print_on_execution_start = False
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
         ctx.execution_options.preserve_order = True  # results in plan order: the writer commits raster by raster
         ctx.actor_task_retry_on_errors = list(TRANSIENT_ERRORS)
         ctx.retried_map_errors = list(TRANSIENT_READ_ERRORS)

@@ -1,0 +1,275 @@
+"""The `ray` executor on a real local Ray (num_cpus=2, loopback only, random ports).
+
+One cluster is started for the module with `ray start --head --block` and token auth
+(RAY_AUTH_MODE=token), as a user's cluster would be; jobs attach to it by address. The cancel test
+lets the driver start (and must leave no trace of) a private cluster. Each job is 32-36 tiles.
+Skipped with a reason where ray[data] is not installed (CI installs it: scripts/setup.sh).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ray.data", reason="ray[data] is not installed (the engine's 'cluster' extra)")
+
+from plugin.core.errors import Canceled  # noqa: E402
+from plugin.core.pipeline import RasterSource, index_info, index_rasters  # noqa: E402
+from plugin.core.store import SearchIndex  # noqa: E402
+from plugin.core.tiling import TilingParams  # noqa: E402
+from tests.core.range_server import GDAL_HTTP_ENV, RangeServer  # noqa: E402
+from tests.core.test_pipeline import write_scene  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+TILING = TilingParams(tile_size=48)  # 16 tiles per 192 px scene
+RAY = os.path.join(os.path.dirname(sys.executable), "ray")
+#: What every Ray process of these tests gets: loopback only, the repo importable (test captioners),
+#: GDAL settings for the loopback Range server.
+CLUSTER_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+               "RAY_USAGE_STATS_ENABLED": "0", **GDAL_HTTP_ENV}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pids_under(marker: str) -> set[int]:
+    """Processes whose command line names `marker` (the cluster's temp dir) and all their descendants."""
+    parents: dict[int, int] = {}
+    roots = set()
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                parents[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                if marker.encode() in f.read():
+                    roots.add(int(d))
+        except (OSError, IndexError, ValueError):
+            continue
+    out, frontier = set(roots), set(roots)
+    while frontier:
+        frontier = {p for p, pp in parents.items() if pp in frontier and p not in out}
+        out |= frontier
+    return out
+
+
+def _alive(pids: set[int]) -> set[int]:
+    alive = set()
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] != "Z":
+                    alive.add(p)
+        except OSError:
+            pass
+    return alive
+
+
+def _actor_pids(marker: str, name: str) -> list[int]:
+    out = []
+    for p in _pids_under(marker):
+        try:
+            with open(f"/proc/{p}/cmdline", "rb") as f:
+                if name.encode() in f.read():
+                    out.append(p)
+        except OSError:
+            pass
+    return sorted(out)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    tmp = tempfile.mkdtemp(prefix="r9", dir="/tmp")  # short: Ray's unix socket paths are length-limited
+    port = _free_port()
+    token = secrets.token_hex(16)
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, **CLUSTER_ENV,
+               RAY9_FAIL_ONCE=os.path.join(tmp, "transient"), RAY9_EXIT_ONCE=os.path.join(tmp, "exit"))
+    log = open(os.path.join(tmp, "head.log"), "w")
+    head = subprocess.Popen([RAY, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
+                             "--num-cpus=2", "--include-dashboard=false", f"--temp-dir={tmp}", "--disable-usage-stats"],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
+    address = f"127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert head.poll() is None and time.monotonic() < deadline, open(os.path.join(tmp, "head.log")).read()
+            time.sleep(0.5)
+        yield {"address": address, "token": token, "tmp": tmp, "env": env}
+    finally:
+        ours = _pids_under(tmp)
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(60)
+        except subprocess.TimeoutExpired:
+            head.kill()
+        for p in _alive(ours - {os.getpid()}):  # only processes this fixture started
+            try:
+                os.kill(p, signal.SIGKILL)
+            except OSError:
+                pass
+        log.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _driver_env(cluster: dict) -> dict:
+    """A driver of the module's cluster: token auth from the environment (read when Ray is imported),
+    never from the command line."""
+    return dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", RAY_AUTH_MODE="token",
+                RAY_AUTH_TOKEN=cluster["token"], **CLUSTER_ENV)
+
+
+def _cli_index(cluster: dict, idx: str, sources: list[str], captioner: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "plugin", "index", "--index", idx, "--tile-size", "48", "--captioner", captioner,
+            "--executor", "ray", "--ray-address", cluster["address"], "--quiet", *extra, *sources]
+
+
+def _rows(index_dir: str) -> dict[str, tuple[list[str], np.ndarray]]:
+    """tile id -> (caption texts in variant order, vectors) as stored."""
+    out: dict[str, tuple[list[str], list[np.ndarray]]] = {}
+    with SearchIndex.open(index_dir, readonly=True) as idx:
+        rows = idx.conn.execute("SELECT c.tile_id, c.one_sentence, c.feature, c.caption, e.vector FROM captions c"
+                                " JOIN embeddings e ON e.caption_id = c.caption_id ORDER BY c.tile_id, c.variant_index").fetchall()
+    for tid, a, b, c, vec in rows:
+        texts, vecs = out.setdefault(tid, ([], []))
+        texts.append(f"{a}|{b}|{c}")
+        vecs.append(np.frombuffer(vec, dtype=np.float32))
+    return {t: (x, np.stack(v)) for t, (x, v) in out.items()}
+
+
+def _counts(index_dir: str) -> tuple[int, int]:
+    with SearchIndex.open(index_dir, readonly=True) as idx:
+        c = idx.conn
+        return int(c.execute("SELECT COUNT(*) FROM tiles").fetchone()[0]), int(c.execute("SELECT COUNT(*) FROM captions").fetchone()[0])
+
+
+def test_same_index_as_local_with_faults_and_a_remote_cog(cluster, tmp_path: Path) -> None:
+    """`python -m plugin index --executor ray --ray-address ...` on a token-auth cluster gives the local
+    executor's index (tiles, texts, vectors), while one caption call fails with a transient error
+    (retried) and one actor process exits mid-batch (restarted); one raster is a COG read over HTTP
+    Range requests by the cluster's workers."""
+    (tmp_path / "www").mkdir()
+    scenes = [write_scene(tmp_path / "a.tif", seed=0), write_scene(tmp_path / "www" / "b.tif", seed=1)]
+    local = str(tmp_path / "local")
+    index_rasters(local, [RasterSource(p) for p in scenes], captioner="python:tests.core.ray_captioners:wrapped",
+                  tiling=TILING, captioner_options={"variants": 2})
+    ray_idx = str(tmp_path / "ray")
+    with RangeServer(str(tmp_path / "www")) as srv:
+        cmd = _cli_index(cluster, ray_idx, [scenes[0], srv.url("b.tif")], "python:tests.core.ray_captioners:faulty",
+                         "--variants", "2", "--caption-workers", "2", "--format", "json")
+        assert cluster["token"] not in " ".join(cmd)  # the token travels in the environment only
+        r = subprocess.run(cmd, cwd=ROOT, env=_driver_env(cluster), capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert srv.ranged_gets() > 0
+    assert os.path.exists(os.path.join(cluster["tmp"], "transient")) and os.path.exists(os.path.join(cluster["tmp"], "exit"))
+    assert [x["tiles_new"] for x in json.loads(r.stdout)["rasters"]] == [16, 16]
+    got, want = _rows(ray_idx), _rows(local)
+    assert sorted(got) == sorted(want) and len(got) == 32
+    for tid, (texts, vecs) in want.items():
+        assert got[tid][0] == texts
+        np.testing.assert_allclose(got[tid][1], vecs, atol=1e-5)
+    assert _counts(ray_idx) == (32, 64)  # nothing duplicated by the retries
+
+
+def _wait_tiles(index_dir: str, n: int, proc: subprocess.Popen | None = None, timeout: float = 240) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.exists(os.path.join(index_dir, "manifest.json")):
+            try:
+                got = _counts(index_dir)[0]
+            except Exception:  # the first commit is being written
+                got = 0
+            if got >= n:
+                return got
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"driver exited early: {proc.returncode}\n{proc.stderr.read() if proc.stderr else ''}")
+        time.sleep(0.2)
+    raise AssertionError(f"fewer than {n} tiles committed after {timeout} s")
+
+
+def test_actor_and_driver_killed_then_rerun_finishes_exactly(cluster, tmp_path: Path) -> None:
+    """SIGKILL a caption actor mid-run (Ray restarts it), then SIGKILL the driver (`python -m plugin
+    index --executor ray`); the re-run captions only the missing tiles and the index ends complete:
+    nothing lost, nothing duplicated."""
+    scenes = [write_scene(tmp_path / f"s{i}.tif", seed=i) for i in range(2)]
+    idx = str(tmp_path / "idx")
+    cmd = _cli_index(cluster, idx, scenes, "python:tests.core.ray_captioners:slow", "--variants", "1", "--caption-workers", "2")
+    driver = subprocess.Popen(cmd, cwd=ROOT, env=_driver_env(cluster), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_tiles(idx, 2, driver)
+        actors = _actor_pids(cluster["tmp"], "CaptionStage")
+        assert actors, "no caption actor found"
+        os.kill(actors[0], signal.SIGKILL)
+        before_kill = _wait_tiles(idx, 8, driver)
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(30)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    done = _counts(idx)[0]
+    assert before_kill <= done < 32
+    r = subprocess.run(cmd[:-2] + ["--format", "json", *scenes], cwd=ROOT, env=_driver_env(cluster),
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rep = json.loads(r.stdout)
+    assert sum(x["tiles_new"] for x in rep["rasters"]) == 32 - done  # captioned only what was missing
+    assert _counts(idx) == (32, 32)
+    assert index_info(idx)["stale"] is False
+
+
+def test_cancel_stops_and_leaves_no_ray_process(tmp_path: Path, monkeypatch) -> None:
+    """A private local cluster (no address): cancel ends the job within seconds and every Ray process
+    it started is gone 10 s later; what was committed stays."""
+    for k, v in CLUSTER_ENV.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    tmp = tempfile.mkdtemp(prefix="r9c", dir="/tmp")
+    scenes = [write_scene(tmp_path / f"s{i}.tif", seed=i) for i in range(2)]
+    idx = str(tmp_path / "idx")
+    cancel = threading.Event()
+    seen: set[int] = set()
+
+    def progress(done: int, total: int, message: str) -> None:
+        seen.update(_pids_under(tmp))
+        if done >= 4:
+            cancel.set()
+
+    try:
+        with pytest.raises(Canceled):
+            index_rasters(idx, [RasterSource(p) for p in scenes], captioner="python:tests.core.ray_captioners:slow",
+                          tiling=TILING, captioner_options={"variants": 1}, executor="ray",
+                          executor_options={"num_cpus": 2, "temp_dir": tmp}, progress=progress,
+                          is_canceled=cancel.is_set)
+        seen.discard(os.getpid())
+        assert seen, "the job started no Ray process"
+        deadline = time.monotonic() + 10
+        while _alive(seen) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not _alive(seen), sorted(_alive(seen))
+        assert not _pids_under(tmp) - {os.getpid()}
+        assert 4 <= _counts(idx)[0] < 32  # committed work stays
+    finally:
+        for p in _alive(_pids_under(tmp) - {os.getpid()}):
+            os.kill(p, signal.SIGKILL)
+        shutil.rmtree(tmp, ignore_errors=True)
