@@ -8,6 +8,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import numpy as np
 import pytest
 from captioner_tiles import FOREST, WATER, fill, make_tile
 
@@ -98,8 +99,8 @@ def test_request_schema_and_parsed_answers(server):
         parts = {p["type"]: p for p in user["content"]}
         assert "JSON" in parts["text"]["text"]
         url = parts["image_url"]["image_url"]["url"]
-        assert url.startswith("data:image/png;base64,")
-        assert base64.b64decode(url.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+        assert url.startswith("data:image/jpeg;base64,")
+        assert base64.b64decode(url.split(",", 1)[1])[:3] == b"\xff\xd8\xff"  # JPEG, not PNG
     # Variant 0 greedy, others sampled with distinct seeds.
     temps = sorted({(b["temperature"], b["seed"]) for b in server.requests})
     assert temps[0] == (0.0, 0) and len(temps) == 3
@@ -109,7 +110,14 @@ def test_request_schema_and_parsed_answers(server):
     assert first.one_sentence == ANSWER["one_sentence"] and first.feature == ANSWER["feature"]
     assert "Near-infrared measurements" in first.caption  # the NIR tile gets spectral facts
     assert "Near-infrared" not in out[1][0].caption
-    assert cap.fingerprint.startswith("openai|llava:7b|rev=" + server.url)
+    # The cache key names the model, never the server (a pool behind a balancer, a new port).
+    assert cap.fingerprint.startswith("openai|llava:7b|rev=unknown|") and server.url not in cap.fingerprint
+    other = make_captioner("openai:http://10.0.0.9:8000/v1#llava:7b", variants=3, max_new_tokens=99)
+    pinned = make_captioner("openai:http://10.0.0.9:8000/v1#llava:7b", variants=3, max_new_tokens=99, revision="q4")
+    try:
+        assert other.fingerprint == cap.fingerprint and "rev=q4" in pinned.fingerprint
+    finally:
+        other.close(), pinned.close()
 
 
 def test_retry_after_429_then_200(server):
@@ -175,3 +183,16 @@ def test_bad_response_and_empty_answer(server):
         assert len(variants) == 1 and "open ocean" in variants[0].one_sentence
     finally:
         cap.close()
+
+
+def test_tile_image_goes_as_jpeg_once_per_tile_and_smaller_than_png():
+    """A 400 px textured tile as a JPEG (q90) data URL is well under half its PNG data URL."""
+    from plugin.core.captioners.openai_compat import jpeg_data_url, png_data_url
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:400, 0:400]
+    rgb = np.stack([(xx * 0.5 + yy * 0.1) % 256, (yy * 0.4) % 256, (xx * 0.2 + 40) % 256], -1)
+    rgb = np.clip(rgb + rng.normal(0, 12, rgb.shape), 0, 255)  # textured like imagery
+    tile = make_tile(rgb.transpose(2, 0, 1) * (5000 / 255), has_nir=False, tile_id="big")
+    jpeg, png = jpeg_data_url(tile), png_data_url(tile)
+    assert jpeg.startswith("data:image/jpeg;base64,") and len(jpeg) < len(png) / 2

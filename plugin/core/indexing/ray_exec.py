@@ -111,7 +111,7 @@ class RayExecutor:
         caption_workers: Optional[int] = None,
         embed_workers: int = 1,
         batch_size: Optional[int] = None,
-        read_batch_size: int = 16,
+        read_batch_size: Optional[int] = None,
         read_cpus: float = 0.25,
         actor_cpus: float = 0.5,
         gpus_per_captioner: Optional[float] = None,
@@ -121,7 +121,7 @@ class RayExecutor:
         self.spec, self.options = captioner, dict(captioner_options)
         self.embedder_spec, self.device, self.dim = embedder, device, int(dim)
         self.embedder_fingerprint = embedder_fingerprint
-        self.read_batch_size, self.read_cpus, self.actor_cpus = int(read_batch_size), float(read_cpus), float(actor_cpus)
+        self.read_batch_size, self.read_cpus, self.actor_cpus = read_batch_size, float(read_cpus), float(actor_cpus)
         self.embed_workers = max(1, int(embed_workers))
         self.stall_timeout_s = float(stall_timeout_s)
         if address:
@@ -182,6 +182,9 @@ class RayExecutor:
         ctx = self.ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
+        # Every UDF batch is its own block: results stream back a caption batch at a time (with the
+        # default 128 MiB blocks a task's whole input came back at once, at its end).
+        ctx.target_max_block_size = 1
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         ctx.execution_options.preserve_order = True  # results in plan order: the writer commits raster by raster
         ctx.actor_task_retry_on_errors = list(TRANSIENT_ERRORS)
@@ -202,9 +205,12 @@ class RayExecutor:
         if not rows:
             return
         infos = {info.raster_id: info for info, _ in work}
-        blocks = max(1, min(len(rows) // max(1, self.read_batch_size), 1000))
+        # Blocks of one caption batch: results come back (in plan order) a batch at a time, so the
+        # writer commits as the cluster works instead of in bursts of whole blocks.
+        read_batch = int(self.read_batch_size or self.batch_size)
+        blocks = max(1, min(-(-len(rows) // read_batch), 2000))
         ds = rd.from_items(rows, override_num_blocks=blocks)
-        ds = ds.map_batches(read_tiles, fn_kwargs={"infos": infos, "params": params}, batch_size=self.read_batch_size,
+        ds = ds.map_batches(read_tiles, fn_kwargs={"infos": infos, "params": params}, batch_size=read_batch,
                             num_cpus=self.read_cpus, batch_format="numpy")
         ds = ds.map_batches(CaptionStage, fn_constructor_kwargs={"spec": self.spec, "options": self.options,
                                                                  "expected_fingerprint": self.fingerprint},
@@ -213,7 +219,7 @@ class RayExecutor:
                             num_cpus=self.actor_cpus, num_gpus=self.gpus or None)
         ds = ds.map_batches(EmbedStage, fn_constructor_kwargs={"spec": self.embedder_spec, "device": self.device,
                                                                "expected_fingerprint": self.embedder_fingerprint},
-                            batch_size=64, batch_format="numpy",
+                            batch_size=self.batch_size, batch_format="numpy",  # small: results stream to the writer
                             compute=rd.ActorPoolStrategy(min_size=1, max_size=self.embed_workers), num_cpus=self.actor_cpus)
         self._queue = self._pump(ds)
 
