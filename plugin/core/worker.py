@@ -238,6 +238,8 @@ class Worker:
             device=str(job.arg("device", "auto", kind=str)),
             remove_missing=bool(job.arg("remove_missing", False)),
             force=bool(job.arg("force", False)), wait_s=float(job.arg("wait_s", 0.0)),
+            executor=str(job.arg("executor", "local", kind=str)),
+            executor_options=job.arg("executor_options", None, kind=dict),
             job=str(job.arg("job_name", "QGIS indexing job", kind=str)),
             progress=job.progress, is_canceled=job.is_canceled,
         )

@@ -34,10 +34,22 @@ def parse_scales(text: str) -> list[int]:
     return vals
 
 
+def ray_options(address: str, caption_workers: int) -> dict[str, Any]:
+    """The worker's executor arguments: nothing (this computer), or the Ray executor on a private
+    local cluster ('local') or attached to `address` (token auth: RAY_AUTH_TOKEN in QGIS's environment)."""
+    if not address:
+        return {}
+    opts: dict[str, Any] = {} if address.lower() == "local" else {"address": address}
+    if caption_workers > 0:
+        opts["caption_workers"] = caption_workers
+    return {"executor": "ray", "executor_options": opts}
+
+
 class BuildIndexAlgorithm(QgsProcessingAlgorithm):
     LAYERS, CAPTIONER, EMBEDDER, TILE_SIZE, OVERLAP, SCALES = "LAYERS", "CAPTIONER", "EMBEDDER", "TILE_SIZE", "OVERLAP", "SCALES"
     VARIANTS, AUTHCFG, DEVICE, REMOVE_MISSING, OUTPUT = "VARIANTS", "AUTHCFG", "DEVICE", "REMOVE_MISSING", "OUTPUT"
     CONNECT_TIMEOUT, TILE_DEADLINE = "CONNECT_TIMEOUT", "TILE_DEADLINE"
+    RAY_ADDRESS, CAPTION_WORKERS = "RAY_ADDRESS", "CAPTION_WORKERS"
 
     def __init__(self) -> None:
         super().__init__()
@@ -88,6 +100,10 @@ class BuildIndexAlgorithm(QgsProcessingAlgorithm):
             QgsProcessingParameterBoolean(self.REMOVE_MISSING, "Remove rasters not listed here", defaultValue=False),
             QgsProcessingParameterNumber(self.CONNECT_TIMEOUT, "Server connect timeout (s, openai captioner)",
                                          QgsProcessingParameterNumber.Double, 5.0, minValue=0.5, maxValue=120.0),
+            QgsProcessingParameterString(self.RAY_ADDRESS, "Run on a Ray cluster: address host:port (empty: this computer;"
+                                         " 'local': a private Ray on this computer)", defaultValue="", optional=True),
+            QgsProcessingParameterNumber(self.CAPTION_WORKERS, "Ray: most caption workers (0 = one per GPU)",
+                                         QgsProcessingParameterNumber.Integer, 0, minValue=0, maxValue=4096),
             QgsProcessingParameterNumber(self.TILE_DEADLINE, "Server deadline per tile (s, openai captioner)",
                                          QgsProcessingParameterNumber.Double, 120.0, minValue=1.0, maxValue=3600.0),
         ]
@@ -129,6 +145,8 @@ class BuildIndexAlgorithm(QgsProcessingAlgorithm):
             "captioner_options": opts,
             "device": (self.parameterAsString(parameters, self.DEVICE, context) or "auto").strip(),
             "remove_missing": self.parameterAsBool(parameters, self.REMOVE_MISSING, context),
+            **ray_options((self.parameterAsString(parameters, self.RAY_ADDRESS, context) or "").strip(),
+                          self.parameterAsInt(parameters, self.CAPTION_WORKERS, context)),
         }
         return True
 
