@@ -182,6 +182,7 @@ class RayExecutor:
         ctx = self.ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
+        ctx.raise_original_map_exception = True  # the user's error, not "UDF failed to process a data block"
         # Every UDF batch is its own block: results stream back a caption batch at a time (with the
         # default 128 MiB blocks a task's whole input came back at once, at its end).
         ctx.target_max_block_size = 1

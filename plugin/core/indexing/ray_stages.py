@@ -49,6 +49,7 @@ def read_tiles(batch: Batch, *, infos: dict[str, Any], params: Any) -> Batch:
         for tile in iter_tiles(infos[rid], params, refs=refs):
             out["rid"].append(rid)
             out["ref"].append(encode_ref(tile.ref))
+            tile.pixel_size = tile.pixel_size  # resolve the lazy geodesic size: its function does not pickle
             out["tile"].append(pickle.dumps(tile, protocol=5))
     return out
 
