@@ -47,8 +47,14 @@ def _make_executor(name: str, captioner: str, opts: dict[str, Any], embedder: Op
     """(captioner, executor): the local executor builds the captioner here; the Ray executor builds
     it on the cluster and hands back what the writer needs (its fingerprint)."""
     if name == "ray":
+        import inspect
+
         from .ray_exec import RayExecutor
 
+        known = {k for k, p in inspect.signature(RayExecutor).parameters.items() if p.kind == p.KEYWORD_ONLY}
+        unknown = sorted(set(options) - known - {"embedder_fingerprint"})
+        if unknown:
+            raise EngineError(f"unknown Ray executor option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         ray_ex: Any = RayExecutor(captioner, opts, embedder, device, emb.dim, embedder_fingerprint=emb.fingerprint, **options)
         return ray_ex.captioner, ray_ex
     if name == "local":

@@ -131,7 +131,9 @@ class RayExecutor:
         self.ray = ray = import_ray()
         self.owns_cluster = self.connected = False
         if not ray.is_initialized():  # else: the caller's connection, left open by close()
-            env = {"py_modules": [_plugin_package_dir()], "excludes": ["__pycache__", "*.pyc"]}
+            # Only the package's code travels (a plugin folder that is a checkout also holds a venv).
+            env = {"py_modules": [_plugin_package_dir()],
+                   "excludes": ["__pycache__", "*.pyc", ".venv", ".git", "tests", "benchmarks", "demo_out", "docs"]}
             try:
                 if address:
                     ray.init(address=address, runtime_env=env, log_to_driver=False, logging_level=logging.WARNING)
