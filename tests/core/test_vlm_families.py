@@ -155,7 +155,12 @@ def test_answers_become_three_field_variants_and_are_stored(fam, real_tiles, tmp
                      if t.ref.raster_id == info.raster_id]
             idx.add_tiles(info.raster_id, cap.fingerprint, items)
         stored = idx.cached_variants([t.ref.tile_id for t in tiles], cap.fingerprint)
-        assert [stored[t.ref.tile_id] for t in tiles] == out
+        # A tile with a fallback variant is stored flagged and is not a cache hit (the next update
+        # asks the VLM again); every other tile reads back exactly as captioned.
+        fell_back = {t.ref.tile_id for t, vs in zip(tiles, out) if any(v.fallback for v in vs)}
+        assert fell_back and set(stored) == {t.ref.tile_id for t in tiles} - fell_back
+        assert [stored[t.ref.tile_id] for t in tiles if t.ref.tile_id in stored] == \
+            [vs for t, vs in zip(tiles, out) if t.ref.tile_id not in fell_back]
     finally:
         idx.close()
 
