@@ -76,7 +76,8 @@ def main() -> int:
         for k in counts:
             wall, rate, n = run(os.path.join(work, f"lat{k}"), sources, "ray", spec,
                                 {"variants": 1, "latency": args.latency, "batch_size": 2},
-                                {"caption_workers": k, "actor_cpus": 0.1, "read_cpus": 0.1, "embed_workers": 1})
+                                {"caption_workers": k, "min_caption_workers": k, "actor_cpus": 0.1, "read_cpus": 0.1,
+                                 "embed_workers": 1})
             rates[k] = rate
             eff = rate / (rates[counts[0]] * k / counts[0])
             ideal = k / args.latency

@@ -109,6 +109,7 @@ class RayExecutor:
         address: Optional[str] = None,
         num_cpus: Optional[int] = None,
         caption_workers: Optional[int] = None,
+        min_caption_workers: int = 1,
         embed_workers: int = 1,
         batch_size: Optional[int] = None,
         read_batch_size: Optional[int] = None,
@@ -123,6 +124,7 @@ class RayExecutor:
         self.embedder_fingerprint = embedder_fingerprint
         self.read_batch_size, self.read_cpus, self.actor_cpus = read_batch_size, float(read_cpus), float(actor_cpus)
         self.embed_workers = max(1, int(embed_workers))
+        self.min_caption_workers = max(1, int(min_caption_workers))
         self.stall_timeout_s = float(stall_timeout_s)
         if address:
             _check_reachable(address)
@@ -218,7 +220,8 @@ class RayExecutor:
         ds = ds.map_batches(CaptionStage, fn_constructor_kwargs={"spec": self.spec, "options": self.options,
                                                                  "expected_fingerprint": self.fingerprint},
                             batch_size=self.batch_size, batch_format="numpy",
-                            compute=rd.ActorPoolStrategy(min_size=1, max_size=self.caption_workers),
+                            compute=rd.ActorPoolStrategy(min_size=min(self.min_caption_workers, self.caption_workers),
+                                                         max_size=self.caption_workers),
                             num_cpus=self.actor_cpus, num_gpus=self.gpus or None)
         ds = ds.map_batches(EmbedStage, fn_constructor_kwargs={"spec": self.embedder_spec, "device": self.device,
                                                                "expected_fingerprint": self.embedder_fingerprint},
