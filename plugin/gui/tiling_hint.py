@@ -7,6 +7,7 @@ run on every edit. The advice itself is `core.tiling_advice` (plain Python).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, Optional
 
@@ -127,7 +128,7 @@ class TilingHint(QObject):
             if key not in self._asked and self.preview is not None:
                 self._asked.add(key)
                 tiling = {"tile_size": o.tile_size, "overlap": float(o.overlap), "scales": list(scales)}
-                self.preview(tiling, lambda items, key=key: self._on_preview(key, items))
+                self.preview(tiling, functools.partial(self._on_preview, key))
         return self._set(text)
 
     def forget(self) -> None:

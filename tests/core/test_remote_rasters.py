@@ -90,7 +90,7 @@ def test_cog_over_http_indexes_like_the_local_file(tmp_path: Path, monkeypatch) 
 
 
 def test_cli_indexes_a_url(tmp_path: Path) -> None:
-    cog = _cog(tmp_path)
+    assert os.path.isfile(_cog(tmp_path))  # served as www/scene.tif
     idx = str(tmp_path / "idx")
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", **GDAL_HTTP_ENV)
 
