@@ -67,7 +67,7 @@ def _load(
     except (OSError, ValueError, KeyError) as exc:
         where = "offline (HF_HUB_OFFLINE is set; download it first or give a local folder)" if offline() and not local else ""
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelUnavailableError(f"captioner model {name!r} is not available {where}: {first}".replace("  ", " ")) from None
+        raise ModelUnavailableError(f"captioner model {name!r} is not available{' ' + where if where else ''}: {first}") from None
     errors = []
     for cls_name in ("AutoModelForImageTextToText", "AutoModelForVision2Seq", "AutoModelForCausalLM"):
         cls = getattr(transformers, cls_name, None)
