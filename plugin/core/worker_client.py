@@ -248,6 +248,9 @@ class WorkerClient:
                 except queue.Empty:
                     msg = None
                     if cancel_at is None and is_canceled():
+                        if self.cancel_grace <= 0:  # no grace: kill at once, never wait for a reply
+                            self.kill()
+                            raise Canceled() from None
                         cancel_at = time.monotonic()
                         try:
                             self._send({"cmd": "cancel", "args": {"id": rid}})

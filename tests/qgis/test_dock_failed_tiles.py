@@ -8,7 +8,7 @@ import pytest
 from qgis.core import Qgis, QgsProject
 
 from tests.core.rasters import blocky, corrupt_block
-from tests.qgis.plugin_harness import add_raster, engine_env, index_and_wait, load_plugin, set_spectral
+from tests.qgis.plugin_harness import add_raster, engine_env, index_and_wait, load_plugin, set_spectral, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -30,8 +30,9 @@ def test_corrupt_block_is_counted_and_update_retries_it(qgis_iface, tmp_path):
         (entry,) = report["rasters"]
         assert (entry["tiles_new"], entry["tiles_failed"]) == (15, 1)
         assert "1 tiles failed (Update retries them)" in plugin.session.last_outcome
-        warnings = qgis_iface.messageBar().get_messages(Qgis.Warning)
-        assert any("1 tiles failed" in m for m in warnings)
+        # "Index ready" is pushed a moment after the task ends (above QGIS's own "Task complete")
+        wait_until(lambda: any("1 tiles failed" in m for m in qgis_iface.messageBar().get_messages(Qgis.Warning)),
+                   10, "the failed-tiles warning in the message bar")
         shutil.copy(tmp_path / "pristine.tif", path)  # the file is repaired: Update reads that one tile again
         report = index_and_wait(plugin, update=True)
         (entry,) = report["rasters"]
