@@ -1,13 +1,39 @@
-"""What both algorithms share: progress from worker events, the engine interpreter, API keys."""
+"""What the algorithms share: the warm engine workers, progress from worker events, the engine
+interpreter, API keys. (The provider imports the algorithms; they import this, never the provider.)"""
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Callable, Optional
 
 from qgis.core import QgsApplication, QgsAuthMethodConfig, QgsProcessingFeedback
 
+from ..core.worker_client import WorkerClient
 from ..qgis_io.engine import engine_python
+
+_clients: dict[str, WorkerClient] = {}
+_clients_lock = threading.Lock()
+
+
+def shared_client(python: str) -> WorkerClient:
+    """The warm worker for `python` (started on first use by the caller's request)."""
+    with _clients_lock:
+        client = _clients.get(python)
+        if client is None:
+            client = _clients[python] = WorkerClient(python)
+        return client
+
+
+def stop_shared_clients() -> None:
+    with _clients_lock:
+        clients = list(_clients.values())
+        _clients.clear()
+    for c in clients:
+        try:
+            c.stop()
+        except Exception:  # unloading must go on
+            c.kill()
 
 
 def progress_to_feedback(feedback: Optional[QgsProcessingFeedback]) -> Callable[[dict], None]:

@@ -8,39 +8,14 @@ unloads), so a batch of queries loads the embedder once.
 from __future__ import annotations
 
 import os
-import threading
 
 from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
-from ..core.worker_client import WorkerClient
+from .common import stop_shared_clients
 
 PROVIDER_ID = "semantic_imagery_search"
 ICON = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "resources", "icon.svg")
-
-_clients: dict[str, WorkerClient] = {}
-_clients_lock = threading.Lock()
-
-
-def shared_client(python: str) -> WorkerClient:
-    """The warm worker for `python` (started on first use by the caller's request)."""
-    with _clients_lock:
-        client = _clients.get(python)
-        if client is None:
-            client = _clients[python] = WorkerClient(python)
-        return client
-
-
-def stop_shared_clients() -> None:
-    with _clients_lock:
-        clients = list(_clients.values())
-        _clients.clear()
-    for c in clients:
-        try:
-            c.stop()
-        except Exception:  # unloading must go on
-            c.kill()
-
 
 class SearchProvider(QgsProcessingProvider):
     def id(self) -> str:

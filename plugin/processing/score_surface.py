@@ -18,8 +18,7 @@ from qgis.core import (
 )
 
 from ..core.errors import Canceled, EngineError
-from .common import canceled_fn, engine_python, progress_to_feedback
-from .provider import shared_client
+from .common import canceled_fn, engine_python, progress_to_feedback, shared_client
 
 FUSIONS = ("max", "mean", "top2")
 

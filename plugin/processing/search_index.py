@@ -21,8 +21,7 @@ from ..core.errors import Canceled, EngineError
 from ..core.query import SYNTAX_HELP
 from ..core.types import Hit
 from ..qgis_io.hits_layer import hit_features, hits_crs, hits_fields
-from .common import canceled_fn, engine_python, progress_to_feedback
-from .provider import shared_client
+from .common import canceled_fn, engine_python, progress_to_feedback, shared_client
 
 FUSIONS = ("max", "mean", "top2")
 RANKERS = ("hybrid", "dense", "lexical")
