@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from qgis.core import QgsApplication, QgsProject, QgsRasterLayer
+from qgis.core import QgsApplication, QgsCoordinateReferenceSystem, QgsProject, QgsRasterLayer
 
 from scripts.plugin_loader import import_plugin_package as load_package
 
@@ -131,3 +131,21 @@ def search_and_wait(plugin, query: str, top: int = 10, only_extent: bool = False
     w.request_search()
     hits, error = catcher.wait(1, timeout, f"search {query!r}")
     return [h.to_dict() if hasattr(h, "to_dict") else h for h in hits], error
+
+
+def indexed_shore_project(qgis_iface, folder: str, crs: str = "EPSG:3857", tile_size: int = 128):
+    """A new project in `crs` with the generated "Shore" raster indexed by the dock (spectral
+    captioner): (plugin, layer, canvas). The caller unloads the plugin and clears the project."""
+    engine_env()
+    project = QgsProject.instance()
+    project.clear()
+    project.setCrs(QgsCoordinateReferenceSystem(crs))
+    canvas = qgis_iface.mapCanvas()
+    canvas.setDestinationCrs(QgsCoordinateReferenceSystem(crs))
+    plugin = load_plugin(qgis_iface)
+    layer = add_raster(write_generated_raster(os.path.join(folder, "shore.tif")), "Shore")
+    canvas.setLayers([layer])
+    set_spectral(plugin, tile_size=tile_size)
+    report = index_and_wait(plugin)
+    assert not report.get("error") and not report.get("canceled"), report
+    return plugin, layer, canvas

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import pytest
 from qgis.core import (
-    QgsCoordinateReferenceSystem,
     QgsGeometry,
     QgsMapRendererSequentialJob,
     QgsMapSettings,
@@ -19,12 +18,8 @@ from qgis.PyQt.QtCore import QSize
 from plugin.core.score_scale import match_strength, scale_for
 from tests.qgis.plugin_harness import (
     add_raster,
-    engine_env,
-    index_and_wait,
-    load_plugin,
+    indexed_shore_project,
     search_and_wait,
-    set_spectral,
-    write_generated_raster,
 )
 
 pytestmark = pytest.mark.slow
@@ -33,22 +28,11 @@ PROJECT_CRS = "EPSG:3857"
 
 @pytest.fixture(scope="module")
 def shore(qgis_iface, tmp_path_factory):
-    engine_env()
     tmp = tmp_path_factory.mktemp("analyst")
-    project = QgsProject.instance()
-    project.clear()
-    project.setCrs(QgsCoordinateReferenceSystem(PROJECT_CRS))
-    canvas = qgis_iface.mapCanvas()
-    canvas.setDestinationCrs(QgsCoordinateReferenceSystem(PROJECT_CRS))
-    plugin = load_plugin(qgis_iface)
-    layer = add_raster(write_generated_raster(str(tmp / "shore.tif")), "Shore")
-    canvas.setLayers([layer])
-    set_spectral(plugin, tile_size=128)
-    report = index_and_wait(plugin)
-    assert not report.get("error") and not report.get("canceled"), report
+    plugin, layer, canvas = indexed_shore_project(qgis_iface, str(tmp), PROJECT_CRS)
     yield plugin, layer, canvas, tmp
     plugin.unload()
-    project.clear()
+    QgsProject.instance().clear()
 
 
 def _shore_layer():

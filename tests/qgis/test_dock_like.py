@@ -9,13 +9,8 @@ from qgis.core import QgsCoordinateReferenceSystem, QgsProject
 
 from tests.qgis.plugin_harness import (
     SignalCatcher,
-    add_raster,
-    engine_env,
-    index_and_wait,
-    load_plugin,
+    indexed_shore_project,
     search_and_wait,
-    set_spectral,
-    write_generated_raster,
 )
 
 pytestmark = pytest.mark.slow
@@ -23,19 +18,10 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def shore(qgis_iface, tmp_path_factory):
-    engine_env()
-    tmp = tmp_path_factory.mktemp("like")
-    project = QgsProject.instance()
-    project.clear()
-    project.setCrs(QgsCoordinateReferenceSystem("EPSG:3857"))
-    plugin = load_plugin(qgis_iface)
-    add_raster(write_generated_raster(str(tmp / "shore.tif")), "Shore")
-    set_spectral(plugin, tile_size=128)
-    report = index_and_wait(plugin)
-    assert not report.get("error") and not report.get("canceled"), report
+    plugin, _layer, _canvas = indexed_shore_project(qgis_iface, str(tmp_path_factory.mktemp("like")))
     yield plugin
     plugin.unload()
-    project.clear()
+    QgsProject.instance().clear()
 
 
 def test_query_box_documents_negative_terms(shore):
@@ -74,7 +60,7 @@ def test_more_like_this_on_a_result(shore):
 
 
 def test_like_from_a_point_on_the_map(shore, qgis_iface):
-    from qgis.core import QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsPointXY, QgsProject
+    from qgis.core import QgsCoordinateTransform, QgsPointXY, QgsProject
     from qgis.gui import QgsMapToolEmitPoint
 
     from plugin.qgis_io.map_point import like_spec_at, pixel_at
