@@ -184,7 +184,7 @@ def test_cli_captioner_options(tmp_path):
     """`--captioner-option KEY=VALUE` reaches the captioner typed; an option it does not take is one line."""
     import argparse
 
-    from plugin.core.cli import _option
+    from plugin.core.cli_args import _option
 
     assert _option("cache=static") == ("cache", "static")
     assert _option("max-rows=192") == ("max_rows", 192)
