@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from .errors import EngineError
 from .types import BandMap
 
 
@@ -75,3 +76,32 @@ def _bbox(text: str) -> tuple[float, float, float, float]:
     if len(vals) != 4 or vals[0] >= vals[2] or vals[1] >= vals[3]:
         raise argparse.ArgumentTypeError("bbox: expected minx,miny,maxx,maxy with min < max")
     return vals  # type: ignore[return-value]
+
+
+def _path_map(text: str) -> tuple[str, str]:
+    local, sep, remote = str(text).partition("=")
+    if not sep or not local.strip() or not remote.strip():
+        raise argparse.ArgumentTypeError(f"expected LOCAL=CLUSTER (a local path prefix and how the cluster sees it), got {text!r}")
+    return local.strip(), remote.strip()
+
+
+def _executor_options(args: argparse.Namespace) -> dict[str, Any]:
+    if args.caption_workers is not None and args.caption_workers < 1:
+        raise EngineError("--caption-workers must be at least 1")
+    if args.executor == "local" and (args.ray_address or args.caption_workers):
+        raise EngineError("--ray-address and --caption-workers need --executor ray or ray-job")
+    if args.executor != "ray-job" and (args.ray_dashboard or args.shared_dir or args.path_map):
+        raise EngineError("--ray-dashboard, --shared-dir and --path-map need --executor ray-job")
+    if args.executor == "ray":
+        return {k: v for k, v in (("address", args.ray_address), ("caption_workers", args.caption_workers)) if v}
+    if args.executor == "ray-job":
+        if args.ray_address:
+            raise EngineError("--executor ray-job talks to the dashboard (--ray-dashboard URL), not --ray-address")
+        if not args.ray_dashboard or not args.shared_dir:
+            raise EngineError("--executor ray-job needs --ray-dashboard URL and --shared-dir DIR")
+        opts: dict[str, Any] = {"dashboard_url": args.ray_dashboard, "shared_dir": args.shared_dir,
+                                "path_map": [list(p) for p in args.path_map or []]}
+        if args.caption_workers:
+            opts["caption_workers"] = args.caption_workers
+        return opts
+    return {}

@@ -31,4 +31,4 @@ class Executor(Protocol):
         ...
 
 
-EXECUTORS = ("local", "ray")
+EXECUTORS = ("local", "ray", "ray-job")

@@ -43,19 +43,22 @@ class IndexReport:
 
 
 def _make_executor(name: str, captioner: str, opts: dict[str, Any], embedder: Optional[str], emb: Any,
-                   device: str, options: dict[str, Any]) -> tuple[Any, Executor]:
-    """(captioner, executor): the local executor builds the captioner here; the Ray executor builds
-    it on the cluster and hands back what the writer needs (its fingerprint)."""
-    if name == "ray":
+                   device: str, options: dict[str, Any], index_dir: str = "") -> tuple[Any, Executor]:
+    """(captioner, executor): the local executor builds the captioner here; the Ray executors build
+    it on the cluster and hand back what the writer needs (its fingerprint)."""
+    if name in ("ray", "ray-job"):
         import inspect
 
-        from .ray_exec import RayExecutor
-
-        known = {k for k, p in inspect.signature(RayExecutor).parameters.items() if p.kind == p.KEYWORD_ONLY}
+        if name == "ray":
+            from .ray_exec import RayExecutor as cls
+        else:
+            from .ray_job import RayJobExecutor as cls  # type: ignore[assignment]
+            options = {**options, "index_dir": index_dir}
+        known = {k for k, p in inspect.signature(cls).parameters.items() if p.kind == p.KEYWORD_ONLY}
         unknown = sorted(set(options) - known - {"embedder_fingerprint"})
         if unknown:
-            raise EngineError(f"unknown Ray executor option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        ray_ex: Any = RayExecutor(captioner, opts, embedder, device, emb.dim, embedder_fingerprint=emb.fingerprint, **options)
+            raise EngineError(f"unknown {name} executor option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        ray_ex: Any = cls(captioner, opts, embedder, device, emb.dim, embedder_fingerprint=emb.fingerprint, **options)
         return ray_ex.captioner, ray_ex
     if name == "local":
         from ..captioners import make_captioner
@@ -74,7 +77,8 @@ def _prepare(ex: Any, idx: Any, cap: Any, planned: list[tuple[Any, list[TileRef]
         return
     work = []
     for info, refs, done in planned:
-        todo = [r for r in refs if r.tile_id not in done]
+        empty = idx.empty_tile_ids(info.raster_id, params.min_valid_fraction)  # never read again
+        todo = [r for r in refs if r.tile_id not in done and r.tile_id not in empty]
         cached = idx.cached_variants([r.tile_id for r in todo], cap.fingerprint) if todo else {}
         work.append((info, [r for r in todo if r.tile_id not in cached]))
     prepare(work, params)
@@ -103,8 +107,8 @@ def index_rasters(
     One writer per index: the job takes the index's writer lock once its plan is accepted (a plan
     past `plan.MAX_TILES` tiles is refused unless `force`), waiting up to `wait_s` for a running
     job, else refused with `IndexBusyError` naming it (`job` is how this one is named).
-    `executor`: "local" (this process) or "ray" (`executor_options`: address, caption_workers, ...,
-    see `ray_exec.RayExecutor`)."""
+    `executor`: "local" (this process), "ray" (`executor_options`: address, caption_workers, ...,
+    see `ray_exec.RayExecutor`) or "ray-job" (dashboard_url, shared_dir, path_map, ...: `ray_job.RayJobExecutor`)."""
     index_dir = os.path.abspath(os.path.expanduser(str(index_dir)))
     with db_errors(index_dir):
         return _index_rasters(index_dir, sources, captioner, embedder, tiling, captioner_options, device,
@@ -147,7 +151,9 @@ def _index_rasters(index_dir, sources, captioner, embedder, tiling, captioner_op
         emb = cached_embedder(embedder, device)
         if executor == "ray":
             progress(0, 0, "starting Ray workers")
-        cap, ex = _make_executor(executor, captioner, opts, embedder, emb, device, executor_options)
+        elif executor == "ray-job":
+            progress(0, 0, "contacting the Ray cluster's job server")
+        cap, ex = _make_executor(executor, captioner, opts, embedder, emb, device, executor_options, index_dir)
     except BaseException:
         lock.release(unlink=not os.path.exists(os.path.join(index_dir, "index.sqlite")))
         raise
@@ -192,6 +198,8 @@ def _index_rasters(index_dir, sources, captioner, embedder, tiling, captioner_op
                     report.removed.append(rid)
         total = sum(len(refs) - len(done & {r.tile_id for r in refs}) for _, refs, done in planned)
         step = make_step(idx, total, progress)
+        if hasattr(ex, "notify"):  # job mode: job status and shard counts between commits
+            ex.notify = lambda message: step(0, message, may_flush=False)  # type: ignore[attr-defined]
         bind_captioner(cap, lambda message: step(0, message, may_flush=False), is_canceled)  # server retries show in progress
         # Rasters with nothing left to do are settled first (no model work, no cancel point), so a
         # job cancelled while it works on another raster never leaves a complete one marked unfinished.

@@ -1,0 +1,254 @@
+"""The `ray-job` executor (job mode): the cluster works as a Ray Job, this engine only merges shards.
+
+For an analyst whose machine is outside the cluster network: no Ray here, only HTTP to the head's
+dashboard (`ray_job_api`) and a folder both sides reach (`shared_dir`, mapped with `path_map`).
+
+1. The plugin's engine package is uploaded once (content-hashed) and travels as `py_modules`.
+2. The captioner fingerprint (the resume key) comes from a short job that builds the captioner on
+   the cluster; it is kept in `shared_dir/fingerprints/`, so it is asked once per captioner and code.
+3. `prepare` writes the manifest (the tiles still missing after planning and the caption cache
+   check) into `shared_dir/jobs/<submission id>/` and submits the job; the submission id is derived
+   from the index and the tiles, so a resubmission is recognised. `<index>/ray_job.json` names the
+   job: a re-run attaches to it while it runs (or has finished) and covers what is still missing,
+   else merges what it wrote and submits a job for the rest only.
+4. `run` polls the job and its folder, and yields each shard's rows of the raster at hand (only
+   tiles still missing, so merging a shard twice changes nothing) to the single writer. A job that
+   FAILED or was STOPPED is an error naming the job and its last log line; what was merged stays.
+   Cancel stops the job through the REST API.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+from ..errors import Canceled, EngineError
+from ..types import CancelFn, TileRef
+from .executor import CaptionedBatch
+from .ray_exec import STALL_TIMEOUT_S, RemoteCaptioner, _plugin_package_dir
+from .ray_job_api import ACTIVE, FINAL, JobsApi
+from .ray_job_shards import (
+    MANIFEST,
+    import_pyarrow,
+    list_shards,
+    read_json,
+    read_shard,
+    ref_to_json,
+    shard_tiles,
+    write_json_atomic,
+)
+
+STATE_FILE = "ray_job.json"
+_RUN_MODULE = __name__.rsplit(".", 1)[0] + ".ray_job_run"
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class RayJobExecutor:
+    def __init__(self, captioner: str, captioner_options: dict[str, Any], embedder: Optional[str], device: str,
+                 dim: int, *, embedder_fingerprint: Optional[str] = None, index_dir: str = "",
+                 dashboard_url: str = "", shared_dir: str = "", path_map: Optional[Sequence[Sequence[str]]] = None,
+                 caption_workers: Optional[int] = None, batch_size: Optional[int] = None, python: str = "python",
+                 stall_timeout_s: float = STALL_TIMEOUT_S, poll_s: float = 0.5) -> None:
+        if not dashboard_url:
+            raise EngineError("the ray-job executor needs the cluster's dashboard URL (--ray-dashboard http://head:8265)")
+        if not shared_dir:
+            raise EngineError("the ray-job executor needs a folder both sides reach for its shards (--shared-dir)")
+        import_pyarrow()
+        self.api = JobsApi(dashboard_url)
+        self.api.version()  # a wrong URL, a dead head or a refused token fail here, in seconds
+        self.shared_dir = os.path.abspath(os.path.expanduser(shared_dir))
+        self.path_map = [(str(a), str(b)) for a, b in (path_map or [])]
+        self.index_dir, self.dim, self.poll_s = index_dir, int(dim), float(poll_s)
+        self.python, self.stall_timeout_s = python, float(stall_timeout_s)
+        self.request = {"spec": captioner, "options": dict(captioner_options), "embedder": embedder, "device": device,
+                        "caption_workers": caption_workers, "batch_size": batch_size,
+                        "stall_timeout_s": self.stall_timeout_s, "embedder_fingerprint": embedder_fingerprint}
+        try:
+            os.makedirs(os.path.join(self.shared_dir, "jobs"), exist_ok=True)
+        except OSError as exc:
+            raise EngineError(f"cannot create the shared folder {self.shared_dir}: {exc.strerror or exc}") from None
+        self.notify: Callable[[str], None] = lambda message: None
+        self.py_modules = [self.api.upload_package(_plugin_package_dir())]
+        self.captioner = RemoteCaptioner(self._fingerprint(), int(batch_size or captioner_options.get("batch_size") or 16))
+        self.sid: Optional[str] = None
+        self.dirs: list[str] = []  # job folders whose shards are merged (an earlier job's first)
+        self.need: dict[str, TileRef] = {}
+        self.remaining: set[str] = set()  # tiles of the job not merged yet
+        self._index: dict[str, list[tuple[str, str]]] = {}  # shard path -> (tile id, raster id)
+        self._merged: set[tuple[str, str]] = set()  # (shard path, raster id)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.captioner.fingerprint
+
+    # -- paths and jobs ---------------------------------------------------------------------------
+    def to_cluster(self, path: str) -> str:
+        for local, remote in self.path_map:
+            if path == local or path.startswith(local.rstrip("/\\") + os.sep) or path.startswith(local.rstrip("/\\") + "/"):
+                return remote.rstrip("/") + "/" + path[len(local.rstrip("/\\")):].lstrip("/\\").replace(os.sep, "/")
+        return path
+
+    def _submit(self, sid: str, command: str, file: str) -> None:
+        """Submit (or find) job `sid`; a finished-unsuccessful job of that id is replaced."""
+        status = self.api.status(sid)
+        if status in ("FAILED", "STOPPED"):
+            self.api.delete(sid)
+            status = None
+        if status is None:
+            entry = f"{self.python} -m {_RUN_MODULE} {command} {self.to_cluster(file)}"
+            self.api.submit(sid, entry, {"py_modules": self.py_modules}, metadata={"source": "semantic-imagery-search"})
+
+    def _wait(self, sid: str, is_canceled: CancelFn = lambda: False, limit_s: Optional[float] = None) -> str:
+        deadline = time.monotonic() + (self.stall_timeout_s if limit_s is None else limit_s)
+        while True:
+            status = self.api.status(sid)
+            if status in FINAL:
+                return str(status)
+            if is_canceled():
+                self.api.stop(sid)
+                raise Canceled()
+            if time.monotonic() > deadline:
+                if limit_s is not None:
+                    return str(status)
+                raise EngineError(f"Ray job {sid} is still {status} after {self.stall_timeout_s:.0f} s")
+            time.sleep(self.poll_s)
+
+    def _failure(self, sid: str, status: str) -> EngineError:
+        last = self.api.last_log_line(sid) or (self.api.info(sid) or {}).get("message", "")
+        return EngineError(f"Ray job {sid} {status}: {str(last).splitlines()[0] if last else 'no log'}"[:500])
+
+    def _fingerprint(self) -> str:
+        """The captioner's fingerprint as the cluster builds it, asked once per captioner and code."""
+        key = _digest([self.request["spec"], self.request["options"], self.py_modules])
+        out = os.path.join(self.shared_dir, "fingerprints", f"{key}.json")
+        got = read_json(out)
+        if not (isinstance(got, dict) and got.get("fingerprint")):
+            req = os.path.join(self.shared_dir, "fingerprints", f"{key}.request.json")
+            write_json_atomic(req, {**self.request, "out": self.to_cluster(out)})
+            sid = f"sis-fp-{key}"
+            self.notify("asking the cluster for the captioner's fingerprint")
+            self._submit(sid, "fingerprint", req)
+            status = self._wait(sid)
+            got = read_json(out)
+            if status != "SUCCEEDED" or not (isinstance(got, dict) and got.get("fingerprint")):
+                raise self._failure(sid, status)
+        return str(got["fingerprint"])
+
+    # -- planning ---------------------------------------------------------------------------------
+    def prepare(self, work: Sequence[tuple[Any, Sequence[TileRef]]], params: Any) -> None:
+        self.need = {r.tile_id: r for _, refs in work for r in refs}
+        self.remaining = set(self.need)
+        self.dirs, self.sid = [], None
+        if not self.need:
+            return
+        state_path = os.path.join(self.index_dir, STATE_FILE)
+        prev = read_json(state_path)
+        if isinstance(prev, dict) and prev.get("fingerprint") == self.fingerprint and os.path.isdir(prev.get("dir", "")):
+            status = self.api.status(prev["sid"])
+            planned = {row[0] for row in (read_json(os.path.join(prev["dir"], MANIFEST)) or {}).get("tiles", [])}
+            if status in ACTIVE + ("SUCCEEDED",) and set(self.need) <= planned:
+                self.sid, self.dirs = prev["sid"], [prev["dir"]]  # re-attach: it covers all that is missing
+                self.notify(f"attached to Ray job {self.sid} ({status})")
+                return
+            if status in ACTIVE:
+                self.api.stop(prev["sid"])  # another plan now; what it wrote is merged below
+            self.dirs.append(prev["dir"])
+        covered = {tid for d in self.dirs for name in list_shards(d) for tid, _ in self._tiles(os.path.join(d, name))}
+        todo = [(info, [r for r in refs if r.tile_id not in covered]) for info, refs in work]
+        todo = [(info, refs) for info, refs in todo if refs]
+        if not todo:
+            return
+        tiles = sorted(r.tile_id for _, refs in todo for r in refs)
+        self.sid = sid = f"sis-{_digest([self.index_dir, self.fingerprint, self.request['embedder_fingerprint'], tiles])}"
+        job_dir = os.path.join(self.shared_dir, "jobs", sid)
+        infos = {}
+        for info, _ in todo:
+            d = info.to_dict()
+            d["path"] = self.to_cluster(info.path)
+            infos[info.raster_id] = d
+        manifest = {**self.request, "fingerprint": self.fingerprint, "dim": self.dim, "params": params.to_dict(),
+                    "out_dir": self.to_cluster(job_dir), "infos": infos,
+                    "tiles": [ref_to_json(r) for _, refs in todo for r in refs]}
+        write_json_atomic(os.path.join(job_dir, MANIFEST), manifest)
+        write_json_atomic(state_path, {"sid": sid, "dir": job_dir, "fingerprint": self.fingerprint,
+                                       "dashboard_url": self.api.url})
+        self._submit(sid, "run", os.path.join(job_dir, MANIFEST))
+        if job_dir not in self.dirs:
+            self.dirs.append(job_dir)
+        self.notify(f"submitted Ray job {sid}: {len(tiles)} tiles")
+
+    def _tiles(self, path: str) -> list[tuple[str, str]]:
+        if path not in self._index:
+            self._index[path] = shard_tiles(path)
+        return self._index[path]
+
+    # -- merging ----------------------------------------------------------------------------------
+    def run(self, info: Any, params: Any, refs: Sequence[TileRef], is_canceled: CancelFn,
+            on_error: Optional[Callable[[TileRef, str], None]] = None,
+            on_empty: Optional[Callable[[TileRef], None]] = None) -> Iterator[CaptionedBatch]:
+        rid = info.raster_id
+        if any(r.tile_id not in self.need for r in refs):
+            self.prepare([(info, refs)], params)  # not part of the prepared plan: a job of its own
+        want = {r.tile_id: r for r in refs}
+        last_change, final, shards_seen = time.monotonic(), None, 0
+        while want:
+            if is_canceled():
+                raise Canceled()
+            progressed = False
+            shards = [os.path.join(d, n) for d in self.dirs for n in list_shards(d)]
+            if len(shards) != shards_seen:
+                shards_seen = len(shards)
+                self.notify(f"merging shards: {shards_seen} written by Ray job {self.sid}")
+            for path in shards:
+                if (path, rid) in self._merged or not any(r == rid and t in want for t, r in self._tiles(path)):
+                    continue
+                done, empty = read_shard(path, rid, want, self.fingerprint, self.dim)
+                self._merged.add((path, rid))
+                progressed = True
+                self.remaining.difference_update(empty)
+                self.remaining.difference_update(t for t, _, _ in done)
+                for tid in empty:
+                    ref = want.pop(tid)
+                    if on_empty is not None:
+                        on_empty(ref)
+                if done:
+                    yield [want.pop(t) for t, _, _ in done], [v for _, v, _ in done], [a for _, _, a in done]
+            if not want:
+                break
+            if progressed:
+                last_change = time.monotonic()
+                continue
+            if final is not None:  # the job ended and its last shards are merged: tiles are missing
+                if final == "SUCCEEDED":
+                    raise EngineError(f"Ray job {self.sid} succeeded but {len(want)} tiles of {info.name} are in none"
+                                      " of its shards; run again to resume")
+                raise self._failure(str(self.sid), final)
+            status = self.api.status(self.sid) if self.sid else None
+            if status in FINAL or status is None:
+                final = status or "FAILED"  # scan once more: shards written just before the end
+                continue
+            if time.monotonic() - last_change > self.stall_timeout_s:
+                raise EngineError(f"Ray job {self.sid} wrote no shard for {self.stall_timeout_s:.0f} s; run again"
+                                  " to resume")
+            time.sleep(self.poll_s)
+        if self.sid and not self.remaining:  # all merged: the job ends on its own (its last shard is written)
+            status = self._wait(self.sid, is_canceled, limit_s=60.0)
+            self.notify(f"Ray job {self.sid} {status}, all its shards merged")
+
+    def close(self) -> None:
+        """Stop a job this engine leaves unfinished (cancel, an error); a job whose tiles are all
+        merged is left to end on its own."""
+        sid, self.sid = self.sid, None
+        if sid is None or not self.remaining:
+            return
+        try:
+            if self.api.status(sid) in ACTIVE:
+                self.api.stop(sid)
+        except EngineError:
+            pass

@@ -1,0 +1,103 @@
+"""The cluster side of job mode: `python -m <package>.core.indexing.ray_job_run {fingerprint|run} FILE`.
+
+Submitted by the engine through the Jobs REST API (`ray_job.py`); runs as the Ray job's driver.
+It plans nothing: `run` reads the manifest the engine wrote (the tiles still missing after the
+engine's cache check), captions and embeds them with the `ray` executor's Ray Data stages
+(`ray_exec.RayExecutor`, `ray_stages`), and writes each result batch as a Parquet shard into the
+job folder (`ray_job_shards`). Tiles already in a shard of that folder (a resubmitted job) are
+skipped; tiles the reader drops as nodata go into one `empty` shard per raster. `fingerprint`
+builds the captioner on the cluster once and writes what it calls itself.
+The last line this prints is the job's error, if any (the engine shows it).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from ..errors import EngineError
+from ..types import never_canceled
+from .ray_job_shards import list_shards, read_json, ref_from_json, shard_tiles, write_json_atomic, write_shard
+
+
+def _executor(req: dict[str, Any], dim: int, embedder_fp: Any) -> Any:
+    import ray
+
+    from .ray_exec import RayExecutor
+
+    if not ray.is_initialized():
+        ray.init(address="auto", log_to_driver=False)  # the job's own cluster (Ray sets RAY_ADDRESS)
+    return RayExecutor(req["spec"], dict(req.get("options") or {}), req.get("embedder"), req.get("device", "auto"),
+                       dim, embedder_fingerprint=embedder_fp, caption_workers=req.get("caption_workers"),
+                       batch_size=req.get("batch_size"), stall_timeout_s=float(req.get("stall_timeout_s") or 1800))
+
+
+def fingerprint(path: str) -> None:
+    req = read_json(path)
+    if not isinstance(req, dict):
+        raise EngineError(f"cannot read the request {path}")
+    ex = _executor(req, 0, None)
+    try:
+        write_json_atomic(req["out"], {"fingerprint": ex.fingerprint})
+        print(f"captioner fingerprint: {ex.fingerprint}")
+    finally:
+        ex.close()
+
+
+def run(path: str) -> None:
+    from ..raster import RasterInfo
+    from ..tiling import TilingParams
+
+    m = read_json(path)
+    if not isinstance(m, dict):
+        raise EngineError(f"cannot read the manifest {path}")
+    out_dir = m["out_dir"]
+    os.makedirs(out_dir, exist_ok=True)
+    have = {tid for name in list_shards(out_dir) for tid, _ in shard_tiles(os.path.join(out_dir, name))}
+    infos = {rid: RasterInfo.from_dict(d) for rid, d in m["infos"].items()}
+    params = TilingParams.from_dict(m["params"])
+    by_raster: dict[str, list[Any]] = {}
+    for row in m["tiles"]:
+        ref = ref_from_json(row)
+        if ref.tile_id not in have:
+            by_raster.setdefault(ref.raster_id, []).append(ref)
+    work = [(infos[rid], refs) for rid, refs in by_raster.items()]
+    print(f"{sum(len(r) for _, r in work)} tiles to caption ({len(have)} already in shards)", flush=True)
+    if not work:
+        return
+    ex = _executor(m, int(m["dim"]), m.get("embedder_fingerprint"))
+    try:
+        if ex.fingerprint != m["fingerprint"]:
+            raise EngineError(f"the captioner on the cluster is {ex.fingerprint!r}, the engine planned with"
+                              f" {m['fingerprint']!r}: install the same model and versions everywhere")
+        ex.prepare(work, params)
+        for info, refs in work:
+            seen: set[str] = set()
+            for batch_refs, per_tile, vecs in ex.run(info, params, refs, never_canceled):
+                name = write_shard(out_dir, m["fingerprint"], batch_refs, per_tile, vecs)
+                seen.update(r.tile_id for r in batch_refs)
+                print(f"{name}: {len(batch_refs)} tiles", flush=True)
+            empty = [r for r in refs if r.tile_id not in seen]
+            if empty:
+                name = write_shard(out_dir, m["fingerprint"], empty, empty=True)
+                print(f"{name}: {len(empty)} empty tiles", flush=True)
+    finally:
+        ex.close()
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[0] not in ("fingerprint", "run"):
+        print("usage: ray_job_run {fingerprint|run} FILE", file=sys.stderr)
+        return 2
+    try:
+        (fingerprint if argv[0] == "fingerprint" else run)(argv[1])
+    except Exception as exc:  # one line last: the engine reports the job's last log line
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        print(f"error: {type(exc).__name__}: {lines[0] if lines else ''}"[:400], flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

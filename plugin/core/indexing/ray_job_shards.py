@@ -1,0 +1,140 @@
+"""What job mode keeps in the shared folder: the job's manifest (JSON) and its result shards (Parquet).
+
+A shard is plain data, never pickles (whoever can write the shared folder must not run code on the
+analyst's machine): per tile its id, raster id, window, scale, the captioner fingerprint, the caption
+variants as JSON, the vectors (float32, variant after variant) and an `empty` flag (tiles the reader
+skipped as nodata, so the engine records them and never reads them again).
+Names are deterministic (`shard-<first tile>-<n>-<hash of the tile ids>.parquet`) and a shard is
+written under a temporary name, then renamed: a reader sees whole shards only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import uuid
+from typing import Any, Iterable, Optional, Sequence
+
+import numpy as np
+
+from ..errors import EngineError
+from ..types import CaptionVariant, PixelWindow, TileRef
+
+SHARD_PREFIX = "shard-"
+MANIFEST = "manifest.json"
+
+
+def import_pyarrow() -> tuple[Any, Any]:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise EngineError(f"job mode reads Parquet shards: install pyarrow<26 in the engine environment ({exc})") from None
+    return pa, pq
+
+
+# -- tile references and the manifest ---------------------------------------------------------------
+def ref_to_json(ref: TileRef) -> list[Any]:
+    w = ref.window
+    return [ref.tile_id, ref.raster_id, [w.col_off, w.row_off, w.width, w.height], ref.scale,
+            [list(p) for p in ref.footprint]]
+
+
+def ref_from_json(row: Sequence[Any]) -> TileRef:
+    tid, rid, w, scale, fp = row
+    return TileRef(str(tid), str(rid), PixelWindow(*(int(v) for v in w)), int(scale),
+                   tuple((float(p[0]), float(p[1])) for p in fp))
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f)
+    os.replace(tmp, path)
+
+
+def read_json(path: str) -> Optional[Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+# -- shards -----------------------------------------------------------------------------------------
+def shard_name(tile_ids: Sequence[str]) -> str:
+    first = re.sub(r"[^A-Za-z0-9_.]", "_", str(tile_ids[0]))[:40]
+    digest = hashlib.sha1("\n".join(sorted(tile_ids)).encode()).hexdigest()[:10]
+    return f"{SHARD_PREFIX}{first}-{len(tile_ids)}-{digest}.parquet"
+
+
+def write_shard(out_dir: str, fingerprint: str, refs: Sequence[TileRef],
+                per_tile: Optional[Sequence[Sequence[CaptionVariant]]] = None,
+                vecs: Optional[Sequence[np.ndarray]] = None, empty: bool = False) -> str:
+    """One shard for `refs` (captioned, or all `empty`); returns its file name."""
+    pa, pq = import_pyarrow()
+    n = len(refs)
+    if per_tile is None or vecs is None:
+        per_tile, vecs = [[] for _ in refs], [np.zeros((0, 0), np.float32) for _ in refs]
+    table = pa.table({
+        "tile_id": [r.tile_id for r in refs],
+        "raster_id": [r.raster_id for r in refs],
+        "window": [[r.window.col_off, r.window.row_off, r.window.width, r.window.height] for r in refs],
+        "scale": pa.array([r.scale for r in refs], pa.int32()),
+        "captioner_fp": [fingerprint] * n,
+        "variants": [json.dumps([{**v.to_dict(), "fallback": v.fallback} for v in vs]) for vs in per_tile],
+        "vectors": pa.array([np.ascontiguousarray(v, np.float32).ravel() for v in vecs], pa.list_(pa.float32())),
+        "n_variants": pa.array([len(vs) for vs in per_tile], pa.int32()),
+        "empty": [bool(empty)] * n,
+    })
+    name = shard_name([r.tile_id for r in refs])
+    tmp = os.path.join(out_dir, f".tmp-{uuid.uuid4().hex}.parquet")
+    pq.write_table(table, tmp)
+    os.replace(tmp, os.path.join(out_dir, name))
+    return name
+
+
+def list_shards(job_dir: str) -> list[str]:
+    try:
+        return sorted(n for n in os.listdir(job_dir) if n.startswith(SHARD_PREFIX) and n.endswith(".parquet"))
+    except OSError:
+        return []
+
+
+def shard_tiles(path: str) -> list[tuple[str, str]]:
+    """(tile id, raster id) of every row, read without the vectors."""
+    _, pq = import_pyarrow()
+    t = pq.read_table(path, columns=["tile_id", "raster_id"])
+    return list(zip(t.column("tile_id").to_pylist(), t.column("raster_id").to_pylist()))
+
+
+def read_shard(path: str, raster_id: str, wanted: Iterable[str], fingerprint: str,
+               dim: int) -> tuple[list[tuple[str, list[CaptionVariant], np.ndarray]], list[str]]:
+    """([(tile id, variants, (n, dim) vectors)], [empty tile ids]) for the shard's rows of `raster_id`
+    in `wanted`. A row filed under another captioner fingerprint is refused, naming both."""
+    _, pq = import_pyarrow()
+    want = set(wanted)
+    t = pq.read_table(path).to_pydict()
+    done: list[tuple[str, list[CaptionVariant], np.ndarray]] = []
+    empty: list[str] = []
+    for i, tid in enumerate(t["tile_id"]):
+        if t["raster_id"][i] != raster_id or tid not in want:
+            continue
+        if t["captioner_fp"][i] != fingerprint:
+            raise EngineError(f"shard {os.path.basename(path)} holds captions of {t['captioner_fp'][i]!r}, the job"
+                              f" planned with {fingerprint!r}")
+        if t["empty"][i]:
+            empty.append(tid)
+            continue
+        variants = [CaptionVariant(str(d.get("one_sentence", "")), str(d.get("feature", "")), str(d.get("caption", "")),
+                                   fallback=str(d.get("fallback") or "")) for d in json.loads(t["variants"][i])]
+        n = int(t["n_variants"][i])
+        arr = np.asarray(t["vectors"][i], dtype=np.float32)
+        if n != len(variants) or arr.size != n * dim:
+            raise EngineError(f"shard {os.path.basename(path)}: tile {tid} has {arr.size} values for {n} variants of"
+                              f" {dim}-d vectors")
+        done.append((tid, variants, arr.reshape(n, dim)))
+    return done, empty

@@ -1,0 +1,223 @@
+"""Job mode (`--executor ray-job`) on a real local Ray cluster with its dashboard (Jobs REST API).
+
+One token-auth cluster for the module, started with `ray start --head` on 127.0.0.1 with random
+ports (dashboard included: the job server needs `ray[default]`, in the cluster extra). The engine
+side never imports Ray: it talks HTTP to the dashboard and merges Parquet shards from a shared folder.
+Skipped with a reason where ray[data] / the dashboard's packages are not installed.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ray.data", reason="ray[data] is not installed (the engine's 'cluster' extra)")
+pytest.importorskip("aiohttp_cors", reason="the Ray dashboard (job server) needs ray[default] (the 'cluster' extra)")
+pytest.importorskip("pyarrow", reason="job mode reads Parquet shards with pyarrow")
+
+from plugin.core.errors import Canceled  # noqa: E402
+from plugin.core.indexing.ray_job_shards import list_shards, read_shard, ref_from_json  # noqa: E402
+from plugin.core.pipeline import RasterSource, index_rasters  # noqa: E402
+from plugin.core.store import SearchIndex  # noqa: E402
+from tests.core.test_pipeline import write_scene  # noqa: E402
+from tests.core.test_ray_executor import (CLUSTER_ENV, RAY, ROOT, TILING, _alive, _counts, _free_port,  # noqa: E402
+                                          _pids_under, _rows, _wait_tiles)
+
+pytestmark = pytest.mark.slow
+
+WRAPPED = "python:tests.core.ray_captioners:wrapped"
+SLOW = "python:tests.core.ray_captioners:slow"
+
+
+def _get(url: str, token: str | None = None) -> dict:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return json.loads(r.read() or b"null")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    tmp = tempfile.mkdtemp(prefix="r9j", dir="/tmp")  # short: Ray's unix socket paths are length-limited
+    port, dport = _free_port(), _free_port()
+    token = secrets.token_hex(16)
+    bin_dir = os.path.dirname(sys.executable)  # the job's `python` is this venv's
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, **CLUSTER_ENV,
+               PATH=bin_dir + os.pathsep + os.environ.get("PATH", ""), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    ports = [f"--{name}={_free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                                     "metrics-export-port", "runtime-env-agent-port",
+                                                     "ray-client-server-port")]
+    log = open(os.path.join(tmp, "head.log"), "w")
+    head = subprocess.Popen([RAY, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
+                             "--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                             f"--dashboard-port={dport}", *ports, f"--temp-dir={tmp}", "--disable-usage-stats"],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
+    url = f"http://127.0.0.1:{dport}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if _get(url + "/api/version", token).get("ray_version"):
+                    break
+            except OSError:
+                pass
+            assert head.poll() is None and time.monotonic() < deadline, open(os.path.join(tmp, "head.log")).read()
+            time.sleep(0.5)
+        yield {"url": url, "token": token, "tmp": tmp, "shared": os.path.join(tmp, "shared")}
+    finally:
+        ours = _pids_under(tmp)
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(60)
+        except subprocess.TimeoutExpired:
+            head.kill()
+        for p in _alive(ours - {os.getpid()}):  # only processes this fixture started
+            try:
+                os.kill(p, signal.SIGKILL)
+            except OSError:
+                pass
+        log.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _engine_env(cluster: dict, token: str | None = None) -> dict:
+    """The engine's environment: the token is here and only here (never argv)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    return dict(env, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", RAY_AUTH_MODE="token",
+                RAY_AUTH_TOKEN=token or cluster["token"], PYTHONPATH=str(ROOT))
+
+
+def _cli(cluster: dict, idx: str, sources: list[str], captioner: str, *extra: str, url: str | None = None) -> list[str]:
+    return [sys.executable, "-m", "plugin", "index", "--index", idx, "--tile-size", "48", "--captioner", captioner,
+            "--executor", "ray-job", "--ray-dashboard", url or cluster["url"], "--shared-dir", cluster["shared"],
+            "--quiet", *extra, *sources]
+
+
+def _jobs(cluster: dict) -> list[dict]:
+    return [j for j in _get(cluster["url"] + "/api/jobs/", cluster["token"]) if j.get("submission_id")]
+
+
+def test_job_mode_same_index_as_local_and_merging_twice_changes_nothing(cluster, tmp_path: Path) -> None:
+    """`python -m plugin index --executor ray-job` gives the local executor's index (tiles, texts,
+    vectors); the token is in no argv, output, job entrypoint/runtime_env or job log; a shard merged
+    again changes nothing."""
+    scenes = [write_scene(tmp_path / f"s{i}.tif", seed=i) for i in range(2)]
+    local = str(tmp_path / "local")
+    index_rasters(local, [RasterSource(p) for p in scenes], captioner=WRAPPED, tiling=TILING,
+                  captioner_options={"variants": 2})
+    idx = str(tmp_path / "job")
+    cmd = _cli(cluster, idx, scenes, WRAPPED, "--variants", "2", "--caption-workers", "1", "--format", "json")
+    r = subprocess.run(cmd, cwd=ROOT, env=_engine_env(cluster), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert [x["tiles_new"] for x in json.loads(r.stdout)["rasters"]] == [16, 16]
+    got, want = _rows(idx), _rows(local)
+    assert sorted(got) == sorted(want) and len(got) == 32
+    for tid, (texts, vecs) in want.items():
+        assert got[tid][0] == texts
+        np.testing.assert_allclose(got[tid][1], vecs, atol=1e-5)
+    assert _counts(idx) == (32, 64)
+    state = json.load(open(os.path.join(idx, "ray_job.json")))
+    info = _get(f"{cluster['url']}/api/jobs/{state['sid']}", cluster["token"])
+    assert info["status"] == "SUCCEEDED"
+    logs = _get(f"{cluster['url']}/api/jobs/{state['sid']}/logs", cluster["token"])["logs"]
+    token = cluster["token"]
+    assert token not in " ".join(cmd) and token not in r.stdout + r.stderr and token not in json.dumps(info) + logs
+    shards = list_shards(state["dir"])
+    assert len(shards) >= 2 and all(s.startswith("shard-") for s in shards)
+    # Merging a shard again (the writer's upsert on tile id + captioner fingerprint) changes nothing.
+    manifest = json.load(open(os.path.join(state["dir"], "manifest.json")))
+    refs = {row[0]: ref_from_json(row) for row in manifest["tiles"]}
+    before = _rows(idx)
+    with SearchIndex.open(idx) as s:
+        for _ in range(2):
+            rid = next(iter(refs.values())).raster_id
+            done, empty = read_shard(os.path.join(state["dir"], shards[0]), rid, refs, state["fingerprint"], s.dim)
+            for tid in [t for t, _, _ in done]:
+                assert refs[tid].raster_id == rid
+            s.add_tiles(rid, state["fingerprint"], [(refs[t], v, a) for t, v, a in done])
+    after = _rows(idx)
+    assert _counts(idx) == (32, 64) and sorted(after) == sorted(before)
+    for tid in before:
+        assert after[tid][0] == before[tid][0]
+        np.testing.assert_allclose(after[tid][1], before[tid][1], atol=1e-6)
+    # Run again: nothing is missing, no job is submitted.
+    n_jobs = len(_jobs(cluster))
+    r = subprocess.run(cmd, cwd=ROOT, env=_engine_env(cluster), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sum(x["tiles_new"] for x in json.loads(r.stdout)["rasters"]) == 0 and len(_jobs(cluster)) == n_jobs
+
+
+def test_engine_killed_mid_job_reattaches_and_finishes_exactly(cluster, tmp_path: Path) -> None:
+    """SIGKILL the engine (the CLI) while the job runs: the re-run attaches to the same job (no new
+    submission), merges what is missing only, and the index ends complete: nothing lost or duplicated."""
+    scenes = [write_scene(tmp_path / f"s{i}.tif", seed=10 + i) for i in range(2)]
+    idx = str(tmp_path / "idx")
+    cmd = _cli(cluster, idx, scenes, SLOW, "--variants", "1", "--caption-workers", "2")
+    engine = subprocess.Popen(cmd, cwd=ROOT, env=_engine_env(cluster), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_tiles(idx, 1, engine)
+        os.kill(engine.pid, signal.SIGKILL)  # at the first merge
+        engine.wait(30)
+    finally:
+        if engine.poll() is None:
+            engine.kill()
+    done = _counts(idx)[0]
+    assert 1 <= done < 32
+    sid = json.load(open(os.path.join(idx, "ray_job.json")))["sid"]
+    assert _get(f"{cluster['url']}/api/jobs/{sid}", cluster["token"])["status"] in ("PENDING", "RUNNING")
+    n_jobs = len(_jobs(cluster))
+    r = subprocess.run(cmd[:-2] + ["--format", "json", *scenes], cwd=ROOT, env=_engine_env(cluster),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sum(x["tiles_new"] for x in json.loads(r.stdout)["rasters"]) == 32 - done  # merged only what was missing
+    assert json.load(open(os.path.join(idx, "ray_job.json")))["sid"] == sid and len(_jobs(cluster)) == n_jobs
+    assert _counts(idx) == (32, 32)
+    assert _get(f"{cluster['url']}/api/jobs/{sid}", cluster["token"])["status"] == "SUCCEEDED"
+
+
+def test_cancel_stops_the_job_and_keeps_what_was_merged(cluster, tmp_path: Path, monkeypatch) -> None:
+    """index_rasters' cancel path (in this process: job mode imports no Ray) stops the Ray job through
+    the REST API within seconds; what was merged stays."""
+    monkeypatch.setenv("RAY_AUTH_TOKEN", cluster["token"])
+    scenes = [write_scene(tmp_path / f"s{i}.tif", seed=20 + i) for i in range(2)]
+    idx = str(tmp_path / "idx")
+    seen = [0]
+    with pytest.raises(Canceled):
+        index_rasters(idx, [RasterSource(p) for p in scenes], captioner=SLOW, tiling=TILING,
+                      captioner_options={"variants": 1}, executor="ray-job",
+                      executor_options={"dashboard_url": cluster["url"], "shared_dir": cluster["shared"],
+                                        "caption_workers": 2},
+                      progress=lambda done, total, msg: seen.__setitem__(0, done), is_canceled=lambda: seen[0] >= 2)
+    t0 = time.monotonic()
+    sid = json.load(open(os.path.join(idx, "ray_job.json")))["sid"]
+    while (status := _get(f"{cluster['url']}/api/jobs/{sid}", cluster["token"])["status"]) != "STOPPED":
+        assert time.monotonic() - t0 < 10, status
+        time.sleep(0.2)
+    assert 2 <= _counts(idx)[0] < 32
+
+
+def test_bad_dashboard_url_and_wrong_token_fail_in_seconds(cluster, tmp_path: Path) -> None:
+    scene = write_scene(tmp_path / "s.tif", seed=3)
+    for url, token in ((f"http://127.0.0.1:{_free_port()}", None), (cluster["url"], "0" * 32)):
+        t0 = time.monotonic()
+        r = subprocess.run(_cli(cluster, str(tmp_path / "idx"), [scene], WRAPPED, url=url), cwd=ROOT,
+                           env=_engine_env(cluster, token), capture_output=True, text=True, timeout=120)
+        assert r.returncode == 1 and time.monotonic() - t0 < 30, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Ray dashboard" in lines[0], r.stderr
+        assert cluster["token"] not in r.stderr and "0" * 32 not in r.stderr
+    assert "refused" in lines[0]
+    assert not glob.glob(str(tmp_path / "idx" / "*.sqlite"))
