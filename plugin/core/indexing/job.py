@@ -147,6 +147,10 @@ def _index_rasters(index_dir, sources, captioner, embedder, tiling, captioner_op
         opts.setdefault("device", device)
         # A captioner server that is down fails here, in seconds, before the embedder loads.
         preflight_captioner(captioner, opts, lambda message: progress(0, 0, message), is_canceled)
+        if executor == "ray-job":  # a wrong dashboard URL or token fails here, in seconds, before any model
+            from .ray_job_api import JobsApi
+
+            JobsApi(str(executor_options.get("dashboard_url") or "")).version()
         progress(0, 0, "loading embedder")
         emb = cached_embedder(embedder, device)
         if executor == "ray":

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import Any
 
 from ..errors import EngineError
@@ -73,17 +74,31 @@ def run(path: str) -> None:
                               f" {m['fingerprint']!r}: install the same model and versions everywhere")
         ex.prepare(work, params)
         for info, refs in work:
-            seen: set[str] = set()
-            for batch_refs, per_tile, vecs in ex.run(info, params, refs, never_canceled):
-                name = write_shard(out_dir, m["fingerprint"], batch_refs, per_tile, vecs)
-                seen.update(r.tile_id for r in batch_refs)
-                print(f"{name}: {len(batch_refs)} tiles", flush=True)
-            empty = [r for r in refs if r.tile_id not in seen]
-            if empty:
-                name = write_shard(out_dir, m["fingerprint"], empty, empty=True)
-                print(f"{name}: {len(empty)} empty tiles", flush=True)
+            _write_raster(ex, info, params, refs, out_dir, m["fingerprint"], int(m.get("shard_tiles") or 64),
+                          float(m.get("shard_every_s") or 2.0))
     finally:
         ex.close()
+
+
+def _write_raster(ex: Any, info: Any, params: Any, refs: list[Any], out_dir: str, fp: str, shard_tiles_n: int,
+                  every_s: float) -> None:
+    """Batches come back a caption batch at a time; a shard gathers them for up to `every_s`
+    seconds or `shard_tiles_n` tiles (fewer, larger files, while progress still flows)."""
+    seen: set[str] = set()
+    buf: list[list[Any]] = [[], [], []]
+    last = time.monotonic()
+    for batch_refs, per_tile, vecs in ex.run(info, params, refs, never_canceled):
+        for part, new in zip(buf, (batch_refs, per_tile, vecs)):
+            part.extend(new)
+        seen.update(r.tile_id for r in batch_refs)
+        if len(buf[0]) >= shard_tiles_n or time.monotonic() - last >= every_s:
+            print(f"{write_shard(out_dir, fp, buf[0], buf[1], buf[2])}: {len(buf[0])} tiles", flush=True)
+            buf, last = [[], [], []], time.monotonic()
+    if buf[0]:
+        print(f"{write_shard(out_dir, fp, buf[0], buf[1], buf[2])}: {len(buf[0])} tiles", flush=True)
+    empty = [r for r in refs if r.tile_id not in seen]
+    if empty:
+        print(f"{write_shard(out_dir, fp, empty, empty=True)}: {len(empty)} empty tiles", flush=True)
 
 
 def main(argv: list[str]) -> int:
