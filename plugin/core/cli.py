@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Any, Iterator, Optional, Sequence
 
-from .cli_args import _bands, _bbox, _option, _overlap, _scales, _seconds
+from .cli_args import _bands, _bbox, _option, _overlap, _scales, _seconds, add_executor_args, executor_options
 from .errors import Canceled, EngineError
 
 EXIT_ERROR = 1
@@ -79,12 +79,12 @@ def cmd_index(args: argparse.Namespace) -> int:
     bar = _Bar(args.quiet)
     try:
         # Ctrl-C interrupts between commits; the store keeps what was committed (main() says so).
-        with _stdout_to_stderr(args.executor == "ray"):  # Ray and its workers print; stdout is for results
+        with _stdout_to_stderr(args.executor != "local"):  # Ray and its workers print; stdout is for results
             report = index_rasters(
                 args.index, sources, captioner=args.captioner, embedder=args.embedder, tiling=tiling,
                 captioner_options=opts, device=args.device, remove_missing=args.remove_missing, progress=bar,
                 force=args.force, wait_s=args.wait,
-                executor=args.executor, executor_options=_executor_options(args),
+                executor=args.executor, executor_options=executor_options(args),
             )
     except BaseException:
         if not os.path.exists(os.path.join(args.index, "manifest.json")):  # no index yet: leave nothing behind
@@ -138,16 +138,6 @@ def _stdout_to_stderr(active: bool) -> Iterator[None]:
         sys.stdout.flush()
         os.dup2(saved, 1)
         os.close(saved)
-
-
-def _executor_options(args: argparse.Namespace) -> dict[str, Any]:
-    if args.executor != "ray":
-        if args.ray_address or args.caption_workers:
-            raise EngineError("--ray-address and --caption-workers need --executor ray")
-        return {}
-    if args.caption_workers is not None and args.caption_workers < 1:
-        raise EngineError("--caption-workers must be at least 1")
-    return {k: v for k, v in (("address", args.ray_address), ("caption_workers", args.caption_workers)) if v}
 
 
 def _hits_geojson(hits: list[Any]) -> dict[str, Any]:
@@ -296,12 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     pi.add_argument("--force", action="store_true", help="index plans past the tile limit (200,000 tiles per raster)")
     pi.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                     help="wait this long for another job writing the same index (default: refuse at once)")
-    pi.add_argument("--executor", choices=("local", "ray"), default="local",
-                    help="where tiles are read, captioned and embedded: this process, or a Ray cluster (Ray Data)")
-    pi.add_argument("--ray-address", default=None,
-                    help="Ray cluster to attach to (host:port); default: a private local one on 127.0.0.1."
-                         " Token auth: RAY_AUTH_MODE=token and RAY_AUTH_TOKEN in the environment")
-    pi.add_argument("--caption-workers", type=int, default=None, help="most caption actors on the cluster (default: one per GPU)")
+    add_executor_args(pi)
     pi.add_argument("--format", choices=("table", "json"), default="table")
     pi.add_argument("--quiet", action="store_true", help="no progress bar")
     pi.add_argument("rasters", nargs="+", help="raster files (GeoTIFF, COG, JP2, VRT), folders of rasters (recursive) or Sentinel-2 products")

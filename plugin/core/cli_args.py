@@ -75,3 +75,43 @@ def _bbox(text: str) -> tuple[float, float, float, float]:
     if len(vals) != 4 or vals[0] >= vals[2] or vals[1] >= vals[3]:
         raise argparse.ArgumentTypeError("bbox: expected minx,miny,maxx,maxy with min < max")
     return vals  # type: ignore[return-value]
+
+
+# ---- where the index job runs (--executor and the cluster options) -------------------------------
+
+
+def add_executor_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--executor", choices=("local", "ray", "ray-job"), default="local",
+                   help="where tiles are read, captioned and embedded: this process, a Ray cluster this process "
+                        "drives (Ray Data), or a Ray job submitted to a cluster's dashboard (job mode)")
+    p.add_argument("--ray-address", default=None,
+                   help="ray: cluster to attach to (host:port); default: a private local one on 127.0.0.1."
+                        " Token auth: RAY_AUTH_MODE=token and RAY_AUTH_TOKEN in the environment")
+    p.add_argument("--ray-dashboard", default=None, metavar="URL", help="ray-job: the cluster's dashboard, e.g. http://head:8265")
+    p.add_argument("--shared-dir", default=None, metavar="DIR",
+                   help="ray-job: a folder or URI this computer and the cluster both reach (result shards go there)")
+    p.add_argument("--path-map", action="append", default=None, metavar="LOCAL=CLUSTER",
+                   help="ray, ray-job: rasters under LOCAL are read on the cluster under CLUSTER (repeatable)")
+    p.add_argument("--caption-workers", type=int, default=None, help="most caption actors on the cluster (default: one per GPU)")
+
+
+def executor_options(args: argparse.Namespace) -> dict[str, Any]:
+    """`executor_options` of index_rasters from the flags; a flag the chosen executor ignores is an error."""
+    from .errors import EngineError
+    from .indexing.path_map import parse_path_map
+
+    given = {"address": args.ray_address, "dashboard_url": args.ray_dashboard, "shared_dir": args.shared_dir,
+             "path_map": args.path_map, "caption_workers": args.caption_workers}
+    flags = {"address": "--ray-address", "dashboard_url": "--ray-dashboard", "shared_dir": "--shared-dir",
+             "path_map": "--path-map", "caption_workers": "--caption-workers"}
+    allowed = {"local": set(), "ray": {"address", "path_map", "caption_workers"},
+               "ray-job": {"dashboard_url", "shared_dir", "path_map", "caption_workers"}}[args.executor]
+    wrong = [flags[k] for k, v in given.items() if v is not None and k not in allowed]
+    if wrong:
+        raise EngineError(f"{', '.join(wrong)} {'does' if len(wrong) == 1 else 'do'} not apply to --executor {args.executor}")
+    if args.caption_workers is not None and args.caption_workers < 1:
+        raise EngineError("--caption-workers must be at least 1")
+    out: dict[str, Any] = {k: v for k, v in given.items() if v is not None and k != "path_map"}
+    if args.path_map:
+        out["path_map"] = [list(p) for p in parse_path_map(args.path_map)]
+    return out

@@ -171,14 +171,14 @@ def test_progress_moves_on_the_right_row_and_cancel_touches_only_the_interrupted
     # during the job: the options are frozen, the bar shows, the status line tells the job, not "No index"
     assert not iw.options_widget.isEnabled() and iw.progress_bar.isVisible() is not None
     assert iw.cancel_button.isEnabled() and not iw.index_button.isEnabled()
-    wait_until(lambda: sum(p["phase"] == "working" for p in phases) >= 3, 240, "three progress steps")
+    wait_until(lambda: sum(p["phase"] == "captioning" for p in phases) >= 3, 240, "three progress steps")
     order = [p["phase"] for p in phases]
-    assert "loading" in order and order.index("loading") < order.index("working")
-    working = [p for p in phases if p["phase"] == "working"]
+    assert "loading" in order and order.index("loading") < order.index("captioning")
+    working = [p for p in phases if p["phase"] == "captioning"]
     dones = [p["done"] for p in working]
     assert dones == sorted(dones) and max(b - a for a, b in zip(dones, dones[1:])) <= 8
     assert all("No index" not in s and s.startswith("Indexing") for s in statuses)
-    assert "Captioning" in plugin.dock.status_label.text() or "Captioning" in statuses[-1]
+    assert "Captioned" in plugin.dock.status_label.text() or "Captioned" in statuses[-1]
     assert working[-1]["total"] == 64 and working[-1]["raster"] == "Big scene"
     # the shore raster was complete: it is settled first and never shows the running percentage
     shore_states = [s for s, _b in rows if s]

@@ -23,6 +23,7 @@ from ..types import CancelFn, ProgressFn, RasterSource, TileRef, never_canceled,
 from .commit import _index_one, make_step
 from .executor import EXECUTORS, Executor
 from .plan import MAX_TILES, _open_all, _previous_embedder, _resolve_sources, _row_band_map
+from .progress import captioning, loading, planning, starting_workers
 
 
 @dataclass
@@ -127,6 +128,7 @@ def _index_rasters(index_dir, sources, captioner, embedder, tiling, captioner_op
     if not sources and not remove_missing:
         raise EngineError("nothing to index: give at least one raster")
     # Open and plan every raster before loading any model, so bad input fails in a second.
+    progress(0, 0, planning(f"planning {len(sources)} raster(s)"))
     limit = None if force else MAX_TILES
     opened, failed_paths = _open_all(sources, params, report, open_raster, plan_tiles, limit)
     if sources and not opened:
@@ -143,11 +145,13 @@ def _index_rasters(index_dir, sources, captioner, embedder, tiling, captioner_op
         opts.setdefault("device", device)
         # A captioner server that is down fails here, in seconds, before the embedder loads.
         preflight_captioner(captioner, opts, lambda message: progress(0, 0, message), is_canceled)
-        progress(0, 0, "loading embedder")
+        progress(0, 0, loading("loading embedder"))
         emb = cached_embedder(embedder, device)
         if executor == "ray":
-            progress(0, 0, "starting Ray workers")
+            progress(0, 0, loading("connecting to Ray"))
         cap, ex = _make_executor(executor, captioner, opts, embedder, emb, device, executor_options)
+        if hasattr(ex, "on_workers"):  # an executor with worker pools says how many are ready
+            ex.on_workers = lambda ready, n: progress(0, 0, starting_workers(ready, n))
     except BaseException:
         lock.release(unlink=not os.path.exists(os.path.join(index_dir, "index.sqlite")))
         raise
@@ -191,6 +195,7 @@ def _index_rasters(index_dir, sources, captioner, embedder, tiling, captioner_op
                     idx.remove_raster(rid)
                     report.removed.append(rid)
         total = sum(len(refs) - len(done & {r.tile_id for r in refs}) for _, refs, done in planned)
+        progress = captioning(progress)  # every count from here on carries rate and ETA
         step = make_step(idx, total, progress)
         bind_captioner(cap, lambda message: step(0, message, may_flush=False), is_canceled)  # server retries show in progress
         # Rasters with nothing left to do are settled first (no model work, no cancel point), so a
