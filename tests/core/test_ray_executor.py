@@ -313,3 +313,29 @@ def test_worker_phases_in_order_and_path_map_reads_the_cluster_path(cluster, tmp
     rated = [e for e in counts if e["rate"] > 0]
     assert rated and all(e["eta_s"] is not None and 0 <= e["eta_s"] <= 3600 for e in rated)
     assert rated[-1]["eta_s"] == 0.0
+
+
+def test_cluster_check_reports_versions_resources_and_auth(cluster) -> None:
+    """The settings' "Test cluster", as the dialog runs it (an engine worker of its own): with the
+    token, versions, nodes, CPUs and auth; without it, one line saying the cluster refused."""
+    import ray
+
+    from plugin.core.worker_client import WorkerClient
+
+    client = WorkerClient(sys.executable, env=_driver_env(cluster))
+    try:
+        out = client.request("cluster_info", {"executor": "ray", "address": cluster["address"]})
+    finally:
+        client.stop()
+    assert out["client_version"] == out["cluster_version"] == ray.__version__ and out["mismatch"] is False
+    assert out["nodes"] == 1 and out["cpus"] == 2.0 and out["gpus"] == 0.0 and out["auth"] == "token"
+    env = {k: v for k, v in _driver_env(cluster).items() if k not in ("RAY_AUTH_TOKEN", "RAY_AUTH_MODE")}
+    client = WorkerClient(sys.executable, env=env)
+    try:
+        with pytest.raises(Exception) as e:
+            client.request("cluster_info", {"executor": "ray", "address": cluster["address"]})
+    finally:
+        client.stop()
+    text = str(e.value)
+    assert "\n" not in text and cluster["token"] not in text
+    assert "refused" in text or "cannot attach" in text, text
