@@ -322,7 +322,10 @@ def test_results_tell_hits_apart(shore, qgis_iface):
     hits, error = search_and_wait(plugin, "dense green vegetation", top=10)
     assert error == "" and len(hits) == 10
     model = w.model
-    texts = [model.data(model.index(r, COL_CAPTION)) for r in range(10)]
+    cells = [model.data(model.index(r, COL_CAPTION)).split("\n") for r in range(10)]
+    texts = [c[0] for c in cells]  # the second line says which query words matched (test_dock_like)
+    assert all(c[1:] == (["words: " + ", ".join(h["extra"]["matched_terms"])] if h["extra"].get("matched_terms") else [])
+               for c, h in zip(cells, hits))
     full = [h["caption"] for h in hits]
     # sentences most of these captions share are not repeated in every row; what is shown is theirs
     from plugin.gui.result_text import sentences
@@ -336,7 +339,11 @@ def test_results_tell_hits_apart(shore, qgis_iface):
         if any(x not in shared for x in ss):
             assert not any(p in shared for p in pieces), (text, shared)
     assert len(set(texts)) == len(set(full))
-    tip = model.data(model.index(0, COL_CAPTION), Qt.ItemDataRole.ToolTipRole)
+    from qgis.PyQt.QtGui import QTextDocument
+
+    doc = QTextDocument()
+    doc.setHtml(model.data(model.index(0, COL_CAPTION), Qt.ItemDataRole.ToolTipRole))
+    tip = doc.toPlainText()
     assert full[0] in tip and tip.startswith("Matched: ") and "veg" in tip.split("\n")[0].lower()
     # the raster column shows only when it tells hits apart
     assert w.view.isColumnHidden(COL_RASTER) == (len({h["raster_id"] for h in hits}) == 1)
