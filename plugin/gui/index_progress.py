@@ -60,7 +60,7 @@ class IndexProgressView(QObject):
     def text(self) -> str:
         p = self._phase
         done, total = int(p.get("done") or 0), int(p.get("total") or 0)
-        text = describe(done, total, p)
+        text = describe(done, total, {"phase": p.get("phase"), "rate": p.get("rate"), "eta_s": p.get("eta")})
         if text:
             text = text[:1].upper() + text[1:]
         elif p.get("phase") == "starting" and p.get("workers"):

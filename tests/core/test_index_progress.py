@@ -105,3 +105,14 @@ def test_path_map_bad_entries_are_one_line_errors() -> None:
         with pytest.raises(EngineError) as e:
             parse_path_map(bad)
         assert "\n" not in str(e.value)
+
+
+def test_no_rate_from_a_burst_of_results() -> None:
+    clock = Clock()
+    m = RateMeter(clock)
+    m.update(0, 100)
+    clock.t += 0.05
+    assert m.update(24, 100) == (0.0, None)  # a cluster's first batches arrive together: no 480 tiles/s
+    clock.t += 3.0
+    rate, eta = m.update(30, 100)
+    assert rate == pytest.approx(30 / 3.05) and eta == pytest.approx(70 / rate)

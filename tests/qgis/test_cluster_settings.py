@@ -94,6 +94,37 @@ def test_settings_dialog_stores_the_token_and_test_cluster_answers_in_one_line(q
         save_cluster_options(before)
 
 
+def test_dock_progress_line_shows_each_phase(qgis_app):
+    """The status line for each phase the task reports (what the user reads while a job runs)."""
+    from plugin.gui.index_progress import IndexProgressView
+
+    class Widget:
+        def set_progress(self, text, done, total):
+            self.text = text
+
+        def set_state(self, key, state):
+            pass
+
+    class Session:
+        job_text = ""
+
+        def status_text(self):
+            return self.job_text
+
+    w, lines = Widget(), []
+    view = IndexProgressView(w, Session(), lines.append, lambda: True)
+    view.start(["k"], {"k": "a"}, "on Ray cluster 10.0.0.5:6379")
+    view.on_phase({"phase": "starting", "message": "starting workers 1/4 ready", "ready": 1, "workers": 4})
+    assert w.text.startswith("Starting workers: 1/4 ready (loading models) · on Ray cluster 10.0.0.5:6379 · ")
+    view.on_phase({"phase": "captioning", "message": "a: 8 tiles", "done": 120, "total": 3000, "rate": 2.0,
+                   "eta": 1440.0, "raster": "a"})
+    assert w.text.startswith("Captioned 120/3,000 tiles · 2.0 tiles/s · about 24 min 00 s left · on Ray cluster")
+    assert lines[-1].startswith("Indexing: Captioned 120/3,000")
+    view.on_phase({"phase": "planning", "message": "planning 2 raster(s)"})
+    assert w.text.startswith("Planning 2 raster(s) · on Ray cluster")
+    view.stop()
+
+
 @pytest.mark.slow
 def test_ray_token_reaches_the_job_worker_through_its_environment_only(qgis_iface, qgis_new_project, tmp_path) -> None:
     """The dock's index job with "Run on: Ray cluster": the token is read from QgsAuthManager when the

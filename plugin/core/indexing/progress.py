@@ -22,6 +22,9 @@ from ..types import ProgressFn
 PHASES = ("planning", "loading", "starting", "captioning", "merging")
 #: Rate over the last this many seconds (a job that sped up or slowed down shows it within a minute).
 RATE_WINDOW_S = 60.0
+#: No rate before this many seconds of counts: results that arrive in a burst (a cluster's first
+#: batches) would otherwise show a rate many times the real one.
+MIN_SPAN_S = 2.0
 
 
 class PhaseMessage(str):
@@ -79,7 +82,7 @@ class RateMeter:
         while len(s) > 2 and s[1][0] <= now - self.window_s:
             s.popleft()
         t0, d0 = s[0]
-        if now <= t0 or done <= d0:
+        if now - t0 < MIN_SPAN_S or done <= d0:
             return 0.0, None
         rate = (done - d0) / (now - t0)
         return rate, max(0.0, (total - done) / rate)
