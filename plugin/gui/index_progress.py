@@ -26,13 +26,14 @@ class IndexProgressView(QObject):
         self._names: dict[str, str] = {}
         self._seen: list[str] = []
         self._t_start = 0.0
+        self._workers = (0, 0)  # Ray caption workers (ready, most)
         self._ticker = QTimer(self)
         self._ticker.setInterval(1000)
         self._ticker.timeout.connect(self.show)
 
     def start(self, keys: list[str], names: dict[str, str], where: str = "") -> None:
         self._keys, self._names, self.where = list(keys), dict(names), where
-        self._seen, self._phase = [], {}
+        self._seen, self._phase, self._workers = [], {}, (0, 0)
         self._t_start = time.monotonic()
         self._ticker.start()
 
@@ -42,6 +43,11 @@ class IndexProgressView(QObject):
     def on_phase(self, phase: dict) -> None:
         """Rows: only the raster being worked on shows a percentage; earlier ones are done."""
         if not self.active():
+            return
+        if phase.get("workers"):
+            self._workers = (int(phase.get("ready") or 0), int(phase["workers"]))
+        if phase.get("phase") == "starting" and self._phase.get("phase") == "captioning":
+            self.show()  # a pool that grows while tiles are captioned: the counts stay, "k/n workers" moves
             return
         self._phase = dict(phase)
         raster = str(phase.get("raster") or "")
@@ -63,6 +69,8 @@ class IndexProgressView(QObject):
         text = describe(done, total, {"phase": p.get("phase"), "rate": p.get("rate"), "eta_s": p.get("eta")})
         if text:
             text = text[:1].upper() + text[1:]
+            if self._workers[1]:
+                text += f" · {self._workers[0]}/{self._workers[1]} workers"
         elif p.get("phase") == "starting" and p.get("workers"):
             text = f"Starting workers: {int(p.get('ready') or 0)}/{int(p['workers'])} ready (loading models)"
         else:

@@ -118,8 +118,11 @@ def test_dock_progress_line_shows_each_phase(qgis_app):
     assert w.text.startswith("Starting workers: 1/4 ready (loading models) · on Ray cluster 10.0.0.5:6379 · ")
     view.on_phase({"phase": "captioning", "message": "a: 8 tiles", "done": 120, "total": 3000, "rate": 2.0,
                    "eta": 1440.0, "raster": "a"})
-    assert w.text.startswith("Captioned 120/3,000 tiles · 2.0 tiles/s · about 24 min 00 s left · on Ray cluster")
+    assert w.text.startswith("Captioned 120/3,000 tiles · 2.0 tiles/s · about 24 min 00 s left · 1/4 workers · on Ray")
     assert lines[-1].startswith("Indexing: Captioned 120/3,000")
+    # the pool grows while tiles are captioned: the counts stay, the workers move
+    view.on_phase({"phase": "starting", "message": "starting workers 4/4 ready", "ready": 4, "workers": 4})
+    assert w.text.startswith("Captioned 120/3,000 tiles · 2.0 tiles/s · about 24 min 00 s left · 4/4 workers · on Ray")
     view.on_phase({"phase": "planning", "message": "planning 2 raster(s)"})
     assert w.text.startswith("Planning 2 raster(s) · on Ray cluster")
     view.stop()

@@ -53,3 +53,26 @@ def test_job_mode_path_map_and_token_parameters(qgis_app):
     assert ray_token_env("") is None
     with pytest.raises(QgsProcessingException):
         ray_token_env("nosuch1")
+
+
+def test_processing_progress_text_carries_rate_and_eta(qgis_app):
+    from qgis.core import QgsProcessingFeedback
+
+    from plugin.processing.common import progress_to_feedback
+
+    class Feedback(QgsProcessingFeedback):
+        def __init__(self):
+            super().__init__()
+            self.texts = []
+
+        def setProgressText(self, text):  # noqa: N802 (QGIS API)
+            self.texts.append(text)
+
+    fb = Feedback()
+    on_event = progress_to_feedback(fb)
+    on_event({"event": "progress", "done": 0, "total": 0, "message": "starting workers 0/2 ready", "phase": "starting",
+              "ready": 0, "workers": 2})
+    on_event({"event": "progress", "done": 40, "total": 40, "message": "a: 8 tiles", "phase": "captioning",
+              "rate": 0.5, "eta_s": 0.0})
+    assert fb.texts == ["starting workers 0/2 ready", "captioned 40/40 tiles · 2.0 s/tile · about 0 s left"]
+    assert fb.progress() == 100.0
