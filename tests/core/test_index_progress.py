@@ -116,3 +116,44 @@ def test_no_rate_from_a_burst_of_results() -> None:
     clock.t += 3.0
     rate, eta = m.update(30, 100)
     assert rate == pytest.approx(30 / 3.05) and eta == pytest.approx(70 / rate)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--path-map", "/a=/b"], "--path-map does not apply to --executor local"),
+    (["--executor", "ray", "--ray-dashboard", "http://h:8265", "--shared-dir", "/s"],
+     "--ray-dashboard, --shared-dir do not apply to --executor ray"),
+    (["--executor", "ray", "--path-map", "/a"], "path map entry '/a': expected LOCAL_PREFIX=CLUSTER_PREFIX"),
+    (["--executor", "ray-job", "--ray-address", "h:6379"], "--ray-address does not apply to --executor ray-job"),
+])
+def test_cli_cluster_flags_are_checked_in_one_line(tmp_path, capsys, argv, words) -> None:
+    from plugin.core.cli import main
+    from tests.core import rasters
+
+    src = rasters.write_raster(str(tmp_path / "a.tif"), rasters.pattern(3, 64, 64, seed=0), crs="EPSG:32618")
+    rc = main(["index", "--index", str(tmp_path / "idx"), "--quiet", *argv, src])
+    err = capsys.readouterr().err.strip()
+    assert rc != 0 and err == f"error: {words}", err
+    assert not (tmp_path / "idx").exists()  # nothing created for a refused job
+
+
+def test_cli_passes_the_cluster_options_to_the_job(monkeypatch, tmp_path) -> None:
+    """--executor ray-job with its flags reaches index_rasters as the agreed executor options."""
+    import plugin.core.cli as cli
+    from plugin.core.indexing.job import IndexReport
+
+    seen: dict = {}
+
+    def fake_index(index_dir, sources, **kw):  # records what the CLI asks for; the job itself is tested elsewhere
+        seen.update(kw)
+        return IndexReport()
+
+    monkeypatch.setattr("plugin.core.pipeline.index_rasters", fake_index)
+    from tests.core import rasters
+
+    src = rasters.write_raster(str(tmp_path / "a.tif"), rasters.pattern(3, 64, 64, seed=0), crs="EPSG:32618")
+    rc = cli.main(["index", "--index", str(tmp_path / "idx"), "--quiet", "--executor", "ray-job",
+                   "--ray-dashboard", "http://head:8265", "--shared-dir", "s3://b/stage", "--path-map", "/mnt/nas=s3://b/nas",
+                   "--path-map", "D:\\o=/o", "--caption-workers", "3", src])
+    assert rc == 0 and seen["executor"] == "ray-job"
+    assert seen["executor_options"] == {"dashboard_url": "http://head:8265", "shared_dir": "s3://b/stage", "caption_workers": 3,
+                                        "path_map": [["/mnt/nas", "s3://b/nas"], ["D:\\o", "/o"]]}
