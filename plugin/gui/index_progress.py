@@ -13,7 +13,7 @@ from typing import Callable
 
 from qgis.PyQt.QtCore import QObject, QTimer
 
-from ..core.indexing.progress import describe, duration
+from ..core.progress_text import describe, duration
 
 
 class IndexProgressView(QObject):

@@ -9,7 +9,7 @@ from typing import Callable, Optional
 
 from qgis.core import QgsApplication, QgsAuthMethodConfig, QgsProcessingFeedback
 
-from ..core.indexing.progress import describe
+from ..core.progress_text import describe
 from ..core.worker_client import WorkerClient
 from ..qgis_io.engine import engine_python
 

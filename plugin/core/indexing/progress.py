@@ -17,6 +17,7 @@ import time
 from collections import deque
 from typing import Any, Callable, Optional
 
+from ..progress_text import describe, duration  # noqa: F401 - the text side, importable by the QGIS side
 from ..types import ProgressFn
 
 PHASES = ("planning", "loading", "starting", "captioning", "merging")
@@ -103,25 +104,3 @@ def captioning(progress: ProgressFn, meter: Optional[RateMeter] = None) -> Progr
                                            eta_s=None if eta is None else round(eta, 1), **extra))
 
     return report
-
-
-def describe(done: int, total: int, info: dict[str, Any]) -> str:
-    """One line for a person: 'captioned 120/3,000 tiles · 2.1 tiles/s · about 23 min left'."""
-    if info.get("phase") != "captioning" or not total:
-        return ""
-    text = f"captioned {done:,}/{total:,} tiles"
-    rate = float(info.get("rate") or 0.0)
-    if rate > 0:
-        text += f" · {rate:.1f} tiles/s" if rate >= 1 else f" · {1 / rate:.1f} s/tile"
-        if info.get("eta_s") is not None:
-            text += f" · about {duration(float(info['eta_s']))} left"
-    return text
-
-
-def duration(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
