@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Any, Iterator, Optional, Sequence
 
-from .cli_args import _bands, _bbox, _executor_options, _option, _overlap, _path_map, _scales, _seconds
+from .cli_args import _bands, _bbox, _option, _overlap, _scales, _seconds, add_executor_args, executor_options
 from .errors import Canceled, EngineError
 
 EXIT_ERROR = 1
@@ -84,7 +84,7 @@ def cmd_index(args: argparse.Namespace) -> int:
                 args.index, sources, captioner=args.captioner, embedder=args.embedder, tiling=tiling,
                 captioner_options=opts, device=args.device, remove_missing=args.remove_missing, progress=bar,
                 force=args.force, wait_s=args.wait,
-                executor=args.executor, executor_options=_executor_options(args),
+                executor=args.executor, executor_options=executor_options(args),
             )
     except BaseException:
         if not os.path.exists(os.path.join(args.index, "manifest.json")):  # no index yet: leave nothing behind
@@ -286,19 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     pi.add_argument("--force", action="store_true", help="index plans past the tile limit (200,000 tiles per raster)")
     pi.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                     help="wait this long for another job writing the same index (default: refuse at once)")
-    pi.add_argument("--executor", choices=("local", "ray", "ray-job"), default="local",
-                    help="where tiles are read, captioned and embedded: this process, a Ray cluster (Ray Data) this"
-                         " process drives, or a Ray Job submitted over HTTP (job mode: no Ray needed here)")
-    pi.add_argument("--ray-address", default=None,
-                    help="Ray cluster to attach to (host:port); default: a private local one on 127.0.0.1."
-                         " Token auth: RAY_AUTH_MODE=token and RAY_AUTH_TOKEN in the environment")
-    pi.add_argument("--ray-dashboard", default=None, metavar="URL",
-                    help="ray-job: the head's dashboard, e.g. http://head:8265 (token: RAY_AUTH_TOKEN in the environment)")
-    pi.add_argument("--shared-dir", default=None, metavar="DIR",
-                    help="ray-job: a folder this machine and the cluster both reach (job manifests and result shards)")
-    pi.add_argument("--path-map", type=_path_map, action="append", default=None, metavar="LOCAL=CLUSTER",
-                    help="ray-job: how the cluster sees a local path prefix (repeatable)")
-    pi.add_argument("--caption-workers", type=int, default=None, help="most caption actors on the cluster (default: one per GPU)")
+    add_executor_args(pi)
     pi.add_argument("--format", choices=("table", "json"), default="table")
     pi.add_argument("--quiet", action="store_true", help="no progress bar")
     pi.add_argument("rasters", nargs="+", help="raster files (GeoTIFF, COG, JP2, VRT), folders of rasters (recursive) or Sentinel-2 products")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .errors import EngineError
 from .types import BandMap
 
 
@@ -78,30 +77,41 @@ def _bbox(text: str) -> tuple[float, float, float, float]:
     return vals  # type: ignore[return-value]
 
 
-def _path_map(text: str) -> tuple[str, str]:
-    local, sep, remote = str(text).partition("=")
-    if not sep or not local.strip() or not remote.strip():
-        raise argparse.ArgumentTypeError(f"expected LOCAL=CLUSTER (a local path prefix and how the cluster sees it), got {text!r}")
-    return local.strip(), remote.strip()
+# ---- where the index job runs (--executor and the cluster options) -------------------------------
 
 
-def _executor_options(args: argparse.Namespace) -> dict[str, Any]:
+def add_executor_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--executor", choices=("local", "ray", "ray-job"), default="local",
+                   help="where tiles are read, captioned and embedded: this process, a Ray cluster this process "
+                        "drives (Ray Data), or a Ray job submitted to a cluster's dashboard (job mode)")
+    p.add_argument("--ray-address", default=None,
+                   help="ray: cluster to attach to (host:port); default: a private local one on 127.0.0.1."
+                        " Token auth: RAY_AUTH_MODE=token and RAY_AUTH_TOKEN in the environment")
+    p.add_argument("--ray-dashboard", default=None, metavar="URL", help="ray-job: the cluster's dashboard, e.g. http://head:8265")
+    p.add_argument("--shared-dir", default=None, metavar="DIR",
+                   help="ray-job: a folder or URI this computer and the cluster both reach (result shards go there)")
+    p.add_argument("--path-map", action="append", default=None, metavar="LOCAL=CLUSTER",
+                   help="ray, ray-job: rasters under LOCAL are read on the cluster under CLUSTER (repeatable)")
+    p.add_argument("--caption-workers", type=int, default=None, help="most caption actors on the cluster (default: one per GPU)")
+
+
+def executor_options(args: argparse.Namespace) -> dict[str, Any]:
+    """`executor_options` of index_rasters from the flags; a flag the chosen executor ignores is an error."""
+    from .errors import EngineError
+    from .indexing.path_map import parse_path_map
+
+    given = {"address": args.ray_address, "dashboard_url": args.ray_dashboard, "shared_dir": args.shared_dir,
+             "path_map": args.path_map, "caption_workers": args.caption_workers}
+    flags = {"address": "--ray-address", "dashboard_url": "--ray-dashboard", "shared_dir": "--shared-dir",
+             "path_map": "--path-map", "caption_workers": "--caption-workers"}
+    allowed = {"local": set(), "ray": {"address", "path_map", "caption_workers"},
+               "ray-job": {"dashboard_url", "shared_dir", "path_map", "caption_workers"}}[args.executor]
+    wrong = [flags[k] for k, v in given.items() if v is not None and k not in allowed]
+    if wrong:
+        raise EngineError(f"{', '.join(wrong)} {'does' if len(wrong) == 1 else 'do'} not apply to --executor {args.executor}")
     if args.caption_workers is not None and args.caption_workers < 1:
         raise EngineError("--caption-workers must be at least 1")
-    if args.executor == "local" and (args.ray_address or args.caption_workers):
-        raise EngineError("--ray-address and --caption-workers need --executor ray or ray-job")
-    if args.executor != "ray-job" and (args.ray_dashboard or args.shared_dir or args.path_map):
-        raise EngineError("--ray-dashboard, --shared-dir and --path-map need --executor ray-job")
-    if args.executor == "ray":
-        return {k: v for k, v in (("address", args.ray_address), ("caption_workers", args.caption_workers)) if v}
-    if args.executor == "ray-job":
-        if args.ray_address:
-            raise EngineError("--executor ray-job talks to the dashboard (--ray-dashboard URL), not --ray-address")
-        if not args.ray_dashboard or not args.shared_dir:
-            raise EngineError("--executor ray-job needs --ray-dashboard URL and --shared-dir DIR")
-        opts: dict[str, Any] = {"dashboard_url": args.ray_dashboard, "shared_dir": args.shared_dir,
-                                "path_map": [list(p) for p in args.path_map or []]}
-        if args.caption_workers:
-            opts["caption_workers"] = args.caption_workers
-        return opts
-    return {}
+    out: dict[str, Any] = {k: v for k, v in given.items() if v is not None and k != "path_map"}
+    if args.path_map:
+        out["path_map"] = [list(p) for p in parse_path_map(args.path_map)]
+    return out

@@ -4,8 +4,9 @@
     beach -"parking lot"             a quoted phrase after "-" is one negative term
     beach without buildings          "without" makes the rest (up to a comma or ";") a negative term
 
-Tiles whose best caption variant matches a negative term (cosine >= search.NEGATIVE_THRESHOLD)
-rank after all the others. A "-" inside a word ("built-up", "north-west") is not an operator.
+Tiles whose best caption variant matches a negative term (cosine >= negation.NEGATIVE_THRESHOLD)
+rank after all the others; a variant that says the thing is absent ("a beach with no buildings")
+does not count (negation.negates). A "-" inside a word ("built-up", "north-west") is not an operator.
 """
 
 from __future__ import annotations

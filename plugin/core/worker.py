@@ -49,12 +49,20 @@ class Job:
         self.cancel = threading.Event()
         self._send = send
         self._last = 0.0
+        self._phase: Any = None
+        self._ready: Any = None
 
     def progress(self, done: int, total: int, message: str) -> None:
+        """A progress event; a phase's fields (indexing/progress.py: phase, ready, workers, rate, eta_s)
+        travel beside the message. Phase changes are always sent, counts at most every PROGRESS_RATE_S."""
         now = time.monotonic()
-        if total and done >= total or now - self._last >= PROGRESS_RATE_S:
-            self._last = now
-            self._send({"id": self.id, "event": "progress", "done": int(done), "total": int(total), "message": str(message)})
+        info = getattr(message, "info", None)
+        info = dict(info) if isinstance(info, dict) else {}
+        changed = info.get("phase") != self._phase or info.get("ready") != self._ready
+        if total and done >= total or changed or now - self._last >= PROGRESS_RATE_S:
+            self._last, self._phase, self._ready = now, info.get("phase"), info.get("ready")
+            self._send({**info, "id": self.id, "event": "progress", "done": int(done), "total": int(total),
+                        "message": str(message)})
 
     def is_canceled(self) -> bool:
         return self.cancel.is_set()
@@ -90,6 +98,7 @@ class Worker:
             "info": self.cmd_info,
             "preview": self.cmd_preview,
             "remove": self.cmd_remove,
+            "cluster_info": self.cmd_cluster_info,
         }
         #: Commands answered on the reader thread at once, even while a job runs.
         self.immediate: dict[str, Callable[[Job], Any]] = {"ping": self.cmd_ping, "cancel": self.cmd_cancel}
@@ -244,6 +253,14 @@ class Worker:
             progress=job.progress, is_canceled=job.is_canceled,
         )
         return report.to_dict()
+
+    def cmd_cluster_info(self, job: Job) -> dict[str, Any]:
+        """The settings' "Test cluster": {"executor": "ray", "address"} or {"executor": "ray-job", "dashboard_url"}."""
+        from .cluster_probe import probe_jobs, probe_ray
+
+        if job.arg("executor", "ray", kind=str) == "ray-job":
+            return probe_jobs(str(job.arg("dashboard_url", kind=str)))
+        return probe_ray(str(job.arg("address", kind=str)))
 
     def searcher(self, index_dir: str, embedder: Optional[str], device: str) -> Any:
         from .searcher import Searcher

@@ -57,12 +57,20 @@ def load_variants(index_dir: str, hit: Hit) -> list[CaptionVariant]:
 
 def variants_html(hit: Hit, variants: Optional[list[CaptionVariant]] = None, query: str = "") -> str:
     """The best-matching variant first (numbers kept), then the others in their order."""
+    from .result_text import bold_words, demoted_text, matched_words
+
     variants = variants if variants is not None else hit_variants(hit)
+    words = matched_words(hit.extra)
     parts = [
         f"<h3>#{hit.rank} &nbsp; score {hit.score:.3f}"
         + (f" &nbsp; for &ldquo;{html.escape(query)}&rdquo;" if query else "") + "</h3>",
         f"<p><b>{html.escape(hit.raster_name or hit.raster)}</b> &mdash; tile {html.escape(hit.tile_id)}, scale {hit.scale}</p>",
     ]
+    if words:  # why it matched: the query words its best variant holds (bold in every variant below)
+        parts.append("<p>Query words in the best variant: " + ", ".join(f"<b>{html.escape(w)}</b>" for w in words) + "</p>")
+    if demoted_text(hit.extra):
+        d = demoted_text(hit.extra)
+        parts.append(f"<p><i>{html.escape(d[:1].upper() + d[1:])} (a negative term of the query)</i></p>")
     order = sorted(range(len(variants)), key=lambda i: i != hit.variant_index)
     for i in order:
         v = variants[i]
@@ -70,7 +78,7 @@ def variants_html(hit: Hit, variants: Optional[list[CaptionVariant]] = None, que
         parts.append(f"<h4>Variant {i + 1}{best}</h4>")
         for label, text in (("One sentence", v.one_sentence), ("Features", v.feature), ("Caption", v.caption)):
             if text and text.strip():
-                parts.append(f"<p><i>{label}:</i> {html.escape(text)}</p>")
+                parts.append(f"<p><i>{label}:</i> {bold_words(text, words)}</p>")
     return "\n".join(parts)
 
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 from typing import Any, Callable, Optional
 
 from qgis.core import Qgis, QgsApplication, QgsMapLayerType, QgsRasterLayer
 from qgis.PyQt.QtCore import QObject, QTimer
 
+from .cluster_settings import load_cluster_options
+from .index_progress import IndexProgressView
 from .index_widget import IndexWidget, LayerRow
 from .messages import job_outcome, report_error, report_info
 from .session import EngineSession
@@ -23,15 +24,6 @@ from .settings import save_index_options, tiling_saved
 CANCEL_GRACE_S = 2.0
 #: Tiles per spectral-captioner call in the dock: small enough for progress every second or so.
 SPECTRAL_PROGRESS_BATCH = 8
-
-
-def _duration(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 def _norm(path: str) -> str:
@@ -51,13 +43,7 @@ class IndexController(QObject):
         self._closed = False
         self._cancelling = False
         self._new_layers: list[str] = []
-        self._job_names: dict[str, str] = {}
-        self._seen_rasters: list[str] = []
-        self._phase: dict = {}
-        self._t_start = 0.0
-        self._ticker = QTimer(self)
-        self._ticker.setInterval(1000)
-        self._ticker.timeout.connect(self._show_phase)
+        self.progress = IndexProgressView(widget, session, set_status, self._running, self)
         widget.index_requested.connect(lambda: self.start_index(update=False))
         widget.update_requested.connect(lambda: self.start_index(update=True))
         widget.cancel_requested.connect(self.cancel)
@@ -218,6 +204,14 @@ class IndexController(QObject):
         except (ValueError, RuntimeError) as exc:
             report_error(self.session.iface, str(exc))
             return False
+        try:
+            cluster = load_cluster_options()
+            run_on = cluster.executor_args()
+            env = cluster.worker_env()  # the Ray token, read now, travels in the worker's environment only
+        except (ValueError, RuntimeError) as exc:
+            report_error(self.session.iface, f"{exc} (Settings ⚙ › Run indexing on)")
+            return False
+        engine.update(run_on)
         save_index_options(opts)
         project = self.session.project
         if keys is None:
@@ -255,70 +249,26 @@ class IndexController(QObject):
             engine["captioner_options"]["batch_size"] = SPECTRAL_PROGRESS_BATCH
         task = IndexTask(f"Semantic Imagery Search: {verb.lower()} {len(sources)} raster(s)",
                          self.session.index_dir(), sources, engine, self.session.python(),
-                         cancel_grace=CANCEL_GRACE_S)
-        task.phase_changed.connect(self._on_phase)
+                         env=env, cancel_grace=CANCEL_GRACE_S)
+        task.phase_changed.connect(self.progress.on_phase)
         task.index_finished.connect(self._on_finished)
         self.task, self._job_keys = task, job_keys
-        self._job_names = {key: sources[i].name or "" for i, key in enumerate(job_keys)}
-        self._seen_rasters = []
-        self._phase = {}
-        self._t_start = time.monotonic()
+        where = "" if not run_on else f"on {cluster.described()}"
+        self.progress.start(job_keys, {key: sources[i].name or "" for i, key in enumerate(job_keys)}, where)
         self.widget.set_running(True)
         for key in job_keys:
             self.widget.set_state(key, "waiting")
-        self.session.job_text = f"{verb} {len(sources)} raster(s): starting the engine…"
+        self.session.job_text = f"{verb} {len(sources)} raster(s){' ' + where if where else ''}: starting the engine…"
         self.set_status(self.session.status_text())
-        self._ticker.start()
         QgsApplication.taskManager().addTask(task)
         return True
 
-    def _on_phase(self, phase: dict) -> None:
-        """Rows: only the raster being worked on shows a percentage; earlier ones are done."""
-        if self._closed or self.task is None or self._cancelling:
-            return
-        self._phase = dict(phase)
-        raster = str(phase.get("raster") or "")
-        if raster and raster not in self._seen_rasters:
-            self._seen_rasters.append(raster)
-        done, total = int(phase.get("done") or 0), int(phase.get("total") or 0)
-        pct = int(100 * done / total) if total else 0
-        for key in self._job_keys:
-            name = self._job_names.get(key, "")
-            if name and name == raster:
-                self.widget.set_state(key, f"indexing {pct}% of the job")
-            elif name in self._seen_rasters:
-                self.widget.set_state(key, "indexed (finishing the job)")
-        self._show_phase()
-
-    def _show_phase(self) -> None:
-        """Status line and progress bar; also run every second, so elapsed time moves between tiles."""
-        if self._closed or self.task is None:
-            self._ticker.stop()
-            return
-        if self._cancelling:
-            return
-        p = self._phase
-        elapsed = time.monotonic() - self._t_start
-        done, total = int(p.get("done") or 0), int(p.get("total") or 0)
-        if p.get("phase") == "working" and total:
-            text = f"Captioning {done:,}/{total:,} tiles"
-            rate = float(p.get("rate") or 0.0)
-            if rate > 0:
-                text += f" · {rate:.1f} tiles/s" if rate >= 1 else f" · {1 / rate:.1f} s/tile"
-                eta = p.get("eta")
-                if eta is not None:
-                    text += f" · about {_duration(float(eta))} left"
-        else:
-            text = str(p.get("message") or "Starting the engine…")
-            text = text[:1].upper() + text[1:]
-        text += f" · {_duration(elapsed)} elapsed"
-        self.widget.set_progress(text, done, total)
-        self.session.job_text = f"Indexing: {text}"
-        self.set_status(self.session.status_text())
+    def _running(self) -> bool:
+        return not self._closed and self.task is not None and not self._cancelling
 
     def _on_finished(self, report: dict) -> None:
         self.task, keys, self._job_keys = None, self._job_keys, []
-        self._ticker.stop()
+        self.progress.stop()
         self._cancelling = False
         self.session.job_text = ""
         if self._closed:

@@ -97,3 +97,51 @@ def ground_text(metres: Optional[float]) -> str:
     if not metres:
         return ""
     return f"{metres / 1000:.2f} km" if metres >= 1000 else f"{metres:.0f} m"
+
+
+def matched_words(extra: Optional[dict]) -> list[str]:
+    """The query words the hit's best variant holds (hybrid / lexical ranking: `extra.matched_terms`)."""
+    words = (extra or {}).get("matched_terms") or []
+    return [str(w) for w in words if str(w).strip()]
+
+
+def demoted_text(extra: Optional[dict]) -> str:
+    """One line saying which negative term demoted the hit ("" when none did)."""
+    term = (extra or {}).get("demoted_by")
+    if not term:
+        return ""
+    score = (extra or {}).get("negative_score")
+    return f"ranked last: shows “{term}”" + (f" (similarity {float(score):.2f})" if score is not None else "")
+
+
+def why_line(extra: Optional[dict]) -> str:
+    """The result row's second line: the words that matched and what demoted it, plain text."""
+    parts = []
+    words = matched_words(extra)
+    if words:
+        parts.append("words: " + ", ".join(words))
+    demoted = demoted_text(extra)
+    if demoted:
+        parts.append(demoted)
+    return " · ".join(parts)
+
+
+_TOKEN = re.compile(r"[^\W_]+", re.UNICODE)
+
+
+def bold_words(text: str, words: Sequence[str]) -> str:
+    """`text` as HTML (escaped) with every word whose plural-folded form is one of `words`' in <b>."""
+    import html
+
+    from ..core.negation import fold
+
+    keys = {fold(w) for w in words}
+    if not keys:
+        return html.escape(text or "")
+    out, last = [], 0
+    for m in _TOKEN.finditer(text or ""):
+        if fold(m.group(0)) in keys:
+            out.append(html.escape(text[last : m.start()]) + f"<b>{html.escape(m.group(0))}</b>")
+            last = m.end()
+    out.append(html.escape((text or "")[last:]))
+    return "".join(out)

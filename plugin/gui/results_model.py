@@ -111,7 +111,11 @@ class ResultsModel(QAbstractTableModel):
                 ground = self._grounds[index.row()] if index.row() < len(self._grounds) else ""
                 return f"×{hit.scale}" + (f"\n{ground}" if ground else "")
             if col == COL_CAPTION:
-                return self._texts[index.row()] if index.row() < len(self._texts) else hit.caption
+                text = self._texts[index.row()] if index.row() < len(self._texts) else hit.caption
+                from .result_text import why_line
+
+                why = why_line(hit.extra)
+                return text + (f"\n{why}" if why else "")
             if col == COL_RASTER:
                 return hit.raster_name or hit.raster.rsplit("/", 1)[-1]
             return None
@@ -139,13 +143,30 @@ class ResultsModel(QAbstractTableModel):
                 return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignTop)
             return int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
         if role == _TOOLTIP:
-            matched = self._matched[index.row()] if index.row() < len(self._matched) else ""
-            return (
-                (f"Matched: {matched}\n\n" if matched else "")
-                + f"{hit.caption}\n\nraster: {hit.raster}\ntile: {hit.tile_id} (scale {hit.scale}, "
-                f"window {hit.window.col_off},{hit.window.row_off} {hit.window.width}x{hit.window.height})"
-            )
+            return self._tooltip(hit, self._matched[index.row()] if index.row() < len(self._matched) else "")
         return None
+
+    @staticmethod
+    def _tooltip(hit: Hit, matched: str) -> str:
+        """Rich text: the matched sentence and the caption with the query words it holds in bold, the
+        words and the negative term that demoted the hit said plainly, then where the tile is."""
+        import html
+
+        from .result_text import bold_words, demoted_text, matched_words
+
+        words = matched_words(hit.extra)
+        lines = []
+        if matched:
+            lines.append(f"Matched: {bold_words(matched, words)}")
+        if words:
+            lines.append("Query words in the caption: " + ", ".join(f"<b>{html.escape(w)}</b>" for w in words))
+        if demoted_text(hit.extra):
+            lines.append(f"<i>{html.escape(demoted_text(hit.extra)[:1].upper() + demoted_text(hit.extra)[1:])}</i>")
+        w = hit.window
+        lines += [bold_words(hit.caption, words), "",
+                  html.escape(f"raster: {hit.raster}") + "<br>" + html.escape(
+                      f"tile: {hit.tile_id} (scale {hit.scale}, window {w.col_off},{w.row_off} {w.width}x{w.height})")]
+        return "<qt>" + "<br>".join(lines) + "</qt>"
 
 
 def _ground(hit: Hit) -> str:

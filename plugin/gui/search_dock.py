@@ -30,7 +30,7 @@ class SearchDock(QgsDockWidget):
         self.status_label.setStyleSheet("color: #444;")
         self.settings_button = QToolButton(body)
         self.settings_button.setText("⚙")
-        self.settings_button.setToolTip("Server API key (stored encrypted); the engine is set up in Set up engine…")
+        self.settings_button.setToolTip("Settings: server API key, where indexing runs (this computer or a Ray cluster); the engine is set up in Set up engine…")
         lay = QVBoxLayout(body)
         lay.setContentsMargins(4, 4, 4, 4)
         lay.addWidget(self.tabs, 1)

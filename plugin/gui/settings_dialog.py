@@ -1,14 +1,24 @@
-"""Settings: storing a captioner server's API key safely (the engine's Python is chosen in the
-"Set up engine" dialog, one place for everything about the engine).
+"""Settings: a captioner server's API key and where indexing runs (this computer or a Ray cluster).
 
-The key typed here goes straight into the QGIS authentication database; only the returned config
-id is kept (in QgsSettings, via the index panel's auth selector).
+Secrets typed here (the server's API key, the Ray token) go straight into the QGIS authentication
+database; only the returned config ids are kept (in QgsSettings). The engine's Python is chosen in
+the "Set up engine" dialog, one place for everything about the engine.
 """
 
 from __future__ import annotations
 
-from qgis.PyQt.QtWidgets import QDialog, QDialogButtonBox, QFormLayout, QLabel, QLineEdit, QMessageBox
+from qgis.PyQt.QtWidgets import (
+    QDialog,
+    QDialogButtonBox,
+    QFormLayout,
+    QLabel,
+    QLineEdit,
+    QMessageBox,
+    QVBoxLayout,
+)
 
+from .cluster_settings import load_cluster_options, save_cluster_options
+from .cluster_widget import ClusterWidget
 from .settings import store_api_key
 
 
@@ -20,13 +30,18 @@ class SettingsDialog(QDialog):
         self.key_edit.setEchoMode(QLineEdit.EchoMode.Password)
         self.key_edit.setPlaceholderText("optional: stored encrypted in the QGIS authentication database")
         self.authcfg = ""
+        self.cluster = ClusterWidget(load_cluster_options(), self)
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel, self)
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
-        form = QFormLayout(self)
+        form = QFormLayout()
         form.addRow("Server API key", self.key_edit)
-        form.addRow(QLabel("The engine's Python is chosen in Plugins › Semantic Imagery Search › Set up engine…", self))
-        form.addRow(buttons)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.cluster)
+        layout.addWidget(QLabel("The engine's Python is chosen in Plugins › Semantic Imagery Search › Set up engine…", self))
+        layout.addWidget(buttons)
+        self.resize(640, self.sizeHint().height())
 
     def accept(self) -> None:
         key = self.key_edit.text().strip()
@@ -38,4 +53,14 @@ class SettingsDialog(QDialog):
                 return
             finally:
                 self.key_edit.clear()
+        try:
+            save_cluster_options(self.cluster.options())  # a typed token goes to the auth database first
+        except RuntimeError as exc:
+            QMessageBox.warning(self, "Ray token not stored", str(exc))
+            return
+        self.cluster.close_task()
         super().accept()
+
+    def reject(self) -> None:
+        self.cluster.close_task()
+        super().reject()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import Any, Optional
 
 from qgis.core import (
     QgsProcessing,
@@ -34,15 +35,45 @@ def parse_scales(text: str) -> list[int]:
     return vals
 
 
-def ray_options(address: str, caption_workers: int) -> dict[str, Any]:
-    """The worker's executor arguments: nothing (this computer), or the Ray executor on a private
-    local cluster ('local') or attached to `address` (token auth: RAY_AUTH_TOKEN in QGIS's environment)."""
-    if not address:
+def ray_options(address: str, caption_workers: int, dashboard: str = "", shared_dir: str = "",
+                path_map: str = "") -> dict[str, Any]:
+    """The worker's executor arguments: nothing (this computer); the Ray executor on a private local
+    cluster ('local') or attached to `address`; or a Ray job (`dashboard` URL + `shared_dir`).
+    `path_map`: "LOCAL=CLUSTER" entries separated by ';' or new lines. The token never comes here:
+    it is read from the auth configuration and travels in the worker's environment."""
+    if dashboard and address:
+        raise QgsProcessingException("give a Ray cluster address or a Ray job dashboard URL, not both")
+    if not address and not dashboard:
+        if path_map.strip():
+            raise QgsProcessingException("a path map applies to a Ray cluster or a Ray job only")
         return {}
-    opts: dict[str, Any] = {} if address.lower() == "local" else {"address": address}
+    opts: dict[str, Any] = {}
+    if dashboard:
+        if not shared_dir:
+            raise QgsProcessingException("a Ray job needs a shared folder both this computer and the cluster reach")
+        opts.update(dashboard_url=dashboard, shared_dir=shared_dir)
+    elif address.lower() != "local":
+        opts["address"] = address
+    if path_map.strip():
+        from ..core.indexing.path_map import parse_path_map
+
+        try:
+            opts["path_map"] = [list(p) for p in parse_path_map(path_map)]
+        except EngineError as exc:
+            raise QgsProcessingException(str(exc)) from None
     if caption_workers > 0:
         opts["caption_workers"] = caption_workers
-    return {"executor": "ray", "executor_options": opts}
+    return {"executor": "ray-job" if dashboard else "ray", "executor_options": opts}
+
+
+def ray_token_env(authcfg: str) -> Optional[dict[str, str]]:
+    """The worker's environment with the Ray token from `authcfg` (None: QGIS's own, no token)."""
+    if not authcfg:
+        return None
+    token = api_key(authcfg)
+    if not token:
+        raise QgsProcessingException("the Ray token could not be read from the authentication configuration")
+    return dict(os.environ, RAY_AUTH_TOKEN=token, RAY_AUTH_MODE="token")
 
 
 class BuildIndexAlgorithm(QgsProcessingAlgorithm):
@@ -50,11 +81,13 @@ class BuildIndexAlgorithm(QgsProcessingAlgorithm):
     VARIANTS, AUTHCFG, DEVICE, REMOVE_MISSING, OUTPUT = "VARIANTS", "AUTHCFG", "DEVICE", "REMOVE_MISSING", "OUTPUT"
     CONNECT_TIMEOUT, TILE_DEADLINE = "CONNECT_TIMEOUT", "TILE_DEADLINE"
     RAY_ADDRESS, CAPTION_WORKERS = "RAY_ADDRESS", "CAPTION_WORKERS"
+    RAY_DASHBOARD, SHARED_DIR, PATH_MAP, RAY_AUTHCFG = "RAY_DASHBOARD", "SHARED_DIR", "PATH_MAP", "RAY_AUTHCFG"
 
     def __init__(self) -> None:
         super().__init__()
         self._sources: list[Any] = []
         self._options: dict[str, Any] = {}
+        self._env: Optional[dict[str, str]] = None  # the Ray token travels here only
 
     def createInstance(self) -> BuildIndexAlgorithm:  # noqa: N802 (QGIS API)
         return BuildIndexAlgorithm()
@@ -102,8 +135,15 @@ class BuildIndexAlgorithm(QgsProcessingAlgorithm):
                                          QgsProcessingParameterNumber.Double, 5.0, minValue=0.5, maxValue=120.0),
             QgsProcessingParameterString(self.RAY_ADDRESS, "Run on a Ray cluster: address host:port (empty: this computer;"
                                          " 'local': a private Ray on this computer)", defaultValue="", optional=True),
+            QgsProcessingParameterString(self.RAY_DASHBOARD, "Run as a Ray job: dashboard URL (http://head:8265)",
+                                         defaultValue="", optional=True),
+            QgsProcessingParameterString(self.SHARED_DIR, "Ray job: shared folder or URI (both sides reach it)",
+                                         defaultValue="", optional=True),
+            QgsProcessingParameterString(self.PATH_MAP, "Ray: path map, LOCAL=CLUSTER entries separated by ;",
+                                         defaultValue="", optional=True),
             QgsProcessingParameterNumber(self.CAPTION_WORKERS, "Ray: most caption workers (0 = one per GPU)",
                                          QgsProcessingParameterNumber.Integer, 0, minValue=0, maxValue=4096),
+            QgsProcessingParameterAuthConfig(self.RAY_AUTHCFG, "Ray token (authentication configuration)", optional=True),
             QgsProcessingParameterNumber(self.TILE_DEADLINE, "Server deadline per tile (s, openai captioner)",
                                          QgsProcessingParameterNumber.Double, 120.0, minValue=1.0, maxValue=3600.0),
         ]
@@ -146,13 +186,18 @@ class BuildIndexAlgorithm(QgsProcessingAlgorithm):
             "device": (self.parameterAsString(parameters, self.DEVICE, context) or "auto").strip(),
             "remove_missing": self.parameterAsBool(parameters, self.REMOVE_MISSING, context),
             **ray_options((self.parameterAsString(parameters, self.RAY_ADDRESS, context) or "").strip(),
-                          self.parameterAsInt(parameters, self.CAPTION_WORKERS, context)),
+                          self.parameterAsInt(parameters, self.CAPTION_WORKERS, context),
+                          (self.parameterAsString(parameters, self.RAY_DASHBOARD, context) or "").strip(),
+                          (self.parameterAsString(parameters, self.SHARED_DIR, context) or "").strip(),
+                          self.parameterAsString(parameters, self.PATH_MAP, context) or ""),
         }
+        self._env = ray_token_env(self.parameterAsString(parameters, self.RAY_AUTHCFG, context)) \
+            if "executor" in self._options else None
         return True
 
     def processAlgorithm(self, parameters: dict, context: Any, feedback: Any) -> dict:  # noqa: N802
         index_dir = self.parameterAsString(parameters, self.OUTPUT, context)
-        client = WorkerClient(engine_python())
+        client = WorkerClient(engine_python(), env=self._env)
         args = {"index_dir": index_dir, "sources": [s.to_dict() for s in self._sources], **self._options,
                 "job_name": "Processing: Build or update search index"}
         try:

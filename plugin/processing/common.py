@@ -9,6 +9,7 @@ from typing import Callable, Optional
 
 from qgis.core import QgsApplication, QgsAuthMethodConfig, QgsProcessingFeedback
 
+from ..core.progress_text import describe
 from ..core.worker_client import WorkerClient
 from ..qgis_io.engine import engine_python
 
@@ -47,9 +48,12 @@ def progress_to_feedback(feedback: Optional[QgsProcessingFeedback]) -> Callable[
         if total > 0:
             feedback.setProgress(min(100.0, 100.0 * done / total))
         now = time.monotonic()
-        if now - state["last"] >= 1.0 or (total and done >= total):
+        if now - state["last"] >= 1.0 or (total and done >= total) or event.get("phase") == "starting":
             state["last"] = now
-            feedback.setProgressText(f"{event.get('message') or ''} ({done}/{total or '?'})")
+            info = {"phase": event.get("phase"), "rate": event.get("rate"), "eta_s": event.get("eta_s")}
+            # "captioned 120/3,000 tiles · 2.0 tiles/s · about 24 min left" (rate and ETA from the engine)
+            counts = f" ({done}/{total})" if total else ""
+            feedback.setProgressText(describe(done, total, info) or f"{event.get('message') or ''}{counts}")
 
     return on_event
 

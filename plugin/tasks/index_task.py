@@ -9,7 +9,6 @@ period; the index keeps what was committed and the next update resumes.
 
 from __future__ import annotations
 
-import time
 from typing import Any, Optional, Sequence
 
 from qgis.core import QgsTask
@@ -21,16 +20,20 @@ from ..core.worker_client import WorkerClient, WorkerError
 
 #: Keywords of index_rasters that the task passes through.
 OPTION_KEYS = ("captioner", "embedder", "tiling", "captioner_options", "device", "remove_missing",
-               "job_name", "force", "wait_s")
+               "job_name", "force", "wait_s", "executor", "executor_options")
 
 
 class IndexTask(QgsTask):
     """`index_finished(report)`: the engine's report dict, or {"error": msg[, "details"]}, or {"canceled": True}.
 
-    `phase_changed(dict)` tells the dock what is happening, as it happens: {"phase": "starting" |
-    "loading" | "working", "message", "done", "total", "rate" (tiles/s since the first tile),
-    "eta" (seconds, or None), "raster" (the raster the message names, or "")}. A canceled job ends
-    as a completed task with {"canceled": True}: QGIS must not call a cancel a failure.
+    `phase_changed(dict)` tells the dock what is happening, as it happens: {"phase": "engine" (the
+    worker process starts) | "planning" | "loading" | "starting" (Ray workers: "ready"/"workers") |
+    "captioning" | "merging", "message", "done", "total", "rate" (tiles/s), "eta" (seconds, or None),
+    "raster" (the raster the message names, or "")}. Rate and ETA come from the engine
+    (core/indexing/progress.py), the same for every executor. A canceled job ends as a completed
+    task with {"canceled": True}: QGIS must not call a cancel a failure.
+
+    `env`: the worker's environment (a Ray token travels only there, see gui/cluster_settings.py).
     """
 
     index_finished = pyqtSignal(dict)
@@ -47,40 +50,34 @@ class IndexTask(QgsTask):
         self.report: dict[str, Any] = {}
         self.message = ""
         self.names = [s.name or "" for s in sources]
-        self._t_first: Optional[float] = None
-        self._done_first = 0
 
-    def _phase(self, phase: str, message: str, done: int = 0, total: int = 0) -> None:
-        rate, eta = 0.0, None
-        if phase == "working":
-            now = time.monotonic()
-            if self._t_first is None:
-                self._t_first, self._done_first = now, done
-            elif now > self._t_first and done > self._done_first:
-                rate = (done - self._done_first) / (now - self._t_first)
-                eta = (total - done) / rate if rate > 0 else None
+    def _phase(self, phase: str, message: str, done: int = 0, total: int = 0, extra: Optional[dict] = None) -> None:
+        extra = extra or {}
         raster = next((n for n in self.names if n and message.startswith(f"{n}:")), "")
+        eta = extra.get("eta_s")
         self.phase_changed.emit({"phase": phase, "message": message, "done": done, "total": total,
-                                 "rate": rate, "eta": eta, "raster": raster})
+                                 "rate": float(extra.get("rate") or 0.0), "eta": None if eta is None else float(eta),
+                                 "raster": raster, "ready": extra.get("ready"), "workers": extra.get("workers")})
 
     def _on_event(self, event: dict) -> None:
         if event.get("event") != "progress":
             return
         total, done = int(event.get("total") or 0), int(event.get("done") or 0)
         self.message = str(event.get("message") or "")
+        phase = str(event.get("phase") or ("captioning" if total > 0 else "loading"))
+        extra = {k: event.get(k) for k in ("rate", "eta_s", "ready", "workers")}
         if total > 0:
             self.setProgress(min(100.0, 100.0 * done / total))
-            self._phase("working", self.message, done, total)
+            self._phase(phase, self.message, done, total, extra)
         else:
-            self._phase("loading", f"{self.message or 'loading models'}…")
+            self._phase(phase, f"{self.message or 'loading models'}…", extra=extra)
 
     def run(self) -> bool:
         try:
-            self._phase("starting", "starting the engine…")
+            self._phase("engine", "starting the engine…")
             self.client.start()
             if self.isCanceled():
                 raise Canceled()
-            self._phase("loading", "loading the captioner and embedder…")
             self.report = self.client.request("index", self.args, on_event=self._on_event, is_canceled=self.isCanceled)
             return True
         except Canceled:

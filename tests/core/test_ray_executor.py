@@ -274,3 +274,68 @@ def test_cancel_stops_and_leaves_no_ray_process(tmp_path: Path, monkeypatch) -> 
         for p in _alive(_pids_under(tmp) - {os.getpid()}):
             os.kill(p, signal.SIGKILL)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_worker_phases_in_order_and_path_map_reads_the_cluster_path(cluster, tmp_path: Path) -> None:
+    """Through the engine worker (as the dock runs it): planning, loading, starting workers k/n
+    ready, then captioned x/N with rate and ETA, in that order with sane numbers; the path map
+    sends the cluster a URL for the local folder (the loopback Range server), while the index keeps
+    the local path."""
+    from plugin.core.worker_client import WorkerClient
+
+    (tmp_path / "local").mkdir()
+    scene = write_scene(tmp_path / "local" / "a.tif", seed=3)
+    idx = str(tmp_path / "idx")
+    events: list[dict] = []
+    client = WorkerClient(sys.executable, env=_driver_env(cluster))
+    with RangeServer(str(tmp_path / "local")) as srv:
+        try:
+            report = client.request("index", {
+                "index_dir": idx, "sources": [{"path": scene}], "tiling": TILING.to_dict(),
+                "captioner_options": {"batch_size": 4}, "executor": "ray",
+                "executor_options": {"address": cluster["address"], "caption_workers": 1,
+                                     "path_map": [[str(tmp_path / "local"), srv.url("")]]},
+            }, on_event=events.append)
+        finally:
+            client.stop()
+        assert srv.ranged_gets() > 0  # the cluster read the mapped URL, not the local file
+    assert report["rasters"][0]["tiles_new"] == 16 and report["rasters"][0]["path"] == scene
+    assert index_info(idx)["rasters"][0]["path"] == scene
+    phases = [e.get("phase") for e in events if e.get("phase")]
+    order = [p for i, p in enumerate(phases) if i == 0 or phases[i - 1] != p]
+    assert order == ["planning", "loading", "starting", "captioning"], order
+    starting = [e for e in events if e.get("phase") == "starting"]
+    assert starting[0]["ready"] == 0 and starting[-1]["ready"] == 1
+    assert all(e["workers"] == 1 and 0 <= e["ready"] <= 1 for e in starting)
+    counts = [e for e in events if e.get("phase") == "captioning"]
+    assert all(e["total"] == 16 for e in counts) and counts[-1]["done"] == 16
+    assert [e["done"] for e in counts] == sorted(e["done"] for e in counts)
+    rated = [e for e in counts if e["rate"] > 0]
+    assert rated and all(e["eta_s"] is not None and 0 <= e["eta_s"] <= 3600 for e in rated)
+    assert rated[-1]["eta_s"] == 0.0
+
+
+def test_cluster_check_reports_versions_resources_and_auth(cluster) -> None:
+    """The settings' "Test cluster", as the dialog runs it (an engine worker of its own): with the
+    token, versions, nodes, CPUs and auth; without it, one line saying the cluster refused."""
+    import ray
+
+    from plugin.core.worker_client import WorkerClient
+
+    client = WorkerClient(sys.executable, env=_driver_env(cluster))
+    try:
+        out = client.request("cluster_info", {"executor": "ray", "address": cluster["address"]})
+    finally:
+        client.stop()
+    assert out["client_version"] == out["cluster_version"] == ray.__version__ and out["mismatch"] is False
+    assert out["nodes"] == 1 and out["cpus"] == 2.0 and out["gpus"] == 0.0 and out["auth"] == "token"
+    env = {k: v for k, v in _driver_env(cluster).items() if k not in ("RAY_AUTH_TOKEN", "RAY_AUTH_MODE")}
+    client = WorkerClient(sys.executable, env=env)
+    try:
+        with pytest.raises(Exception) as e:
+            client.request("cluster_info", {"executor": "ray", "address": cluster["address"]})
+    finally:
+        client.stop()
+    text = str(e.value)
+    assert "\n" not in text and cluster["token"] not in text
+    assert "refused" in text or "cannot attach" in text, text

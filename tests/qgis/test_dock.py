@@ -104,9 +104,13 @@ def test_index_then_search_highlights_exactly_the_hits(indexed, qgis_iface):
     model = plugin.dock.search_widget.model
     assert model.rowCount() == len(hits)
     assert [model.hit(i).tile_id for i in range(len(hits))] == [h["tile_id"] for h in hits]
+    from qgis.PyQt.QtGui import QTextDocument
+
     from plugin.gui.results_model import COL_CAPTION
 
-    assert hits[0]["caption"] in model.data(model.index(0, COL_CAPTION), Qt.ItemDataRole.ToolTipRole)
+    tip = QTextDocument()
+    tip.setHtml(model.data(model.index(0, COL_CAPTION), Qt.ItemDataRole.ToolTipRole))  # rich text: query words in bold
+    assert hits[0]["caption"] in tip.toPlainText()
 
     # the results layer: one feature per hit, geometry = footprint in the project CRS
     layer = plugin.search_ctl.highlighter.layer

@@ -171,14 +171,14 @@ def test_progress_moves_on_the_right_row_and_cancel_touches_only_the_interrupted
     # during the job: the options are frozen, the bar shows, the status line tells the job, not "No index"
     assert not iw.options_widget.isEnabled() and iw.progress_bar.isVisible() is not None
     assert iw.cancel_button.isEnabled() and not iw.index_button.isEnabled()
-    wait_until(lambda: sum(p["phase"] == "working" for p in phases) >= 3, 240, "three progress steps")
+    wait_until(lambda: sum(p["phase"] == "captioning" for p in phases) >= 3, 240, "three progress steps")
     order = [p["phase"] for p in phases]
-    assert "loading" in order and order.index("loading") < order.index("working")
-    working = [p for p in phases if p["phase"] == "working"]
+    assert "loading" in order and order.index("loading") < order.index("captioning")
+    working = [p for p in phases if p["phase"] == "captioning"]
     dones = [p["done"] for p in working]
     assert dones == sorted(dones) and max(b - a for a, b in zip(dones, dones[1:])) <= 8
     assert all("No index" not in s and s.startswith("Indexing") for s in statuses)
-    assert "Captioning" in plugin.dock.status_label.text() or "Captioning" in statuses[-1]
+    assert "Captioned" in plugin.dock.status_label.text() or "Captioned" in statuses[-1]
     assert working[-1]["total"] == 64 and working[-1]["raster"] == "Big scene"
     # the shore raster was complete: it is settled first and never shows the running percentage
     shore_states = [s for s, _b in rows if s]
@@ -322,7 +322,10 @@ def test_results_tell_hits_apart(shore, qgis_iface):
     hits, error = search_and_wait(plugin, "dense green vegetation", top=10)
     assert error == "" and len(hits) == 10
     model = w.model
-    texts = [model.data(model.index(r, COL_CAPTION)) for r in range(10)]
+    cells = [model.data(model.index(r, COL_CAPTION)).split("\n") for r in range(10)]
+    texts = [c[0] for c in cells]  # the second line says which query words matched (test_dock_like)
+    assert all(c[1:] == (["words: " + ", ".join(h["extra"]["matched_terms"])] if h["extra"].get("matched_terms") else [])
+               for c, h in zip(cells, hits))
     full = [h["caption"] for h in hits]
     # sentences most of these captions share are not repeated in every row; what is shown is theirs
     from plugin.gui.result_text import sentences
@@ -336,7 +339,11 @@ def test_results_tell_hits_apart(shore, qgis_iface):
         if any(x not in shared for x in ss):
             assert not any(p in shared for p in pieces), (text, shared)
     assert len(set(texts)) == len(set(full))
-    tip = model.data(model.index(0, COL_CAPTION), Qt.ItemDataRole.ToolTipRole)
+    from qgis.PyQt.QtGui import QTextDocument
+
+    doc = QTextDocument()
+    doc.setHtml(model.data(model.index(0, COL_CAPTION), Qt.ItemDataRole.ToolTipRole))
+    tip = doc.toPlainText()
     assert full[0] in tip and tip.startswith("Matched: ") and "veg" in tip.split("\n")[0].lower()
     # the raster column shows only when it tells hits apart
     assert w.view.isColumnHidden(COL_RASTER) == (len({h["raster_id"] for h in hits}) == 1)

@@ -94,3 +94,83 @@ def test_like_from_a_point_on_the_map(shore, qgis_iface):
                                          (example,)).fetchone()
     assert c0 <= 100 < c0 + ww and r0 <= 200 < r0 + hh
     assert shore.search_ctl.search_like_at(QgsPointXY(0, 0)) is None and "No raster" in w.info_label.text()
+
+
+def _plain(rich: str) -> str:
+    from qgis.PyQt.QtGui import QTextDocument
+
+    doc = QTextDocument()
+    doc.setHtml(rich)
+    return doc.toPlainText()
+
+
+def test_why_it_matched_is_shown(shore):
+    """The query words a hit's best variant holds, in bold in its tooltip and caption dialog and on
+    the row's second line; the negative term that demoted a row, said on that row."""
+    from qgis.PyQt.QtCore import Qt
+
+    from plugin.gui.results_model import COL_CAPTION
+
+    hits, error = search_and_wait(shore, "open water -forest", top=25)
+    assert error == "" and hits
+    model = shore.dock.search_widget.model
+    rows = {model.hit(r).tile_id: r for r in range(model.rowCount())}
+    first = model.hit(0)
+    words = first.extra["matched_terms"]
+    assert "water" in words
+    second = model.data(model.index(0, COL_CAPTION)).split("\n")[1]
+    assert second == "words: " + ", ".join(words)
+    tip = model.data(model.index(0, COL_CAPTION), Qt.ItemDataRole.ToolTipRole)
+    assert "<b>water</b>" in tip.lower() and first.caption in _plain(tip)
+    assert "Query words in the caption: " + ", ".join(words) in _plain(tip)
+    demoted = [h for h in hits if "demoted_by" in h["extra"]]
+    assert demoted
+    row = rows[demoted[0]["tile_id"]]
+    text = model.data(model.index(row, COL_CAPTION))
+    assert text.split("\n")[-1].endswith(f"ranked last: shows “forest” (similarity {demoted[0]['extra']['negative_score']:.2f})")
+    assert "Ranked last: shows “forest”" in _plain(model.data(model.index(row, COL_CAPTION), Qt.ItemDataRole.ToolTipRole))
+    dlg = shore.search_ctl.show_variants(first)
+    try:
+        html_text = dlg.browser.toHtml()
+        assert "Query words in the best variant: " + ", ".join(words) in dlg.browser.toPlainText()
+        assert "font-weight:600;\">water</span>" in html_text.lower() or "font-weight:700;\">water</span>" in html_text.lower()
+    finally:
+        dlg.close()
+    dlg = shore.search_ctl.show_variants(model.hit(row))
+    try:
+        assert "Ranked last: shows “forest”" in dlg.browser.toPlainText()
+    finally:
+        dlg.close()
+
+
+def test_word_bonus_does_not_make_a_confident_match(shore):
+    """Hybrid scores add up to HYBRID_WEIGHT for the query's words; the dock's verdict and score
+    colours stay on the cosine the fixed scale was calibrated on."""
+    from qgis.PyQt.QtCore import Qt
+    from qgis.PyQt.QtGui import QColor
+
+    from plugin.core.score_scale import CLASS_COLORS, match_strength
+    from plugin.gui.results_model import COL_SCORE
+
+    hits, error = search_and_wait(shore, "open water", top=3)
+    assert error == "" and hits
+    ctl = shore.search_ctl
+    scale = ctl.score_scale()
+    lifted = list(ctl.hits)
+    lifted[0].score, lifted[0].extra = scale.weak + 0.05, {**lifted[0].extra, "lexical_bonus": 0.1, "matched_terms": ["water"]}
+    for h in lifted[1:]:
+        h.score, h.extra = scale.weak - 0.1, {**h.extra, "lexical_bonus": 0.0}
+    ctl.show_results(lifted)
+    w = shore.dock.search_widget
+    assert f"no confident match: best score {scale.weak - 0.05:.2f}" in w.info_label.text()
+    brush = w.model.data(w.model.index(0, COL_SCORE), Qt.ItemDataRole.ForegroundRole)
+    cos_class = scale.class_index(match_strength(lifted[0].score, lifted[0].extra))
+    assert brush.color().name() == QColor(CLASS_COLORS[cos_class]).darker(130).name()
+    assert scale.class_index(lifted[0].score) != scale.class_index(scale.weak - 0.05), "the bonus would change the class"
+    layer = ctl.highlighter.layer
+    feat = next(f for f in layer.getFeatures() if f["rank"] == lifted[0].rank)
+    assert feat["similarity"] == pytest.approx(scale.weak - 0.05)
+    lifted[0].extra["lexical_bonus"] = 0.0  # the same score as a plain cosine is a confident match
+    ctl.show_results(lifted)
+    assert "no confident match" not in w.info_label.text()
+

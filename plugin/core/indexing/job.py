@@ -23,6 +23,7 @@ from ..types import CancelFn, ProgressFn, RasterSource, TileRef, never_canceled,
 from .commit import _index_one, make_step
 from .executor import EXECUTORS, Executor
 from .plan import MAX_TILES, _open_all, _previous_embedder, _resolve_sources, _row_band_map
+from .progress import captioning, loading, planning, starting_workers
 
 
 @dataclass
@@ -131,6 +132,7 @@ def _index_rasters(index_dir, sources, captioner, embedder, tiling, captioner_op
     if not sources and not remove_missing:
         raise EngineError("nothing to index: give at least one raster")
     # Open and plan every raster before loading any model, so bad input fails in a second.
+    progress(0, 0, planning(f"planning {len(sources)} raster(s)"))
     limit = None if force else MAX_TILES
     opened, failed_paths = _open_all(sources, params, report, open_raster, plan_tiles, limit)
     if sources and not opened:
@@ -148,16 +150,18 @@ def _index_rasters(index_dir, sources, captioner, embedder, tiling, captioner_op
         # A captioner server that is down fails here, in seconds, before the embedder loads.
         preflight_captioner(captioner, opts, lambda message: progress(0, 0, message), is_canceled)
         if executor == "ray-job":  # a wrong dashboard URL or token fails here, in seconds, before any model
-            from .ray_job_api import JobsApi
+            from .ray_job_api import check_dashboard
 
-            JobsApi(str(executor_options.get("dashboard_url") or "")).version()
-        progress(0, 0, "loading embedder")
+            check_dashboard(executor_options)
+        progress(0, 0, loading("loading embedder"))
         emb = cached_embedder(embedder, device)
         if executor == "ray":
-            progress(0, 0, "starting Ray workers")
+            progress(0, 0, loading("connecting to Ray"))
         elif executor == "ray-job":
-            progress(0, 0, "contacting the Ray cluster's job server")
+            progress(0, 0, loading("submitting to the Ray cluster's job server"))
         cap, ex = _make_executor(executor, captioner, opts, embedder, emb, device, executor_options, index_dir)
+        if hasattr(ex, "on_workers"):  # an executor with worker pools says how many are ready
+            ex.on_workers = lambda ready, n: progress(0, 0, starting_workers(ready, n))
     except BaseException:
         lock.release(unlink=not os.path.exists(os.path.join(index_dir, "index.sqlite")))
         raise
@@ -201,6 +205,7 @@ def _index_rasters(index_dir, sources, captioner, embedder, tiling, captioner_op
                     idx.remove_raster(rid)
                     report.removed.append(rid)
         total = sum(len(refs) - len(done & {r.tile_id for r in refs}) for _, refs, done in planned)
+        progress = captioning(progress)  # every count from here on carries rate and ETA
         step = make_step(idx, total, progress)
         if hasattr(ex, "notify"):  # job mode: job status and shard counts between commits
             ex.notify = lambda message: step(0, message, may_flush=False)  # type: ignore[attr-defined]

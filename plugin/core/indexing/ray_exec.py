@@ -14,6 +14,7 @@ the environment, never from a command line) and disconnecting ends the job's act
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import queue
@@ -24,7 +25,9 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 from ..errors import Canceled, EngineError
 from ..types import CancelFn, TileRef
 from .executor import CaptionedBatch
-from .ray_stages import CaptionStage, EmbedStage, captioner_fingerprint, decode_results, encode_ref, read_tiles
+from .path_map import parse_path_map, to_cluster
+from .ray_ready import ReadyCounter, ReportingCaptionStage
+from .ray_stages import EmbedStage, captioner_fingerprint, decode_results, encode_ref, read_tiles
 
 #: Default no-progress timeout: above the load time of a 7B VLM from a cold disk.
 STALL_TIMEOUT_S = 1800.0
@@ -34,6 +37,8 @@ TRANSIENT_ERRORS: list[type[BaseException]] = [ConnectionError, TimeoutError]
 TRANSIENT_READ_ERRORS = ["timed out", "Timeout", "onnection", "HTTP response code: 5", "Temporary failure"]
 _GPU_BACKENDS = ("transformers", "vllm")
 _END = object()
+#: Seconds between asks of how many caption workers are ready (while the driver waits for results).
+READY_POLL_S = 1.0
 
 
 class RemoteCaptioner:
@@ -118,6 +123,7 @@ class RayExecutor:
         gpus_per_captioner: Optional[float] = None,
         stall_timeout_s: float = STALL_TIMEOUT_S,
         temp_dir: Optional[str] = None,
+        path_map: Any = None,
     ) -> None:
         self.spec, self.options = captioner, dict(captioner_options)
         self.embedder_spec, self.device, self.dim = embedder, device, int(dim)
@@ -126,6 +132,11 @@ class RayExecutor:
         self.embed_workers = max(1, int(embed_workers))
         self.min_caption_workers = max(1, int(min_caption_workers))
         self.stall_timeout_s = float(stall_timeout_s)
+        self.path_map = parse_path_map(path_map)  # local -> cluster, for the paths the read tasks open
+        #: on_workers(ready, n): set by the job to report "starting workers k/n ready"
+        self.on_workers: Optional[Callable[[int, int], None]] = None
+        self._ready: Any = None
+        self._ready_seen, self._ready_next = -1, 0.0
         if address:
             _check_reachable(address)
         if not address or _is_loopback(address):
@@ -209,7 +220,8 @@ class RayExecutor:
         self._queue = None
         if not rows:
             return
-        infos = {info.raster_id: info for info, _ in work}
+        # Read tasks open the cluster's path; ids and the stored (local) path never change.
+        infos = {info.raster_id: dataclasses.replace(info, path=to_cluster(info.path, self.path_map)) for info, _ in work}
         # Blocks of one caption batch: results come back (in plan order) a batch at a time, so the
         # writer commits as the cluster works instead of in bursts of whole blocks.
         read_batch = int(self.read_batch_size or self.batch_size)
@@ -217,8 +229,10 @@ class RayExecutor:
         ds = rd.from_items(rows, override_num_blocks=blocks)
         ds = ds.map_batches(read_tiles, fn_kwargs={"infos": infos, "params": params}, batch_size=read_batch,
                             num_cpus=self.read_cpus, batch_format="numpy")
-        ds = ds.map_batches(CaptionStage, fn_constructor_kwargs={"spec": self.spec, "options": self.options,
-                                                                 "expected_fingerprint": self.fingerprint},
+        self._start_ready_counter()
+        ds = ds.map_batches(ReportingCaptionStage, fn_constructor_kwargs={
+                                "spec": self.spec, "options": self.options, "expected_fingerprint": self.fingerprint,
+                                "ready": self._ready},
                             batch_size=self.batch_size, batch_format="numpy",
                             compute=rd.ActorPoolStrategy(min_size=min(self.min_caption_workers, self.caption_workers),
                                                          max_size=self.caption_workers),
@@ -228,6 +242,33 @@ class RayExecutor:
                             batch_size=self.batch_size, batch_format="numpy",  # small: results stream to the writer
                             compute=rd.ActorPoolStrategy(min_size=1, max_size=self.embed_workers), num_cpus=self.actor_cpus)
         self._queue = self._pump(ds)
+
+    def _start_ready_counter(self) -> None:
+        self._ready, self._ready_seen, self._ready_next = None, -1, 0.0
+        if self.on_workers is None:
+            return
+        try:
+            self._ready = self.ray.remote(num_cpus=0)(ReadyCounter).remote()
+        except Exception:  # pragma: no cover - no readiness report, the job still runs
+            return
+        self._poll_ready(force=True)
+
+    def _poll_ready(self, force: bool = False, at_least: int = 0) -> None:
+        """Report k/n caption workers ready when k changed (at most every READY_POLL_S unless forced)."""
+        if self._ready is None or self.on_workers is None or (not force and time.monotonic() < self._ready_next):
+            return
+        self._ready_next = time.monotonic() + READY_POLL_S
+        try:
+            k = 0 if self._ready_seen < 0 and force else int(self.ray.get(self._ready.count.remote(), timeout=5))
+        except Exception:  # the counter is a nicety: stop asking
+            self._ready = None
+            return
+        k = max(k, at_least)
+        if k != self._ready_seen:
+            self._ready_seen = k
+            self.on_workers(min(k, self.caption_workers), self.caption_workers)
+        if k >= self.caption_workers:
+            self._ready = None  # all there: stop asking
 
     def _pump(self, ds: Any) -> queue.Queue[Any]:
         """iter_batches in a thread, so the driver checks cancel and the stall timer while it waits."""
@@ -264,6 +305,7 @@ class RayExecutor:
         while True:
             if is_canceled():
                 raise Canceled()
+            self._poll_ready()
             try:
                 item = q.get(timeout=0.25)
             except queue.Empty:
@@ -276,6 +318,8 @@ class RayExecutor:
                 return None
             if isinstance(item, BaseException):
                 raise EngineError(f"the Ray job failed: {_cause(item)}") from None
+            if self._ready_seen < 1:  # results came: a worker is ready (say so before "captioned x/N")
+                self._poll_ready(force=True, at_least=1)
             return decode_results(item, self.dim)
 
     def run(self, info: Any, params: Any, refs: Sequence[TileRef], is_canceled: CancelFn,

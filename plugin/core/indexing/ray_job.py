@@ -22,12 +22,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import time
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 from ..errors import Canceled, EngineError
 from ..types import CancelFn, TileRef
 from .executor import CaptionedBatch
+from .path_map import parse_path_map, to_cluster
+from .progress import merging
 from .ray_exec import STALL_TIMEOUT_S, RemoteCaptioner, _plugin_package_dir
 from .ray_job_api import ACTIVE, FINAL, JobsApi
 from .ray_job_shards import (
@@ -63,7 +66,7 @@ class RayJobExecutor:
         self.api = JobsApi(dashboard_url)
         self.api.version()  # a wrong URL, a dead head or a refused token fail here, in seconds
         self.shared_dir = os.path.abspath(os.path.expanduser(shared_dir))
-        self.path_map = [(str(a), str(b)) for a, b in (path_map or [])]
+        self.path_map = parse_path_map(path_map)
         self.index_dir, self.dim, self.poll_s = index_dir, int(dim), float(poll_s)
         self.python, self.stall_timeout_s = python, float(stall_timeout_s)
         self.request = {"spec": captioner, "options": dict(captioner_options), "embedder": embedder, "device": device,
@@ -89,10 +92,7 @@ class RayJobExecutor:
 
     # -- paths and jobs ---------------------------------------------------------------------------
     def to_cluster(self, path: str) -> str:
-        for local, remote in self.path_map:
-            if path == local or path.startswith(local.rstrip("/\\") + os.sep) or path.startswith(local.rstrip("/\\") + "/"):
-                return remote.rstrip("/") + "/" + path[len(local.rstrip("/\\")):].lstrip("/\\").replace(os.sep, "/")
-        return path
+        return to_cluster(path, self.path_map)
 
     def _submit(self, sid: str, command: str, file: str) -> None:
         """Submit (or find) job `sid`; a finished-unsuccessful job of that id is replaced."""
@@ -101,7 +101,7 @@ class RayJobExecutor:
             self.api.delete(sid)
             status = None
         if status is None:
-            entry = f"{self.python} -m {_RUN_MODULE} {command} {self.to_cluster(file)}"
+            entry = f"{self.python} -m {_RUN_MODULE} {command} {shlex.quote(self.to_cluster(file))}"
             self.api.submit(sid, entry, {"py_modules": self.py_modules}, metadata={"source": "semantic-imagery-search"})
 
     def _wait(self, sid: str, is_canceled: CancelFn = lambda: False, limit_s: Optional[float] = None) -> str:
@@ -204,7 +204,7 @@ class RayJobExecutor:
             shards = [os.path.join(d, n) for d in self.dirs for n in list_shards(d)]
             if len(shards) != shards_seen:
                 shards_seen = len(shards)
-                self.notify(f"merging shards: {shards_seen} written by Ray job {self.sid}")
+                self.notify(merging(len({p for p, _ in self._merged}), shards_seen))
             for path in shards:
                 if (path, rid) in self._merged or not any(r == rid and t in want for t, r in self._tiles(path)):
                     continue

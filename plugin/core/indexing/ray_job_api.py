@@ -135,6 +135,16 @@ class JobsApi:
         self.request("DELETE", f"/api/jobs/{urllib.parse.quote(submission_id)}", ok404=True)
 
 
+def check_dashboard(options: dict[str, Any]) -> dict[str, Any]:
+    """The job-mode options' dashboard answers as a Ray dashboard (in seconds; one-line errors)."""
+    url = options.get("dashboard_url")
+    if not url:
+        raise EngineError("the ray-job executor needs the cluster's dashboard URL (--ray-dashboard http://head:8265)")
+    if not options.get("shared_dir"):
+        raise EngineError("the ray-job executor needs a folder both sides reach for its shards (--shared-dir)")
+    return JobsApi(str(url)).version()
+
+
 def package_zip(folder: str) -> bytes:
     """The folder as a deterministic zip (sorted entries, fixed timestamps): same code, same name."""
     folder = os.path.abspath(folder)
