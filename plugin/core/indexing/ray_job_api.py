@@ -142,6 +142,9 @@ def check_dashboard(options: dict[str, Any]) -> dict[str, Any]:
         raise EngineError("the ray-job executor needs the cluster's dashboard URL (--ray-dashboard http://head:8265)")
     if not options.get("shared_dir"):
         raise EngineError("the ray-job executor needs a folder both sides reach for its shards (--shared-dir)")
+    if "://" in str(options["shared_dir"]):
+        raise EngineError(f"--shared-dir {options['shared_dir']}: job mode needs a folder this computer mounts (a network"
+                          " share; the cluster sees it through --path-map), not a URI")
     return JobsApi(str(url)).version()
 
 
