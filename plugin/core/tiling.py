@@ -206,25 +206,26 @@ class _Renderer:
         return np.clip((v - lo) * (255.0 / max(hi - lo, 1e-12)) + 0.5, 0, 255).astype(np.uint8)
 
     def rgb(self, data: np.ndarray, valid: np.ndarray, all_valid: bool) -> np.ndarray:
-        h, w = data.shape[1:]
-        out = np.empty((h, w, 3), dtype=np.uint8)
+        """(H, W, 3) uint8 as a channel-last *view* of (3, H, W) planes: each plane is written
+        contiguously (a lookup-table gather or a copy), never interleaved pixel by pixel -- the
+        interleave was most of the per-tile cost over a plain read. Consumers that need packed
+        pixels (PIL, for VLMs) make them; the spectral captioner reads the planes as they are."""
         if self.identity and data.dtype == np.uint8:
-            for c in range(3):
-                out[..., c] = data[c]
+            planes = data[:3] if all_valid else data[:3].copy()  # all valid: no copy at all
         else:
+            planes = np.empty((3,) + data.shape[1:], dtype=np.uint8)
             lut = self._lut(data.dtype)
             off = -int(np.iinfo(data.dtype).min) if lut is not None else 0
             for c in range(3):
                 if lut is not None:
-                    idx = data[c].astype(np.int32) + off if off else data[c]
-                    out[..., c] = lut[c][idx]
+                    np.take(lut[c], data[c].astype(np.int32) + off if off else data[c], out=planes[c])
                 else:
                     lo, hi = self.stretch[c]
                     with np.errstate(invalid="ignore"):
-                        out[..., c] = self._scale(np.nan_to_num(data[c].astype(np.float64), nan=lo), lo, hi)
+                        planes[c] = self._scale(np.nan_to_num(data[c].astype(np.float64), nan=lo), lo, hi)
         if not all_valid:
-            out[~valid] = 0
-        return out
+            planes[:, ~valid] = 0
+        return planes.transpose(1, 2, 0)
 
 
 def _fetch(ds: Any, info: RasterInfo, ref: TileRef, side_out: int) -> tuple[np.ndarray, Optional[np.ndarray], tuple[int, int]]:
