@@ -30,7 +30,7 @@ import numpy as np
 from .errors import Canceled, RasterError, TilingError
 from .geodesy import window_pixel_m
 from .raster import RasterInfo
-from .raster_io import gdal_error_line, read_bands_lazy
+from .raster_io import BandPlan, gdal_error_line, read_bands_lazy
 from .types import CancelFn, PixelWindow, ProgressFn, TileImage, TileRef, never_canceled, no_progress
 
 __all__ = ["TilingParams", "tile_id", "footprint", "plan_tiles", "count_tiles", "iter_tiles", "read_tile", "tile_side_px", "MAX_OUT_SIZE"]
@@ -228,7 +228,8 @@ class _Renderer:
         return planes.transpose(1, 2, 0)
 
 
-def _fetch(ds: Any, info: RasterInfo, ref: TileRef, side_out: int) -> tuple[np.ndarray, Optional[np.ndarray], tuple[int, int]]:
+def _fetch(ds: Any, info: RasterInfo, ref: TileRef, side_out: int,
+           plan: Optional[BandPlan] = None) -> tuple[np.ndarray, Optional[np.ndarray], tuple[int, int]]:
     """The GDAL part of a tile read: native pixels and validity (None: all valid)."""
     from rasterio.enums import Resampling
     from rasterio.windows import Window
@@ -238,7 +239,7 @@ def _fetch(ds: Any, info: RasterInfo, ref: TileRef, side_out: int) -> tuple[np.n
     decimated = shape != (win.height, win.width)
     data, valid = read_bands_lazy(
         ds, info.band_map.indexes(), window=Window(win.col_off, win.row_off, win.width, win.height),
-        out_shape=shape if decimated else None, resampling=Resampling.average,
+        out_shape=shape if decimated else None, resampling=Resampling.average, plan=plan,
     )
     return data, valid, shape
 
@@ -308,11 +309,12 @@ def iter_tiles(
     side_out = _default_out(info, params)
     renderer = _Renderer(info)
     with rasterio.Env(GDAL_CACHEMAX=_CACHE_BYTES), _open_for(info) as ds:
+        plan = BandPlan(ds, info.band_map.indexes())
         for i, ref in enumerate(todo):
             if is_canceled():
                 raise Canceled(f"tiling canceled after {i} of {total} tiles")
             try:
-                fetched = _fetch(ds, info, ref, side_out)
+                fetched = _fetch(ds, info, ref, side_out, plan)
             except (MemoryError, Canceled):
                 raise
             except Exception as exc:  # noqa: BLE001 - GDAL/rasterio read errors of this window only
