@@ -178,11 +178,20 @@ def main() -> None:
             t0 = time.perf_counter()
             lexical_top(idx.conn, query_terms(text), k, term_cap=LEXICAL_TERM_CAP)
             fts.append(time.perf_counter() - t0)
+        from plugin.core.lexical import selective_terms
+
+        n_terms = n_sel = n_q_sel = 0
+        for text in sorted(set(texts)):  # not timed: what the lexical side had to work with
+            terms = query_terms(text)
+            sel = selective_terms(idx.conn, terms, LEXICAL_TERM_CAP)
+            n_terms, n_sel, n_q_sel = n_terms + len(terms), n_sel + len(sel), n_q_sel + bool(sel)
     print(f"dense  search: p50 {pct(dense, 50):.1f} ms  p95 {pct(dense, 95):.1f} ms")
     print(f"hybrid search: p50 {pct(hybrid, 50):.1f} ms  p95 {pct(hybrid, 95):.1f} ms")
     print(f"   FTS5 bm25 top-{args.top * args.variants * 2} (selective words) alone: p50 {pct(fts, 50):.1f} ms  p95 {pct(fts, 95):.1f} ms")
     print(f"ratio hybrid / dense: p50 {pct(hybrid, 50) / pct(dense, 50):.2f}  p95 {pct(hybrid, 95) / pct(dense, 95):.2f}"
           f" (target <= 1.2); top-{args.top} overlap dense vs hybrid {np.mean(same):.2f}")
+    print(f"query words scored by bm25 (in <= {LEXICAL_TERM_CAP:,} captions): {n_sel} of {n_terms}; distinct queries"
+          f" with at least one: {n_q_sel} of {len(set(texts))}")
     if not args.keep:
         shutil.rmtree(folder, ignore_errors=True)
 

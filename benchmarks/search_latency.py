@@ -129,7 +129,7 @@ def bench_ann(args: argparse.Namespace, emb) -> None:
     x = make_data(args, emb, rng, args.n)
     rss0 = rss_mb()[0]
     index = A.AnnIndex(tempfile.mkdtemp(), args.dim, "bench")
-    ann_file = args.ann_file and f"{args.ann_file}.n{args.n}.M{A.M}.efc{A.EF_CONSTRUCTION}"
+    ann_file = args.ann_file and f"{args.ann_file}.{args.data}.n{args.n}.M{A.M}.efc{A.EF_CONSTRUCTION}"
     if ann_file and os.path.exists(ann_file):
         import hnswlib
 
@@ -151,6 +151,8 @@ def bench_ann(args: argparse.Namespace, emb) -> None:
         if ann_file:
             index.index.save_index(ann_file)
             print(f"saved the graph to {ann_file} ({os.path.getsize(ann_file) / 2**20:,.0f} MB)")
+    if args.build_only:
+        return
     qs, embed_t = make_queries(args, emb, rng, x)
     k_search = args.top * args.variants * args.oversample
     runs = [(f"k=10 (ef={A.EF_SEARCH})", 10, None)]
@@ -258,6 +260,7 @@ def main() -> None:
                     help="query ef as multiples of the oversampled k (2 = the engine's default)")
     ap.add_argument("--M", type=int, default=0, help="hnswlib M (default: the engine's)")
     ap.add_argument("--ef-construction", type=int, default=0, help="hnswlib ef_construction (default: the engine's)")
+    ap.add_argument("--build-only", action="store_true", help="build (and keep, with --ann-file) the graph, measure nothing")
     ap.add_argument("--ann-file", help="keep the built graph at this path prefix and reuse it on the next run")
     ap.add_argument("--data", choices=("captions", "uniform"), default="captions",
                     help="vectors around real caption embeddings (default) or uniform random (worst case)")

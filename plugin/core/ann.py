@@ -11,20 +11,25 @@ readers never write. Labels are caption ids.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import json
 import os
 import shutil
 import sqlite3
-import struct
-import uuid
-import zlib
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
-from .errors import DiskFullError, IndexStoreError
+from .ann_files import (
+    atomic_write_text,
+    crc_file,
+    disk_full,
+    disk_full_error,
+    header_ok,
+    layout_problem,
+    tmp_name,
+)
+from .ann_rows import count_embedded, decode_checked, log_floor, max_seq, snapshot
+from .errors import IndexStoreError
 
 __all__ = ["AnnIndex", "HNSW_FILE", "SIDECAR_FILE"]
 
@@ -41,138 +46,6 @@ CRC_LIMIT = 1 << 30
 #: Rebuild compacted on save once this share of the graph is deleted labels.
 MAX_DELETED_SHARE = 0.3
 _CHUNK = 20_000
-#: A stored vector whose norm is further than this from 1 is damaged (float32 rounding is ~1e-7).
-UNIT_TOLERANCE = 1e-3
-
-
-def _crc_file(path: str) -> int:
-    crc = 0
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(1 << 22)
-            if not block:
-                return crc
-            crc = zlib.crc32(block, crc)
-
-
-def _layout_problem(path: str, dim: int, elements: int) -> str:
-    """Why a freshly saved hnswlib file is not complete ("" when it is): header, element count, and
-    the level-0 block plus every element's link list ending exactly at the end of the file."""
-    if not _header_ok(path, dim):
-        return "bad or short header"
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        head = f.read(96)
-        cur, size_per = struct.unpack("<Q", head[16:24])[0], struct.unpack("<Q", head[24:32])[0]
-        if cur != elements:
-            return f"{cur} elements written, {elements} expected"
-        f.seek(96 + cur * size_per)
-        rest = f.read()
-    pos = 0
-    for _ in range(cur):
-        if pos + 4 > len(rest):
-            return f"truncated at {size - len(rest) + pos} of at least {size - len(rest) + pos + 4} bytes"
-        (n,) = struct.unpack_from("<I", rest, pos)
-        pos += 4 + n
-    if pos != len(rest):
-        return f"{len(rest) - pos} bytes missing or extra at the end"
-    return ""
-
-
-def _header_ok(path: str, dim: int) -> bool:
-    """Sanity-check the hnswlib header before handing the file to C++ (which may abort on garbage)."""
-    try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            head = f.read(8 * 6 + 4 * 2 + 8 * 3 + 8 + 8)
-        off_l0, max_el, cur, size_per, label_off, off_data = struct.unpack("<6Q", head[:48])
-    except (OSError, struct.error):
-        return False
-    return (
-        cur <= max_el
-        and size_per >= dim * 4
-        and off_data < size_per
-        and label_off < size_per
-        and 48 + cur * size_per <= size
-        and off_l0 == 0
-    )
-
-
-def _tmp_dir(folder: str) -> str:
-    """Temporary files live in a subfolder (same filesystem for os.replace) so that a listing of the
-    index folder never shows a file that vanishes a moment later."""
-    d = os.path.join(folder, ".tmp")
-    os.makedirs(d, exist_ok=True)
-    return d
-
-
-def _tmp_name(folder: str, prefix: str, suffix: str = "") -> str:
-    """A fresh path in the temp folder, not created: whoever writes it creates it with the user's
-    umask (mkstemp's 0600 would make the index unreadable to teammates)."""
-    return os.path.join(_tmp_dir(folder), f"{prefix}{uuid.uuid4().hex}{suffix}")
-
-
-def clean_tmp(folder: str) -> int:
-    """Remove what crashed writers left in `.tmp` (hnsw copies can be GBs); only call with the writer
-    lock held, when no other writer can be using them. Returns the bytes freed."""
-    d = os.path.join(folder, ".tmp")
-    freed = 0
-    try:
-        names = os.listdir(d)
-    except OSError:
-        return 0
-    for name in names:
-        path = os.path.join(d, name)
-        try:
-            if os.path.isfile(path):
-                freed += os.path.getsize(path)
-                os.unlink(path)
-        except OSError:
-            pass
-    return freed
-
-
-def disk_full(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
-
-
-def _disk_full_error(folder: str, need: int) -> DiskFullError:
-    try:
-        free = shutil.disk_usage(folder).free
-    except OSError:
-        free = 0
-    return DiskFullError(
-        f"disk full: the index at {folder} needs about {_mb(need)} more for the search file ({_mb(free)} free);"
-        " free some space on that disk and run again (what was indexed is kept)"
-    )
-
-
-def _mb(n: int) -> str:
-    return f"{n / 1e6:.1f} MB" if n < 1e9 else f"{n / 1e9:.2f} GB"
-
-
-def _atomic_write_text(path: str, text: str) -> None:
-    folder = os.path.dirname(path) or "."
-    tmp = _tmp_name(folder, ".tmp-")
-    try:
-        with open(tmp, "x", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if disk_full(exc):
-            raise _disk_full_error(folder, len(text.encode("utf-8"))) from None
-        raise
-
-
-def vector_ok(vecs: np.ndarray) -> np.ndarray:
-    """Rows that are finite unit vectors (what the store writes); anything else is damage."""
-    with np.errstate(all="ignore"):
-        norms = np.linalg.norm(vecs.astype(np.float64), axis=1)
-    return np.isfinite(vecs).all(axis=1) & (np.abs(norms - 1.0) < UNIT_TOLERANCE)
 
 
 class AnnIndex:
@@ -219,13 +92,13 @@ class AnnIndex:
         if why:
             self.rebuild(conn, why)
             return
-        floor = _log_floor(conn)
+        floor = log_floor(conn)
         if self.last_seq < floor:
             self.rebuild(conn, "log truncated past the saved file")
             return
         n = self.sync(conn)
         self.state = "replayed" if n else "loaded"
-        if self.active + len(self.bad) != _count(conn):
+        if self.active + len(self.bad) != count_embedded(conn):
             # The index must mirror the embeddings table exactly; anything else is a damaged pair.
             self.rebuild(conn, "label count does not match the database")
 
@@ -249,9 +122,9 @@ class AnnIndex:
                 or side.get("mtime_ns") != st.st_mtime_ns
             ):
                 return "sidecar does not match"
-            if st.st_size <= CRC_LIMIT and side.get("crc32") != _crc_file(self.path):
+            if st.st_size <= CRC_LIMIT and side.get("crc32") != crc_file(self.path):
                 return "checksum mismatch (corrupt)"
-            if not _header_ok(self.path, self.dim):
+            if not header_ok(self.path, self.dim):
                 return "corrupt header"
             idx = hnswlib.Index(space="ip", dim=self.dim)
             idx.load_index(self.path, max_elements=int(side.get("max_elements", 0)))
@@ -269,9 +142,9 @@ class AnnIndex:
 
     def rebuild(self, conn: sqlite3.Connection, why: str = "rebuild", progress: Optional[Callable[[int, int], None]] = None) -> None:
         """Build the whole index from the stored embeddings (one consistent read snapshot)."""
-        with _snapshot(conn):
-            seq = _max_seq(conn)
-            total = _count(conn)
+        with snapshot(conn):
+            seq = max_seq(conn)
+            total = count_embedded(conn)
             idx = self._new(total)
             done, seen = 0, 0
             bad: set[int] = set()
@@ -304,11 +177,11 @@ class AnnIndex:
         if self.index is None:
             self.rebuild(conn, "not loaded")
             return 0
-        if self.last_seq < _log_floor(conn):
+        if self.last_seq < log_floor(conn):
             # A writer saved a newer file and trimmed the log: start from that file.
             self.load(conn)
             return self.element_count
-        with _snapshot(conn):
+        with snapshot(conn):
             rows = conn.execute("SELECT seq, caption_id, op FROM ann_log WHERE seq > ? ORDER BY seq", (self.last_seq,)).fetchall()
             if not rows:
                 return 0
@@ -366,7 +239,7 @@ class AnnIndex:
 
     def deleted_estimate(self, conn: sqlite3.Connection) -> int:
         """Deleted labels still in the graph = elements - embeddings (the index mirrors the table)."""
-        return max(0, self.element_count - _count(conn))
+        return max(0, self.element_count - count_embedded(conn))
 
     # ---- queries ------------------------------------------------------------------------------
     def query(self, vector: np.ndarray, k: int, ef: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
@@ -408,26 +281,26 @@ class AnnIndex:
         except OSError:
             free = need
         if free < need:  # fail before writing a byte; the old file stays as it is
-            raise _disk_full_error(self.folder, need)
-        tmp = _tmp_name(self.folder, "captions-", ".hnsw")
+            raise disk_full_error(self.folder, need)
+        tmp = tmp_name(self.folder, "captions-", ".hnsw")
         try:
             self.index.save_index(tmp)
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
             # hnswlib writes with unchecked streams: a full disk leaves a short file without an error.
             # Verify the written layout before it replaces anything.
-            why = _layout_problem(tmp, self.dim, self.element_count)
+            why = layout_problem(tmp, self.dim, self.element_count)
             if why:
                 if shutil.disk_usage(self.folder).free < need // 8 + (1 << 20):
-                    raise _disk_full_error(self.folder, need)
+                    raise disk_full_error(self.folder, need)
                 raise IndexStoreError(f"writing the search file {tmp} failed verification ({why}); the previous file was kept")
-            crc = _crc_file(tmp) if os.path.getsize(tmp) <= CRC_LIMIT else None
+            crc = crc_file(tmp) if os.path.getsize(tmp) <= CRC_LIMIT else None
             os.replace(tmp, self.path)
         except BaseException as exc:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             if disk_full(exc):
-                raise _disk_full_error(self.folder, need) from None
+                raise disk_full_error(self.folder, need) from None
             raise
         st = os.stat(self.path)
         side = {
@@ -436,7 +309,7 @@ class AnnIndex:
             "size": st.st_size, "mtime_ns": st.st_mtime_ns, "crc32": crc, "M": M, "ef_construction": EF_CONSTRUCTION,
             "bad": sorted(self.bad),
         }
-        _atomic_write_text(self.sidecar_path, json.dumps(side))
+        atomic_write_text(self.sidecar_path, json.dumps(side))
         self.dirty = False
 
     def expected_size(self) -> int:
@@ -451,54 +324,3 @@ class AnnIndex:
         }
 
 
-@contextlib.contextmanager
-def _snapshot(conn: sqlite3.Connection) -> Iterator[None]:
-    """One read transaction (a consistent snapshot), unless the caller already holds one."""
-    if conn.in_transaction:
-        yield
-        return
-    conn.execute("BEGIN")
-    try:
-        yield
-    finally:
-        conn.execute("COMMIT")
-
-
-def _count(conn: sqlite3.Connection) -> int:
-    row = conn.execute("SELECT value FROM meta WHERE key = 'embedded_count'").fetchone()
-    return int(row[0]) if row else 0
-
-
-def _blobs_to_array(rows: list, dim: int) -> np.ndarray:
-    buf = b"".join(r[1] for r in rows)
-    arr = np.frombuffer(buf, dtype=np.float32)
-    if arr.size != len(rows) * dim:
-        raise ValueError(f"stored embeddings do not have dimension {dim}")
-    return arr.reshape(len(rows), dim)
-
-
-def decode_checked(rows: list, dim: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """(caption ids, vectors, damaged caption ids) of (caption_id, blob) rows: a blob of the wrong
-    size, or not a finite unit vector, is damage (it would rank first with a score of 1e37)."""
-    sized = [r for r in rows if isinstance(r[1], (bytes, bytearray, memoryview)) and len(r[1]) == dim * 4]
-    bad = [int(r[0]) for r in rows if not (isinstance(r[1], (bytes, bytearray, memoryview)) and len(r[1]) == dim * 4)]
-    if not sized:
-        return np.zeros(0, np.int64), np.zeros((0, dim), np.float32), bad
-    vecs = _blobs_to_array(sized, dim)
-    ids = np.fromiter((r[0] for r in sized), dtype=np.int64, count=len(sized))
-    ok = vector_ok(vecs)
-    if not ok.all():
-        bad += ids[~ok].tolist()
-        ids, vecs = ids[ok], vecs[ok]
-    return ids, vecs, bad
-
-
-def _max_seq(conn: sqlite3.Connection) -> int:
-    row = conn.execute("SELECT MAX(seq) FROM ann_log").fetchone()
-    floor = _log_floor(conn)
-    return max(int(row[0] or 0), floor)
-
-
-def _log_floor(conn: sqlite3.Connection) -> int:
-    row = conn.execute("SELECT value FROM meta WHERE key = 'ann_log_floor'").fetchone()
-    return int(row[0]) if row else 0

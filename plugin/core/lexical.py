@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
 __all__ = [
     "LEXICAL_TABLE", "LEXICAL_VERSION", "STOP_WORDS", "ensure_lexical", "has_lexical", "lexical_top",
-    "match_expression", "matched_terms", "query_terms", "selective_terms",
+    "match_expression", "matched_terms", "matched_terms_in", "query_terms", "selective_terms",
 ]
 
 LEXICAL_TABLE = "captions_lex"
@@ -169,10 +169,35 @@ def matched_terms(conn: sqlite3.Connection, caption_id: int, terms: Sequence[str
         f"SELECT highlight({LEXICAL_TABLE}, 0, char(1), char(2)) FROM {LEXICAL_TABLE}"
         f" WHERE {LEXICAL_TABLE} MATCH ? AND rowid = ?", (match_expression(terms), int(caption_id)),
     ).fetchone()
-    if row is None:
-        return []
+    return [] if row is None else _marked(str(row[0]))
+
+
+def matched_terms_in(texts: Mapping[int, str], terms: Sequence[str]) -> dict[int, list[str]]:
+    """`matched_terms` for a few caption texts at once (the hits of a search), by key.
+
+    The same tokenizer on a scratch in-memory FTS5 table of just these texts: on a large index a
+    MATCH restricted to one rowid still walks the doclists of common words (~1-2 ms per hit at 1M
+    captions), here it is a few microseconds.
+    """
+    out: dict[int, list[str]] = {int(k): [] for k in texts}
+    if not terms or not texts:
+        return out
+    scratch = sqlite3.connect(":memory:")
+    try:
+        scratch.execute(f"CREATE VIRTUAL TABLE t USING fts5(text, tokenize = '{TOKENIZE}')")
+        scratch.executemany("INSERT INTO t (rowid, text) VALUES (?, ?)", ((int(k), str(v)) for k, v in texts.items()))
+        for rid, marked in scratch.execute("SELECT rowid, highlight(t, 0, char(1), char(2)) FROM t WHERE t MATCH ?",
+                                           (match_expression(terms),)):
+            out[int(rid)] = _marked(str(marked))
+    finally:
+        scratch.close()
+    return out
+
+
+def _marked(highlighted: str) -> list[str]:
+    """The distinct words between highlight()'s markers, lower case, in order."""
     out: list[str] = []
-    for w in re.findall("\x01(.*?)\x02", str(row[0]), flags=re.S):
+    for w in re.findall("\x01(.*?)\x02", highlighted, flags=re.S):
         w = w.lower()
         if w not in out:
             out.append(w)

@@ -110,7 +110,7 @@ def search(index: Searchable, query_vector: np.ndarray, *, top: int = 10, fusion
     the best of its rows (search by example); `exclude_tiles` never appear.
     """
     from . import hybrid as H
-    from .lexical import query_terms
+    from .lexical import matched_terms_in, query_terms
 
     ranker = H.check_ranker(ranker or H.DEFAULT_RANKER)
     if fusion not in FUSIONS:
@@ -177,11 +177,12 @@ def search(index: Searchable, query_vector: np.ndarray, *, top: int = 10, fusion
             break
         k = k * 4 if ranker == "lexical" else min(n_active, k * 4)
     out = [_hit(rank, tid, score, cid, cands, rasters) for rank, (tid, score, cid) in enumerate(hits[: int(top)], 1)]
-    for h in out:
+    words = matched_terms_in({i: h.caption for i, h in enumerate(out)}, terms) if ranker != "dense" else {}
+    for i, h in enumerate(out):
         if ranker != "dense":
             h.extra["ranker"] = ranker
             cid = h.extra.pop("_cid")
-            h.extra["matched_terms"] = H.matched_terms(index.conn, cid, terms)
+            h.extra["matched_terms"] = words.get(i, [])
             if ranker == "hybrid":  # score = cosine + this bonus (max fusion): the cosine stays recoverable
                 h.extra["lexical_bonus"] = round(cands.bonus.get(cid, 0.0), 6)
         h.extra.pop("_cid", None)

@@ -19,7 +19,8 @@ from typing import Any, Iterable, Iterator, Optional, Sequence
 import numpy as np
 
 from . import store_schema as S
-from .ann import AnnIndex, clean_tmp
+from .ann import AnnIndex
+from .ann_files import clean_tmp
 from .errors import IndexMissingError, IndexStoreError
 from .index_lock import IndexLock
 from .store_rasters import RASTER_STATES, RasterRows

@@ -20,7 +20,9 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 
 from . import store_schema as S
-from .ann import HNSW_FILE, SIDECAR_FILE, _tmp_dir, decode_checked
+from .ann import HNSW_FILE, SIDECAR_FILE
+from .ann_files import tmp_dir
+from .ann_rows import decode_checked
 from .errors import IndexStoreError
 from .index_lock import IndexLock
 
@@ -145,7 +147,7 @@ def repair_index(folder: str, embedder: Any = None, progress: Callable[[int, int
         old = S._connect_ro(db_path)
         try:
             fp, dim = _identity(old, folder)
-            new_path = os.path.join(_tmp_dir(folder), f"repair-{uuid.uuid4().hex}.sqlite")
+            new_path = os.path.join(tmp_dir(folder), f"repair-{uuid.uuid4().hex}.sqlite")
             new = S.connect(new_path, readonly=False)
             try:
                 S.init_db(new, fp, dim)

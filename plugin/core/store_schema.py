@@ -272,7 +272,7 @@ def read_manifest(folder: str) -> tuple[Optional[dict[str, Any]], str]:
 
 
 def write_manifest(folder: str, embedder_fp: str, dim: int) -> None:
-    from .ann import _atomic_write_text
+    from .ann_files import atomic_write_text
 
     data = {
         "format": "semantic-imagery-search index",
@@ -283,4 +283,4 @@ def write_manifest(folder: str, embedder_fp: str, dim: int) -> None:
         "database": DB_FILE,
         "ann": "captions.hnsw",
     }
-    _atomic_write_text(os.path.join(folder, MANIFEST_FILE), json.dumps(data, indent=2) + "\n")
+    atomic_write_text(os.path.join(folder, MANIFEST_FILE), json.dumps(data, indent=2) + "\n")

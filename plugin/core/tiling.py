@@ -30,7 +30,7 @@ import numpy as np
 from .errors import Canceled, RasterError, TilingError
 from .geodesy import window_pixel_m
 from .raster import RasterInfo
-from .raster_io import gdal_error_line, read_bands_lazy
+from .raster_io import BandPlan, gdal_error_line, read_bands_lazy
 from .types import CancelFn, PixelWindow, ProgressFn, TileImage, TileRef, never_canceled, no_progress
 
 __all__ = ["TilingParams", "tile_id", "footprint", "plan_tiles", "count_tiles", "iter_tiles", "read_tile", "tile_side_px", "MAX_OUT_SIZE"]
@@ -206,28 +206,30 @@ class _Renderer:
         return np.clip((v - lo) * (255.0 / max(hi - lo, 1e-12)) + 0.5, 0, 255).astype(np.uint8)
 
     def rgb(self, data: np.ndarray, valid: np.ndarray, all_valid: bool) -> np.ndarray:
-        h, w = data.shape[1:]
-        out = np.empty((h, w, 3), dtype=np.uint8)
+        """(H, W, 3) uint8 as a channel-last *view* of (3, H, W) planes: each plane is written
+        contiguously (a lookup-table gather or a copy), never interleaved pixel by pixel -- the
+        interleave was most of the per-tile cost over a plain read. Consumers that need packed
+        pixels (PIL, for VLMs) make them; the spectral captioner reads the planes as they are."""
         if self.identity and data.dtype == np.uint8:
-            for c in range(3):
-                out[..., c] = data[c]
+            planes = data[:3] if all_valid else data[:3].copy()  # all valid: no copy at all
         else:
+            planes = np.empty((3,) + data.shape[1:], dtype=np.uint8)
             lut = self._lut(data.dtype)
             off = -int(np.iinfo(data.dtype).min) if lut is not None else 0
             for c in range(3):
                 if lut is not None:
-                    idx = data[c].astype(np.int32) + off if off else data[c]
-                    out[..., c] = lut[c][idx]
+                    np.take(lut[c], data[c].astype(np.int32) + off if off else data[c], out=planes[c])
                 else:
                     lo, hi = self.stretch[c]
                     with np.errstate(invalid="ignore"):
-                        out[..., c] = self._scale(np.nan_to_num(data[c].astype(np.float64), nan=lo), lo, hi)
+                        planes[c] = self._scale(np.nan_to_num(data[c].astype(np.float64), nan=lo), lo, hi)
         if not all_valid:
-            out[~valid] = 0
-        return out
+            planes[:, ~valid] = 0
+        return planes.transpose(1, 2, 0)
 
 
-def _fetch(ds: Any, info: RasterInfo, ref: TileRef, side_out: int) -> tuple[np.ndarray, Optional[np.ndarray], tuple[int, int]]:
+def _fetch(ds: Any, info: RasterInfo, ref: TileRef, side_out: int,
+           plan: Optional[BandPlan] = None) -> tuple[np.ndarray, Optional[np.ndarray], tuple[int, int]]:
     """The GDAL part of a tile read: native pixels and validity (None: all valid)."""
     from rasterio.enums import Resampling
     from rasterio.windows import Window
@@ -237,7 +239,7 @@ def _fetch(ds: Any, info: RasterInfo, ref: TileRef, side_out: int) -> tuple[np.n
     decimated = shape != (win.height, win.width)
     data, valid = read_bands_lazy(
         ds, info.band_map.indexes(), window=Window(win.col_off, win.row_off, win.width, win.height),
-        out_shape=shape if decimated else None, resampling=Resampling.average,
+        out_shape=shape if decimated else None, resampling=Resampling.average, plan=plan,
     )
     return data, valid, shape
 
@@ -307,11 +309,12 @@ def iter_tiles(
     side_out = _default_out(info, params)
     renderer = _Renderer(info)
     with rasterio.Env(GDAL_CACHEMAX=_CACHE_BYTES), _open_for(info) as ds:
+        plan = BandPlan(ds, info.band_map.indexes())
         for i, ref in enumerate(todo):
             if is_canceled():
                 raise Canceled(f"tiling canceled after {i} of {total} tiles")
             try:
-                fetched = _fetch(ds, info, ref, side_out)
+                fetched = _fetch(ds, info, ref, side_out, plan)
             except (MemoryError, Canceled):
                 raise
             except Exception as exc:  # noqa: BLE001 - GDAL/rasterio read errors of this window only

@@ -126,15 +126,22 @@ def test_judge_reports_missing_broken_and_wrong_build() -> None:
              "error": "OSError: [WinError 126] Error loading c10.dll or one of its dependencies."},
             {"module": "hnswlib", "version": None, "found": False, "error": None},
             {"module": "transformers", "version": None, "found": False, "error": None},
+            {"module": "onnxruntime", "version": None, "found": False, "error": None},
+            {"module": "tokenizers", "version": "0.22.1", "found": True, "error": "ImportError: libstdc++.so.6: version"},
         ],
     }
     res = ee._judge("C:/engine/Scripts/python.exe", rep, gpu="NVIDIA RTX 4070, driver 560.94")
     assert not res.ok
-    assert res.missing == ["hnswlib", "transformers"]
+    assert res.missing == ["hnswlib", "transformers", "onnxruntime"]
     assert "Visual C++ Redistributable" in res.problems[0] and "c10.dll" in res.problems[0]
     assert res.problems[1] == "hnswlib (the search index; chroma-hnswlib provides it) is not installed"
     assert res.notes[0] == "transformers (vision-language captioners) is not installed: only the spectral captioner works"
-    assert "NVIDIA RTX 4070" in res.notes[1] and "CPU build" in res.notes[1]
+    # The torch-free query path is optional: without it searches are slower, the engine is still ready.
+    assert res.notes[1] == ("onnxruntime (fast searches without torch) is not installed: searches still work but "
+                            "load torch first (several seconds slower); set up the engine again to add it")
+    assert res.notes[2].startswith("tokenizers (fast searches without torch) is installed but does not load: ImportError")
+    assert len(res.problems) == 2
+    assert "NVIDIA RTX 4070" in res.notes[3] and "CPU build" in res.notes[3]
     text = res.summary()
     assert text.startswith("Engine not ready") and "Problem: hnswlib" in text
     assert ee.EngineCheck.from_dict(res.to_dict()) == res
@@ -163,6 +170,7 @@ def test_repo_venv_passes_the_check(repo_root: Path) -> None:
 
     assert res.packages["torch"] == torch.__version__
     assert res.packages["hnswlib"] is not None and hnswlib.Index is not None
+    assert res.packages["onnxruntime"] and res.packages["tokenizers"]  # the set-up installs the torch-free query path
     assert res.device in ("cpu", "cuda", "mps")
     assert res.python_version == "{}.{}.{}".format(*sys.version_info[:3])
 

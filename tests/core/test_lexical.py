@@ -12,7 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-from plugin.core.lexical import LEXICAL_TABLE, lexical_top, matched_terms, query_terms, selective_terms
+from plugin.core.lexical import (
+    LEXICAL_TABLE,
+    lexical_top,
+    matched_terms,
+    matched_terms_in,
+    query_terms,
+    selective_terms,
+)
 from plugin.core.store import SearchIndex
 from plugin.core.types import CaptionVariant
 from tests.core.index_helpers import DIM, FakeInfo, tile, unit
@@ -163,3 +170,23 @@ def test_common_words_are_left_to_the_dense_score(tmp_path: Path) -> None:
         ids, _s = lexical_top(idx.conn, ["tile", "quarry"], 100, term_cap=10)
         assert len(ids) == 5  # only the quarry captions: "tile" was left out
         assert len(lexical_top(idx.conn, ["tile", "quarry"], 100)[0]) == 40
+
+
+def test_matched_words_of_hits_are_those_of_the_index(tmp_path: Path) -> None:
+    """search() reads the hits' matched words off a scratch FTS5 table of their texts (a rowid MATCH on a
+    1M-caption index costs ~1-2 ms per hit): the same words, as written, as the index's own highlight."""
+    rng = np.random.default_rng(5)
+    folder = str(tmp_path / "idx")
+    texts = ["Two white storage tanks beside a barn.", "A runway and a taxiway; planes on the runways.",
+             "Helipads on the roof", "Dense forest", "Parking lots and a parked truck"]
+    with SearchIndex.open(folder, create=True, embedder_fingerprint="e", dim=DIM) as idx:
+        idx.upsert_raster(A, "c", {})
+        idx.add_tiles("ra", "c", [(tile(A, i * 64, 0), [CaptionVariant(t, "", "")], unit(rng, 1)) for i, t in enumerate(texts)])
+        ids = dict(idx.conn.execute("SELECT caption_id, one_sentence FROM captions"))
+        for query in ("storage tank", "runway planes", "helipad roofs", "parking", "vineyard"):
+            terms = query_terms(query)
+            fast = matched_terms_in(ids, terms)
+            assert fast == {cid: matched_terms(idx.conn, cid, terms) for cid in ids}
+    assert fast == {cid: [] for cid in ids}  # nothing holds "vineyard"
+    assert matched_terms_in({7: "Planes on the runways"}, ["runway"]) == {7: ["runways"]}
+    assert matched_terms_in({}, ["runway"]) == {} and matched_terms_in({1: "x"}, []) == {1: []}

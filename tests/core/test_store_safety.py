@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from plugin.core import ann, index_lock
+from plugin.core import ann, ann_files, index_lock
 from plugin.core.errors import DiskFullError, IndexBusyError, IndexStoreError
 from plugin.core.store import SearchIndex
 from plugin.core.store_check import check_index, prune_index
@@ -322,13 +322,13 @@ def test_saved_file_is_verified_before_it_replaces_the_old_one(tmp_path: Path) -
         idx.add_tiles("ra", "c", grid_items(A, np.random.default_rng(6), 5, 5))
         n = idx.ann.element_count
     path = Path(folder, ann.HNSW_FILE)
-    assert ann._layout_problem(str(path), DIM, n) == ""
+    assert ann_files.layout_problem(str(path), DIM, n) == ""
     short = tmp_path / "short.hnsw"
     data = path.read_bytes()
     for cut in (0, 50, len(data) // 2, len(data) - 3):
         short.write_bytes(data[:cut])
-        assert ann._layout_problem(str(short), DIM, n), f"a file cut at {cut} bytes is caught"
-    assert "elements" in ann._layout_problem(str(path), DIM, n + 1)
+        assert ann_files.layout_problem(str(short), DIM, n), f"a file cut at {cut} bytes is caught"
+    assert "elements" in ann_files.layout_problem(str(path), DIM, n + 1)
 
 
 def test_leftover_temp_files_are_removed_by_the_next_writer(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import pytest
 import rasterio
 from rasterio.windows import Window
 
+from plugin.core.captioners.base import tile_image
 from plugin.core.errors import Canceled, EngineError, RasterError, TilingError
 from plugin.core.raster import RasterInfo, open_raster, sentinel2_vrt
 from plugin.core.tiling import MAX_OUT_SIZE, TilingParams, footprint, iter_tiles, plan_tiles, read_tile, tile_id
@@ -181,6 +182,10 @@ def test_uint16_tiles_raw_rgb_and_nir(folder: str) -> None:
                 lo, hi = info.stretch[c]
                 want = np.clip((data[c] - lo) / (hi - lo) * 255.0, 0, 255)
                 assert np.abs(t.rgb[..., c].astype(float) - want).max() <= 1.0
+            # RGB is a channel-last view of contiguous planes (no per-pixel interleave while tiling);
+            # what a VLM gets through tile_image is the same pixels, packed.
+            assert t.rgb.transpose(2, 0, 1).flags.c_contiguous
+            np.testing.assert_array_equal(np.asarray(tile_image(t)), t.rgb)
     allpix = np.concatenate([t.rgb.reshape(-1, 3) for t in tiles])
     assert 0.005 < (allpix == 255).mean() < 0.1 and 0.005 < (allpix == 0).mean() < 0.1  # ~2 % clipped each side
 
