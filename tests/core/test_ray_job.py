@@ -193,9 +193,10 @@ def test_engine_killed_mid_job_reattaches_and_finishes_exactly(cluster, tmp_path
     assert _get(f"{cluster['url']}/api/jobs/{sid}", cluster["token"])["status"] == "SUCCEEDED"
 
 
-def test_cancel_stops_the_job_and_keeps_what_was_merged(cluster, tmp_path: Path, monkeypatch) -> None:
+def test_cancel_stops_the_job_then_a_rerun_submits_only_the_rest(cluster, tmp_path: Path, monkeypatch) -> None:
     """index_rasters' cancel path (in this process: job mode imports no Ray) stops the Ray job through
-    the REST API within seconds; what was merged stays."""
+    the REST API within seconds; what was merged stays; the next run merges the stopped job's shards
+    and submits a job for the tiles in none of them."""
     monkeypatch.setenv("RAY_AUTH_TOKEN", cluster["token"])
     scenes = [write_scene(tmp_path / f"s{i}.tif", seed=20 + i) for i in range(2)]
     idx = str(tmp_path / "idx")
@@ -211,7 +212,20 @@ def test_cancel_stops_the_job_and_keeps_what_was_merged(cluster, tmp_path: Path,
     while (status := _get(f"{cluster['url']}/api/jobs/{sid}", cluster["token"])["status"]) != "STOPPED":
         assert time.monotonic() - t0 < 10, status
         time.sleep(0.2)
-    assert 2 <= _counts(idx)[0] < 32
+    merged = _counts(idx)[0]
+    assert 2 <= merged < 32
+    # Run again: the stopped job's shards are merged and a new job gets only the tiles in none of them.
+    stopped = json.load(open(os.path.join(idx, "ray_job.json")))
+    written = {t for n in list_shards(stopped["dir"]) for t, _ in shard_tiles(os.path.join(stopped["dir"], n))}
+    rep = index_rasters(idx, [RasterSource(p) for p in scenes], captioner=SLOW, tiling=TILING,
+                        captioner_options={"variants": 1}, executor="ray-job",
+                        executor_options={"dashboard_url": cluster["url"], "shared_dir": cluster["shared"],
+                                          "caption_workers": 2})
+    assert sum(x["tiles_new"] for x in rep.rasters) == 32 - merged and _counts(idx) == (32, 32)
+    state = json.load(open(os.path.join(idx, "ray_job.json")))
+    assert state["sid"] != sid and state["dirs"] == [stopped["dir"], state["dir"]]
+    manifest = json.load(open(os.path.join(state["dir"], "manifest.json")))
+    assert {row[0] for row in manifest["tiles"]} == set(_rows(idx)) - written
 
 
 def test_bad_dashboard_url_and_wrong_token_fail_in_seconds(cluster, tmp_path: Path) -> None:

@@ -45,6 +45,8 @@ from .ray_job_shards import (
 )
 
 STATE_FILE = "ray_job.json"
+#: How many earlier job folders of an index are still merged from (a chain of stopped jobs).
+MAX_CHAIN = 8
 _RUN_MODULE = __name__.rsplit(".", 1)[0] + ".ray_job_run"
 
 
@@ -119,7 +121,10 @@ class RayJobExecutor:
                 raise EngineError(f"Ray job {sid} is still {status} after {self.stall_timeout_s:.0f} s")
             time.sleep(self.poll_s)
 
-    def _failure(self, sid: str, status: str) -> EngineError:
+    def _failure(self, sid: str, status: Optional[str]) -> EngineError:
+        if status is None:
+            return EngineError(f"Ray job {sid} is unknown to the cluster at {self.api.url} (was it restarted?); run"
+                               " again to resume")
         last = self.api.last_log_line(sid) or (self.api.info(sid) or {}).get("message", "")
         return EngineError(f"Ray job {sid} {status}: {str(last).splitlines()[0] if last else 'no log'}"[:500])
 
@@ -150,16 +155,18 @@ class RayJobExecutor:
         state_path = os.path.join(self.index_dir, STATE_FILE)
         prev = read_json(state_path)
         if isinstance(prev, dict) and prev.get("fingerprint") == self.fingerprint and os.path.isdir(prev.get("dir", "")):
+            # Earlier jobs of this index (stopped, failed, replaced) may hold shards not merged yet.
+            older = [d for d in prev.get("dirs", []) if d != prev["dir"] and os.path.isdir(d)][-MAX_CHAIN:]
             status = self.api.status(prev["sid"])
             planned = {row[0] for row in (read_json(os.path.join(prev["dir"], MANIFEST)) or {}).get("tiles", [])}
-            if status in ACTIVE + ("SUCCEEDED",) and set(self.need) <= planned:
-                self.sid, self.dirs = prev["sid"], [prev["dir"]]  # re-attach: it covers all that is missing
+            if status in ACTIVE + ("SUCCEEDED",) and set(self.need) - self._covered(older) <= planned:
+                self.sid, self.dirs = prev["sid"], older + [prev["dir"]]  # re-attach: it covers all that is missing
                 self.notify(f"attached to Ray job {self.sid} ({status})")
                 return
             if status in ACTIVE:
                 self.api.stop(prev["sid"])  # another plan now; what it wrote is merged below
-            self.dirs.append(prev["dir"])
-        covered = {tid for d in self.dirs for name in list_shards(d) for tid, _ in self._tiles(os.path.join(d, name))}
+            self.dirs = older + [prev["dir"]]
+        covered = self._covered(self.dirs)
         todo = [(info, [r for r in refs if r.tile_id not in covered]) for info, refs in work]
         todo = [(info, refs) for info, refs in todo if refs]
         if not todo:
@@ -176,12 +183,15 @@ class RayJobExecutor:
                     "out_dir": self.to_cluster(job_dir), "infos": infos,
                     "tiles": [ref_to_json(r) for _, refs in todo for r in refs]}
         write_json_atomic(os.path.join(job_dir, MANIFEST), manifest)
-        write_json_atomic(state_path, {"sid": sid, "dir": job_dir, "fingerprint": self.fingerprint,
-                                       "dashboard_url": self.api.url})
+        write_json_atomic(state_path, {"sid": sid, "dir": job_dir, "dirs": [d for d in self.dirs if d != job_dir] + [job_dir],
+                                       "fingerprint": self.fingerprint, "dashboard_url": self.api.url})
         self._submit(sid, "run", os.path.join(job_dir, MANIFEST))
         if job_dir not in self.dirs:
             self.dirs.append(job_dir)
         self.notify(f"submitted Ray job {sid}: {len(tiles)} tiles")
+
+    def _covered(self, dirs: Sequence[str]) -> set[str]:
+        return {tid for d in dirs for name in list_shards(d) for tid, _ in self._tiles(os.path.join(d, name))}
 
     def _tiles(self, path: str) -> list[tuple[str, str]]:
         if path not in self._index:
@@ -224,14 +234,16 @@ class RayJobExecutor:
             if progressed:
                 last_change = time.monotonic()
                 continue
+            if self.sid is None:
+                raise EngineError(f"{len(want)} tiles of {info.name} are in no shard of the earlier Ray jobs; run again")
             if final is not None:  # the job ended and its last shards are merged: tiles are missing
                 if final == "SUCCEEDED":
                     raise EngineError(f"Ray job {self.sid} succeeded but {len(want)} tiles of {info.name} are in none"
                                       " of its shards; run again to resume")
-                raise self._failure(str(self.sid), final)
-            status = self.api.status(self.sid) if self.sid else None
+                raise self._failure(self.sid, None if final == "UNKNOWN" else final)
+            status = self.api.status(self.sid)
             if status in FINAL or status is None:
-                final = status or "FAILED"  # scan once more: shards written just before the end
+                final = status or "UNKNOWN"  # scan once more: shards written just before the end
                 continue
             if time.monotonic() - last_change > self.stall_timeout_s:
                 raise EngineError(f"Ray job {self.sid} wrote no shard for {self.stall_timeout_s:.0f} s; run again"
