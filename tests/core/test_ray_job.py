@@ -223,7 +223,10 @@ def test_cancel_stops_the_job_then_a_rerun_submits_only_the_rest(cluster, tmp_pa
                                           "caption_workers": 2})
     assert sum(x["tiles_new"] for x in rep.rasters) == 32 - merged and _counts(idx) == (32, 32)
     state = json.load(open(os.path.join(idx, "ray_job.json")))
-    assert state["sid"] != sid and state["dirs"] == [stopped["dir"], state["dir"]]
+    if written >= set(_rows(idx)):  # the job had written every shard before the stop reached it
+        assert state == stopped
+        return
+    assert state["sid"] != sid and state["dirs"] == [stopped["dir"], state["dir"]], (len(written), merged)
     manifest = json.load(open(os.path.join(state["dir"], "manifest.json")))
     assert {row[0] for row in manifest["tiles"]} == set(_rows(idx)) - written
 

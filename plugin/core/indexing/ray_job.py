@@ -216,6 +216,8 @@ class RayJobExecutor:
                 shards_seen = len(shards)
                 self.notify(merging(len({p for p, _ in self._merged}), shards_seen))
             for path in shards:
+                if is_canceled():
+                    raise Canceled()
                 if (path, rid) in self._merged or not any(r == rid and t in want for t, r in self._tiles(path)):
                     continue
                 done, empty = read_shard(path, rid, want, self.fingerprint, self.dim)
