@@ -92,12 +92,14 @@ class OnnxEmbedder:
     """The `Embedder` protocol over an export folder: same vectors and fingerprint as the torch path.
 
     `threads` = onnxruntime intra-op threads (0 = one per core, for document batches; 1 for queries,
-    which are a handful of tokens and only lose to thread wake-ups on a busy machine).
+    which are a handful of tokens and only lose to thread wake-ups on a busy machine). `spin`:
+    whether idle intra-op threads busy-wait for work (onnxruntime's default); None = only when
+    `threads` != 1. Spinning threads burn CPU the captioner and reader threads beside them need.
     """
 
     device = "cpu"
 
-    def __init__(self, folder: str, threads: int = 1, batch_size: int = 64) -> None:
+    def __init__(self, folder: str, threads: int = 1, batch_size: int = 64, spin: Optional[bool] = None) -> None:
         meta = _read_meta(folder)
         if meta is None:
             raise OnnxExportError(f"no usable ONNX export in {folder}")
@@ -118,7 +120,8 @@ class OnnxEmbedder:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = 1
-        if threads == 1:
+        self._spin = threads != 1 if spin is None else bool(spin)
+        if not self._spin:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3
         self._session = ort.InferenceSession(os.path.join(folder, "model.onnx"), opts, providers=["CPUExecutionProvider"])
