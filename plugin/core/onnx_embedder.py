@@ -93,13 +93,15 @@ class OnnxEmbedder:
 
     `threads` = onnxruntime intra-op threads (0 = one per core, for document batches; 1 for queries,
     which are a handful of tokens and only lose to thread wake-ups on a busy machine). `spin`:
-    whether idle intra-op threads busy-wait for work (onnxruntime's default); None = only when
-    `threads` != 1. Spinning threads burn CPU the captioner and reader threads beside them need.
+    whether idle intra-op threads busy-wait for work (onnxruntime's own default); off here: on a
+    shared CPU a spinning thread waits at every operator for a sibling that was descheduled, and
+    burns the CPU that the captioner and reader threads beside it need (benchmarks/RESULTS.md:
+    1.80x torch's throughput without spinning, 0.96x with it, same run, load 7 on 2 cores).
     """
 
     device = "cpu"
 
-    def __init__(self, folder: str, threads: int = 1, batch_size: int = 64, spin: Optional[bool] = None) -> None:
+    def __init__(self, folder: str, threads: int = 1, batch_size: int = 64, spin: bool = False) -> None:
         meta = _read_meta(folder)
         if meta is None:
             raise OnnxExportError(f"no usable ONNX export in {folder}")
@@ -120,7 +122,7 @@ class OnnxEmbedder:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = 1
-        self._spin = threads != 1 if spin is None else bool(spin)
+        self._spin = bool(spin)
         if not self._spin:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3
