@@ -8,7 +8,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-core test-qgis lint demo screenshot bench clean package install qgis
+.PHONY: setup test test-core test-qgis lint demo screenshot walkthrough bench clean package install qgis
 
 setup: $(STAMP)
 
@@ -34,6 +34,16 @@ demo: $(STAMP)
 
 screenshot: $(STAMP)
 	$(PY) scripts/screenshot.py --out docs/screenshot.jpg
+
+# The analyst's first hour in a real QGIS window under Xvfb (apt-get install -y xvfb): index the demo scene,
+# search, open a hit, save and reopen the project; PNGs and steps.txt land in build/walkthrough/.
+walkthrough: $(STAMP)
+	rm -rf build/walkthrough
+	$(PY) scripts/package.py demo --out build/walkthrough/demo
+	env -u QT_QPA_PLATFORM SIS_WALKTHROUGH_OUT=$(CURDIR)/build/walkthrough xvfb-run -a -s "-screen 0 1600x1000x24" \
+	  qgis --nologo --profiles-path build/walkthrough/demo --profile demo \
+	  --project build/walkthrough/demo/demo.qgz --code scripts/qgis_walkthrough.py
+	cat build/walkthrough/steps.txt
 
 bench: $(STAMP)
 	for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

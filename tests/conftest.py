@@ -58,25 +58,3 @@ def neon_tif() -> Path:
     assert p.exists(), p
     return p
 
-
-# -- process exit -------------------------------------------------------------------------------
-# The test process is the one place where QGIS's GDAL (QgsRasterLayer, osgeo) and the GDAL bundled in
-# the rasterio wheel are both used: tests write rasters with rasterio and open them as QGIS layers.
-# The plugin never loads rasterio into QGIS's process (tests/qgis/test_plugin_load.py), the engine
-# reads rasters in its own worker. Since the Processing tests of the score surface and search by
-# example, the interpreter's final teardown of such a process segfaults (rc 139) *after* every result
-# is reported, which would turn a green run red. So once pytest has finished and printed its
-# summary, leave with its exit status without that teardown.
-_EXIT_STATUS: list[int] = []
-
-
-def pytest_sessionfinish(session, exitstatus):
-    _EXIT_STATUS.append(int(exitstatus))
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_unconfigure(config):
-    if _EXIT_STATUS and "qgis" in sys.modules:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(_EXIT_STATUS[-1])

@@ -49,24 +49,49 @@ def window_ground_size_m(
 ) -> Optional[tuple[float, float]]:
     """(width, height) in metres of a pixel window: geodesic lengths of its horizontal and vertical
     midlines. None without a CRS or when the window cannot be mapped to longitude/latitude."""
-    if not crs_wkt:
-        return None
+    return windows_ground_size_m(crs_wkt, transform, [(col_off, row_off, width, height)])[0]
+
+
+def windows_ground_size_m(
+    crs_wkt: Optional[str], transform: Sequence[float], windows: Sequence[tuple[float, float, float, float]],
+) -> list[Optional[tuple[float, float]]]:
+    """`window_ground_size_m` of many (col_off, row_off, width, height) windows with one PROJ call
+    (the call, not the arithmetic, is most of the cost of one window)."""
+    if not crs_wkt or not windows:
+        return [None] * len(windows)
     from rasterio.warp import transform as warp
 
     a, b, c, d, e, f = (float(v) for v in transform[:6])
     steps = [i / SEGMENTS for i in range(SEGMENTS + 1)]
-    cols = [col_off + width * t for t in steps] + [col_off + width / 2.0] * len(steps)
-    rows = [row_off + height / 2.0] * len(steps) + [row_off + height * t for t in steps]
-    xs = [a * cc + b * rr + c for cc, rr in zip(cols, rows)]
-    ys = [d * cc + e * rr + f for cc, rr in zip(cols, rows)]
+    n = len(steps)
+    xs: list[float] = []
+    ys: list[float] = []
+    for col_off, row_off, width, height in windows:
+        cols = [col_off + width * t for t in steps] + [col_off + width / 2.0] * n
+        rows = [row_off + height / 2.0] * n + [row_off + height * t for t in steps]
+        xs += [a * cc + b * rr + c for cc, rr in zip(cols, rows)]
+        ys += [d * cc + e * rr + f for cc, rr in zip(cols, rows)]
     try:
         lons, lats = warp(_crs(crs_wkt), "EPSG:4326", xs, ys)
     except Exception:  # noqa: BLE001 - an exotic CRS PROJ cannot invert: no size rather than a wrong one
+        if len(windows) > 1:  # one window PROJ cannot map must not cost the others their size
+            return [windows_ground_size_m(crs_wkt, transform, [w])[0] for w in windows]
+        return [None]
+    out: list[Optional[tuple[float, float]]] = []
+    for i in range(len(windows)):
+        lo, la = lons[2 * n * i: 2 * n * (i + 1)], lats[2 * n * i: 2 * n * (i + 1)]
+        if not all(math.isfinite(v) for v in list(lo) + list(la)):
+            out.append(None)
+        else:
+            out.append((polyline_m(lo[:n], la[:n]), polyline_m(lo[n:], la[n:])))
+    return out
+
+
+def pixel_m(size: Optional[tuple[float, float]], out_shape: tuple[int, int]) -> Optional[float]:
+    """Ground size of one output pixel from a window's (width, height) in metres resampled to `out_shape`."""
+    if size is None or not size[0] > 0 or not size[1] > 0:
         return None
-    if not all(math.isfinite(v) for v in list(lons) + list(lats)):
-        return None
-    n = len(steps)
-    return polyline_m(lons[:n], lats[:n]), polyline_m(lons[n:], lats[n:])
+    return math.sqrt((size[0] / max(out_shape[1], 1)) * (size[1] / max(out_shape[0], 1)))
 
 
 def window_pixel_m(
@@ -75,7 +100,4 @@ def window_pixel_m(
 ) -> Optional[float]:
     """Ground size in metres of one output pixel when the window is resampled to `out_shape` (rows, cols):
     the side of a square with the same ground area."""
-    size = window_ground_size_m(crs_wkt, transform, col_off, row_off, width, height)
-    if size is None or not size[0] > 0 or not size[1] > 0:
-        return None
-    return math.sqrt((size[0] / max(out_shape[1], 1)) * (size[1] / max(out_shape[0], 1)))
+    return pixel_m(window_ground_size_m(crs_wkt, transform, col_off, row_off, width, height), out_shape)

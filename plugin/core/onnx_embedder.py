@@ -92,12 +92,16 @@ class OnnxEmbedder:
     """The `Embedder` protocol over an export folder: same vectors and fingerprint as the torch path.
 
     `threads` = onnxruntime intra-op threads (0 = one per core, for document batches; 1 for queries,
-    which are a handful of tokens and only lose to thread wake-ups on a busy machine).
+    which are a handful of tokens and only lose to thread wake-ups on a busy machine). `spin`:
+    whether idle intra-op threads busy-wait for work (onnxruntime's own default); off here: on a
+    shared CPU a spinning thread waits at every operator for a sibling that was descheduled, and
+    burns the CPU that the captioner and reader threads beside it need (benchmarks/RESULTS.md:
+    1.80x torch's throughput without spinning, 0.96x with it, same run, load 7 on 2 cores).
     """
 
     device = "cpu"
 
-    def __init__(self, folder: str, threads: int = 1, batch_size: int = 64) -> None:
+    def __init__(self, folder: str, threads: int = 1, batch_size: int = 64, spin: bool = False) -> None:
         meta = _read_meta(folder)
         if meta is None:
             raise OnnxExportError(f"no usable ONNX export in {folder}")
@@ -118,7 +122,8 @@ class OnnxEmbedder:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = 1
-        if threads == 1:
+        self._spin = bool(spin)
+        if not self._spin:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3
         self._session = ort.InferenceSession(os.path.join(folder, "model.onnx"), opts, providers=["CPUExecutionProvider"])

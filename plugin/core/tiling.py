@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import numpy as np
 
 from .errors import Canceled, RasterError, TilingError
-from .geodesy import window_pixel_m
+from .geodesy import pixel_m, windows_ground_size_m
 from .raster import RasterInfo
 from .raster_io import BandPlan, gdal_error_line, read_bands_lazy
 from .types import CancelFn, PixelWindow, ProgressFn, TileImage, TileRef, never_canceled, no_progress
@@ -228,6 +228,29 @@ class _Renderer:
         return planes.transpose(1, 2, 0)
 
 
+class _RowSizes:
+    """Ground pixel sizes of the planned tiles, made for a whole row of tiles at the first request
+    in that row: one PROJ call per row instead of one per tile (same numbers as `window_pixel_m`)."""
+
+    def __init__(self, info: RasterInfo, refs: Sequence[TileRef]) -> None:
+        self.info = info
+        self.rows: dict[tuple[int, int], list[PixelWindow]] = {}
+        for ref in refs:
+            w = ref.window
+            self.rows.setdefault((w.row_off, w.height), []).append(w)
+        self.sizes: dict[PixelWindow, Optional[tuple[float, float]]] = {}
+
+    def pixel_m(self, win: PixelWindow, shape: tuple[int, int]) -> Optional[float]:
+        if win not in self.sizes:
+            row = [w for w in self.rows.get((win.row_off, win.height), []) if w not in self.sizes] or [win]
+            if win not in row:
+                row.append(win)
+            got = windows_ground_size_m(self.info.crs_wkt, self.info.transform,
+                                        [(w.col_off, w.row_off, w.width, w.height) for w in row])
+            self.sizes.update(zip(row, got))
+        return pixel_m(self.sizes[win], shape)
+
+
 def _fetch(ds: Any, info: RasterInfo, ref: TileRef, side_out: int,
            plan: Optional[BandPlan] = None) -> tuple[np.ndarray, Optional[np.ndarray], tuple[int, int]]:
     """The GDAL part of a tile read: native pixels and validity (None: all valid)."""
@@ -245,7 +268,7 @@ def _fetch(ds: Any, info: RasterInfo, ref: TileRef, side_out: int,
 
 
 def _finish(info: RasterInfo, ref: TileRef, fetched: tuple[np.ndarray, Optional[np.ndarray], tuple[int, int]],
-            renderer: _Renderer) -> tuple[TileImage, int]:
+            renderer: _Renderer, sizes: _RowSizes) -> tuple[TileImage, int]:
     """The numpy part: 8-bit RGB and validity; the float32 planes (`TileImage.raw`) and the ground
     pixel size are made only if a captioner asks for them. Returns the tile and its number of valid pixels."""
     data, valid, shape = fetched
@@ -259,8 +282,7 @@ def _finish(info: RasterInfo, ref: TileRef, fetched: tuple[np.ndarray, Optional[
     tile = TileImage(
         ref=ref, rgb=renderer.rgb(data, valid, all_valid), bands=data, valid=valid,
         has_nir=info.band_map.nir is not None,
-        pixel_size_fn=lambda: window_pixel_m(info.crs_wkt, info.transform, win.col_off, win.row_off, win.width,
-                                             win.height, shape),
+        pixel_size_fn=lambda: sizes.pixel_m(win, shape),
     )
     return tile, n_valid
 
@@ -308,6 +330,7 @@ def iter_tiles(
         return
     side_out = _default_out(info, params)
     renderer = _Renderer(info)
+    sizes = _RowSizes(info, todo)
     with rasterio.Env(GDAL_CACHEMAX=_CACHE_BYTES), _open_for(info) as ds:
         plan = BandPlan(ds, info.band_map.indexes())
         for i, ref in enumerate(todo):
@@ -325,7 +348,7 @@ def iter_tiles(
                 on_error(ref, reason)
                 progress(i + 1, total, f"{info.name}: tile {i + 1}/{total}")
                 continue
-            tile, n_valid = _finish(info, ref, fetched, renderer)
+            tile, n_valid = _finish(info, ref, fetched, renderer, sizes)
             progress(i + 1, total, f"{info.name}: tile {i + 1}/{total}")
             if n_valid > 0 and n_valid >= params.min_valid_fraction * tile.valid.size:
                 yield tile
@@ -344,4 +367,4 @@ def read_tile(info: RasterInfo, ref: TileRef, out_size: Optional[int] = None) ->
             raise
         except Exception as exc:  # noqa: BLE001 - a corrupt block: one line, not a GDAL traceback
             raise RasterError(f"{info.name}: tile {ref.tile_id} cannot be read: {gdal_error_line(exc)}") from None
-        return _finish(info, ref, fetched, _Renderer(info))[0]
+        return _finish(info, ref, fetched, _Renderer(info), _RowSizes(info, [ref]))[0]

@@ -24,7 +24,7 @@ class ClusterOptions:
     run_on: str = "local"
     address: str = ""  # ray: head host:port, or "local" for a private Ray on this computer
     dashboard_url: str = ""  # ray-job: http://head:8265
-    shared_dir: str = ""  # ray-job: staging folder / URI both sides reach
+    shared_dir: str = ""  # ray-job: staging folder both sides mount
     path_map: str = ""  # one "local prefix=cluster prefix" a line
     caption_workers: int = 0  # 0 = one per GPU (CPU clusters: one per 2 CPUs)
     authcfg: str = ""  # QgsAuthManager config holding the Ray token (never the token)

@@ -42,7 +42,7 @@ class ClusterWidget(QGroupBox):
         self.dashboard_edit = QLineEdit(self)
         self.dashboard_edit.setPlaceholderText("http://head:8265")
         self.shared_edit = QLineEdit(self)
-        self.shared_edit.setPlaceholderText("a folder or s3:// URI both this computer and the cluster reach")
+        self.shared_edit.setPlaceholderText("a folder this computer and the cluster both mount (result shards go there)")
         self.workers_spin = QSpinBox(self)
         self.workers_spin.setRange(0, 4096)
         self.workers_spin.setSpecialValueText("one per GPU")

@@ -137,7 +137,7 @@ class BuildIndexAlgorithm(QgsProcessingAlgorithm):
                                          " 'local': a private Ray on this computer)", defaultValue="", optional=True),
             QgsProcessingParameterString(self.RAY_DASHBOARD, "Run as a Ray job: dashboard URL (http://head:8265)",
                                          defaultValue="", optional=True),
-            QgsProcessingParameterString(self.SHARED_DIR, "Ray job: shared folder or URI (both sides reach it)",
+            QgsProcessingParameterString(self.SHARED_DIR, "Ray job: shared folder (mounted on both sides)",
                                          defaultValue="", optional=True),
             QgsProcessingParameterString(self.PATH_MAP, "Ray: path map, LOCAL=CLUSTER entries separated by ;",
                                          defaultValue="", optional=True),

@@ -57,3 +57,22 @@ def test_projected_metres_and_feet_and_no_crs(tmp_path) -> None:
     assert tiles and all(t.pixel_size is None for t in tiles)
     for variant in make_captioner("spectral").caption(tiles[:1])[0]:
         assert not re.search(r"\bspans\b|\d+(\.\d+)? ?(m|km)\b", variant.caption), variant.caption
+
+
+def test_tile_pixel_sizes_come_one_proj_call_per_row_with_the_per_window_numbers(tmp_path, monkeypatch) -> None:
+    import rasterio.warp
+
+    from plugin.core.geodesy import window_pixel_m
+
+    info = open_raster(rasters.geographic(str(tmp_path)))  # 0.0001 deg pixels: sizes change with latitude
+    params = TilingParams(tile_size=40, scales=(1, 2))
+    tiles = list(iter_tiles(info, params))
+    want = [window_pixel_m(info.crs_wkt, info.transform, t.ref.window.col_off, t.ref.window.row_off,
+                           t.ref.window.width, t.ref.window.height, t.valid.shape) for t in tiles]
+    calls = []
+    real = rasterio.warp.transform
+    monkeypatch.setattr(rasterio.warp, "transform", lambda *a, **k: calls.append(1) or real(*a, **k))
+    got = [t.pixel_size for t in tiles]
+    assert got == pytest.approx(want, rel=1e-12) and len(set(round(g, 6) for g in got)) > 2
+    rows = {(t.ref.window.row_off, t.ref.window.height) for t in tiles}
+    assert len(calls) == len(rows) < len(tiles)

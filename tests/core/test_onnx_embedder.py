@@ -97,6 +97,9 @@ def test_default_embedder_embeds_documents_through_onnx(minilm_torch) -> None:
     assert emb.onnx is not None and emb.fingerprint == minilm_torch.fingerprint
     texts = ["A tile with water and sand. The north is covered by water.", "dense forest", "x"]
     assert np.sum(emb.encode_documents(texts) * minilm_torch.encode_documents(texts), axis=1).min() >= MIN_COSINE
+    # Document batches use every core without busy-waiting threads (they starved on a shared CPU).
+    opts = emb.onnx._session.get_session_options()
+    assert opts.intra_op_num_threads == 0 and opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
 def test_prompts_and_pooling_are_reproduced(tmp_path: Path) -> None:

@@ -2,12 +2,37 @@
 
 from __future__ import annotations
 
+import gc
 import os
+import types
 from pathlib import Path
 
 import pytest
 
 from tests.core import rasters
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _release_frames_pinned_by_processing_errors(qgis_app):
+    """Free, before QGIS exits, the test frames that QGIS 3.22 keeps alive after a failed algorithm.
+
+    When a Python `processAlgorithm` raises QgsProcessingException, QGIS 3.22's sip error handler keeps
+    a reference to the exception, so its traceback, the algorithm's frame and, through `f_back`, the
+    frame of the test that called `alg.run()` live to interpreter teardown. Layers held in that test's
+    locals were then destroyed after `exitQgis()` had unloaded GDAL's drivers: GDALClose segfaulted
+    (rc 139) after every result had been reported. Clearing those finished frames here lets the layers
+    go while QGIS is still up. Only frames of this repository's code that have finished are cleared.
+    """
+    yield
+    root = str(Path(__file__).resolve().parents[2])
+    gc.collect()
+    for obj in gc.get_objects():
+        if isinstance(obj, types.FrameType) and obj.f_code.co_filename.startswith(root):
+            try:
+                obj.clear()
+            except RuntimeError:  # still executing (this fixture, pytest's own frames)
+                pass
+    gc.collect()
 
 
 @pytest.fixture
