@@ -1,0 +1,141 @@
+"""Job mode without a cluster: the shard files, the engine package zip and the Jobs REST client's
+errors and auth header against a loopback HTTP server (127.0.0.1, random port). Fast; no Ray needed."""
+
+from __future__ import annotations
+
+import http.server
+import io
+import json
+import os
+import threading
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pyarrow", reason="job mode reads Parquet shards with pyarrow")
+
+from plugin.core.errors import EngineError  # noqa: E402
+from plugin.core.indexing.ray_job_api import JobsApi, check_dashboard, package_zip  # noqa: E402
+from plugin.core.indexing.ray_job_shards import (  # noqa: E402
+    list_shards,
+    read_shard,
+    ref_from_json,
+    ref_to_json,
+    shard_name,
+    shard_tiles,
+    write_shard,
+)
+from plugin.core.types import CaptionVariant, PixelWindow, TileRef  # noqa: E402
+
+
+def _ref(i: int, rid: str = "r1") -> TileRef:
+    return TileRef(f"t{i:03d}", rid, PixelWindow(i * 48, 0, 48, 48), 1, ((0.0, 0.0), (1.5, 0.0), (1.5, 2.0), (0.0, 0.0)))
+
+
+def test_shard_round_trip_and_refusals(tmp_path: Path) -> None:
+    refs = [_ref(i) for i in range(3)] + [_ref(9, "r2")]
+    per_tile = [[CaptionVariant(f"a{i}", "f", "c"), CaptionVariant(f"b{i}", "g", "d", fallback="no answer")] for i in range(4)]
+    vecs = [np.random.default_rng(i).random((2, 8), dtype=np.float32) for i in range(4)]
+    name = write_shard(str(tmp_path), "fp1", refs, per_tile, vecs)
+    assert name == shard_name([r.tile_id for r in refs]) and name.startswith("shard-t000-4-")
+    assert name.rsplit("-", 1)[1] == shard_name([r.tile_id for r in reversed(refs)]).rsplit("-", 1)[1]  # the tile set
+    empty_name = write_shard(str(tmp_path), "fp1", [_ref(5)], empty=True)
+    assert list_shards(str(tmp_path)) == sorted([name, empty_name]) and not [n for n in os.listdir(tmp_path) if "tmp" in n]
+    path = str(tmp_path / name)
+    assert shard_tiles(path) == [(r.tile_id, r.raster_id) for r in refs]
+    done, empty = read_shard(path, "r1", {"t000", "t002", "t009"}, "fp1", 8)
+    assert [t for t, _, _ in done] == ["t000", "t002"] and not empty  # only the raster and tiles asked for
+    assert done[1][1] == per_tile[2] and done[1][1][1].fallback == "no answer"  # fallbacks stay fallbacks
+    np.testing.assert_array_equal(done[1][2], vecs[2])
+    assert read_shard(str(tmp_path / empty_name), "r1", {"t005"}, "fp1", 8) == ([], ["t005"])
+    with pytest.raises(EngineError, match="'fp1'.*'fp2'"):
+        read_shard(path, "r1", {"t000"}, "fp2", 8)
+    with pytest.raises(EngineError, match="16 values for 2 variants of 4-d"):  # vectors of another embedder's size
+        read_shard(path, "r1", {"t000"}, "fp1", 4)
+    assert ref_from_json(json.loads(json.dumps(ref_to_json(refs[1])))) == refs[1]
+
+
+def test_package_zip_is_deterministic_and_holds_the_package_folder(tmp_path: Path) -> None:
+    pkg = tmp_path / "mypkg"
+    (pkg / "core" / "__pycache__").mkdir(parents=True)
+    (pkg / "tests").mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "core" / "a.py").write_text("x = 1\n")
+    (pkg / "core" / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"\0")
+    (pkg / "tests" / "t.py").write_text("")
+    blob = package_zip(str(pkg))
+    os.utime(pkg / "core" / "a.py", (1e9, 1e9))
+    assert package_zip(str(pkg)) == blob  # same code, same bytes, same content-hashed name
+    assert sorted(zipfile.ZipFile(io.BytesIO(blob)).namelist()) == ["mypkg/__init__.py", "mypkg/core/a.py"]
+
+
+class _Dashboard(http.server.BaseHTTPRequestHandler):
+    seen: list[tuple[str, str, str]] = []
+    token = "s3cret-token"
+
+    def _answer(self) -> None:
+        auth = self.headers.get("Authorization", "")
+        type(self).seen.append((self.command, self.path, auth))
+        if auth != f"Bearer {self.token}":
+            body, code = b"Unauthorized: Missing authentication token", 401
+        elif self.path == "/api/version":
+            body, code = json.dumps({"ray_version": "2.60.0", "version": "4"}).encode(), 200
+        elif self.path.startswith("/api/packages/"):
+            body, code = (b"", 404) if self.command == "GET" else (b"", 200)
+        else:
+            body, code = b"Traceback (most recent call last):\n  ...\nValueError: no such job", 500
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_PUT = do_POST = _answer
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def dashboard():
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Dashboard)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    _Dashboard.seen = []
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_jobs_api_sends_the_token_as_bearer_and_errors_are_one_line(dashboard, monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("RAY_AUTH_TOKEN", _Dashboard.token)
+    api = JobsApi(dashboard)
+    assert api.version()["ray_version"] == "2.60.0"
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "m.py").write_text("")
+    uri = api.upload_package(str(tmp_path / "p"))
+    assert uri.startswith("gcs://_ray_pkg_") and uri.endswith(".zip")
+    assert [(m, p.split("/")[-1] == uri[6:]) for m, p, _ in _Dashboard.seen[1:]] == [("GET", True), ("PUT", True)]
+    assert all(a == f"Bearer {_Dashboard.token}" for _, _, a in _Dashboard.seen)
+    with pytest.raises(EngineError) as err:
+        api.submit("sis-x", "python -m x", {})
+    assert str(err.value) == "Ray dashboard POST /api/jobs/: HTTP 500: ValueError: no such job"
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "wrong-token")
+    with pytest.raises(EngineError) as err:
+        check_dashboard({"dashboard_url": dashboard, "shared_dir": str(tmp_path)})
+    msg = str(err.value)
+    assert "refused the request (401)" in msg and "RAY_AUTH_TOKEN" in msg and "wrong-token" not in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"shared_dir": "/x"}, "dashboard URL"),
+    ({"dashboard_url": "http://h:8265"}, "--shared-dir"),
+    ({"dashboard_url": "http://h:8265", "shared_dir": "s3://bucket/stage"}, "not a URI"),
+    ({"dashboard_url": "head:8265", "shared_dir": "/x"}, "expected http://host:8265"),
+])
+def test_job_mode_options_are_refused_in_one_line(options: dict, match: str) -> None:
+    with pytest.raises(EngineError, match=match):
+        check_dashboard(options)
