@@ -71,8 +71,8 @@ def plugin():
 
 def run() -> None:
     win = iface.mainWindow()
-    win.resize(1600, 1000)
-    win.showMaximized()
+    win.showNormal()
+    win.setGeometry(0, 0, 1600, 1000)  # Xvfb has no window manager to maximise it: fill the screen ourselves
     p = plugin()
     p.show_dock()
     shot("01_project_opened")

@@ -50,10 +50,17 @@ class ScoreScale:
     def confident(self, score: float) -> bool:
         return score >= self.weak
 
-    def verdict(self, best: float) -> str:
-        """One line about a query's best score, plain about a miss."""
+    def verdict(self, best: float, bonus: float = 0.0) -> str:
+        """One line about a query's best match, plain about a miss. `best` is its cosine (what the scale
+        means); `bonus` the hybrid ranker's word bonus on that hit, said apart so the line agrees with the
+        Score column (cosine + bonus) without letting the bonus make a match look confident."""
         if not self.confident(best):
-            return f"no confident match: best score {best:.2f} (below {self.weak:.2f}, what unrelated text reaches)"
+            words = f" without the +{bonus:.2f} for the query's words" if bonus > 0 else ""
+            return (f"no confident match: best score {best:.2f}{words} "
+                    f"(below {self.weak:.2f}, what unrelated text reaches)")
+        if bonus > 0:
+            return (f"best score {best + bonus:.2f} (similarity {best:.2f} + {bonus:.2f} for the query's words): "
+                    f"{self.label(best)} match")
         return f"best score {best:.2f}: {self.label(best)} match"
 
     def ranges(self) -> list[tuple[float, float, str, str]]:

@@ -181,10 +181,11 @@ class SearchController(ResultActions, QObject):
         if hits:
             from ..core.score_scale import match_strength
 
-            best = max(match_strength(h.score, h.extra) for h in hits)  # the cosine: what the scale means
+            top = max(hits, key=lambda h: match_strength(h.score, h.extra))
+            best = match_strength(top.score, top.extra)  # the cosine: what the scale means
             warn = not scale.confident(best)
             msg = (f"{len(hits)} result(s) for “{self.last_query}” in {self.last_seconds * 1000:.0f} ms · "
-                   f"{scale.verdict(best)}")
+                   f"{scale.verdict(best, top.score - best)}")
             from .result_text import shared_match
 
             common = shared_match([h.caption for h in hits], self.last_query)

@@ -173,4 +173,10 @@ def test_word_bonus_does_not_make_a_confident_match(shore):
     lifted[0].extra["lexical_bonus"] = 0.0  # the same score as a plain cosine is a confident match
     ctl.show_results(lifted)
     assert "no confident match" not in w.info_label.text()
+    # a confident match that also names the query's words: the line agrees with the Score column
+    lifted[0].score, lifted[0].extra["lexical_bonus"] = scale.weak + 0.15, 0.1
+    ctl.show_results(lifted)
+    text = w.info_label.text()
+    assert f"best score {scale.weak + 0.15:.2f} (similarity {scale.weak + 0.05:.2f} + 0.10 for the query's words)" in text
+    assert "no confident match" not in text
 
