@@ -149,9 +149,13 @@ def main(argv: list[str] | None = None) -> int:
         ratio = best["baseline"]["seconds"] / best["engine"]["seconds"]
         rss = max(r["peak_rss_mb"] for r in runs["engine"])
         cpu = {k: min(r["cpu_seconds"] for r in v) for k, v in runs.items()}
+        med = {k: sorted(r["seconds"] for r in v)[len(v) // 2] for k, v in runs.items()}
+        med_cpu = {k: sorted(r["cpu_seconds"] for r in v)[len(v) // 2] for k, v in runs.items()}
         print(f"throughput ratio engine/baseline (best of {args.passes}): {ratio:.2f}x (target >= 0.9x); "
               f"CPU time ratio baseline/engine {cpu['baseline'] / cpu['engine']:.2f}x; "
               f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+        print(f"medians of the {args.passes} passes: wall ratio {med['baseline'] / med['engine']:.2f}x, "
+              f"CPU ratio {med_cpu['baseline'] / med_cpu['engine']:.2f}x")
         print(f"engine peak RSS: {rss:.0f} MB (target < 1536 MB); baseline peak RSS: "
               f"{max(r['peak_rss_mb'] for r in runs['baseline']):.0f} MB")
         return 0 if ratio >= 0.9 and rss < 1536 else 1
