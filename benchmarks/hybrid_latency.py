@@ -142,7 +142,7 @@ def main() -> None:
     args = ap.parse_args()
     from plugin.core.embedder import make_embedder
     from plugin.core.hybrid import LEXICAL_TERM_CAP
-    from plugin.core.lexical import lexical_top, query_terms
+    from plugin.core.lexical import lexical_top, matched_terms, matched_terms_in, query_terms
     from plugin.core.store import SearchIndex
 
     emb = make_embedder(None)
@@ -162,7 +162,7 @@ def main() -> None:
         print(f"index open + first search (hnsw load): {time.perf_counter() - t0:.1f} s; {idx.active_count():,} variants")
         for i in range(5):  # warm both paths (page cache, FTS5 structures)
             idx.search(qv[i], top=args.top, ranker="hybrid", query_text=texts[i])
-        dense, hybrid, fts, same = [], [], [], []
+        dense, hybrid, fts, same, why_old, why_new = [], [], [], [], [], []
         for i, (q, text) in enumerate(zip(qv, texts)):
             runs = [("dense", dense), ("hybrid", hybrid)]
             for ranker, out in (runs if i % 2 == 0 else runs[::-1]):
@@ -173,11 +173,24 @@ def main() -> None:
                     d_ids = [h.tile_id for h in hits]
                 else:
                     h_ids = [h.tile_id for h in hits]
+                    h_hits = hits
             same.append(len(set(d_ids) & set(h_ids)) / args.top)
             k = args.top * args.variants * 2
             t0 = time.perf_counter()
             lexical_top(idx.conn, query_terms(text), k, term_cap=LEXICAL_TERM_CAP)
             fts.append(time.perf_counter() - t0)
+            # "why it matched" for the hybrid hits: per hit on the index (the first version) vs one
+            # scratch FTS5 table of the hits' texts (shipped); not part of the timings above
+            terms = query_terms(text)
+            cids = [int(r[0]) for h in h_hits for r in idx.conn.execute(
+                "SELECT caption_id FROM captions WHERE tile_id = ? AND variant_index = ?", (h.tile_id, h.variant_index))]
+            t0 = time.perf_counter()
+            for c in cids:
+                matched_terms(idx.conn, c, terms)
+            why_old.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            matched_terms_in({i: h.caption for i, h in enumerate(h_hits)}, terms)
+            why_new.append(time.perf_counter() - t0)
         from plugin.core.lexical import selective_terms
 
         n_terms = n_sel = n_q_sel = 0
@@ -190,6 +203,9 @@ def main() -> None:
     print(f"   FTS5 bm25 top-{args.top * args.variants * 2} (selective words) alone: p50 {pct(fts, 50):.1f} ms  p95 {pct(fts, 95):.1f} ms")
     print(f"ratio hybrid / dense: p50 {pct(hybrid, 50) / pct(dense, 50):.2f}  p95 {pct(hybrid, 95) / pct(dense, 95):.2f}"
           f" (target <= 1.2); top-{args.top} overlap dense vs hybrid {np.mean(same):.2f}")
+    print(f"   matched words of the {args.top} hybrid hits: per hit on the index p50 {pct(why_old, 50):.1f} ms p95 "
+          f"{pct(why_old, 95):.1f} ms (first version) | scratch table of their texts p50 {pct(why_new, 50):.1f} ms "
+          f"p95 {pct(why_new, 95):.1f} ms (shipped)")
     print(f"query words scored by bm25 (in <= {LEXICAL_TERM_CAP:,} captions): {n_sel} of {n_terms}; distinct queries"
           f" with at least one: {n_q_sel} of {len(set(texts))}")
     if not args.keep:
