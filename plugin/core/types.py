@@ -201,8 +201,11 @@ class CaptionVariant:
 class Captioner(Protocol):
     """Images in, K structured caption variants per image out."""
 
-    #: backend + model + revision + prompt version + generation params; the caption cache key.
-    fingerprint: str
+    @property
+    def fingerprint(self) -> str:
+        """backend + model + revision + prompt version + generation params; the caption cache key
+        (an attribute, or a property when it is asked of a server)."""
+        ...
 
     def caption(self, tiles: Sequence[TileImage]) -> list[list[CaptionVariant]]:
         ...

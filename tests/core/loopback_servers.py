@@ -77,12 +77,19 @@ Reply = tuple[int, dict[str, str], bytes]
 class ScriptedServer:
     """An HTTP server whose reply to each request is decided by `respond(method, path, headers)`.
 
-    Default: `GET /v1/models` lists one model, `POST .../chat/completions` answers ANSWER.
-    Every request is recorded as (method, path, lower-cased headers).
+    Default: `GET /v1/models` lists `models` (one model "m" unless given), `GET /api/tags` answers
+    `tags` (Ollama's native list; 404 unless given), `POST .../chat/completions` answers ANSWER,
+    with `n` choices when `honour_n` (as vLLM does), a 400 for `n` > 1 when `refuse_n`, else one
+    choice (as Ollama does).
+    Every request is recorded as (method, path, lower-cased headers), and its body in `bodies`.
     """
 
-    def __init__(self, respond: Optional[Callable[[str, str, dict[str, str]], Optional[Reply]]] = None) -> None:
+    def __init__(self, respond: Optional[Callable[[str, str, dict[str, str]], Optional[Reply]]] = None, *,
+                 honour_n: bool = False, refuse_n: bool = False, models: Optional[list[dict]] = None,
+                 tags: Optional[list[dict]] = None) -> None:
         self.requests: list[tuple[str, str, dict[str, str]]] = []
+        self.bodies: list[bytes] = []
+        self.honour_n, self.refuse_n, self.models, self.tags = honour_n, refuse_n, models, tags
         self.lock = threading.Lock()
         owner = self
 
@@ -94,13 +101,13 @@ class ScriptedServer:
 
             def _serve(self) -> None:
                 n = int(self.headers.get("Content-Length") or 0)
-                if n:
-                    self.rfile.read(n)
+                data = self.rfile.read(n) if n else b""
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 with owner.lock:
                     owner.requests.append((self.command, self.path, headers))
+                    owner.bodies.append(data)
                 reply = respond(self.command, self.path, headers) if respond else None
-                status, extra, body = reply if reply is not None else owner.default(self.command, self.path)
+                status, extra, body = reply if reply is not None else owner.reply(self.command, self.path, data)
                 self.send_response(status)
                 for k, v in extra.items():
                     self.send_header(k, v)
@@ -115,6 +122,22 @@ class ScriptedServer:
         self.port = self.httpd.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}/v1"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def reply(self, method: str, path: str, data: bytes) -> Reply:
+        if method == "GET" and path.endswith("/api/tags"):
+            if self.tags is None:
+                return 404, {}, b"404 page not found"
+            return 200, {"Content-Type": "application/json"}, json.dumps({"models": self.tags}).encode()
+        if method == "GET" and self.models is not None:
+            return 200, {"Content-Type": "application/json"}, json.dumps({"object": "list", "data": self.models}).encode()
+        n = int(json.loads(data or b"{}").get("n", 1)) if method == "POST" else 1
+        if n > 1 and self.refuse_n:
+            return 400, {"Content-Type": "application/json"}, b'{"error": {"message": "n must be 1"}}'
+        if method == "POST" and self.honour_n:
+            content = "```json\n" + json.dumps(ANSWER) + "\n```"
+            choices = [{"index": i, "message": {"role": "assistant", "content": content}} for i in range(n)]
+            return 200, {"Content-Type": "application/json"}, json.dumps({"choices": choices}).encode()
+        return self.default(method, path)
 
     @staticmethod
     def default(method: str, path: str) -> Reply:

@@ -172,3 +172,16 @@ def corrupt_block(path: str, bx: int, by: int) -> None:
     with open(path, "r+b") as fh:
         fh.seek(off + 2)
         fh.write(b"\xff" * (size - 4))
+
+
+def holed(folder: Any, name: str = "holed.tif", size: int = 512, corrupt: bool = True) -> str:
+    """uint8, deflate, 32 px blocks; nodata 0 in the top 128 rows (the first row of 128 px tiles is
+    empty) and block (2, 6) corrupt (pixels 64..95 x 192..223: the 128 px tile at column 0, row 1
+    cannot be read). The fingerprint sample skips block column 2, so the raster opens."""
+    data = np.maximum(pattern(3, size, size, seed=11), 1)
+    data[:, :128, :] = 0
+    path = write_raster(os.path.join(str(folder), name), data, nodata=0, tiled=True, blockxsize=32, blockysize=32,
+                        compress="deflate")
+    if corrupt:
+        corrupt_block(path, 2, 6)
+    return path

@@ -77,7 +77,7 @@ def test_tile_deadline_fails_a_stalled_chat(stall):
 
 
 def test_cancel_aborts_in_flight_requests(stall):
-    cap = make_captioner(f"openai:{stall.url}#m", variants=3, concurrency=3)
+    cap = make_captioner(f"openai:{stall.url}#m", variants=3, concurrency=3, variant_requests="each")
     started = time.monotonic()
     cap.bind(lambda m: None, lambda: time.monotonic() - started > 0.5)  # type: ignore[attr-defined]
     try:

@@ -30,6 +30,7 @@ from plugin.core.pipeline import RasterSource, index_info, index_rasters  # noqa
 from plugin.core.store import SearchIndex  # noqa: E402
 from plugin.core.tiling import TilingParams  # noqa: E402
 from tests.core.range_server import GDAL_HTTP_ENV, RangeServer  # noqa: E402
+from tests.core.rasters import holed  # noqa: E402
 from tests.core.test_pipeline import write_scene  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -339,3 +340,31 @@ def test_cluster_check_reports_versions_resources_and_auth(cluster) -> None:
     text = str(e.value)
     assert "\n" not in text and cluster["token"] not in text
     assert "refused" in text or "cannot attach" in text, text
+
+
+def test_unreadable_and_empty_tiles_are_recorded_per_tile_and_retried(cluster, tmp_path: Path) -> None:
+    """A corrupt block fails its tile only (reported with the reason, the raster left unfinished), empty
+    tiles are recorded as empty (updates skip them without reading), as with the local executor; the
+    next run, once the file is repaired, captions exactly the failed tile."""
+    path = holed(tmp_path)  # 16 tiles of 128 px: 4 empty, 1 unreadable
+    pristine = holed(tmp_path, "pristine.tif", corrupt=False)  # the same bytes but the corrupt block
+    idx = str(tmp_path / "idx")
+    cmd = _cli_index(cluster, idx, [path], "python:tests.core.ray_captioners:wrapped", "--tile-size", "128",
+                     "--variants", "1", "--format", "json")
+    r = subprocess.run(cmd, cwd=ROOT, env=_driver_env(cluster), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]  # (--format json exits 0 whatever the report says)
+    (entry,) = json.loads(r.stdout)["rasters"]
+    assert (entry["tiles_new"], entry["tiles_empty"], entry["tiles_failed"]) == (11, 4, 1)
+    assert entry["failed_tiles"][0]["window"] == [0, 128, 128, 128]
+    assert "cannot be read" in entry["failed_tiles"][0]["reason"]
+    with SearchIndex.open(idx, readonly=True) as s:
+        assert len(s.empty_tile_ids(entry["raster_id"], TilingParams().min_valid_fraction)) == 4
+    assert index_info(idx)["rasters"][0]["state"] == "indexing"
+    # Repaired in place: the next run reads only the failed tile (the empty ones are known).
+    shutil.copy(pristine, path)
+    r = subprocess.run(cmd, cwd=ROOT, env=_driver_env(cluster), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (entry,) = json.loads(r.stdout)["rasters"]
+    assert (entry["tiles_new"], entry["tiles_empty"], entry["tiles_failed"]) == (1, 4, 0)
+    assert _counts(idx) == (12, 12)
+    assert index_info(idx)["rasters"][0]["state"] == "indexed"

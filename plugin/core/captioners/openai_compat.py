@@ -1,8 +1,12 @@
 """The `openai` captioner: an OpenAI-compatible chat-completions server (Ollama, vLLM, LM Studio).
 
-Stdlib `urllib` only (no new dependency). Each (tile, variant) is one request with the tile as a
-base64 JPEG (q90) data URL, encoded once per tile and batch (a 400 px tile: ~130 KB instead of
-~560 KB as PNG, sent once per variant); requests run on a bounded thread pool. 429, 5xx and connection errors are
+Stdlib `urllib` only (no new dependency). The tile goes as a base64 JPEG (q90) data URL (a 400 px
+tile: ~130 KB instead of ~560 KB as PNG), encoded once per tile, and over the wire twice per tile
+whatever K: variant 0 is one greedy request, variants 1..K-1 one sampled request asking for
+`n = K-1` choices (vLLM and the OpenAI API honour `n`). A server that ignores `n` (Ollama answers one
+choice) or refuses it gets one request per missing variant from then on (`variant_requests="each"`
+asks for that from the start, each variant with its own focus wording, as before). Requests run
+on a bounded thread pool. 429, 5xx and connection errors are
 retried with exponential backoff (a server's Retry-After wins); any other 4xx stops the job with a
 CaptionerError naming the status and the server's own message, since retrying cannot fix it.
 """
@@ -26,7 +30,8 @@ from ..errors import Canceled, CaptionerError, EngineError
 from ..types import CancelFn, CaptionVariant, TileImage, never_canceled
 from .base import assemble_variants, fingerprint, tile_image
 from .openai_http import Aborted, Connections, DaemonPool, describe, one_line, open_url, warn_plain_http_key
-from .prompts import PROMPT_VERSION, SYSTEM, get_preset, variant_prompt
+from .openai_identity import models_identity, native_root, ollama_identity
+from .prompts import PROMPT_VERSION, SYSTEM, get_preset, sampled_prompt, variant_prompt
 from .spectral import SpectralCaptioner, spectral_facts
 
 log = logging.getLogger(__name__)
@@ -42,6 +47,14 @@ CHECK_BACKOFF_S = 0.5
 CHECK_READ_TIMEOUT_S = 10.0
 #: How often the waiting thread looks at cancel, deadlines and retry messages.
 POLL_S = 0.1
+
+
+#: How the K variants of a tile are asked for (see the module docstring).
+VARIANT_REQUESTS = ("n", "each")
+
+
+class _NRefused(Exception):
+    """The server answered a request with `n` > 1 with a 400/422: ask one variant per request."""
 
 
 #: JPEG quality of the tile images sent to the server (visually lossless for captioning).
@@ -83,7 +96,7 @@ class OpenAICaptioner:
         concurrency: int = 4, timeout_s: float = 120.0, max_retries: int = 5, backoff_s: float = 1.0,
         max_backoff_s: float = 60.0, temperature: float = 0.7, seed: int = 0, append_facts: bool = True,
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S, tile_deadline_s: float = DEFAULT_TILE_DEADLINE_S,
-        revision: Optional[str] = None,
+        revision: Optional[str] = None, variant_requests: str = "n",
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise EngineError(f"openai captioner: base URL {base_url!r} must start with http:// or https://")
@@ -100,13 +113,14 @@ class OpenAICaptioner:
         self.temperature, self.seed, self.append_facts = float(temperature), int(seed), bool(append_facts)
         self.connect_timeout_s = _positive("connect_timeout_s", connect_timeout_s)
         self.tile_deadline_s = _positive("tile_deadline_s", tile_deadline_s)
-        # The cache key names the model, not the server: a pool of servers behind a load balancer, a
-        # moved server or a new port must not re-caption everything. `revision` tells builds of one
-        # model name apart (e.g. a quantisation) when that matters.
-        self.fingerprint = fingerprint(
-            "openai", model, revision or "", PROMPT_VERSION, variants=self.variants, max_tokens=self.max_new_tokens,
-            temperature=self.temperature, seed=self.seed, facts=int(self.append_facts),
-        )
+        if variant_requests not in VARIANT_REQUESTS:
+            raise EngineError(f"openai captioner: variant_requests must be one of {', '.join(VARIANT_REQUESTS)},"
+                              f" got {variant_requests!r}")
+        self.variant_requests = variant_requests
+        self.revision = revision
+        self._fingerprint: Optional[str] = None
+        #: Whether the server honours `n` (None: not known yet).
+        self.n_honoured: Optional[bool] = None
         if api_key:
             warn_plain_http_key(self.base_url)
         self._fallback = SpectralCaptioner(variants=self.variants)
@@ -114,6 +128,44 @@ class OpenAICaptioner:
         self._status: Callable[[str], None] = lambda message: None
         self._is_canceled: CancelFn = never_canceled
         self._note: Optional[str] = None  # latest retry message, reported by the waiting thread
+
+    @property
+    def fingerprint(self) -> str:
+        """The cache key: the model and what the server reports about it (asked once), never the
+        server's URL, so a pool of servers behind a load balancer, a moved server or a new port keep
+        the cache. `revision`, when given, is used instead of asking (e.g. to tell quantisations of
+        one model name apart on a server that reports nothing)."""
+        if self._fingerprint is None:
+            params: dict[str, Any] = {}
+            if self.variant_requests == "n" and self.variants > 1:
+                params["requests"] = "n"  # sampled variants share one wording: not the per-variant captions
+            self._fingerprint = fingerprint(
+                "openai", self.model, self.revision or self.server_identity(), PROMPT_VERSION, variants=self.variants,
+                max_tokens=self.max_new_tokens, temperature=self.temperature, seed=self.seed,
+                facts=int(self.append_facts), **params,
+            )
+        return self._fingerprint
+
+    def server_identity(self) -> str:
+        """What the server says about the model (`root=...` from vLLM, `digest=...` from Ollama; "" if
+        it says nothing). A server that is down fails here, as in `check_server`. Asked in the
+        calling thread (bounded by the check's timeouts), so it works before `bind` and after `close`."""
+        try:
+            return self._identity(Connections())
+        except Aborted:  # pragma: no cover - nobody aborts these connections
+            raise CaptionerError(f"captioner server {self.base_url}: the model query was interrupted") from None
+
+    def _identity(self, conns: Connections) -> str:
+        found = models_identity(self._check(conns), self.model)
+        native = native_root(self.base_url)
+        if found or native is None:
+            return found
+        req = urllib.request.Request(native + "/api/tags", headers=self._headers(), method="GET")
+        try:
+            status, body, _ = open_url(req, conns, self.connect_timeout_s, max(CHECK_READ_TIMEOUT_S, self.connect_timeout_s))
+        except (urllib.error.URLError, OSError, http.client.HTTPException):
+            return ""  # not Ollama (or no native API): the model name alone
+        return ollama_identity(body, self.model) if status == 200 else ""
 
     def bind(self, status: Callable[[str], None], is_canceled: CancelFn) -> None:
         """Where retry messages go (the job's progress line) and how cancel is asked for."""
@@ -125,14 +177,16 @@ class OpenAICaptioner:
             headers["Authorization"] = f"Bearer {self.api_key}"
         return headers
 
-    def request_body(self, image_url: str, k: int) -> dict[str, Any]:
-        """The chat-completions request of variant `k` (greedy for k = 0, seeded sampling otherwise)."""
-        return {
+    def request_body(self, image_url: str, k: int, n: int = 1) -> dict[str, Any]:
+        """The chat-completions request of variant `k` (greedy for k = 0, seeded sampling otherwise);
+        with `n` > 1, the request for `n` sampled variants from k on."""
+        text = variant_prompt(k) if k == 0 or self.variant_requests == "each" else sampled_prompt()
+        body = {
             "model": self.model,
             "messages": [
                 {"role": "system", "content": SYSTEM},
                 {"role": "user", "content": [
-                    {"type": "text", "text": variant_prompt(k)},
+                    {"type": "text", "text": text},
                     {"type": "image_url", "image_url": {"url": image_url}},
                 ]},
             ],
@@ -141,6 +195,9 @@ class OpenAICaptioner:
             "seed": self.seed + k,
             "stream": False,
         }
+        if n > 1:
+            body["n"] = int(n)
+        return body
 
     # -- the server check ---------------------------------------------------------------------
 
@@ -151,7 +208,8 @@ class OpenAICaptioner:
         future = self._pool.submit(self._check, conns)
         self._wait({future: -1}, conns, {})
 
-    def _check(self, conns: Connections) -> None:
+    def _check(self, conns: Connections) -> Optional[bytes]:
+        """The `/models` answer (None when the server does not list its models)."""
         url = self.base_url + "/models"
         read_timeout = max(CHECK_READ_TIMEOUT_S, self.connect_timeout_s)
         for attempt in range(1, CHECK_ATTEMPTS + 1):
@@ -169,18 +227,20 @@ class OpenAICaptioner:
                 if status in (401, 403):
                     what = "refused the API key" if self.api_key else "needs an API key (--api-key-env)"
                     raise CaptionerError(f"captioner server {self.base_url} {what}: HTTP {status}: {_server_message(body)}")
-                if status < 500:
-                    return  # up (a 404 only means the server does not list its models)
+                if status < 500 or status == 501:  # up (404, 501: it does not list its models)
+                    return body if 200 <= status < 300 else None
                 problem = f"HTTP {status}: {_server_message(body)}"
             if attempt == CHECK_ATTEMPTS:
                 raise CaptionerError(f"captioner server {self.base_url} is not reachable after {attempt} attempts: {problem}")
             self._note = f"waiting for the captioner server (attempt {attempt + 1} of {CHECK_ATTEMPTS}): {problem}"
             if conns.aborted.wait(CHECK_BACKOFF_S * 2 ** (attempt - 1)):
                 raise Aborted()
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # -- captioning -----------------------------------------------------------------------------
 
-    def _post(self, body: dict[str, Any], tile: int, starts: dict[int, float], conns: Connections) -> str:
+    def _post(self, body: dict[str, Any], tile: int, starts: dict[int, float], conns: Connections) -> list[str]:
+        """The answers (one per choice) to one request, retried on transient errors."""
         data = json.dumps(body).encode("utf-8")
         deadline = starts.setdefault(tile, time.monotonic()) + self.tile_deadline_s
         attempts = self.max_retries + 1
@@ -200,7 +260,9 @@ class OpenAICaptioner:
                 problem = describe(exc)
             else:
                 if 200 <= status < 300:
-                    return self._content(payload)
+                    return self._contents(payload)
+                if status in (400, 422) and int(body.get("n", 1)) > 1:
+                    raise _NRefused(_server_message(payload))
                 if status not in RETRY_STATUSES:
                     raise CaptionerError(f"openai server {self.url} refused the request: HTTP {status}: {_server_message(payload)}")
                 problem = f"HTTP {status}: {_server_message(payload)}"
@@ -222,16 +284,43 @@ class OpenAICaptioner:
             "(raise the tile deadline for a slow server: --tile-deadline)"
         )
 
-    def _content(self, payload: bytes) -> str:
+    def _contents(self, payload: bytes) -> list[str]:
+        """Every choice's message content, in choice order (choices[i].index when given)."""
         try:
             data = json.loads(payload.decode("utf-8"))
-            content = data["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError):
+            choices = sorted(data["choices"], key=lambda c: int(c.get("index", 0)) if isinstance(c, dict) else 0)
+            contents = [c["message"]["content"] for c in choices]
+            if not contents:
+                raise IndexError
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
             what = "an empty response" if not payload.strip() else f"a response without choices[0].message.content: {one_line(payload, 120)}"
             raise CaptionerError(f"openai server {self.url} sent {what}") from None
-        if isinstance(content, list):  # some servers return content parts
-            content = " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-        return str(content or "")
+        out = []
+        for content in contents:
+            if isinstance(content, list):  # some servers return content parts
+                content = " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+            out.append(str(content or ""))
+        return out
+
+    def _sampled(self, image_url: str, tile: int, starts: dict[int, float], conns: Connections) -> list[str]:
+        """Variants 1..K-1 of one tile: one request with `n = K-1` while the server honours `n`,
+        then one request per variant still missing."""
+        want = self.variants - 1
+        got: list[str] = []
+        if want > 1 and self.n_honoured is not False:
+            try:
+                got = self._post(self.request_body(image_url, 1, n=want), tile, starts, conns)[:want]
+            except _NRefused as exc:
+                log.info("openai captioner: the server refused n=%d (%s); one request per variant", want, exc)
+                self.n_honoured = False
+            else:
+                if len(got) < want and self.n_honoured is None:
+                    log.info("openai captioner: the server answered %d of n=%d choices; one request per variant",
+                             len(got), want)
+                self.n_honoured = len(got) >= want
+        for k in range(1 + len(got), self.variants):
+            got.append(self._post(self.request_body(image_url, k), tile, starts, conns)[0])
+        return got
 
     def _wait(self, futures: dict[Future, int], conns: Connections, starts: dict[int, float]) -> None:
         """Wait for `futures` (value = tile index) while honouring cancel and the tile deadline.
@@ -267,18 +356,25 @@ class OpenAICaptioner:
 
     def caption(self, tiles: Sequence[TileImage]) -> list[list[CaptionVariant]]:
         """K variants per tile, in input order; requests run `concurrency` at a time."""
-        urls = [jpeg_data_url(t) for t in tiles]  # once per tile, shared by its K variant requests
+        urls = [jpeg_data_url(t) for t in tiles]  # once per tile, shared by its requests
         conns, starts = Connections(), {}  # type: ignore[var-annotated]
-        futures = {
-            (i, k): self._pool.submit(self._post, self.request_body(urls[i], k), i, starts, conns)
-            for i in range(len(tiles)) for k in range(self.variants)
-        }
+        futures: dict[tuple[int, int], Future] = {}
+        for i in range(len(tiles)):
+            futures[(i, 0)] = self._pool.submit(self._post, self.request_body(urls[i], 0), i, starts, conns)
+            if self.variants > 1 and self.variant_requests == "n":
+                futures[(i, 1)] = self._pool.submit(self._sampled, urls[i], i, starts, conns)
+            else:
+                for k in range(1, self.variants):
+                    futures[(i, k)] = self._pool.submit(self._post, self.request_body(urls[i], k), i, starts, conns)
         self._wait({f: job[0] for job, f in futures.items()}, conns, starts)
         answers = {job: f.result() for job, f in futures.items()}
         out = []
         for i, tile in enumerate(tiles):
             facts = spectral_facts(tile) if self.append_facts and tile.has_nir else ""
-            texts = [answers[(i, k)] for k in range(self.variants)]
+            if self.variant_requests == "n":
+                texts = answers[(i, 0)][:1] + (answers[(i, 1)] if self.variants > 1 else [])
+            else:
+                texts = [answers[(i, k)][0] for k in range(self.variants)]
             out.append(assemble_variants(texts, self.variants, self._fallback, tile, facts, source="the server"))
         return out
 

@@ -64,6 +64,19 @@ def get_preset(name: str) -> Preset:
         raise EngineError(f"unknown captioner preset {name!r}; choose one of {', '.join(sorted(PRESETS))}") from None
 
 
+#: The wording of the sampled variants asked for in one request (`n` choices): one prompt for all of
+#: them, so it invites each answer to pick its own emphasis (the choices are sampled independently).
+SAMPLED_FOCUS = (
+    "Describe this remote sensing image, paying most attention to one aspect of your choice: land cover "
+    "and where it lies, man-made structures, natural features, or what makes the place distinctive."
+)
+
+
+def sampled_prompt() -> str:
+    """The user prompt of the sampled variants asked for in one request."""
+    return f"{SAMPLED_FOCUS} {_FORMAT}"
+
+
 def variant_prompt(k: int) -> str:
     """The user prompt of variant `k` (wordings cycle when more variants than wordings are asked)."""
     return f"{VARIANT_FOCUS[k % len(VARIANT_FOCUS)]} {_FORMAT}"

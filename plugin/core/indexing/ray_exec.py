@@ -27,7 +27,7 @@ from ..types import CancelFn, TileRef
 from .executor import CaptionedBatch
 from .path_map import parse_path_map, to_cluster
 from .ray_ready import ReadyCounter, ReportingCaptionStage
-from .ray_stages import EmbedStage, captioner_fingerprint, decode_results, encode_ref, read_tiles
+from .ray_stages import Chunk, EmbedStage, captioner_fingerprint, chunk_rows, decode_results, read_tiles
 
 #: Default no-progress timeout: above the load time of a 7B VLM from a cold disk.
 STALL_TIMEOUT_S = 1800.0
@@ -117,7 +117,6 @@ class RayExecutor:
         min_caption_workers: int = 1,
         embed_workers: int = 1,
         batch_size: Optional[int] = None,
-        read_batch_size: Optional[int] = None,
         read_cpus: float = 0.25,
         actor_cpus: float = 0.5,
         gpus_per_captioner: Optional[float] = None,
@@ -128,7 +127,7 @@ class RayExecutor:
         self.spec, self.options = captioner, dict(captioner_options)
         self.embedder_spec, self.device, self.dim = embedder, device, int(dim)
         self.embedder_fingerprint = embedder_fingerprint
-        self.read_batch_size, self.read_cpus, self.actor_cpus = read_batch_size, float(read_cpus), float(actor_cpus)
+        self.read_cpus, self.actor_cpus = float(read_cpus), float(actor_cpus)
         self.embed_workers = max(1, int(embed_workers))
         self.min_caption_workers = max(1, int(min_caption_workers))
         self.stall_timeout_s = float(stall_timeout_s)
@@ -168,7 +167,7 @@ class RayExecutor:
         self._queue: Optional[queue.Queue[Any]] = None
         self._plan: dict[str, set[str]] = {}
         self._order: list[str] = []
-        self._carry: list[tuple[str, TileRef, Any, Any]] = []
+        self._carry: list[Chunk] = []
 
     def _setup(self, ray: Any, captioner: str, caption_workers: Optional[int], batch_size: Optional[int],
                gpus_per_captioner: Optional[float]) -> None:
@@ -198,9 +197,6 @@ class RayExecutor:
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
         ctx.raise_original_map_exception = True  # the user's error, not "UDF failed to process a data block"
-        # Every UDF batch is its own block: results stream back a caption batch at a time (with the
-        # default 128 MiB blocks a task's whole input came back at once, at its end).
-        ctx.target_max_block_size = 1
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         ctx.execution_options.preserve_order = True  # results in plan order: the writer commits raster by raster
         ctx.actor_task_retry_on_errors = list(TRANSIENT_ERRORS)
@@ -213,7 +209,10 @@ class RayExecutor:
     def prepare(self, work: Sequence[tuple[Any, Sequence[TileRef]]], params: Any) -> None:
         """One dataset for the whole job (one model load per actor, not per raster)."""
         rd = self.ray.data
-        rows = [{"rid": info.raster_id, "ref": encode_ref(r)} for info, refs in work for r in refs]
+        # A row is a chunk: one caption batch of one raster. Each stage takes one chunk per call and
+        # each chunk is its own block, so results stream back (in plan order) a caption batch at a
+        # time, and Ray Data's per-row and per-block costs are paid per batch, not per tile.
+        rows = [row for info, refs in work for row in chunk_rows(info.raster_id, refs, self.batch_size)]
         self._plan = {info.raster_id: {r.tile_id for r in refs} for info, refs in work}
         self._order = [info.raster_id for info, refs in work if refs]
         self._carry = []
@@ -222,24 +221,20 @@ class RayExecutor:
             return
         # Read tasks open the cluster's path; ids and the stored (local) path never change.
         infos = {info.raster_id: dataclasses.replace(info, path=to_cluster(info.path, self.path_map)) for info, _ in work}
-        # Blocks of one caption batch: results come back (in plan order) a batch at a time, so the
-        # writer commits as the cluster works instead of in bursts of whole blocks.
-        read_batch = int(self.read_batch_size or self.batch_size)
-        blocks = max(1, min(-(-len(rows) // read_batch), 2000))
-        ds = rd.from_items(rows, override_num_blocks=blocks)
-        ds = ds.map_batches(read_tiles, fn_kwargs={"infos": infos, "params": params}, batch_size=read_batch,
+        ds = rd.from_items(rows, override_num_blocks=len(rows))
+        ds = ds.map_batches(read_tiles, fn_kwargs={"infos": infos, "params": params}, batch_size=1,
                             num_cpus=self.read_cpus, batch_format="numpy")
         self._start_ready_counter()
         ds = ds.map_batches(ReportingCaptionStage, fn_constructor_kwargs={
                                 "spec": self.spec, "options": self.options, "expected_fingerprint": self.fingerprint,
                                 "ready": self._ready},
-                            batch_size=self.batch_size, batch_format="numpy",
+                            batch_size=1, batch_format="numpy",
                             compute=rd.ActorPoolStrategy(min_size=min(self.min_caption_workers, self.caption_workers),
                                                          max_size=self.caption_workers),
                             num_cpus=self.actor_cpus, num_gpus=self.gpus or None)
         ds = ds.map_batches(EmbedStage, fn_constructor_kwargs={"spec": self.embedder_spec, "device": self.device,
                                                                "expected_fingerprint": self.embedder_fingerprint},
-                            batch_size=self.batch_size, batch_format="numpy",  # small: results stream to the writer
+                            batch_size=1, batch_format="numpy",  # one chunk: results stream to the writer
                             compute=rd.ActorPoolStrategy(min_size=1, max_size=self.embed_workers), num_cpus=self.actor_cpus)
         self._queue = self._pump(ds)
 
@@ -296,8 +291,8 @@ class RayExecutor:
         threading.Thread(target=run, name="ray-results", daemon=True).start()
         return q
 
-    def _next_rows(self, is_canceled: CancelFn) -> Optional[list[tuple[str, TileRef, Any, Any]]]:
-        """The next batch of results, or None once the job's dataset is exhausted."""
+    def _next_chunks(self, is_canceled: CancelFn) -> Optional[list[Chunk]]:
+        """The next chunks of results, or None once the job's dataset is exhausted."""
         q = self._queue
         if q is None:
             return None
@@ -325,28 +320,34 @@ class RayExecutor:
     def run(self, info: Any, params: Any, refs: Sequence[TileRef], is_canceled: CancelFn,
             on_error: Optional[Callable[[TileRef, str], None]] = None,
             on_empty: Optional[Callable[[TileRef], None]] = None) -> Iterator[CaptionedBatch]:
-        """Empty tiles are not reported one by one (the writer counts them from what never came
-        back); a tile that cannot be read fails the job with its reason (not yet recorded per tile)."""
+        """Every chunk comes back: its captioned tiles are yielded, its empty tiles go to `on_empty`
+        and its unreadable tiles to `on_error(ref, reason)` (without `on_error`, the first one fails
+        the job with its reason), as the local executor reports them."""
         rid = info.raster_id
         if rid not in self._plan or not {r.tile_id for r in refs} <= self._plan.pop(rid):
             self.prepare([(info, refs)], params)  # not part of the prepared plan: a dataset of its own
             self._plan.pop(rid, None)
         later = self._order[self._order.index(rid) + 1:] if rid in self._order else []
         while True:
-            n = 0
-            while n < len(self._carry) and self._carry[n][0] == rid:
-                n += 1
-            group, self._carry = self._carry[:n], self._carry[n:]
-            if group:
-                yield [g[1] for g in group], [g[2] for g in group], [g[3] for g in group]
+            while self._carry and self._carry[0].raster_id == rid:
+                chunk = self._carry.pop(0)
+                for ref in chunk.empty:
+                    if on_empty is not None:
+                        on_empty(ref)
+                for ref, why in chunk.failed:
+                    if on_error is None:
+                        raise EngineError(f"{info.name}: {why}")
+                    on_error(ref, why)
+                if chunk.refs:
+                    yield chunk.refs, chunk.variants, chunk.vecs
             if self._carry:  # the next raster's results: this raster is complete
-                if self._carry[0][0] not in later:
+                if self._carry[0].raster_id not in later:
                     raise EngineError("the Ray job returned results out of plan order")
                 return
-            rows = self._next_rows(is_canceled)
-            if rows is None:
+            chunks = self._next_chunks(is_canceled)
+            if chunks is None:
                 return
-            self._carry.extend(rows)
+            self._carry.extend(chunks)
 
     def close(self) -> None:
         """Disconnect: the cluster ends this driver's actors and tasks; a private cluster is shut down."""

@@ -1,16 +1,25 @@
 """What runs on the Ray cluster: the read, caption and embed stages of the `ray` executor.
 
-Rows carry tile references, never pixels, into the dataset; pixels exist only between the read
-task and the caption actor (pickled `TileImage`s, a batch at a time). Each stage is a plain
-callable (class) that Ray Data runs as tasks or as an actor pool; none of them touches the index:
-results stream back to the driver, whose single writer commits them.
-No ray import here, so the module is unit-testable and importable without the cluster extra.
+A dataset row is one *chunk*: the tile references of one caption batch of one raster, never
+pixels. Pixels exist only between the read task and the caption actor (one pickled list of
+`TileImage`s per chunk). Rows of whole batches keep Ray Data's per-row and per-block costs per
+batch instead of per tile, and make a caption batch the unit that streams back to the writer.
+
+Every chunk comes back, whatever happened to its tiles: captioned tiles with their variants and
+vectors, tiles the reader skipped as (mostly) nodata (`empty`, recorded with `mark_empty` by the
+writer) and tiles that could not be read (`failed`, with the reason: counted in the job report,
+left uncommitted so the next run reads them again), as the local executor reports them.
+
+Each stage is a plain callable (class) that Ray Data runs as tasks or as an actor pool; none of
+them touches the index. No ray import here, so the module is importable and unit-testable without
+the cluster extra.
 """
 
 from __future__ import annotations
 
 import pickle
-from typing import Any, Optional
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -20,42 +29,52 @@ from ..types import CaptionVariant, TileRef
 Batch = dict[str, Any]
 
 
-def encode_ref(ref: TileRef) -> bytes:
-    return pickle.dumps(ref, protocol=5)
+def _dump(obj: Any) -> bytes:
+    return pickle.dumps(obj, protocol=5)
 
 
-def decode_ref(b: Any) -> TileRef:
+def _load(b: Any) -> Any:
     return pickle.loads(bytes(b))
 
 
-def encode_variants(variants: list[CaptionVariant]) -> bytes:
-    return pickle.dumps(list(variants), protocol=5)  # whatever fields a variant carries, exactly
+def chunk_rows(raster_id: str, refs: Sequence[TileRef], size: int) -> list[dict[str, Any]]:
+    """Driver side: the dataset rows of one raster, one per caption batch, in plan order."""
+    size = max(1, int(size))
+    return [{"rid": raster_id, "refs": _dump(list(refs[i : i + size]))} for i in range(0, len(refs), size)]
 
 
-def decode_variants(b: Any) -> list[CaptionVariant]:
-    return list(pickle.loads(bytes(b)))
+def _passthrough(batch: Batch, i: int) -> dict[str, Any]:
+    return {"rid": str(batch["rid"][i]), "empty": batch["empty"][i], "failed": batch["failed"][i]}
+
+
+def _columns(rows: list[dict[str, Any]], keys: Sequence[str]) -> Batch:
+    return {k: [r[k] for r in rows] for k in keys}
+
+
+def _appender(failed: list[tuple[TileRef, str]]) -> Callable[[TileRef, str], None]:
+    return lambda ref, why: failed.append((ref, why))
 
 
 def read_tiles(batch: Batch, *, infos: dict[str, Any], params: Any) -> Batch:
-    """CPU task: read the batch's windows (one raster open per raster in the batch); tiles the
-    reader skips as (mostly) nodata are dropped here, as the local executor drops them."""
+    """CPU task: read each chunk's windows (one raster open per chunk). A window that cannot be
+    read (a corrupt block) fails that tile only, as in the local executor."""
     from ..tiling import iter_tiles
 
-    by_raster: dict[str, list[TileRef]] = {}
-    for rid, ref in zip(batch["rid"], batch["ref"]):
-        by_raster.setdefault(str(rid), []).append(decode_ref(ref))
-    out: Batch = {"rid": [], "ref": [], "tile": []}
-    for rid, refs in by_raster.items():
-        for tile in iter_tiles(infos[rid], params, refs=refs):
-            out["rid"].append(rid)
-            out["ref"].append(encode_ref(tile.ref))
-            tile.pixel_size = tile.pixel_size  # resolve the lazy geodesic size: its function does not pickle
-            out["tile"].append(pickle.dumps(tile, protocol=5))
-    return out
+    rows = []
+    for rid, blob in zip(batch["rid"], batch["refs"]):
+        rid = str(rid)
+        refs: list[TileRef] = _load(blob)
+        empty: list[TileRef] = []
+        failed: list[tuple[TileRef, str]] = []
+        tiles = list(iter_tiles(infos[rid], params, refs=refs, on_error=_appender(failed), on_skip=empty.append))
+        for t in tiles:
+            t.pixel_size = t.pixel_size  # resolve the lazy geodesic size: its function does not pickle
+        rows.append({"rid": rid, "tiles": _dump(tiles), "empty": _dump(empty), "failed": _dump(failed)})
+    return _columns(rows, ("rid", "tiles", "empty", "failed"))
 
 
 class CaptionStage:
-    """Actor: one captioner (one model load) per actor, reused for every batch it is given."""
+    """Actor: one captioner (one model load) per actor, reused for every chunk it is given."""
 
     def __init__(self, spec: str, options: dict[str, Any], expected_fingerprint: Optional[str] = None) -> None:
         from ..captioners import make_captioner
@@ -68,13 +87,14 @@ class CaptionStage:
                               " install the same model and versions on every node")
 
     def __call__(self, batch: Batch) -> Batch:
-        tiles = [pickle.loads(bytes(t)) for t in batch["tile"]]
-        if not tiles:
-            return {"rid": [], "ref": [], "variants": []}
-        per_tile = self.captioner.caption(tiles)
-        if len(per_tile) != len(tiles):
-            raise EngineError(f"captioner returned {len(per_tile)} results for {len(tiles)} tiles")
-        return {"rid": list(batch["rid"]), "ref": list(batch["ref"]), "variants": [encode_variants(v) for v in per_tile]}
+        rows = []
+        for i, blob in enumerate(batch["tiles"]):
+            tiles = _load(blob)
+            per_tile = self.captioner.caption(tiles) if tiles else []
+            if len(per_tile) != len(tiles):
+                raise EngineError(f"captioner returned {len(per_tile)} results for {len(tiles)} tiles")
+            rows.append({**_passthrough(batch, i), "refs": _dump([t.ref for t in tiles]), "variants": _dump(per_tile)})
+        return _columns(rows, ("rid", "refs", "variants", "empty", "failed"))
 
 
 class EmbedStage:
@@ -91,13 +111,17 @@ class EmbedStage:
     def __call__(self, batch: Batch) -> Batch:
         from .local import _embed_variants
 
-        per_tile = [decode_variants(s) for s in batch["variants"]]
-        vecs = _embed_variants(self.embedder, per_tile)
-        return {
-            "rid": list(batch["rid"]), "ref": list(batch["ref"]), "variants": list(batch["variants"]),
-            "vecs": [np.ascontiguousarray(v, dtype=np.float32).tobytes() for v in vecs],
-            "n": [int(v.shape[0]) for v in vecs],
-        }
+        per_chunk = [_load(v) for v in batch["variants"]]
+        # One encode call for every chunk in the batch: the embedder batches across them.
+        vecs = _embed_variants(self.embedder, [v for chunk in per_chunk for v in chunk])
+        rows, k = [], 0
+        for i, chunk in enumerate(per_chunk):
+            mine = vecs[k : k + len(chunk)]
+            k += len(chunk)
+            flat = np.concatenate(mine) if mine else np.zeros((0, self.embedder.dim), np.float32)
+            rows.append({**_passthrough(batch, i), "refs": batch["refs"][i], "variants": batch["variants"][i],
+                         "vecs": np.ascontiguousarray(flat, dtype=np.float32).tobytes()})
+        return _columns(rows, ("rid", "refs", "variants", "vecs", "empty", "failed"))
 
 
 def captioner_fingerprint(spec: str, options: dict[str, Any]) -> str:
@@ -113,10 +137,30 @@ def captioner_fingerprint(spec: str, options: dict[str, Any]) -> str:
             close()
 
 
-def decode_results(batch: Batch, dim: int) -> list[tuple[str, TileRef, list[CaptionVariant], np.ndarray]]:
-    """Driver side: one numpy batch from `iter_batches` -> (raster id, ref, variants, vectors) per tile."""
+@dataclass
+class Chunk:
+    """Driver side: one caption batch as it came back (tiles captioned, empty, failed)."""
+
+    raster_id: str
+    refs: list[TileRef]
+    variants: list[list[CaptionVariant]]
+    vecs: list[np.ndarray]
+    empty: list[TileRef] = field(default_factory=list)
+    failed: list[tuple[TileRef, str]] = field(default_factory=list)
+
+
+def decode_results(batch: Batch, dim: int) -> list[Chunk]:
+    """Driver side: one numpy batch from `iter_batches` -> its chunks, in order."""
     out = []
-    for rid, ref, var, vec, n in zip(batch["rid"], batch["ref"], batch["variants"], batch["vecs"], batch["n"]):
-        arr = np.frombuffer(bytes(vec), dtype=np.float32).reshape(int(n), dim).copy()
-        out.append((str(rid), decode_ref(ref), decode_variants(var), arr))
+    for rid, refs, var, vec, empty, failed in zip(batch["rid"], batch["refs"], batch["variants"], batch["vecs"],
+                                                  batch["empty"], batch["failed"]):
+        per_tile: list[list[CaptionVariant]] = _load(var)
+        flat = np.frombuffer(bytes(vec), dtype=np.float32).reshape(-1, dim)
+        vecs, k = [], 0
+        for variants in per_tile:
+            vecs.append(flat[k : k + len(variants)].copy())
+            k += len(variants)
+        if k != flat.shape[0]:
+            raise EngineError(f"the Ray job returned {flat.shape[0]} vectors for {k} caption variants")
+        out.append(Chunk(str(rid), _load(refs), per_tile, vecs, _load(empty), _load(failed)))
     return out
