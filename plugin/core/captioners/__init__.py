@@ -64,6 +64,10 @@ def make_captioner(
             base_url.strip(), model.strip(), variants=variants, preset=preset, api_key=api_key,
             batch_size=batch_size, max_new_tokens=max_new_tokens, **options,
         )
+    if kind == "vllm":
+        from .vllm_ray import refuse_local
+
+        raise refuse_local(spec)  # the Ray executor runs it through ray.data.llm (ray_vllm.py)
     if kind == "python":
         return _from_factory(spec, target, variants=variants, batch_size=batch_size, device=device, **options)
     raise EngineError(f"unknown captioner {spec!r}; use spectral, transformers:<model>, openai:<base_url>#<model>"

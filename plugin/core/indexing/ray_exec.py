@@ -22,6 +22,7 @@ import threading
 import time
 from typing import Any, Callable, Iterator, Optional, Sequence
 
+from ..captioners.vllm_ray import is_vllm, parse_vllm_spec, vllm_fingerprint
 from ..errors import Canceled, EngineError
 from ..types import CancelFn, TileRef
 from .executor import CaptionedBatch
@@ -165,6 +166,7 @@ class RayExecutor:
             self.close()  # never leave a cluster (or our connection to one) behind
             raise
         self._queue: Optional[queue.Queue[Any]] = None
+        self._decode: Callable[[Any], list[Chunk]] = lambda batch: decode_results(batch, self.dim)
         self._plan: dict[str, set[str]] = {}
         self._order: list[str] = []
         self._carry: list[Chunk] = []
@@ -180,7 +182,11 @@ class RayExecutor:
             pool = max(1, int(float(ray.cluster_resources().get("CPU", 1.0)) // 2))
         self.caption_workers = max(1, int(caption_workers or pool))
         self.batch_size = int(batch_size or self.options.get("batch_size") or 16)
-        fp_task = ray.remote(num_cpus=self.actor_cpus, num_gpus=self.gpus or 0, max_retries=2)(captioner_fingerprint)
+        self.vllm = parse_vllm_spec(captioner, self.options) if is_vllm(captioner) else None
+        if self.vllm is not None and not self.gpus:
+            raise EngineError("the vllm: captioner needs GPUs on the Ray cluster, and it has none")
+        fp_fn = vllm_fingerprint if self.vllm is not None else captioner_fingerprint  # vLLM: checked on a GPU node
+        fp_task = ray.remote(num_cpus=self.actor_cpus, num_gpus=self.gpus or 0, max_retries=2)(fp_fn)
         try:
             fp = ray.get(fp_task.remote(self.spec, self.options), timeout=self.stall_timeout_s)
         except Exception as exc:
@@ -213,6 +219,8 @@ class RayExecutor:
         # each chunk is its own block, so results stream back (in plan order) a caption batch at a
         # time, and Ray Data's per-row and per-block costs are paid per batch, not per tile.
         rows = [row for info, refs in work for row in chunk_rows(info.raster_id, refs, self.batch_size)]
+        for cid, row in enumerate(rows):
+            row["cid"] = cid  # the order chunks are handed to the writer in
         self._plan = {info.raster_id: {r.tile_id for r in refs} for info, refs in work}
         self._order = [info.raster_id for info, refs in work if refs]
         self._carry = []
@@ -224,6 +232,15 @@ class RayExecutor:
         ds = rd.from_items(rows, override_num_blocks=len(rows))
         ds = ds.map_batches(read_tiles, fn_kwargs={"infos": infos, "params": params}, batch_size=1,
                             num_cpus=self.read_cpus, batch_format="numpy")
+        embed = {"spec": self.embedder_spec, "device": self.device, "expected_fingerprint": self.embedder_fingerprint}
+        if self.vllm is not None:  # ray.data.llm's processor is the caption stage
+            from .ray_vllm import VllmAssembler, add_vllm_stages
+
+            self._decode = VllmAssembler(self.dim)
+            ds = add_vllm_stages(ds, rd, self.vllm, self.caption_workers, embed, self.embed_workers, self.actor_cpus)
+            self._queue = self._pump(ds)
+            return
+        self._decode = lambda batch: decode_results(batch, self.dim)
         self._start_ready_counter()
         ds = ds.map_batches(ReportingCaptionStage, fn_constructor_kwargs={
                                 "spec": self.spec, "options": self.options, "expected_fingerprint": self.fingerprint,
@@ -232,9 +249,7 @@ class RayExecutor:
                             compute=rd.ActorPoolStrategy(min_size=min(self.min_caption_workers, self.caption_workers),
                                                          max_size=self.caption_workers),
                             num_cpus=self.actor_cpus, num_gpus=self.gpus or None)
-        ds = ds.map_batches(EmbedStage, fn_constructor_kwargs={"spec": self.embedder_spec, "device": self.device,
-                                                               "expected_fingerprint": self.embedder_fingerprint},
-                            batch_size=1, batch_format="numpy",  # one chunk: results stream to the writer
+        ds = ds.map_batches(EmbedStage, fn_constructor_kwargs=embed, batch_size=1, batch_format="numpy",  # one chunk: results stream to the writer
                             compute=rd.ActorPoolStrategy(min_size=1, max_size=self.embed_workers), num_cpus=self.actor_cpus)
         self._queue = self._pump(ds)
 
@@ -315,7 +330,7 @@ class RayExecutor:
                 raise EngineError(f"the Ray job failed: {_cause(item)}") from None
             if self._ready_seen < 1:  # results came: a worker is ready (say so before "captioned x/N")
                 self._poll_ready(force=True, at_least=1)
-            return decode_results(item, self.dim)
+            return self._decode(item)
 
     def run(self, info: Any, params: Any, refs: Sequence[TileRef], is_canceled: CancelFn,
             on_error: Optional[Callable[[TileRef, str], None]] = None,

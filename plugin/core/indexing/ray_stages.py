@@ -61,7 +61,8 @@ def read_tiles(batch: Batch, *, infos: dict[str, Any], params: Any) -> Batch:
     from ..tiling import iter_tiles
 
     rows = []
-    for rid, blob in zip(batch["rid"], batch["refs"]):
+    cids = batch.get("cid")
+    for i, (rid, blob) in enumerate(zip(batch["rid"], batch["refs"])):
         rid = str(rid)
         refs: list[TileRef] = _load(blob)
         empty: list[TileRef] = []
@@ -69,8 +70,9 @@ def read_tiles(batch: Batch, *, infos: dict[str, Any], params: Any) -> Batch:
         tiles = list(iter_tiles(infos[rid], params, refs=refs, on_error=_appender(failed), on_skip=empty.append))
         for t in tiles:
             t.pixel_size = t.pixel_size  # resolve the lazy geodesic size: its function does not pickle
-        rows.append({"rid": rid, "tiles": _dump(tiles), "empty": _dump(empty), "failed": _dump(failed)})
-    return _columns(rows, ("rid", "tiles", "empty", "failed"))
+        rows.append({"rid": rid, "tiles": _dump(tiles), "empty": _dump(empty), "failed": _dump(failed),
+                     "cid": int(cids[i]) if cids is not None else i})
+    return _columns(rows, ("rid", "tiles", "empty", "failed", "cid"))
 
 
 class CaptionStage:
