@@ -293,7 +293,9 @@ def test_worker_phases_in_order_and_path_map_reads_the_cluster_path(cluster, tmp
         try:
             report = client.request("index", {
                 "index_dir": idx, "sources": [{"path": scene}], "tiling": TILING.to_dict(),
-                "captioner_options": {"batch_size": 4}, "executor": "ray",
+                # 0.25 s per tile: the commits spread over the rate meter's 2 s minimum span.
+                "captioner": "python:tests.core.ray_captioners:wrapped",
+                "captioner_options": {"batch_size": 4, "latency": 0.25}, "executor": "ray",
                 "executor_options": {"address": cluster["address"], "caption_workers": 1,
                                      "path_map": [[str(tmp_path / "local"), srv.url("")]]},
             }, on_event=events.append)

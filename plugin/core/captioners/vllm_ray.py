@@ -133,6 +133,11 @@ def vllm_fingerprint(spec: str, options: dict[str, Any]) -> str:
                        vllm=getattr(vllm, "__version__", "?"))
 
 
+def vllm_identity(spec: str, options: dict[str, Any]) -> tuple[str, int]:
+    """(fingerprint, batch size): what the `ray` executor asks of a captioner on the cluster."""
+    return vllm_fingerprint(spec, options), parse_vllm_spec(spec, options).batch_size
+
+
 def build_vllm_processor(spec: VllmSpec, workers: int, keep: Sequence[str]) -> Any:
     """The `ray.data.llm` processor: chat template, tokenizer, vLLM engine (one per GPU worker, up to
     `workers`), detokenizer; the rows' `keep` columns come through with the `generated_text`."""

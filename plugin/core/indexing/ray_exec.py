@@ -22,13 +22,13 @@ import threading
 import time
 from typing import Any, Callable, Iterator, Optional, Sequence
 
-from ..captioners.vllm_ray import is_vllm, parse_vllm_spec, vllm_fingerprint
+from ..captioners.vllm_ray import is_vllm, parse_vllm_spec, vllm_identity
 from ..errors import Canceled, EngineError
 from ..types import CancelFn, TileRef
 from .executor import CaptionedBatch
 from .path_map import parse_path_map, to_cluster
 from .ray_ready import ReadyCounter, ReportingCaptionStage
-from .ray_stages import Chunk, EmbedStage, captioner_fingerprint, chunk_rows, decode_results, read_tiles
+from .ray_stages import Chunk, EmbedStage, captioner_identity, chunk_rows, decode_results, read_tiles
 
 #: Default no-progress timeout: above the load time of a 7B VLM from a cold disk.
 STALL_TIMEOUT_S = 1800.0
@@ -181,16 +181,17 @@ class RayExecutor:
         else:
             pool = max(1, int(float(ray.cluster_resources().get("CPU", 1.0)) // 2))
         self.caption_workers = max(1, int(caption_workers or pool))
-        self.batch_size = int(batch_size or self.options.get("batch_size") or 16)
         self.vllm = parse_vllm_spec(captioner, self.options) if is_vllm(captioner) else None
         if self.vllm is not None and not self.gpus:
             raise EngineError("the vllm: captioner needs GPUs on the Ray cluster, and it has none")
-        fp_fn = vllm_fingerprint if self.vllm is not None else captioner_fingerprint  # vLLM: checked on a GPU node
+        fp_fn = vllm_identity if self.vllm is not None else captioner_identity  # vLLM: checked on a GPU node
         fp_task = ray.remote(num_cpus=self.actor_cpus, num_gpus=self.gpus or 0, max_retries=2)(fp_fn)
         try:
-            fp = ray.get(fp_task.remote(self.spec, self.options), timeout=self.stall_timeout_s)
+            fp, own_batch = ray.get(fp_task.remote(self.spec, self.options), timeout=self.stall_timeout_s)
         except Exception as exc:
             raise EngineError(f"the captioner could not be built on the cluster: {_cause(exc)}") from None
+        # A chunk is one caption batch: the one asked for, else the captioner's own (as built there).
+        self.batch_size = max(1, int(batch_size or self.options.get("batch_size") or own_batch or 16))
         self.captioner = RemoteCaptioner(fp, self.batch_size)
         self._configure_data_context()
 

@@ -128,11 +128,16 @@ class EmbedStage:
 
 def captioner_fingerprint(spec: str, options: dict[str, Any]) -> str:
     """Run on the cluster: the fingerprint is what the model loaded there says it is."""
+    return captioner_identity(spec, options)[0]
+
+
+def captioner_identity(spec: str, options: dict[str, Any]) -> tuple[str, int]:
+    """Run on the cluster: (fingerprint, the captioner's own batch size) as built there."""
     from ..captioners import make_captioner
 
     cap = make_captioner(spec, **options)
     try:
-        return str(cap.fingerprint)
+        return str(cap.fingerprint), int(getattr(cap, "batch_size", 0) or 0)
     finally:
         close = getattr(cap, "close", None)
         if close:
