@@ -109,6 +109,7 @@ class EmbedStage:
         fp = self.embedder.fingerprint
         if expected_fingerprint is not None and fp != expected_fingerprint:
             raise EngineError(f"embedder on this node is {fp!r}, the index needs {expected_fingerprint!r}")
+        self.embedder.encode_documents(["warm-up"])  # the first encode is slow: not on the first batch
 
     def __call__(self, batch: Batch) -> Batch:
         from .local import _embed_variants
