@@ -370,3 +370,30 @@ def test_unreadable_and_empty_tiles_are_recorded_per_tile_and_retried(cluster, t
     assert (entry["tiles_new"], entry["tiles_empty"], entry["tiles_failed"]) == (1, 4, 0)
     assert _counts(idx) == (12, 12)
     assert index_info(idx)["rasters"][0]["state"] == "indexed"
+
+
+def test_vllm_captioner_path_with_a_stand_in_processor(tmp_path: Path, monkeypatch) -> None:
+    """`vllm:<model>` through the executor (chunks -> request rows -> the processor's place -> parse and
+    embed -> chunks on the driver -> the writer), with `ray.data.llm`'s processor stood in for (no
+    vLLM here): every tile gets its K variants in order, empty and unreadable tiles are recorded."""
+    for k, v in CLUSTER_ENV.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    tmp = tempfile.mkdtemp(prefix="r9v", dir="/tmp")
+    idx = str(tmp_path / "idx")
+    try:
+        r = subprocess.run([sys.executable, "-m", "tests.core.ray_vllm_fake_job", idx, tmp, holed(tmp_path)], cwd=ROOT,
+                           env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+    finally:
+        for p in _alive(_pids_under(tmp) - {os.getpid()}):
+            os.kill(p, signal.SIGKILL)
+        shutil.rmtree(tmp, ignore_errors=True)
+    rep = json.loads(r.stdout.strip().splitlines()[-1])
+    (entry,) = rep["rasters"]
+    assert rep["captioner"].startswith("vllm|stand-in/vlm|")
+    assert (entry["tiles_new"], entry["tiles_empty"], entry["tiles_failed"], entry["variants"]) == (11, 4, 1, 22)
+    rows = _rows(idx)
+    assert len(rows) == 11
+    for texts, vecs in rows.values():
+        assert [t.split("|")[2].split(" (variant ")[1][:1] for t in texts] == ["0", "1"] and vecs.shape[0] == 2
