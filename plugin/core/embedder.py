@@ -232,7 +232,8 @@ def make_embedder(
     torch-free search worker needs it) and, on CPU, embeds through it; "torch" never does.
     """
     emb = SentenceTransformerEmbedder(resolve_spec(spec), device=device, batch_size=batch_size)
-    from .onnx_embedder import attach_onnx, backend_choice
+    from .onnx_embedder import backend_choice
+    from .onnx_export import attach_onnx
 
     if backend_choice(backend) != "torch":
         attach_onnx(emb)
