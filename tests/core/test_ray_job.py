@@ -30,8 +30,9 @@ pytest.importorskip("pyarrow", reason="job mode reads Parquet shards with pyarro
 
 from plugin.core.errors import Canceled  # noqa: E402
 from plugin.core.indexing.ray_job_shards import list_shards, read_shard, ref_from_json, shard_tiles  # noqa: E402
-from plugin.core.pipeline import RasterSource, index_rasters  # noqa: E402
+from plugin.core.pipeline import RasterSource, index_info, index_rasters  # noqa: E402
 from plugin.core.store import SearchIndex  # noqa: E402
+from tests.core.rasters import holed  # noqa: E402
 from tests.core.test_pipeline import write_scene  # noqa: E402
 from tests.core.test_ray_executor import (  # noqa: E402
     CLUSTER_ENV,
@@ -154,8 +155,8 @@ def test_job_mode_same_index_as_local_and_merging_twice_changes_nothing(cluster,
     rid = shard_tiles(shard)[0][1]
     with SearchIndex.open(idx) as s:
         for _ in range(2):
-            done, empty = read_shard(shard, rid, refs, state["fingerprint"], s.dim)
-            assert done and not empty and all(refs[t].raster_id == rid for t, _, _ in done)
+            done, empty, failed = read_shard(shard, rid, refs, state["fingerprint"], s.dim)
+            assert done and not empty and not failed and all(refs[t].raster_id == rid for t, _, _ in done)
             s.add_tiles(rid, state["fingerprint"], [(refs[t], v, a) for t, v, a in done])
     after = _rows(idx)
     assert _counts(idx) == (32, 64) and sorted(after) == sorted(before)
@@ -243,3 +244,32 @@ def test_bad_dashboard_url_and_wrong_token_fail_in_seconds(cluster, tmp_path: Pa
         assert cluster["token"] not in r.stderr and "0" * 32 not in r.stderr
     assert "refused" in lines[0]
     assert not glob.glob(str(tmp_path / "idx" / "*.sqlite"))
+
+
+def test_unreadable_tile_is_reported_the_job_succeeds_and_the_next_run_reads_it_again(cluster, tmp_path: Path) -> None:
+    """A corrupt block fails its tile only: the job SUCCEEDS, the tile comes back as a failed row
+    (reported with the reason, never captioned, the raster left unfinished) and empty tiles are
+    recorded; once the file is repaired the next run submits a job for exactly that tile."""
+    path = holed(tmp_path)  # 16 tiles of 128 px: 4 empty, 1 unreadable
+    pristine = holed(tmp_path, "pristine.tif", corrupt=False)
+    idx = str(tmp_path / "idx")
+    cmd = _cli(cluster, idx, [path], WRAPPED, "--tile-size", "128", "--variants", "1", "--caption-workers", "1",
+               "--format", "json")
+    r = subprocess.run(cmd, cwd=ROOT, env=_engine_env(cluster), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (entry,) = json.loads(r.stdout)["rasters"]
+    assert (entry["tiles_new"], entry["tiles_empty"], entry["tiles_failed"]) == (11, 4, 1)
+    assert entry["failed_tiles"][0]["window"] == [0, 128, 128, 128]
+    assert "cannot be read" in entry["failed_tiles"][0]["reason"]
+    first = json.load(open(os.path.join(idx, "ray_job.json")))
+    assert _get(f"{cluster['url']}/api/jobs/{first['sid']}", cluster["token"])["status"] == "SUCCEEDED"
+    assert _counts(idx) == (11, 11) and index_info(idx)["rasters"][0]["state"] == "indexing"
+    shutil.copy(pristine, path)  # repaired in place
+    r = subprocess.run(cmd, cwd=ROOT, env=_engine_env(cluster), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (entry,) = json.loads(r.stdout)["rasters"]
+    assert (entry["tiles_new"], entry["tiles_empty"], entry["tiles_failed"]) == (1, 4, 0)
+    state = json.load(open(os.path.join(idx, "ray_job.json")))
+    manifest = json.load(open(os.path.join(state["dir"], "manifest.json")))
+    assert state["sid"] != first["sid"] and [t[2] for t in manifest["tiles"]] == [[0, 128, 128, 128]]
+    assert _counts(idx) == (12, 12) and index_info(idx)["rasters"][0]["state"] == "indexed"

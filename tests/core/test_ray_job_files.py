@@ -19,11 +19,14 @@ pytest.importorskip("pyarrow", reason="job mode reads Parquet shards with pyarro
 from plugin.core.errors import EngineError  # noqa: E402
 from plugin.core.indexing.ray_job_api import JobsApi, check_dashboard, package_zip  # noqa: E402
 from plugin.core.indexing.ray_job_shards import (  # noqa: E402
+    drop_failed_shards,
+    import_pyarrow,
     list_shards,
     read_shard,
     ref_from_json,
     ref_to_json,
     shard_name,
+    shard_rows,
     shard_tiles,
     write_shard,
 )
@@ -45,11 +48,11 @@ def test_shard_round_trip_and_refusals(tmp_path: Path) -> None:
     assert list_shards(str(tmp_path)) == sorted([name, empty_name]) and not [n for n in os.listdir(tmp_path) if "tmp" in n]
     path = str(tmp_path / name)
     assert shard_tiles(path) == [(r.tile_id, r.raster_id) for r in refs]
-    done, empty = read_shard(path, "r1", {"t000", "t002", "t009"}, "fp1", 8)
-    assert [t for t, _, _ in done] == ["t000", "t002"] and not empty  # only the raster and tiles asked for
+    done, empty, failed = read_shard(path, "r1", {"t000", "t002", "t009"}, "fp1", 8)
+    assert [t for t, _, _ in done] == ["t000", "t002"] and not empty and not failed  # only the raster and tiles asked
     assert done[1][1] == per_tile[2] and done[1][1][1].fallback == "no answer"  # fallbacks stay fallbacks
     np.testing.assert_array_equal(done[1][2], vecs[2])
-    assert read_shard(str(tmp_path / empty_name), "r1", {"t005"}, "fp1", 8) == ([], ["t005"])
+    assert read_shard(str(tmp_path / empty_name), "r1", {"t005"}, "fp1", 8) == ([], ["t005"], [])
     with pytest.raises(EngineError, match="'fp1'.*'fp2'"):
         read_shard(path, "r1", {"t000"}, "fp2", 8)
     with pytest.raises(EngineError, match="16 values for 2 variants of 4-d"):  # vectors of another embedder's size
@@ -139,3 +142,48 @@ def test_jobs_api_sends_the_token_as_bearer_and_errors_are_one_line(dashboard, m
 def test_job_mode_options_are_refused_in_one_line(options: dict, match: str) -> None:
     with pytest.raises(EngineError, match=match):
         check_dashboard(options)
+
+
+def test_failed_rows_round_trip_are_not_settled_and_are_dropped_before_a_resubmission(tmp_path: Path) -> None:
+    """Unreadable tiles travel as failed rows with their reason: read back as failures (never as
+    captions or empties), not counted as covered (the next job reads them again), and a folder's
+    shards of failed rows only are removed before a job is resubmitted into it."""
+    d = str(tmp_path)
+    ok = write_shard(d, "fp1", [_ref(0)], [[CaptionVariant("a", "f", "c")]], [np.ones((1, 4), np.float32)])
+    bad = write_shard(d, "fp1", [_ref(1), _ref(2), _ref(7, "r2")],
+                      reasons=["cannot be read: TIFFReadEncodedTile() failed", "", "cannot be read: block 3"])
+    with pytest.raises(EngineError, match="2 reasons for 1 failed tiles"):
+        write_shard(d, "fp1", [_ref(3)], reasons=["a", "b"])
+    done, empty, failed = read_shard(os.path.join(d, bad), "r1", {"t001", "t002", "t007"}, "fp1", 4)
+    assert not done and not empty
+    assert failed == [("t001", "cannot be read: TIFFReadEncodedTile() failed"), ("t002", "cannot be read")]
+    assert read_shard(os.path.join(d, bad), "r2", {"t007"}, "fp1", 4)[2] == [("t007", "cannot be read: block 3")]
+    with pytest.raises(EngineError, match="'fp1'.*'fp2'"):  # failed rows are filed under the fingerprint too
+        read_shard(os.path.join(d, bad), "r1", {"t001"}, "fp2", 4)
+    assert shard_rows(os.path.join(d, bad)) == [("t001", "r1", True), ("t002", "r1", True), ("t007", "r2", True)]
+    assert shard_tiles(os.path.join(d, bad)) == [("t001", "r1"), ("t002", "r1"), ("t007", "r2")]
+    assert shard_tiles(os.path.join(d, bad), settled=True) == []
+    assert shard_tiles(os.path.join(d, ok), settled=True) == [("t000", "r1")]
+    assert drop_failed_shards(d) == [bad] and list_shards(d) == [ok]  # the captions stay
+    assert drop_failed_shards(d) == []
+
+
+def test_shard_written_before_the_failed_column_still_reads(tmp_path: Path) -> None:
+    """A shard from before failed rows existed (no `failed`/`reason` columns): every row is settled."""
+    _, pq = import_pyarrow()
+    name = write_shard(str(tmp_path), "fp1", [_ref(0), _ref(1)], [[CaptionVariant("a", "f", "c")]] * 2,
+                       [np.full((1, 4), i, np.float32) for i in range(2)])
+    path = str(tmp_path / name)
+    table = pq.read_table(path)
+    pq.write_table(table.drop(["failed", "reason"]), path)
+    assert "failed" not in pq.read_schema(path).names
+    done, empty, failed = read_shard(path, "r1", {"t000", "t001"}, "fp1", 4)
+    assert [t for t, _, _ in done] == ["t000", "t001"] and not empty and not failed
+    np.testing.assert_array_equal(done[1][2], np.full((1, 4), 1, np.float32))
+    assert shard_rows(path) == [("t000", "r1", False), ("t001", "r1", False)]
+    assert shard_tiles(path, settled=True) == [("t000", "r1"), ("t001", "r1")]
+    assert drop_failed_shards(str(tmp_path)) == [] and list_shards(str(tmp_path)) == [name]
+    empty_name = write_shard(str(tmp_path), "fp1", [_ref(5)], empty=True)
+    epath = str(tmp_path / empty_name)
+    pq.write_table(pq.read_table(epath).drop(["failed", "reason"]), epath)
+    assert read_shard(epath, "r1", {"t005"}, "fp1", 4) == ([], ["t005"], [])

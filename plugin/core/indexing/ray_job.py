@@ -9,11 +9,14 @@ dashboard (`ray_job_api`) and a folder both sides reach (`shared_dir`, mapped wi
 3. `prepare` writes the manifest (the tiles still missing after planning and the caption cache
    check) into `shared_dir/jobs/<submission id>/` and submits the job; the submission id is derived
    from the index and the tiles, so a resubmission is recognised. `<index>/ray_job.json` names the
-   job: a re-run attaches to it while it runs (or has finished) and covers what is still missing,
-   else merges what it wrote and submits a job for the rest only.
+   job: a re-run attaches to it while it runs and planned what is still missing (or has finished
+   and its shards hold it), else merges what it wrote and submits a job for the rest only.
 4. `run` polls the job and its folder, and yields each shard's rows of the raster at hand (only
-   tiles still missing, so merging a shard twice changes nothing) to the single writer. A job that
-   FAILED or was STOPPED is an error naming the job and its last log line; what was merged stays.
+   tiles still missing, so merging a shard twice changes nothing) to the single writer. Tiles the job
+   could not read (a corrupt block) come as failed rows of the current job's folder and go to
+   `on_error` (the job report; never captioned); they count as missing for the next run, which
+   submits a job for them (a job resubmitted into the same folder first drops its failed shards).
+   A job that FAILED or was STOPPED is an error naming the job and its last log line; what was merged stays.
    Cancel stops the job through the REST API.
 """
 
@@ -35,12 +38,13 @@ from .ray_exec import STALL_TIMEOUT_S, RemoteCaptioner, _plugin_package_dir
 from .ray_job_api import ACTIVE, FINAL, JobsApi
 from .ray_job_shards import (
     MANIFEST,
+    drop_failed_shards,
     import_pyarrow,
     list_shards,
     read_json,
     read_shard,
     ref_to_json,
-    shard_tiles,
+    shard_rows,
     write_json_atomic,
 )
 
@@ -83,9 +87,10 @@ class RayJobExecutor:
         self.captioner = RemoteCaptioner(self._fingerprint(), int(batch_size or captioner_options.get("batch_size") or 16))
         self.sid: Optional[str] = None
         self.dirs: list[str] = []  # job folders whose shards are merged (an earlier job's first)
+        self.job_dir: Optional[str] = None  # the current job's folder: its failed rows are reported
         self.need: dict[str, TileRef] = {}
         self.remaining: set[str] = set()  # tiles of the job not merged yet
-        self._index: dict[str, list[tuple[str, str]]] = {}  # shard path -> (tile id, raster id)
+        self._index: dict[str, list[tuple[str, str, bool]]] = {}  # shard path -> (tile id, raster id, failed)
         self._merged: set[tuple[str, str]] = set()  # (shard path, raster id)
 
     @property
@@ -97,9 +102,10 @@ class RayJobExecutor:
         return to_cluster(path, self.path_map)
 
     def _submit(self, sid: str, command: str, file: str) -> None:
-        """Submit (or find) job `sid`; a finished-unsuccessful job of that id is replaced."""
+        """Submit (or find) job `sid`; a finished job of that id is replaced (it is asked again only
+        for what it left undone: failed tiles, or work it never did)."""
         status = self.api.status(sid)
-        if status in ("FAILED", "STOPPED"):
+        if status in FINAL:
             self.api.delete(sid)
             status = None
         if status is None:
@@ -149,7 +155,7 @@ class RayJobExecutor:
     def prepare(self, work: Sequence[tuple[Any, Sequence[TileRef]]], params: Any) -> None:
         self.need = {r.tile_id: r for _, refs in work for r in refs}
         self.remaining = set(self.need)
-        self.dirs, self.sid = [], None
+        self.dirs, self.sid, self.job_dir = [], None, None
         if not self.need:
             return
         state_path = os.path.join(self.index_dir, STATE_FILE)
@@ -159,8 +165,10 @@ class RayJobExecutor:
             older = [d for d in prev.get("dirs", []) if d != prev["dir"] and os.path.isdir(d)][-MAX_CHAIN:]
             status = self.api.status(prev["sid"])
             planned = {row[0] for row in (read_json(os.path.join(prev["dir"], MANIFEST)) or {}).get("tiles", [])}
-            if status in ACTIVE + ("SUCCEEDED",) and set(self.need) - self._covered(older) <= planned:
-                self.sid, self.dirs = prev["sid"], older + [prev["dir"]]  # re-attach: it covers all that is missing
+            missing = set(self.need) - self._covered(older)
+            # A running job covers what it planned; a finished one what its shards hold (not its failed rows).
+            if (status in ACTIVE and missing <= planned) or (status == "SUCCEEDED" and missing <= self._covered([prev["dir"]])):
+                self.sid, self.dirs, self.job_dir = prev["sid"], older + [prev["dir"]], prev["dir"]  # re-attach
                 self.notify(f"attached to Ray job {self.sid} ({status})")
                 return
             if status in ACTIVE:
@@ -182,20 +190,27 @@ class RayJobExecutor:
         manifest = {**self.request, "fingerprint": self.fingerprint, "dim": self.dim, "params": params.to_dict(),
                     "out_dir": self.to_cluster(job_dir), "infos": infos,
                     "tiles": [ref_to_json(r) for _, refs in todo for r in refs]}
+        if self.api.status(sid) not in ACTIVE:  # resubmitted into its folder: the failed tiles are read again
+            for name in drop_failed_shards(job_dir):
+                self._index.pop(os.path.join(job_dir, name), None)
+                self._merged = {m for m in self._merged if m[0] != os.path.join(job_dir, name)}
         write_json_atomic(os.path.join(job_dir, MANIFEST), manifest)
         write_json_atomic(state_path, {"sid": sid, "dir": job_dir, "dirs": [d for d in self.dirs if d != job_dir] + [job_dir],
                                        "fingerprint": self.fingerprint, "dashboard_url": self.api.url})
         self._submit(sid, "run", os.path.join(job_dir, MANIFEST))
+        self.job_dir = job_dir
         if job_dir not in self.dirs:
             self.dirs.append(job_dir)
         self.notify(f"submitted Ray job {sid}: {len(tiles)} tiles")
 
     def _covered(self, dirs: Sequence[str]) -> set[str]:
-        return {tid for d in dirs for name in list_shards(d) for tid, _ in self._tiles(os.path.join(d, name))}
+        """Tiles the shards of `dirs` settle (captioned or empty; a failed row is to be read again)."""
+        return {tid for d in dirs for name in list_shards(d) for tid, _, failed in self._tiles(os.path.join(d, name))
+                if not failed}
 
-    def _tiles(self, path: str) -> list[tuple[str, str]]:
+    def _tiles(self, path: str) -> list[tuple[str, str, bool]]:
         if path not in self._index:
-            self._index[path] = shard_tiles(path)
+            self._index[path] = shard_rows(path)
         return self._index[path]
 
     # -- merging ----------------------------------------------------------------------------------
@@ -218,13 +233,20 @@ class RayJobExecutor:
             for path in shards:
                 if is_canceled():
                     raise Canceled()
-                if (path, rid) in self._merged or not any(r == rid and t in want for t, r in self._tiles(path)):
+                if (path, rid) in self._merged or not any(r == rid and t in want for t, r, _ in self._tiles(path)):
                     continue
-                done, empty = read_shard(path, rid, want, self.fingerprint, self.dim)
+                done, empty, failed = read_shard(path, rid, want, self.fingerprint, self.dim)
                 self._merged.add((path, rid))
                 progressed = True
+                if os.path.dirname(path) != self.job_dir:
+                    failed = []  # an earlier job's: those tiles are in the current job (or settled by now)
                 self.remaining.difference_update(empty)
                 self.remaining.difference_update(t for t, _, _ in done)
+                for tid, why in failed:
+                    if on_error is None:
+                        raise EngineError(f"{info.name}: {why}")
+                    self.remaining.discard(tid)
+                    on_error(want.pop(tid), why)
                 for tid in empty:
                     ref = want.pop(tid)
                     if on_empty is not None:

@@ -5,7 +5,10 @@ It plans nothing: `run` reads the manifest the engine wrote (the tiles still mis
 engine's cache check), captions and embeds them with the `ray` executor's Ray Data stages
 (`ray_exec.RayExecutor`, `ray_stages`), and writes each result batch as a Parquet shard into the
 job folder (`ray_job_shards`). Tiles already in a shard of that folder (a resubmitted job) are
-skipped; tiles the reader drops as nodata go into one `empty` shard per raster. `fingerprint`
+skipped; tiles the reader drops as nodata go into one `empty` shard per raster and tiles it cannot
+read (a corrupt block) into one shard of failed rows with their reasons (the job still succeeds: the
+engine reports them and the next run reads them again, so a folder's failed rows are not counted as
+done when a job is resubmitted into it). `fingerprint`
 builds the captioner on the cluster once and writes what it calls itself.
 The last line this prints is the job's error, if any (the engine shows it).
 """
@@ -55,7 +58,7 @@ def run(path: str) -> None:
         raise EngineError(f"cannot read the manifest {path}")
     out_dir = m["out_dir"]
     os.makedirs(out_dir, exist_ok=True)
-    have = {tid for name in list_shards(out_dir) for tid, _ in shard_tiles(os.path.join(out_dir, name))}
+    have = {tid for name in list_shards(out_dir) for tid, _ in shard_tiles(os.path.join(out_dir, name), settled=True)}
     infos = {rid: RasterInfo.from_dict(d) for rid, d in m["infos"].items()}
     params = TilingParams.from_dict(m["params"])
     by_raster: dict[str, list[Any]] = {}
@@ -85,9 +88,11 @@ def _write_raster(ex: Any, info: Any, params: Any, refs: list[Any], out_dir: str
     """Batches come back a caption batch at a time; a shard gathers them for up to `every_s`
     seconds or `shard_tiles_n` tiles (fewer, larger files, while progress still flows)."""
     seen: set[str] = set()
+    failed: list[tuple[Any, str]] = []
     buf: list[list[Any]] = [[], [], []]
     last = time.monotonic()
-    for batch_refs, per_tile, vecs in ex.run(info, params, refs, never_canceled):
+    for batch_refs, per_tile, vecs in ex.run(info, params, refs, never_canceled,
+                                             on_error=lambda ref, why: failed.append((ref, why))):
         for part, new in zip(buf, (batch_refs, per_tile, vecs)):
             part.extend(new)
         seen.update(r.tile_id for r in batch_refs)
@@ -96,6 +101,10 @@ def _write_raster(ex: Any, info: Any, params: Any, refs: list[Any], out_dir: str
             buf, last = [[], [], []], time.monotonic()
     if buf[0]:
         print(f"{write_shard(out_dir, fp, buf[0], buf[1], buf[2])}: {len(buf[0])} tiles", flush=True)
+    if failed:
+        name = write_shard(out_dir, fp, [r for r, _ in failed], reasons=[why for _, why in failed])
+        print(f"{name}: {len(failed)} unreadable tiles", flush=True)
+    seen.update(r.tile_id for r, _ in failed)
     empty = [r for r in refs if r.tile_id not in seen]
     if empty:
         print(f"{write_shard(out_dir, fp, empty, empty=True)}: {len(empty)} empty tiles", flush=True)

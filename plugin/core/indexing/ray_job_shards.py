@@ -2,8 +2,10 @@
 
 A shard is plain data, never pickles (whoever can write the shared folder must not run code on the
 analyst's machine): per tile its id, raster id, window, scale, the captioner fingerprint, the caption
-variants as JSON, the vectors (float32, variant after variant) and an `empty` flag (tiles the reader
-skipped as nodata, so the engine records them and never reads them again).
+variants as JSON, the vectors (float32, variant after variant), an `empty` flag (tiles the reader
+skipped as nodata, so the engine records them and never reads them again) and a `failed` flag with
+its `reason` (a tile that could not be read: reported, never captioned, read again by the next run).
+Shards written before the `failed` column read as having no failed rows.
 Names are deterministic (`shard-<first tile>-<n>-<hash of the tile ids>.parquet`) and a shard is
 written under a temporary name, then renamed: a reader sees whole shards only.
 """
@@ -73,10 +75,13 @@ def shard_name(tile_ids: Sequence[str]) -> str:
 
 def write_shard(out_dir: str, fingerprint: str, refs: Sequence[TileRef],
                 per_tile: Optional[Sequence[Sequence[CaptionVariant]]] = None,
-                vecs: Optional[Sequence[np.ndarray]] = None, empty: bool = False) -> str:
-    """One shard for `refs` (captioned, or all `empty`); returns its file name."""
+                vecs: Optional[Sequence[np.ndarray]] = None, empty: bool = False,
+                reasons: Optional[Sequence[str]] = None) -> str:
+    """One shard for `refs` (captioned, all `empty`, or all failed with their `reasons`); returns its file name."""
     pa, pq = import_pyarrow()
     n = len(refs)
+    if reasons is not None and len(reasons) != n:
+        raise EngineError(f"{len(reasons)} reasons for {n} failed tiles")
     if per_tile is None or vecs is None:
         per_tile, vecs = [[] for _ in refs], [np.zeros((0, 0), np.float32) for _ in refs]
     table = pa.table({
@@ -89,6 +94,8 @@ def write_shard(out_dir: str, fingerprint: str, refs: Sequence[TileRef],
         "vectors": pa.array([np.ascontiguousarray(v, np.float32).ravel() for v in vecs], pa.list_(pa.float32())),
         "n_variants": pa.array([len(vs) for vs in per_tile], pa.int32()),
         "empty": [bool(empty)] * n,
+        "failed": [reasons is not None] * n,
+        "reason": [str(r) for r in reasons] if reasons is not None else [""] * n,
     })
     name = shard_name([r.tile_id for r in refs])
     tmp = os.path.join(out_dir, f".tmp-{uuid.uuid4().hex}.parquet")
@@ -104,28 +111,57 @@ def list_shards(job_dir: str) -> list[str]:
         return []
 
 
-def shard_tiles(path: str) -> list[tuple[str, str]]:
-    """(tile id, raster id) of every row, read without the vectors."""
+def shard_rows(path: str) -> list[tuple[str, str, bool]]:
+    """(tile id, raster id, failed) of every row, read without the vectors."""
     _, pq = import_pyarrow()
-    t = pq.read_table(path, columns=["tile_id", "raster_id"])
-    return list(zip(t.column("tile_id").to_pylist(), t.column("raster_id").to_pylist()))
+    has_failed = "failed" in pq.read_schema(path).names
+    t = pq.read_table(path, columns=["tile_id", "raster_id"] + (["failed"] if has_failed else []))
+    tids, rids = t.column("tile_id").to_pylist(), t.column("raster_id").to_pylist()
+    failed = t.column("failed").to_pylist() if has_failed else [False] * len(tids)
+    return [(tid, rid, bool(f)) for tid, rid, f in zip(tids, rids, failed)]
 
 
-def read_shard(path: str, raster_id: str, wanted: Iterable[str], fingerprint: str,
-               dim: int) -> tuple[list[tuple[str, list[CaptionVariant], np.ndarray]], list[str]]:
-    """([(tile id, variants, (n, dim) vectors)], [empty tile ids]) for the shard's rows of `raster_id`
-    in `wanted`. A row filed under another captioner fingerprint is refused, naming both."""
+def shard_tiles(path: str, settled: bool = False) -> list[tuple[str, str]]:
+    """(tile id, raster id) of every row; with `settled`, only the captioned and empty ones (a failed
+    row is to be read again)."""
+    return [(tid, rid) for tid, rid, failed in shard_rows(path) if not (settled and failed)]
+
+
+def drop_failed_shards(job_dir: str) -> list[str]:
+    """Remove the shards that hold only failed rows (before a job is resubmitted into this folder:
+    those tiles are read again and must not be reported failed from the earlier attempt)."""
+    gone = []
+    for name in list_shards(job_dir):
+        rows = shard_rows(os.path.join(job_dir, name))
+        if rows and all(f for _, _, f in rows):
+            os.remove(os.path.join(job_dir, name))
+            gone.append(name)
+    return gone
+
+
+ShardRows = tuple[list[tuple[str, list[CaptionVariant], np.ndarray]], list[str], list[tuple[str, str]]]
+
+
+def read_shard(path: str, raster_id: str, wanted: Iterable[str], fingerprint: str, dim: int) -> ShardRows:
+    """([(tile id, variants, (n, dim) vectors)], [empty tile ids], [(failed tile id, reason)]) for the
+    shard's rows of `raster_id` in `wanted`. A row filed under another captioner fingerprint is
+    refused, naming both."""
     _, pq = import_pyarrow()
     want = set(wanted)
     t = pq.read_table(path).to_pydict()
     done: list[tuple[str, list[CaptionVariant], np.ndarray]] = []
     empty: list[str] = []
+    failed: list[tuple[str, str]] = []
+    flags = t.get("failed") or [False] * len(t["tile_id"])  # shards written before the column: none failed
     for i, tid in enumerate(t["tile_id"]):
         if t["raster_id"][i] != raster_id or tid not in want:
             continue
         if t["captioner_fp"][i] != fingerprint:
             raise EngineError(f"shard {os.path.basename(path)} holds captions of {t['captioner_fp'][i]!r}, the job"
                               f" planned with {fingerprint!r}")
+        if flags[i]:
+            failed.append((tid, str(t["reason"][i] or "cannot be read")))
+            continue
         if t["empty"][i]:
             empty.append(tid)
             continue
@@ -137,4 +173,4 @@ def read_shard(path: str, raster_id: str, wanted: Iterable[str], fingerprint: st
             raise EngineError(f"shard {os.path.basename(path)}: tile {tid} has {arr.size} values for {n} variants of"
                               f" {dim}-d vectors")
         done.append((tid, variants, arr.reshape(n, dim)))
-    return done, empty
+    return done, empty, failed
