@@ -249,27 +249,31 @@ def test_bad_dashboard_url_and_wrong_token_fail_in_seconds(cluster, tmp_path: Pa
 def test_unreadable_tile_is_reported_the_job_succeeds_and_the_next_run_reads_it_again(cluster, tmp_path: Path) -> None:
     """A corrupt block fails its tile only: the job SUCCEEDS, the tile comes back as a failed row
     (reported with the reason, never captioned, the raster left unfinished) and empty tiles are
-    recorded; once the file is repaired the next run submits a job for exactly that tile."""
+    recorded; once the file is repaired the next run submits a job for exactly that tile (the first
+    job's failed row is not merged again) and the raster is finished."""
     path = holed(tmp_path)  # 16 tiles of 128 px: 4 empty, 1 unreadable
     pristine = holed(tmp_path, "pristine.tif", corrupt=False)
     idx = str(tmp_path / "idx")
     cmd = _cli(cluster, idx, [path], WRAPPED, "--tile-size", "128", "--variants", "1", "--caption-workers", "1",
                "--format", "json")
-    r = subprocess.run(cmd, cwd=ROOT, env=_engine_env(cluster), capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    (entry,) = json.loads(r.stdout)["rasters"]
+
+    def run() -> tuple[dict, dict]:
+        r = subprocess.run(cmd, cwd=ROOT, env=_engine_env(cluster), capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        (entry,) = json.loads(r.stdout)["rasters"]
+        state = json.load(open(os.path.join(idx, "ray_job.json")))
+        assert _get(f"{cluster['url']}/api/jobs/{state['sid']}", cluster["token"])["status"] == "SUCCEEDED"
+        return entry, state
+
+    entry, first = run()
     assert (entry["tiles_new"], entry["tiles_empty"], entry["tiles_failed"]) == (11, 4, 1)
     assert entry["failed_tiles"][0]["window"] == [0, 128, 128, 128]
     assert "cannot be read" in entry["failed_tiles"][0]["reason"]
-    first = json.load(open(os.path.join(idx, "ray_job.json")))
-    assert _get(f"{cluster['url']}/api/jobs/{first['sid']}", cluster["token"])["status"] == "SUCCEEDED"
     assert _counts(idx) == (11, 11) and index_info(idx)["rasters"][0]["state"] == "indexing"
     shutil.copy(pristine, path)  # repaired in place
-    r = subprocess.run(cmd, cwd=ROOT, env=_engine_env(cluster), capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    (entry,) = json.loads(r.stdout)["rasters"]
+    entry, state = run()
     assert (entry["tiles_new"], entry["tiles_empty"], entry["tiles_failed"]) == (1, 4, 0)
-    state = json.load(open(os.path.join(idx, "ray_job.json")))
     manifest = json.load(open(os.path.join(state["dir"], "manifest.json")))
-    assert state["sid"] != first["sid"] and [t[2] for t in manifest["tiles"]] == [[0, 128, 128, 128]]
+    assert state["sid"] != first["sid"] and state["dirs"] == [first["dir"], state["dir"]]
+    assert [t[2] for t in manifest["tiles"]] == [[0, 128, 128, 128]]  # a job for that tile only
     assert _counts(idx) == (12, 12) and index_info(idx)["rasters"][0]["state"] == "indexed"
