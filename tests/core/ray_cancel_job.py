@@ -15,7 +15,7 @@ import threading
 from plugin.core.errors import Canceled
 from plugin.core.pipeline import RasterSource, index_rasters
 from plugin.core.tiling import TilingParams
-from tests.core.test_ray_executor import _pids_under
+from tests.core.ray_cluster import pids_under as _pids_under
 
 
 def main(argv: list[str]) -> int:

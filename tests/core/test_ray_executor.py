@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -29,108 +27,32 @@ pytest.importorskip("ray.data", reason="ray[data] is not installed (the engine's
 from plugin.core.pipeline import RasterSource, index_info, index_rasters  # noqa: E402
 from plugin.core.store import SearchIndex  # noqa: E402
 from plugin.core.tiling import TilingParams  # noqa: E402
-from tests.core.range_server import GDAL_HTTP_ENV, RangeServer  # noqa: E402
+from tests.core.range_server import RangeServer  # noqa: E402
 from tests.core.rasters import holed  # noqa: E402
+from tests.core.ray_cluster import (  # noqa: E402
+    CLUSTER_ENV,
+    ROOT,
+    actor_pids,
+    alive,
+    free_port,
+    pids_under,
+    ray_head,
+)
 from tests.core.test_pipeline import write_scene  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
 TILING = TilingParams(tile_size=48)  # 16 tiles per 192 px scene
-RAY = os.path.join(os.path.dirname(sys.executable), "ray")
-#: What every Ray process of these tests gets: loopback only, the repo importable (test captioners),
-#: GDAL settings for the loopback Range server.
-CLUSTER_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
-               "RAY_USAGE_STATS_ENABLED": "0", **GDAL_HTTP_ENV}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _pids_under(marker: str) -> set[int]:
-    """Processes whose command line names `marker` (the cluster's temp dir) and all their descendants."""
-    parents: dict[int, int] = {}
-    roots = set()
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                parents[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{d}/cmdline", "rb") as f:
-                if marker.encode() in f.read():
-                    roots.add(int(d))
-        except (OSError, IndexError, ValueError):
-            continue
-    out, frontier = set(roots), set(roots)
-    while frontier:
-        frontier = {p for p, pp in parents.items() if pp in frontier and p not in out}
-        out |= frontier
-    return out
-
-
-def _alive(pids: set[int]) -> set[int]:
-    alive = set()
-    for p in pids:
-        try:
-            with open(f"/proc/{p}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] != "Z":
-                    alive.add(p)
-        except OSError:
-            pass
-    return alive
-
-
-def _actor_pids(marker: str, name: str) -> list[int]:
-    out = []
-    for p in _pids_under(marker):
-        try:
-            with open(f"/proc/{p}/cmdline", "rb") as f:
-                if name.encode() in f.read():
-                    out.append(p)
-        except OSError:
-            pass
-    return sorted(out)
+# the process helpers under the names this module (and the job-mode module) has always used
+_free_port, _pids_under, _alive, _actor_pids = free_port, pids_under, alive, actor_pids
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    tmp = tempfile.mkdtemp(prefix="r9", dir="/tmp")  # short: Ray's unix socket paths are length-limited
-    port = _free_port()
-    token = secrets.token_hex(16)
-    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, **CLUSTER_ENV,
-               RAY9_FAIL_ONCE=os.path.join(tmp, "transient"), RAY9_EXIT_ONCE=os.path.join(tmp, "exit"))
-    log = open(os.path.join(tmp, "head.log"), "w")
-    head = subprocess.Popen([RAY, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
-                             "--num-cpus=2", "--include-dashboard=false", f"--temp-dir={tmp}", "--disable-usage-stats"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
-    address = f"127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            assert head.poll() is None and time.monotonic() < deadline, open(os.path.join(tmp, "head.log")).read()
-            time.sleep(0.5)
-        yield {"address": address, "token": token, "tmp": tmp, "env": env}
-    finally:
-        ours = _pids_under(tmp)
-        head.send_signal(signal.SIGTERM)
-        try:
-            head.wait(60)
-        except subprocess.TimeoutExpired:
-            head.kill()
-        for p in _alive(ours - {os.getpid()}):  # only processes this fixture started
-            try:
-                os.kill(p, signal.SIGKILL)
-            except OSError:
-                pass
-        log.close()
-        shutil.rmtree(tmp, ignore_errors=True)
+    """One token-auth head for the module; the fault captioners' once-only markers live in its folder."""
+    markers = {"RAY9_FAIL_ONCE": "transient", "RAY9_EXIT_ONCE": "exit"}
+    with ray_head("r9", env=lambda tmp: {k: os.path.join(tmp, v) for k, v in markers.items()}) as info:
+        yield info
 
 
 def _driver_env(cluster: dict) -> dict:
@@ -293,9 +215,10 @@ def test_worker_phases_in_order_and_path_map_reads_the_cluster_path(cluster, tmp
         try:
             report = client.request("index", {
                 "index_dir": idx, "sources": [{"path": scene}], "tiling": TILING.to_dict(),
-                # 0.25 s per tile: the commits spread over the rate meter's 2 s minimum span.
+                # 0.5 s per tile, 2 s a batch: the commits spread well past the rate meter's 2 s minimum
+                # span even when Ray Data hands the last batches over together (0.25 s was flaky).
                 "captioner": "python:tests.core.ray_captioners:wrapped",
-                "captioner_options": {"batch_size": 4, "latency": 0.25}, "executor": "ray",
+                "captioner_options": {"batch_size": 4, "latency": 0.5}, "executor": "ray",
                 "executor_options": {"address": cluster["address"], "caption_workers": 1,
                                      "path_map": [[str(tmp_path / "local"), srv.url("")]]},
             }, on_event=events.append)

@@ -11,12 +11,10 @@ from __future__ import annotations
 import glob
 import json
 import os
-import secrets
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -33,19 +31,9 @@ from plugin.core.indexing.ray_job_shards import list_shards, read_shard, ref_fro
 from plugin.core.pipeline import RasterSource, index_info, index_rasters  # noqa: E402
 from plugin.core.store import SearchIndex  # noqa: E402
 from tests.core.rasters import holed  # noqa: E402
+from tests.core.ray_cluster import ROOT, free_port, ray_head  # noqa: E402
 from tests.core.test_pipeline import write_scene  # noqa: E402
-from tests.core.test_ray_executor import (  # noqa: E402
-    CLUSTER_ENV,
-    RAY,
-    ROOT,
-    TILING,
-    _alive,
-    _counts,
-    _free_port,
-    _pids_under,
-    _rows,
-    _wait_tiles,
-)
+from tests.core.test_ray_executor import TILING, _counts, _rows, _wait_tiles  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -61,46 +49,12 @@ def _get(url: str, token: str | None = None) -> dict:
 
 @pytest.fixture(scope="module")
 def cluster():
-    tmp = tempfile.mkdtemp(prefix="r9j", dir="/tmp")  # short: Ray's unix socket paths are length-limited
-    port, dport = _free_port(), _free_port()
-    token = secrets.token_hex(16)
-    bin_dir = os.path.dirname(sys.executable)  # the job's `python` is this venv's
-    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, **CLUSTER_ENV,
-               PATH=bin_dir + os.pathsep + os.environ.get("PATH", ""), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    ports = [f"--{name}={_free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-                                                     "metrics-export-port", "runtime-env-agent-port",
-                                                     "ray-client-server-port")]
-    log = open(os.path.join(tmp, "head.log"), "w")
-    head = subprocess.Popen([RAY, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
-                             "--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                             f"--dashboard-port={dport}", *ports, f"--temp-dir={tmp}", "--disable-usage-stats"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
-    url = f"http://127.0.0.1:{dport}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if _get(url + "/api/version", token).get("ray_version"):
-                    break
-            except OSError:
-                pass
-            assert head.poll() is None and time.monotonic() < deadline, open(os.path.join(tmp, "head.log")).read()
-            time.sleep(0.5)
-        yield {"url": url, "token": token, "tmp": tmp, "shared": os.path.join(tmp, "shared")}
-    finally:
-        ours = _pids_under(tmp)
-        head.send_signal(signal.SIGTERM)
-        try:
-            head.wait(10)  # then whatever is left is killed below
-        except subprocess.TimeoutExpired:
-            head.kill()
-        for p in _alive(ours - {os.getpid()}):  # only processes this fixture started
-            try:
-                os.kill(p, signal.SIGKILL)
-            except OSError:
-                pass
-        log.close()
-        shutil.rmtree(tmp, ignore_errors=True)
+    """One token-auth head with its dashboard (the Jobs REST API); the jobs' `python` is this venv's."""
+    bin_dir = os.path.dirname(sys.executable)
+    env = {"PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    with ray_head("r9j", dashboard=True, env=env,
+                  ready=lambda i: bool(_get(i["url"] + "/api/version", i["token"]).get("ray_version"))) as info:
+        yield dict(info, shared=os.path.join(info["tmp"], "shared"))
 
 
 def _engine_env(cluster: dict, token: str | None = None) -> dict:
@@ -234,7 +188,7 @@ def test_cancel_stops_the_job_then_a_rerun_submits_only_the_rest(cluster, tmp_pa
 
 def test_bad_dashboard_url_and_wrong_token_fail_in_seconds(cluster, tmp_path: Path) -> None:
     scene = write_scene(tmp_path / "s.tif", seed=3)
-    for url, token in ((f"http://127.0.0.1:{_free_port()}", None), (cluster["url"], "0" * 32)):
+    for url, token in ((f"http://127.0.0.1:{free_port()}", None), (cluster["url"], "0" * 32)):
         t0 = time.monotonic()
         r = subprocess.run(_cli(cluster, str(tmp_path / "idx"), [scene], WRAPPED, url=url), cwd=ROOT,
                            env=_engine_env(cluster, token), capture_output=True, text=True, timeout=120)
