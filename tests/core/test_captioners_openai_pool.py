@@ -131,3 +131,20 @@ def test_a_server_that_ignores_or_refuses_n_gets_one_request_per_variant(servers
     per_tile = _image_bytes_per_tile(srv)
     sizes = {t.ref.tile_id: len(jpeg_data_url(t)) for t in _tiles()}
     assert all(5 * sizes[t] <= per_tile[t] <= 6 * sizes[t] for t in sizes)
+
+
+@pytest.mark.parametrize("body, about_n", [
+    (b'{"error": {"message": "n must be 1"}}', True),
+    (b'{"error": {"message": "invalid value", "param": "n"}}', True),
+    (b'{"error": "only one choice is supported"}', True),
+    (b"", True),
+    (b'{"error": {"message": "model m does not support images"}}', False),
+    (b'{"error": {"message": "image too large"}}', False),
+])
+def test_only_a_refusal_about_n_falls_back_to_one_request_per_variant(body: bytes, about_n: bool) -> None:
+    """A 400 to the `n` request that is about something else (the CI run where the sampled request drew
+    "does not support images") is the real error, not a reason to retry variant by variant until the
+    tile deadline."""
+    from plugin.core.captioners.openai_compat import _about_n
+
+    assert _about_n(body) is about_n

@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import random
+import re
 import socket
 import time
 import urllib.error
@@ -73,6 +74,17 @@ def png_data_url(tile: TileImage) -> str:
     buf = io.BytesIO()
     tile_image(tile).save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+#: What a server's 400/422 to a request with `n` > 1 says when `n` itself is the problem ("n must be 1",
+#: `"param": "n"`, "only one choice", "best_of"). Any other 400 there (e.g. "model does not support
+#: images") is the request's real error: falling back to one request per variant would hide it.
+_N_REFUSAL = re.compile(rb"\bn\b|\bchoices?\b|best_of", re.IGNORECASE)
+
+
+def _about_n(body: bytes) -> bool:
+    """Whether a refusal of an `n` > 1 request is about `n` (an empty body is taken to be)."""
+    return not body.strip() or bool(_N_REFUSAL.search(body))
 
 
 def _server_message(body: bytes) -> str:
@@ -261,7 +273,7 @@ class OpenAICaptioner:
             else:
                 if 200 <= status < 300:
                     return self._contents(payload)
-                if status in (400, 422) and int(body.get("n", 1)) > 1:
+                if status in (400, 422) and int(body.get("n", 1)) > 1 and _about_n(payload):
                     raise _NRefused(_server_message(payload))
                 if status not in RETRY_STATUSES:
                     raise CaptionerError(f"openai server {self.url} refused the request: HTTP {status}: {_server_message(payload)}")
