@@ -12,7 +12,7 @@ from captioner_tiles import FOREST, WATER, fill, make_tile
 from loopback_servers import ANSWER, ScriptedServer
 
 from plugin.core.captioners import make_captioner
-from plugin.core.captioners.openai_compat import jpeg_data_url
+from plugin.core.captioners.image_urls import jpeg_data_url
 
 VLLM = [{"id": "qwen-vl", "object": "model", "created": 1764460000, "owned_by": "vllm",
          "root": "Qwen/Qwen2.5-VL-7B-Instruct", "parent": None, "max_model_len": 8192}]

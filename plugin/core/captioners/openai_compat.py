@@ -13,9 +13,7 @@ CaptionerError naming the status and the server's own message, since retrying ca
 
 from __future__ import annotations
 
-import base64
 import http.client
-import io
 import json
 import logging
 import random
@@ -29,7 +27,8 @@ from typing import Any, Callable, Optional, Sequence
 
 from ..errors import Canceled, CaptionerError, EngineError
 from ..types import CancelFn, CaptionVariant, TileImage, never_canceled
-from .base import assemble_variants, fingerprint, tile_image
+from .base import assemble_variants, fingerprint
+from .image_urls import jpeg_data_url
 from .openai_http import Aborted, Connections, DaemonPool, describe, one_line, open_url, warn_plain_http_key
 from .openai_identity import models_identity, native_root, ollama_identity
 from .prompts import PROMPT_VERSION, SYSTEM, get_preset, sampled_prompt, variant_prompt
@@ -56,24 +55,6 @@ VARIANT_REQUESTS = ("n", "each")
 
 class _NRefused(Exception):
     """The server answered a request with `n` > 1 with a 400/422: ask one variant per request."""
-
-
-#: JPEG quality of the tile images sent to the server (visually lossless for captioning).
-JPEG_QUALITY = 90
-
-
-def jpeg_data_url(tile: TileImage, quality: int = JPEG_QUALITY) -> str:
-    """The tile's RGB as a `data:image/jpeg;base64,...` URL, ~4x smaller than PNG over the wire."""
-    buf = io.BytesIO()
-    tile_image(tile).save(buf, format="JPEG", quality=int(quality))
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def png_data_url(tile: TileImage) -> str:
-    """The tile's RGB as a `data:image/png;base64,...` URL (what vision chat APIs accept)."""
-    buf = io.BytesIO()
-    tile_image(tile).save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 #: What a server's 400/422 to a request with `n` > 1 says when `n` itself is the problem ("n must be 1",
