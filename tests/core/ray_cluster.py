@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
+
 from tests.core.range_server import GDAL_HTTP_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -140,3 +142,13 @@ def ray_head(prefix: str, *, dashboard: bool = False, env: dict | Callable[[str]
                 pass
         log.close()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def as_numpy_batch(batch: dict) -> dict:
+    """What Ray Data hands a numpy-format UDF: one object array per column (to call stages without Ray)."""
+    out = {}
+    for k, v in batch.items():
+        arr = np.empty(len(v), dtype=object)
+        arr[:] = list(v)
+        out[k] = arr
+    return out

@@ -17,18 +17,9 @@ from plugin.core.indexing.ray_stages import CaptionStage, EmbedStage, chunk_rows
 from plugin.core.raster import open_raster
 from plugin.core.searcher import cached_embedder
 from plugin.core.tiling import TilingParams, plan_tiles
+from tests.core.ray_cluster import as_numpy_batch as _as_numpy  # noqa: E402
 
 PARAMS = TilingParams(tile_size=128)  # 16 tiles: 4 empty (nodata), 1 unreadable, 11 captioned
-
-
-def _as_numpy(batch: dict) -> dict:
-    """What Ray Data hands a numpy-format UDF: one object array per column."""
-    out = {}
-    for k, v in batch.items():
-        arr = np.empty(len(v), dtype=object)
-        arr[:] = list(v)
-        out[k] = arr
-    return out
 
 
 def test_chunks_carry_captions_empties_and_failures_like_the_local_executor(tmp_path, minilm_path) -> None:

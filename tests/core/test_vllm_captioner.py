@@ -20,6 +20,7 @@ from plugin.core.captioners.vllm_ray import parse_vllm_spec, request_rows, vllm_
 from plugin.core.errors import EngineError
 from plugin.core.indexing.ray_vllm import KEEP, VllmAssembler, VllmEmbedStage, vllm_requests
 from plugin.core.searcher import cached_embedder
+from tests.core.ray_cluster import as_numpy_batch as _as_numpy  # noqa: E402
 
 ANSWER = {"one_sentence": "A coast with forest.", "feature": "water in the west; trees in the east",
           "caption": "Dark water meets a dense wood."}
@@ -50,15 +51,6 @@ def test_request_rows_one_per_tile_and_variant_variant_0_greedy() -> None:
         assert sp["temperature"] == (0.0 if r["k"] == 0 else 0.7)
     # One image per tile, first in each of its variants' rows (a prefix vLLM's cache can share).
     assert len({r["messages"][1]["content"][0]["image_url"]["url"] for r in rows}) == 2
-
-
-def _as_numpy(batch: dict) -> dict:
-    out = {}
-    for k, v in batch.items():
-        arr = np.empty(len(v), dtype=object)
-        arr[:] = list(v)
-        out[k] = arr
-    return out
 
 
 def test_generated_texts_come_back_as_variants_in_order(minilm_path) -> None:
