@@ -1,7 +1,9 @@
 """`python -m plugin index|search|info|remove|eval|worker`: the engine without QGIS.
 
 Errors users can fix print one line and exit 1; Ctrl-C cancels cleanly (what was committed stays)
-and exits 130. Progress goes to stderr so `--format json` output can be piped.
+and exits 130. Progress goes to stderr so `--format json` output can be piped. `index` exits 3 when
+it finished but some tiles (or some of several rasters) failed, in every format, so a script can tell
+"all done" (0) from "done, retry the failures" (3) from "nothing done" (1); argparse's usage errors exit 2.
 """
 
 from __future__ import annotations
@@ -17,7 +19,17 @@ from .cli_args import _bands, _bbox, _option, _overlap, _scales, _seconds, add_e
 from .errors import Canceled, EngineError
 
 EXIT_ERROR = 1
+#: `index` finished, but tiles or rasters failed (their reasons are in the report; the next run retries them).
+EXIT_FAILED_TILES = 3
 EXIT_CANCELED = 130
+
+INDEX_EXIT_STATUS = """exit status:
+  0    every planned tile is indexed (captioned, from the cache, or empty and skipped)
+  1    error: nothing was indexed by this run (one line on stderr says why)
+  2    usage error (a bad option)
+  3    finished, but some tiles or rasters failed: their reasons are in the report
+       (FAILED lines, or tiles_failed/failed_tiles/error in --format json); run again to retry them
+  130  canceled (Ctrl-C): what was indexed so far is kept"""
 
 
 class _Bar:
@@ -97,9 +109,10 @@ def cmd_index(args: argparse.Namespace) -> int:
         raise
     finally:
         bar.close()
+    status = index_exit_status(report.rasters)
     if args.format == "json":
         print(json.dumps(report.to_dict(), indent=2))
-        return 0
+        return status
     for note in report.notes:
         print(f"  note: {note}")
     for r in report.rasters:
@@ -120,7 +133,12 @@ def cmd_index(args: argparse.Namespace) -> int:
     if report.removed:
         print(f"  removed {len(report.removed)} raster(s) no longer listed")
     print(f"indexed into {args.index} in {report.seconds:.1f} s (captioner {report.captioner})")
-    return EXIT_ERROR if any("error" in r or r.get("tiles_failed") for r in report.rasters) else 0
+    return status
+
+
+def index_exit_status(rasters: Sequence[dict[str, Any]]) -> int:
+    """0, or EXIT_FAILED_TILES when a raster could not be opened or some of its tiles failed."""
+    return EXIT_FAILED_TILES if any("error" in r or r.get("tiles_failed") for r in rasters) else 0
 
 
 @contextlib.contextmanager
@@ -259,7 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m plugin", description="Semantic Imagery Search engine")
     sub = p.add_subparsers(dest="command", required=True)
 
-    pi = sub.add_parser("index", help="caption, embed and index rasters (incremental, resumable)")
+    pi = sub.add_parser("index", help="caption, embed and index rasters (incremental, resumable)",
+                        epilog=INDEX_EXIT_STATUS, formatter_class=argparse.RawDescriptionHelpFormatter)
     pi.add_argument("--index", required=True, help="index folder (created if missing)")
     pi.add_argument("--captioner", default="spectral", help="spectral | transformers:MODEL | openai:BASE_URL#MODEL")
     pi.add_argument("--embedder", default=None, help="sentence-transformers model id or folder (default: packaged MiniLM)")

@@ -111,7 +111,8 @@ class BuildIndexAlgorithm(QgsProcessingAlgorithm):
             "cancel or a crash resumes, and new layers are added. Captioner: 'spectral' (offline), "
             "'transformers:MODEL_ID_OR_FOLDER' or 'openai:BASE_URL#MODEL' (an OpenAI-compatible server; its API "
             "key comes from an authentication configuration). With 'Remove rasters not listed', rasters indexed "
-            "before but not given now are dropped."
+            "before but not given now are dropped. Tiles that could not be read (a corrupt block) are reported as errors "
+            "in the log and counted in the TILES_FAILED output (0 when every tile is indexed); the next run retries them."
         )
 
     def initAlgorithm(self, config: Any = None) -> None:  # noqa: N802
@@ -153,6 +154,7 @@ class BuildIndexAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT, "Index folder"))
         self.addOutput(QgsProcessingOutputNumber("TILES", "Tiles planned"))
         self.addOutput(QgsProcessingOutputNumber("TILES_NEW", "Tiles captioned in this run"))
+        self.addOutput(QgsProcessingOutputNumber("TILES_FAILED", "Tiles that could not be read (retried by the next run)"))
 
     def prepareAlgorithm(self, parameters: dict, context: Any, feedback: Any) -> bool:  # noqa: N802
         """Main thread: resolve layers into plain sources (the worker reads the files, never the layers)."""
@@ -229,4 +231,5 @@ class BuildIndexAlgorithm(QgsProcessingAlgorithm):
             self.OUTPUT: index_dir,
             "TILES": sum(int(r.get("tiles_planned", 0)) for r in rasters),
             "TILES_NEW": sum(int(r.get("tiles_new", 0)) for r in rasters),
+            "TILES_FAILED": sum(int(r.get("tiles_failed") or 0) for r in rasters),
         }

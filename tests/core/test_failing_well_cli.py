@@ -35,7 +35,7 @@ def test_corrupt_block_fails_one_tile_and_the_next_run_retries_it(tmp_path: Path
     corrupt_block(path, 1, 1)  # pixels 64..127: inside tile (0, 0) of a 256 px grid
     idx = str(tmp_path / "idx")
     rc, out, err = _run(capsys, "index", "--index", idx, "--tile-size", "256", "--quiet", path, good)
-    assert rc == 1 and "Traceback" not in out + err
+    assert rc == 3 and "Traceback" not in out + err  # finished, with failed tiles (not "error", not "all done")
     line = next(ln for ln in out.splitlines() if ln.strip().startswith("blocky:"))
     assert "16 tiles planned, 15 captioned" in line and "1 FAILED" in line
     assert "1 tile(s) could not be read (the next run retries them); first: pixels 0,0 256x256 cannot be read" in out
@@ -46,12 +46,38 @@ def test_corrupt_block_fails_one_tile_and_the_next_run_retries_it(tmp_path: Path
     # Next run: only the failed tile is read again (still corrupt: still one failure, nothing else redone).
     rc, out, _ = _run(capsys, "index", "--index", idx, "--tile-size", "256", "--quiet", "--format", "json", path)
     (entry,) = json.loads(out)["rasters"]
+    assert rc == 3  # the same status in every format
     assert (entry["tiles_new"], entry["tiles_failed"], entry["failed_tiles"][0]["window"]) == (0, 1, [0, 0, 256, 256])
     # Repaired in place (same content as intended): the retry captions it and the raster is complete.
     shutil.copy(pristine, path)
     rc, out, _ = _run(capsys, "index", "--index", idx, "--tile-size", "256", "--quiet", path)
     assert rc == 0 and "16 tiles planned, 1 captioned" in out
     assert {r["name"]: r for r in index_info(idx)["rasters"]}["blocky"]["state"] == "indexed"
+
+
+def test_index_exit_status_tells_done_from_done_with_failures_from_error(tmp_path: Path, capsys) -> None:
+    """0 all done, 3 finished but a raster (or tiles) failed, 1 nothing done, in table and JSON; --help says so."""
+    good = rasters.north_up(str(tmp_path), width=64, height=64)
+    bad = tmp_path / "notes.tif"
+    bad.write_text("this is not a GeoTIFF")
+    for fmt in ("table", "json"):
+        idx = str(tmp_path / f"idx-{fmt}")
+        ix = ["index", "--index", idx, "--tile-size", "64", "--quiet", "--format", fmt]
+        rc, out, err = _run(capsys, *ix, good, str(bad))
+        assert rc == 3, (fmt, out, err)
+        if fmt == "json":
+            failed = [r for r in json.loads(out)["rasters"] if "error" in r]
+            assert [r["name"] for r in failed] == ["notes.tif"] and "cannot read" in failed[0]["error"]
+        else:
+            assert "FAILED  notes.tif: " in out and "north_up: 1 tiles planned, 1 captioned" in out
+        assert _run(capsys, *ix, good)[0] == 0  # all done
+        rc, out, err = _run(capsys, *ix, str(bad))
+        assert rc == 1 and not out and err.startswith("error: ")  # nothing done: an error, one line
+    with pytest.raises(SystemExit) as ex:
+        main(["index", "--help"])
+    assert ex.value.code == 0
+    text = capsys.readouterr().out
+    assert "exit status:" in text and "  3    finished, but some tiles or rasters failed" in text
 
 
 def test_unreadable_header_or_sample_fails_alone_in_one_line(tmp_path: Path, capsys) -> None:

@@ -143,7 +143,7 @@ def test_qgis_process_runs_both_algorithms(tmp_path):
                            f"OUTPUT={idx}"], env)
     assert build.returncode == 0, build.stdout[-2000:] + build.stderr[-2000:]
     res = json.loads(build.stdout[build.stdout.index("{"):])["results"]
-    assert res["OUTPUT"] == idx and res["TILES"] == 4 and res["TILES_NEW"] == 4
+    assert res["OUTPUT"] == idx and res["TILES"] == 4 and res["TILES_NEW"] == 4 and res["TILES_FAILED"] == 0
 
     gpkg = str(tmp_path / "hits.gpkg")
     search = _qgis_process(["--json", "run", f"{PROVIDER_ID}:search_index", "--", f"INDEX={idx}",
@@ -156,6 +156,20 @@ def test_qgis_process_runs_both_algorithms(tmp_path):
     del layer
 
 
+
+
+def test_build_index_counts_failed_tiles(provider, tmp_path, qgis_new_project, monkeypatch):
+    """A tile that cannot be read (a corrupt block) is an error line in the log and TILES_FAILED in the
+    results (what a model or a qgis_process script checks); the algorithm itself succeeds."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    path = rasters.holed(tmp_path)  # 16 tiles of 128 px: 4 empty, 1 unreadable
+    context, feedback = QgsProcessingContext(), QgsProcessingFeedback()
+    build = QgsApplication.processingRegistry().createAlgorithmById(f"{PROVIDER_ID}:build_index")
+    res, ok = build.run({"LAYERS": [path], "CAPTIONER": "spectral", "TILE_SIZE": 128, "OVERLAP": 0.0, "SCALES": "1",
+                         "OUTPUT": str(tmp_path / "holed.search")}, context, feedback)
+    assert ok, feedback.textLog()
+    assert (res["TILES"], res["TILES_NEW"], res["TILES_FAILED"]) == (16, 11, 1)
+    assert "holed: 1 tile(s) could not be read (the next run retries them)" in feedback.textLog()
 
 
 def test_search_by_example_and_ranker_parameters(provider, tmp_path, qgis_new_project, monkeypatch):
