@@ -93,6 +93,9 @@ def add_executor_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--path-map", action="append", default=None, metavar="LOCAL=CLUSTER",
                    help="ray, ray-job: rasters under LOCAL are read on the cluster under CLUSTER (repeatable)")
     p.add_argument("--caption-workers", type=int, default=None, help="most caption actors on the cluster (default: one per GPU)")
+    p.add_argument("--keep-shards", action="store_true", default=None,
+                   help="ray-job: leave the merged result shards and the job's manifest in --shared-dir (by default"
+                        " they are deleted once the index holds them and the job has succeeded)")
 
 
 def executor_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -101,11 +104,11 @@ def executor_options(args: argparse.Namespace) -> dict[str, Any]:
     from .indexing.path_map import parse_path_map
 
     given = {"address": args.ray_address, "dashboard_url": args.ray_dashboard, "shared_dir": args.shared_dir,
-             "path_map": args.path_map, "caption_workers": args.caption_workers}
+             "path_map": args.path_map, "caption_workers": args.caption_workers, "keep_shards": args.keep_shards}
     flags = {"address": "--ray-address", "dashboard_url": "--ray-dashboard", "shared_dir": "--shared-dir",
-             "path_map": "--path-map", "caption_workers": "--caption-workers"}
+             "path_map": "--path-map", "caption_workers": "--caption-workers", "keep_shards": "--keep-shards"}
     allowed = {"local": set(), "ray": {"address", "path_map", "caption_workers"},
-               "ray-job": {"dashboard_url", "shared_dir", "path_map", "caption_workers"}}[args.executor]
+               "ray-job": {"dashboard_url", "shared_dir", "path_map", "caption_workers", "keep_shards"}}[args.executor]
     wrong = [flags[k] for k, v in given.items() if v is not None and k not in allowed]
     if wrong:
         raise EngineError(f"{', '.join(wrong)} {'does' if len(wrong) == 1 else 'do'} not apply to --executor {args.executor}")

@@ -124,6 +124,7 @@ def test_no_rate_from_a_burst_of_results() -> None:
      "--ray-dashboard, --shared-dir do not apply to --executor ray"),
     (["--executor", "ray", "--path-map", "/a"], "path map entry '/a': expected LOCAL_PREFIX=CLUSTER_PREFIX"),
     (["--executor", "ray-job", "--ray-address", "h:6379"], "--ray-address does not apply to --executor ray-job"),
+    (["--executor", "ray", "--keep-shards"], "--keep-shards does not apply to --executor ray"),
 ])
 def test_cli_cluster_flags_are_checked_in_one_line(tmp_path, capsys, argv, words) -> None:
     from plugin.core.cli import main
@@ -153,7 +154,8 @@ def test_cli_passes_the_cluster_options_to_the_job(monkeypatch, tmp_path) -> Non
     src = rasters.write_raster(str(tmp_path / "a.tif"), rasters.pattern(3, 64, 64, seed=0), crs="EPSG:32618")
     rc = cli.main(["index", "--index", str(tmp_path / "idx"), "--quiet", "--executor", "ray-job",
                    "--ray-dashboard", "http://head:8265", "--shared-dir", "s3://b/stage", "--path-map", "/mnt/nas=s3://b/nas",
-                   "--path-map", "D:\\o=/o", "--caption-workers", "3", src])
+                   "--path-map", "D:\\o=/o", "--caption-workers", "3", "--keep-shards", src])
     assert rc == 0 and seen["executor"] == "ray-job"
     assert seen["executor_options"] == {"dashboard_url": "http://head:8265", "shared_dir": "s3://b/stage", "caption_workers": 3,
+                                        "keep_shards": True,
                                         "path_map": [["/mnt/nas", "s3://b/nas"], ["D:\\o", "/o"]]}

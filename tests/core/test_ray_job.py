@@ -77,13 +77,14 @@ def _jobs(cluster: dict) -> list[dict]:
 def test_job_mode_same_index_as_local_and_merging_twice_changes_nothing(cluster, tmp_path: Path) -> None:
     """`python -m plugin index --executor ray-job` gives the local executor's index (tiles, texts,
     vectors); the token is in no argv, output, job entrypoint/runtime_env or job log; a shard merged
-    again changes nothing."""
+    again changes nothing (`--keep-shards` leaves them in the shared folder)."""
     scenes = [write_scene(tmp_path / f"s{i}.tif", seed=i) for i in range(2)]
     local = str(tmp_path / "local")
     index_rasters(local, [RasterSource(p) for p in scenes], captioner=WRAPPED, tiling=TILING,
                   captioner_options={"variants": 2})
     idx = str(tmp_path / "job")
-    cmd = _cli(cluster, idx, scenes, WRAPPED, "--variants", "2", "--caption-workers", "1", "--format", "json")
+    cmd = _cli(cluster, idx, scenes, WRAPPED, "--variants", "2", "--caption-workers", "1", "--format", "json",
+               "--keep-shards")
     r = subprocess.run(cmd, cwd=ROOT, env=_engine_env(cluster), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert [x["tiles_new"] for x in json.loads(r.stdout)["rasters"]] == [16, 16]
@@ -146,6 +147,7 @@ def test_engine_killed_mid_job_reattaches_and_finishes_exactly(cluster, tmp_path
     assert json.load(open(os.path.join(idx, "ray_job.json")))["sid"] == sid and len(_jobs(cluster)) == n_jobs
     assert _counts(idx) == (32, 32)
     assert _get(f"{cluster['url']}/api/jobs/{sid}", cluster["token"])["status"] == "SUCCEEDED"
+    assert not os.path.exists(json.load(open(os.path.join(idx, "ray_job.json")))["dir"])  # merged: its shards went
 
 
 def test_cancel_stops_the_job_then_a_rerun_submits_only_the_rest(cluster, tmp_path: Path, monkeypatch) -> None:
@@ -182,8 +184,10 @@ def test_cancel_stops_the_job_then_a_rerun_submits_only_the_rest(cluster, tmp_pa
         assert state == stopped
         return
     assert state["sid"] != sid and state["dirs"] == [stopped["dir"], state["dir"]], (len(written), merged)
-    manifest = json.load(open(os.path.join(state["dir"], "manifest.json")))
-    assert {row[0] for row in manifest["tiles"]} == set(_rows(idx)) - written
+    logs = _get(f"{cluster['url']}/api/jobs/{state['sid']}/logs", cluster["token"])["logs"]
+    assert f"{len(set(_rows(idx)) - written)} tiles to caption (0 already in shards)" in logs
+    # Both jobs ended and the index holds every row: the stopped job's folder and the new one are gone.
+    assert not os.path.exists(stopped["dir"]) and not os.path.exists(state["dir"])
 
 
 def test_bad_dashboard_url_and_wrong_token_fail_in_seconds(cluster, tmp_path: Path) -> None:
@@ -203,8 +207,8 @@ def test_bad_dashboard_url_and_wrong_token_fail_in_seconds(cluster, tmp_path: Pa
 def test_unreadable_tile_is_reported_the_job_succeeds_and_the_next_run_reads_it_again(cluster, tmp_path: Path) -> None:
     """A corrupt block fails its tile only: the job SUCCEEDS, the tile comes back as a failed row
     (reported with the reason, never captioned, the raster left unfinished) and empty tiles are
-    recorded; once the file is repaired the next run submits a job for exactly that tile (the first
-    job's failed row is not merged again) and the raster is finished."""
+    recorded; the job's folder is removed (the index holds its rows, the failed one was reported);
+    once the file is repaired the next run submits a job for exactly that tile and the raster is finished."""
     path = holed(tmp_path)  # 16 tiles of 128 px: 4 empty, 1 unreadable
     pristine = holed(tmp_path, "pristine.tif", corrupt=False)
     idx = str(tmp_path / "idx")
@@ -215,6 +219,7 @@ def test_unreadable_tile_is_reported_the_job_succeeds_and_the_next_run_reads_it_
         r = subprocess.run(cmd, cwd=ROOT, env=_engine_env(cluster), capture_output=True, text=True, timeout=300)
         assert r.returncode == rc, r.stderr[-3000:]  # 3: finished, with a failed tile
         (entry,) = json.loads(r.stdout)["rasters"]
+        assert [n for n in json.loads(r.stdout)["notes"] if "merged Ray job shard(s)" in n and "1 job folder(s)" in n]
         state = json.load(open(os.path.join(idx, "ray_job.json")))
         assert _get(f"{cluster['url']}/api/jobs/{state['sid']}", cluster["token"])["status"] == "SUCCEEDED"
         return entry, state
@@ -224,10 +229,11 @@ def test_unreadable_tile_is_reported_the_job_succeeds_and_the_next_run_reads_it_
     assert entry["failed_tiles"][0]["window"] == [0, 128, 128, 128]
     assert "cannot be read" in entry["failed_tiles"][0]["reason"]
     assert _counts(idx) == (11, 11) and index_info(idx)["rasters"][0]["state"] == "indexing"
+    assert not os.path.exists(first["dir"])
     shutil.copy(pristine, path)  # repaired in place
     entry, state = run(0)
     assert (entry["tiles_new"], entry["tiles_empty"], entry["tiles_failed"]) == (1, 4, 0)
-    manifest = json.load(open(os.path.join(state["dir"], "manifest.json")))
-    assert state["sid"] != first["sid"] and state["dirs"] == [first["dir"], state["dir"]]
-    assert [t[2] for t in manifest["tiles"]] == [[0, 128, 128, 128]]  # a job for that tile only
+    assert state["sid"] != first["sid"] and state["dirs"] == [state["dir"]] and not os.path.exists(state["dir"])
+    logs = _get(f"{cluster['url']}/api/jobs/{state['sid']}/logs", cluster["token"])["logs"]
+    assert "1 tiles to caption (0 already in shards)" in logs  # a job for that tile only
     assert _counts(idx) == (12, 12) and index_info(idx)["rasters"][0]["state"] == "indexed"

@@ -25,6 +25,7 @@ from plugin.core.indexing.ray_job_shards import (  # noqa: E402
     read_shard,
     ref_from_json,
     ref_to_json,
+    remove_merged_shards,
     shard_name,
     shard_rows,
     shard_tiles,
@@ -187,3 +188,37 @@ def test_shard_written_before_the_failed_column_still_reads(tmp_path: Path) -> N
     epath = str(tmp_path / empty_name)
     pq.write_table(pq.read_table(epath).drop(["failed", "reason"]), epath)
     assert read_shard(epath, "r1", {"t005"}, "fp1", 4) == ([], ["t005"], [])
+
+
+def test_merged_shards_are_removed_the_rest_is_kept_and_folders_go_last(tmp_path: Path) -> None:
+    """A shard goes once the index holds every row of it (captioned or empty; failed rows were
+    reported); a shard with one row the index lacks stays, and so do every folder and manifest of the
+    chain; once nothing is kept, manifests, temporary leftovers and the folders go, nothing else."""
+    old, cur = str(tmp_path / "jobs" / "sis-old"), str(tmp_path / "jobs" / "sis-cur")
+    vec = [np.ones((1, 4), np.float32)]
+    for d in (old, cur):
+        os.makedirs(d)
+        (Path(d) / "manifest.json").write_text("{}")
+    a = write_shard(old, "fp1", [_ref(0)], [[CaptionVariant("a", "f", "c")]], vec)
+    b = write_shard(cur, "fp1", [_ref(1)], [[CaptionVariant("b", "f", "c")]], vec)
+    e = write_shard(cur, "fp1", [_ref(2)], empty=True)
+    f = write_shard(cur, "fp1", [_ref(3)], reasons=["cannot be read"])
+    other = write_shard(cur, "fp1", [_ref(4, "r2")], [[CaptionVariant("c", "f", "c")]], vec)  # a raster not in this run
+    (Path(cur) / ".tmp-0123.parquet").write_bytes(b"half a shard")  # a writer that died
+    asked: list[str] = []
+
+    def settled(rid: str) -> set[str]:
+        asked.append(rid)
+        return {"t000", "t001", "t002"} if rid == "r1" else set()
+
+    sizes = sum(os.path.getsize(os.path.join(d, n)) for d, n in ((old, a), (cur, b), (cur, e), (cur, f)))
+    assert remove_merged_shards([old, cur], settled) == (4, sizes, [])
+    assert list_shards(old) == [] and list_shards(cur) == [other]
+    assert sorted(asked) == ["r1", "r2"]  # asked once per raster, not per row
+    assert os.path.exists(os.path.join(old, "manifest.json")) and os.path.exists(os.path.join(cur, "manifest.json"))
+    # The index now holds that raster too: everything goes, the folders last; a foreign file keeps its folder.
+    (Path(old) / "notes.txt").write_text("not ours")
+    size = os.path.getsize(os.path.join(cur, other))
+    assert remove_merged_shards([old, cur], lambda rid: {"t004"}) == (1, size, [cur])
+    assert not os.path.exists(cur) and sorted(os.listdir(old)) == ["notes.txt"]  # its manifest went, the file stayed
+    assert remove_merged_shards([old, cur], settled) == (0, 0, [])  # nothing more to do, nothing raised

@@ -174,6 +174,7 @@ def _index_rasters(index_dir, sources, captioner, embedder, tiling, captioner_op
         ex.close()  # never leave a model or a Ray cluster behind
         raise
     report.notes.extend(idx.notes)
+    finished = False
     try:
         known = {r["raster_id"]: r for r in idx.raster_rows()}
         if switched:
@@ -227,6 +228,7 @@ def _index_rasters(index_dir, sources, captioner, embedder, tiling, captioner_op
             report.reembedded_damaged = reembed_damaged(idx, emb, damaged)
         report.seconds = time.perf_counter() - t0
         progress(total, total, "done")
+        finished = True
         return report
     except Canceled:
         report.canceled = True
@@ -234,6 +236,11 @@ def _index_rasters(index_dir, sources, captioner, embedder, tiling, captioner_op
     finally:
         try:
             idx.flush()
+            if finished and hasattr(ex, "remove_merged"):  # job mode: shards the index now holds (committed above)
+                fp, min_valid = cap.fingerprint, params.min_valid_fraction
+                line = ex.remove_merged(lambda rid: idx.done_tile_ids(rid, fp) | idx.empty_tile_ids(rid, min_valid))
+                if line:
+                    report.notes.append(line)
         finally:
             try:
                 idx.close()

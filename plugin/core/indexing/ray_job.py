@@ -18,12 +18,17 @@ dashboard (`ray_job_api`) and a folder both sides reach (`shared_dir`, mapped wi
    submits a job for them (a job resubmitted into the same folder first drops its failed shards).
    A job that FAILED or was STOPPED is an error naming the job and its last log line; what was merged stays.
    Cancel stops the job through the REST API.
+5. `remove_merged`: once the run ended well, its writes are committed (the writer lock still held,
+   so no re-attach can race it), the current job SUCCEEDED and no job of the chain can still write,
+   the shards whose rows the index holds are deleted, then the manifests and the job folders
+   (`keep_shards` leaves them); one note in the report says what went.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shlex
 import time
@@ -44,9 +49,12 @@ from .ray_job_shards import (
     read_json,
     read_shard,
     ref_to_json,
+    remove_merged_shards,
     shard_rows,
     write_json_atomic,
 )
+
+log = logging.getLogger(__name__)
 
 STATE_FILE = "ray_job.json"
 #: How many earlier job folders of an index are still merged from (a chain of stopped jobs).
@@ -63,7 +71,7 @@ class RayJobExecutor:
                  dim: int, *, embedder_fingerprint: Optional[str] = None, index_dir: str = "",
                  dashboard_url: str = "", shared_dir: str = "", path_map: Optional[Sequence[Sequence[str]]] = None,
                  caption_workers: Optional[int] = None, batch_size: Optional[int] = None, python: str = "python",
-                 stall_timeout_s: float = STALL_TIMEOUT_S, poll_s: float = 0.5) -> None:
+                 stall_timeout_s: float = STALL_TIMEOUT_S, poll_s: float = 0.5, keep_shards: bool = False) -> None:
         if not dashboard_url:
             raise EngineError("the ray-job executor needs the cluster's dashboard URL (--ray-dashboard http://head:8265)")
         if not shared_dir:
@@ -73,7 +81,7 @@ class RayJobExecutor:
         self.api.version()  # a wrong URL, a dead head or a refused token fail here, in seconds
         self.shared_dir = os.path.abspath(os.path.expanduser(shared_dir))
         self.path_map = parse_path_map(path_map)
-        self.index_dir, self.dim, self.poll_s = index_dir, int(dim), float(poll_s)
+        self.index_dir, self.dim, self.poll_s, self.keep_shards = index_dir, int(dim), float(poll_s), bool(keep_shards)
         self.python, self.stall_timeout_s = python, float(stall_timeout_s)
         self.request = {"spec": captioner, "options": dict(captioner_options), "embedder": embedder, "device": device,
                         "caption_workers": caption_workers, "batch_size": batch_size,
@@ -92,6 +100,7 @@ class RayJobExecutor:
         self.remaining: set[str] = set()  # tiles of the job not merged yet
         self._index: dict[str, list[tuple[str, str, bool]]] = {}  # shard path -> (tile id, raster id, failed)
         self._merged: set[tuple[str, str]] = set()  # (shard path, raster id)
+        self.final_status: Optional[str] = None  # the current job's, once all its tiles are merged
 
     @property
     def fingerprint(self) -> str:
@@ -155,7 +164,7 @@ class RayJobExecutor:
     def prepare(self, work: Sequence[tuple[Any, Sequence[TileRef]]], params: Any) -> None:
         self.need = {r.tile_id: r for _, refs in work for r in refs}
         self.remaining = set(self.need)
-        self.dirs, self.sid, self.job_dir = [], None, None
+        self.dirs, self.sid, self.job_dir, self.final_status = [], None, None, None
         if not self.need:
             return
         state_path = os.path.join(self.index_dir, STATE_FILE)
@@ -274,8 +283,32 @@ class RayJobExecutor:
                                   " to resume")
             time.sleep(self.poll_s)
         if self.sid and not self.remaining:  # all merged: the job ends on its own (its last shard is written)
-            status = self._wait(self.sid, is_canceled, limit_s=60.0)
+            status = self.final_status = self._wait(self.sid, is_canceled, limit_s=60.0)
             self.notify(f"Ray job {self.sid} {status}, all its shards merged")
+
+    def remove_merged(self, settled: Callable[[str], Any]) -> Optional[str]:
+        """Delete what the shared folder holds for this index and the index already has (see
+        `remove_merged_shards`); call it only after a run that ended well and whose writes are committed,
+        under the writer lock. Skipped (None) with `keep_shards`, while tiles are not merged, unless the
+        current job SUCCEEDED, and while any job of the chain is still pending or running. Never raises:
+        a folder that cannot be cleaned is left as it is (the next run reads it as before)."""
+        if self.keep_shards or not self.dirs or self.remaining:
+            return None
+        if self.sid is not None and self.final_status != "SUCCEEDED":
+            return None
+        try:
+            if any(self.api.status(os.path.basename(d)) in ACTIVE for d in self.dirs):
+                return None
+            n, size, gone = remove_merged_shards(self.dirs, settled)
+        except (OSError, EngineError) as exc:
+            return f"merged Ray job shards left in {os.path.dirname(self.dirs[-1])}: {exc}"[:300]
+        if not n and not gone:
+            return None
+        line = (f"removed {n} merged Ray job shard(s) ({size / 1e6:.1f} MB)"
+                + (f" and {len(gone)} job folder(s) with their manifest" if gone else "")
+                + f" from {os.path.dirname(self.dirs[-1])}")
+        log.info(line)
+        return line
 
     def close(self) -> None:
         """Stop a job this engine leaves unfinished (cancel, an error); a job whose tiles are all

@@ -7,7 +7,8 @@ skipped as nodata, so the engine records them and never reads them again) and a 
 its `reason` (a tile that could not be read: reported, never captioned, read again by the next run).
 Shards written before the `failed` column read as having no failed rows.
 Names are deterministic (`shard-<first tile>-<n>-<hash of the tile ids>.parquet`) and a shard is
-written under a temporary name, then renamed: a reader sees whole shards only.
+written under a temporary name, then renamed: a reader sees whole shards only. Once the index holds a
+shard's rows (and no job can still write its folder) the shard is deleted: `remove_merged_shards`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import json
 import os
 import re
 import uuid
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Callable, Collection, Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -137,6 +138,55 @@ def drop_failed_shards(job_dir: str) -> list[str]:
             os.remove(os.path.join(job_dir, name))
             gone.append(name)
     return gone
+
+
+def remove_merged_shards(dirs: Sequence[str], settled: Callable[[str], Collection[str]]) -> tuple[int, int, list[str]]:
+    """Delete the shards of the job folders `dirs` whose every row the index has settled: `settled(raster
+    id)` gives the tiles committed with this captioner or recorded empty; a failed row counts as settled
+    (it was reported, the tile is not done, so the next run plans it for a new job anyway). A shard with
+    any other row (a raster not in this run, a fallback caption asked again next time) stays, and so do
+    the folders. Only when no folder keeps a shard do the manifests, the leftover temporary files and
+    the folders go too (an earlier folder left alone would drop out of the chain the next run merges).
+    The caller makes sure no job still writes into `dirs`. Returns (shards removed, bytes freed, folders removed)."""
+    removed, freed, kept = 0, 0, False
+    known: dict[str, Collection[str]] = {}
+
+    def held(tid: str, rid: str) -> bool:
+        if rid not in known:
+            known[rid] = settled(rid)
+        return tid in known[rid]
+
+    for d in dirs:
+        for name in list_shards(d):
+            path = os.path.join(d, name)
+            try:
+                merged = all(failed or held(tid, rid) for tid, rid, failed in shard_rows(path))
+            except (OSError, ValueError):  # unreadable: not known to be merged
+                merged = False
+            if not merged:
+                kept = True
+                continue
+            size = os.path.getsize(path)
+            os.remove(path)
+            removed, freed = removed + 1, freed + size
+    gone: list[str] = []
+    if kept:
+        return removed, freed, gone
+    for d in dirs:
+        try:
+            names = os.listdir(d)
+        except OSError:
+            continue
+        for name in names:  # the manifest and temporary files of writers that died: nothing else is ours
+            if name == MANIFEST or (name.startswith(".tmp-") and name.endswith(".parquet")) \
+                    or (name.startswith(MANIFEST + ".") and name.endswith(".tmp")):
+                os.remove(os.path.join(d, name))
+        try:
+            os.rmdir(d)
+            gone.append(d)
+        except OSError:  # something else in there: not ours to delete
+            pass
+    return removed, freed, gone
 
 
 ShardRows = tuple[list[tuple[str, list[CaptionVariant], np.ndarray]], list[str], list[tuple[str, str]]]
