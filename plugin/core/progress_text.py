@@ -23,7 +23,16 @@ def describe(done: int, total: int, info: dict[str, Any]) -> str:
     return text
 
 
-def duration(seconds: float) -> str:
+def duration(seconds: float, rough: bool = False) -> str:
+    """'33 min 16 s', '2 h 05 min': precise, for an ETA that is re-measured all along. `rough`: '33 min',
+    '2.1 h' (never '0 s'), for an estimate made before anything ran (the dock's tiling hint)."""
+    if rough:
+        seconds = max(1, int(round(seconds)))
+        if seconds < 60:
+            return f"{seconds} s"
+        if seconds < 3600:
+            return f"{round(seconds / 60)} min"
+        return f"{seconds / 3600:.1f} h"
     seconds = max(0, int(round(seconds)))
     if seconds < 60:
         return f"{seconds} s"

@@ -21,6 +21,7 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QObject
 
+from ..core.progress_text import duration
 from ..core.tiling_advice import TilingAdvice, estimate_seconds, ground_text, suggest_tiling, tile_counts
 from .index_options_widget import IndexOptionsWidget
 
@@ -108,7 +109,7 @@ class TilingHint(QObject):
         total = sum(per_scale.values())
         parts = [f"scale {s}: {per_scale[s]:,}" + (f" × {ground_text(grounds[s])}" if s in grounds else "") for s in scales]
         secs = estimate_seconds(total, o.captioner_kind)
-        text = f"≈ {total:,} tiles ({'; '.join(parts)}) · roughly {_duration(secs)} with {o.captioner_kind}"
+        text = f"≈ {total:,} tiles ({'; '.join(parts)}) · roughly {duration(secs, rough=True)} with {o.captioner_kind}"
         adv = self.advice()
         if adv is not None and (adv.tile_size != o.tile_size or adv.scales != scales):
             text += f" · suggested {adv.tile_size} px, scales {adv.scales_text()} ({adv.reason})"
@@ -163,11 +164,3 @@ class TilingHint(QObject):
             "measured captioning rates: spectral ~7 tiles/s on 2 CPU cores, a 7B VLM ~0.25 tiles/s on one GPU")
         return text
 
-
-def _duration(seconds: float) -> str:
-    seconds = max(1, int(round(seconds)))
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{round(seconds / 60)} min"
-    return f"{seconds / 3600:.1f} h"

@@ -65,6 +65,16 @@ def test_captioning_wrapper_adds_rate_and_eta_to_every_count() -> None:
         "captioned 1/500 tiles · 4.0 s/tile · about 33 min 16 s left"
 
 
+def test_duration_is_precise_for_an_eta_and_rough_for_an_estimate() -> None:
+    """One formatter: the ETA of a running job (precise) and the dock's tiling hint (rough, never '0 s')."""
+    from plugin.core.progress_text import duration
+
+    cases = [(0.2, "0 s", "1 s"), (59.4, "59 s", "59 s"), (60, "1 min 00 s", "1 min"), (1996, "33 min 16 s", "33 min"),
+             (3599, "59 min 59 s", "60 min"), (7500, "2 h 05 min", "2.1 h"), (-5, "0 s", "1 s")]
+    for seconds, precise, rough in cases:
+        assert (duration(seconds), duration(seconds, rough=True)) == (precise, rough), seconds
+
+
 def test_phase_messages_are_strings_with_fields() -> None:
     m = starting_workers(3, 2)  # a restarted actor counts twice: never more than n
     assert isinstance(m, str) and m == "starting workers 2/2 ready"

@@ -220,7 +220,7 @@ def test_tiling_is_suggested_from_ground_resolution_with_count_size_and_time(sho
     assert ow.tile_spin.value() == 128 and ow.scales_edit.text() == "1,2"
     text = ow.estimate_label.text()
     # 640 x 640 px: 5 x 5 tiles at scale 1, 3 x 3 at scale 2 (256 px with a shifted edge tile)
-    assert text.startswith("≈ 34 tiles (scale 1: 25 × ") and "scale 2: 9 × " in text and "with spectral" in text
+    assert text.startswith("≈ 34 tiles (scale 1: 25 × ") and "scale 2: 9 × " in text and "roughly 5 s with spectral" in text
     km = [float(v) for v in re.findall(r"× ([0-9.]+) km", text)]
     expected = 128 * 0.0001 * 111320 * math.cos(math.radians(40.768))
     assert km[0] * 1000 == pytest.approx(expected, rel=0.02) and km[1] == pytest.approx(2 * km[0], rel=0.01)
