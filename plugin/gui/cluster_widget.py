@@ -14,7 +14,6 @@ from qgis.PyQt.QtWidgets import (
     QComboBox,
     QFormLayout,
     QGroupBox,
-    QHBoxLayout,
     QHeaderView,
     QLabel,
     QLineEdit,
@@ -23,10 +22,10 @@ from qgis.PyQt.QtWidgets import (
     QTableWidget,
     QTableWidgetItem,
     QToolButton,
-    QVBoxLayout,
 )
 
 from .cluster_settings import RUN_ON, RUN_ON_LABELS, ClusterOptions, store_ray_token
+from .layouts import STRETCH, hbox, vbox
 
 
 class ClusterWidget(QGroupBox):
@@ -70,28 +69,15 @@ class ClusterWidget(QGroupBox):
         self.result_label = QLabel("", self)
         self.result_label.setWordWrap(True)
 
-        token_row = QHBoxLayout()
-        token_row.addWidget(self.token_edit, 1)
-        token_row.addWidget(self.forget_button)
-        map_buttons = QVBoxLayout()
-        map_buttons.addWidget(add)
-        map_buttons.addWidget(remove)
-        map_buttons.addStretch(1)
-        map_row = QHBoxLayout()
-        map_row.addWidget(self.map_table, 1)
-        map_row.addLayout(map_buttons)
         self.form = form = QFormLayout(self)
         form.addRow("Run on", self.run_on)
         form.addRow("Address", self.address_edit)
         form.addRow("Dashboard URL", self.dashboard_edit)
         form.addRow("Shared folder", self.shared_edit)
-        form.addRow("Path map", map_row)
+        form.addRow("Path map", hbox((self.map_table, 1), vbox(add, remove, STRETCH)))
         form.addRow("Max caption workers", self.workers_spin)
-        form.addRow("Ray token", token_row)
-        test_row = QHBoxLayout()
-        test_row.addWidget(self.test_button)
-        test_row.addWidget(self.result_label, 1)
-        form.addRow(test_row)
+        form.addRow("Ray token", hbox((self.token_edit, 1), self.forget_button))
+        form.addRow(hbox(self.test_button, (self.result_label, 1)))
         self.run_on.currentIndexChanged.connect(self._on_kind)
         self.set_options(options)
 

@@ -36,6 +36,7 @@ from qgis.PyQt.QtWidgets import (
 from ..core import engine_env
 from ..qgis_io.engine import SETTINGS_KEY, engine_python
 from ..tasks.engine_setup_task import EngineCheckTask, EngineSetupTask, default_engine_dir
+from .layouts import hbox
 
 FIX_HINT = "Plugins › Semantic Imagery Search › Set up engine…"
 #: What "Set up engine" downloads (pip wheels: torch, sentence-transformers, transformers, hnswlib,
@@ -130,11 +131,7 @@ class EngineDialog(QDialog):
         sl = QVBoxLayout(setup_box)
         sl.addWidget(self.size_label)
         sl.addWidget(self.gpu_label)
-        row = QHBoxLayout()
-        row.addWidget(self.variant_combo, 1)
-        row.addWidget(self.setup_button)
-        row.addWidget(self.cancel_button)
-        sl.addLayout(row)
+        sl.addLayout(hbox((self.variant_combo, 1), self.setup_button, self.cancel_button))
 
         use_box = QGroupBox("Or use an existing Python interpreter", self)
         self.python_edit = QLineEdit(str(QgsSettings().value(SETTINGS_KEY, "") or ""), use_box)

@@ -10,7 +10,6 @@ from qgis.PyQt.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
-    QHBoxLayout,
     QLabel,
     QLineEdit,
     QPushButton,
@@ -19,6 +18,7 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
+from .layouts import hbox
 from .settings import CAPTIONER_KINDS, DEVICES, IndexOptions
 
 _KIND_LABELS = {
@@ -57,11 +57,7 @@ class IndexOptionsWidget(QWidget):
         f_oa.addRow("Model", self.server_model_edit)
         f_oa.addRow("API key", self.auth_select)
         self.connect_spin, self.deadline_spin = _server_time_spins(self)
-        waits = QHBoxLayout()
-        waits.addWidget(self.connect_spin)
-        waits.addWidget(QLabel("tile deadline", self))
-        waits.addWidget(self.deadline_spin)
-        f_oa.addRow("Connect timeout", waits)
+        f_oa.addRow("Connect timeout", hbox(self.connect_spin, QLabel("tile deadline", self), self.deadline_spin))
         self.pages.addWidget(page_oa)
 
         self.variants_spin = QSpinBox(self)
@@ -83,32 +79,20 @@ class IndexOptionsWidget(QWidget):
         self.scales_edit.setToolTip("Extra scales as integer factors, e.g. 1,2 adds tiles twice as large")
         self.device_combo = QComboBox(self)
         self.device_combo.addItems(list(DEVICES))
-        tiles_row = QHBoxLayout()
-        tiles_row.addWidget(self.tile_spin)
-        tiles_row.addWidget(self.overlap_spin)
-        tiles_row.addWidget(self.scales_edit)
-
         form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)
         form.addRow("Captioner", self.kind_combo)
         form.addRow(self.pages)
-        variants_row = QHBoxLayout()
-        variants_row.addWidget(self.variants_spin)
-        variants_row.addWidget(QLabel("batch", self))
-        variants_row.addWidget(self.batch_spin)
-        form.addRow("Caption variants", variants_row)
+        form.addRow("Caption variants", hbox(self.variants_spin, QLabel("batch", self), self.batch_spin))
         form.addRow("Embedder", self.embedder_edit)
-        form.addRow("Tile / overlap / scales", tiles_row)
+        form.addRow("Tile / overlap / scales", hbox(self.tile_spin, self.overlap_spin, self.scales_edit))
         # filled by gui/tiling_hint.py from the checked layers: tile count, ground size per scale, time
         self.estimate_label = QLabel("", self)
         self.estimate_label.setWordWrap(True)
         self.estimate_label.setStyleSheet("color: #444;")
         self.suggest_button = QPushButton("Suggest", self)
         self.suggest_button.setToolTip("Tile size and scales from the checked rasters' ground resolution and the captioner")
-        est_row = QHBoxLayout()
-        est_row.addWidget(self.estimate_label, 1)
-        est_row.addWidget(self.suggest_button)
-        form.addRow("Estimate", est_row)
+        form.addRow("Estimate", hbox((self.estimate_label, 1), self.suggest_button))
         form.addRow("Device", self.device_combo)
         self.kind_combo.setToolTip("What writes the captions: the offline spectral describer, a local vision-language "
                                    "model (transformers) or an OpenAI-compatible server")

@@ -14,7 +14,6 @@ from qgis.PyQt.QtGui import QBrush, QColor, QFont
 from qgis.PyQt.QtWidgets import (
     QFormLayout,
     QGroupBox,
-    QHBoxLayout,
     QLabel,
     QLineEdit,
     QListWidget,
@@ -27,6 +26,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from .index_options_widget import IndexOptionsWidget
+from .layouts import hbox
 from .settings import IndexOptions
 
 KEY_ROLE = Qt.ItemDataRole.UserRole + 1
@@ -79,15 +79,12 @@ class IndexWidget(QWidget):
         band_form.addRow("Band map", self.band_edit)
         opts_box = QGroupBox("Captioning and tiling", self)
         QVBoxLayout(opts_box).addWidget(self.options_widget)
-        buttons = QHBoxLayout()
-        for b in (self.index_button, self.update_button, self.cancel_button, self.clear_button):
-            buttons.addWidget(b)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.layer_list, 1)
         lay.addLayout(band_form)
         lay.addWidget(opts_box)
-        lay.addLayout(buttons)
+        lay.addLayout(hbox(self.index_button, self.update_button, self.cancel_button, self.clear_button))
         lay.addWidget(self.phase_label)
         lay.addWidget(self.progress_bar)
 

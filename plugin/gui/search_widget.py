@@ -12,7 +12,6 @@ from qgis.PyQt.QtCore import QSize, Qt, QTimer, pyqtSignal
 from qgis.PyQt.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
-    QHBoxLayout,
     QHeaderView,
     QLabel,
     QLineEdit,
@@ -23,6 +22,7 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
+from .layouts import hbox
 from .results_model import COL_CAPTION, COL_RANK, COL_RASTER, COL_SCALE, COL_SCORE, COL_THUMB, THUMB_SIZE, ResultsModel
 from .settings import SearchOptions
 
@@ -94,24 +94,12 @@ class SearchWidget(QWidget):
         self.info_label = QLabel("", self)
         self.info_label.setWordWrap(True)
 
-        row1 = QHBoxLayout()
-        row1.addWidget(self.query_edit, 1)
-        row1.addWidget(self.search_button)
-        row2 = QHBoxLayout()
-        row2.addWidget(self.top_spin)
-        row2.addWidget(self.extent_check, 1)
-        row2.addWidget(self.model_label)
-        row3 = QHBoxLayout()
-        row3.addWidget(self.info_label, 1)
-        row3.addWidget(self.zoom_button)
-        row3.addWidget(self.surface_button)
-        row3.addWidget(self.export_button)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
-        lay.addLayout(row1)
-        lay.addLayout(row2)
+        lay.addLayout(hbox((self.query_edit, 1), self.search_button))
+        lay.addLayout(hbox(self.top_spin, (self.extent_check, 1), self.model_label))
         lay.addWidget(self.view, 1)
-        lay.addLayout(row3)
+        lay.addLayout(hbox((self.info_label, 1), self.zoom_button, self.surface_button, self.export_button))
 
         # Enter runs the query; typing optionally runs it after a short pause (debounce).
         self._debounce = QTimer(self)

@@ -7,7 +7,6 @@ from typing import Any, Optional
 
 from qgis.core import (
     QgsProcessing,
-    QgsProcessingAlgorithm,
     QgsProcessingException,
     QgsProcessingOutputNumber,
     QgsProcessingParameterAuthConfig,
@@ -22,7 +21,7 @@ from qgis.core import (
 from ..core.errors import Canceled, EngineError
 from ..core.worker_client import WorkerClient
 from ..qgis_io.layers import raster_source_from_layer
-from .common import api_key, canceled_fn, engine_python, progress_to_feedback
+from .common import SearchAlgorithm, api_key, canceled_fn, engine_python, progress_to_feedback
 
 
 def parse_scales(text: str) -> list[int]:
@@ -76,7 +75,7 @@ def ray_token_env(authcfg: str) -> Optional[dict[str, str]]:
     return dict(os.environ, RAY_AUTH_TOKEN=token, RAY_AUTH_MODE="token")
 
 
-class BuildIndexAlgorithm(QgsProcessingAlgorithm):
+class BuildIndexAlgorithm(SearchAlgorithm):
     LAYERS, CAPTIONER, EMBEDDER, TILE_SIZE, OVERLAP, SCALES = "LAYERS", "CAPTIONER", "EMBEDDER", "TILE_SIZE", "OVERLAP", "SCALES"
     VARIANTS, AUTHCFG, DEVICE, REMOVE_MISSING, OUTPUT = "VARIANTS", "AUTHCFG", "DEVICE", "REMOVE_MISSING", "OUTPUT"
     CONNECT_TIMEOUT, TILE_DEADLINE = "CONNECT_TIMEOUT", "TILE_DEADLINE"
@@ -89,20 +88,11 @@ class BuildIndexAlgorithm(QgsProcessingAlgorithm):
         self._options: dict[str, Any] = {}
         self._env: Optional[dict[str, str]] = None  # the Ray token travels here only
 
-    def createInstance(self) -> BuildIndexAlgorithm:  # noqa: N802 (QGIS API)
-        return BuildIndexAlgorithm()
-
     def name(self) -> str:
         return "build_index"
 
     def displayName(self) -> str:  # noqa: N802
         return "Build or update search index"
-
-    def group(self) -> str:
-        return "Index and search"
-
-    def groupId(self) -> str:  # noqa: N802
-        return "index_search"
 
     def shortHelpString(self) -> str:  # noqa: N802
         return (

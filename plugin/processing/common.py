@@ -1,5 +1,5 @@
-"""What the algorithms share: the warm engine workers, progress from worker events, the engine
-interpreter, API keys. (The provider imports the algorithms; they import this, never the provider.)"""
+"""What the algorithms share: their base class (group, createInstance), the warm engine workers,
+progress from worker events, the engine interpreter, API keys. (The provider imports the algorithms; they import this, never the provider.)"""
 
 from __future__ import annotations
 
@@ -7,11 +7,25 @@ import threading
 import time
 from typing import Callable, Optional
 
-from qgis.core import QgsApplication, QgsAuthMethodConfig, QgsProcessingFeedback
+from qgis.core import QgsApplication, QgsAuthMethodConfig, QgsProcessingAlgorithm, QgsProcessingFeedback
 
 from ..core.progress_text import describe
 from ..core.worker_client import WorkerClient
 from ..qgis_io.engine import engine_python
+
+
+class SearchAlgorithm(QgsProcessingAlgorithm):
+    """The provider's algorithms: one group, and a fresh instance of the same class for each run."""
+
+    def createInstance(self) -> QgsProcessingAlgorithm:  # noqa: N802 (QGIS API)
+        return type(self)()
+
+    def group(self) -> str:
+        return "Index and search"
+
+    def groupId(self) -> str:  # noqa: N802
+        return "index_search"
+
 
 _clients: dict[str, WorkerClient] = {}
 _clients_lock = threading.Lock()

@@ -8,7 +8,6 @@ import tempfile
 from typing import Any
 
 from qgis.core import (
-    QgsProcessingAlgorithm,
     QgsProcessingException,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
@@ -18,28 +17,19 @@ from qgis.core import (
 )
 
 from ..core.errors import Canceled, EngineError
-from .common import canceled_fn, engine_python, progress_to_feedback, shared_client
+from .common import SearchAlgorithm, canceled_fn, engine_python, progress_to_feedback, shared_client
 
 FUSIONS = ("max", "mean", "top2")
 
 
-class ScoreSurfaceAlgorithm(QgsProcessingAlgorithm):
+class ScoreSurfaceAlgorithm(SearchAlgorithm):
     INDEX, QUERY, RASTER, FUSION, CELL, OUTPUT = "INDEX", "QUERY", "RASTER", "FUSION", "CELL", "OUTPUT"
-
-    def createInstance(self) -> ScoreSurfaceAlgorithm:  # noqa: N802 (QGIS API)
-        return ScoreSurfaceAlgorithm()
 
     def name(self) -> str:
         return "score_surface"
 
     def displayName(self) -> str:  # noqa: N802
         return "Score surface for a query"
-
-    def group(self) -> str:
-        return "Index and search"
-
-    def groupId(self) -> str:  # noqa: N802
-        return "index_search"
 
     def shortHelpString(self) -> str:  # noqa: N802
         return ("Writes every tile's score for a text query (the cosine of its best caption variant with the "

@@ -6,7 +6,6 @@ from typing import Any
 
 from qgis.core import (
     QgsFeatureSink,
-    QgsProcessingAlgorithm,
     QgsProcessingException,
     QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
@@ -21,30 +20,21 @@ from ..core.errors import Canceled, EngineError
 from ..core.query import SYNTAX_HELP
 from ..core.types import Hit
 from ..qgis_io.hits_layer import hit_features, hits_crs, hits_fields
-from .common import canceled_fn, engine_python, progress_to_feedback, shared_client
+from .common import SearchAlgorithm, canceled_fn, engine_python, progress_to_feedback, shared_client
 
 FUSIONS = ("max", "mean", "top2")
 RANKERS = ("hybrid", "dense", "lexical")
 
 
-class SearchIndexAlgorithm(QgsProcessingAlgorithm):
+class SearchIndexAlgorithm(SearchAlgorithm):
     INDEX, QUERY, TOP, FUSION, MIN_SCORE, OUTPUT = "INDEX", "QUERY", "TOP", "FUSION", "MIN_SCORE", "OUTPUT"
     RANKER, LIKE = "RANKER", "LIKE"
-
-    def createInstance(self) -> SearchIndexAlgorithm:  # noqa: N802 (QGIS API)
-        return SearchIndexAlgorithm()
 
     def name(self) -> str:
         return "search_index"
 
     def displayName(self) -> str:  # noqa: N802
         return "Search imagery index"
-
-    def group(self) -> str:
-        return "Index and search"
-
-    def groupId(self) -> str:  # noqa: N802
-        return "index_search"
 
     def shortHelpString(self) -> str:  # noqa: N802
         return (

@@ -52,6 +52,10 @@ def test_algorithm_definitions(provider):
     build = registry.algorithmById(f"{PROVIDER_ID}:build_index")
     search = registry.algorithmById(f"{PROVIDER_ID}:search_index")
     assert build.displayName() == "Build or update search index" and search.displayName() == "Search imagery index"
+    for alg in registry.algorithms():
+        if alg.provider() is not None and alg.provider().id() == PROVIDER_ID:  # one base class: one group
+            assert (alg.group(), alg.groupId()) == ("Index and search", "index_search"), alg.id()
+            assert type(alg.createInstance()) is type(alg) and alg.createInstance() is not alg
     names = [p.name() for p in build.parameterDefinitions()]
     for n in ("LAYERS", "CAPTIONER", "EMBEDDER", "TILE_SIZE", "OVERLAP", "SCALES", "OUTPUT"):
         assert n in names
