@@ -8,8 +8,11 @@ no", "free of", ...) comes before it in the same clause, within a few words. A c
 term only when it mentions it and every mention is negated ("no buildings on the beach, buildings
 inland" still shows buildings).
 
-Limit: the term itself must appear. "a beach with no houses" against "-buildings" is similar by
-meaning, not by words, and is still demoted.
+A single-word term also stands for its near-synonyms in remote-sensing captions (NEAR_SYNONYMS, a
+small explicit table: building/house/residential, tree/forest/woodland, car/vehicle, ...), so "a beach
+with no houses" negates "-buildings" too; every mention of any of them must be negated ("no houses,
+only apartment buildings" still shows buildings). Limit: a word outside the table, and phrases
+("parking lot"), must appear as they are; anything else similar by meaning only is still demoted.
 
 `demote` applies it in search(): a variant that scores above the threshold for a negative term but
 negates it does not count, so a tile is demoted only by a variant that shows the thing.
@@ -25,7 +28,7 @@ import numpy as np
 if TYPE_CHECKING:
     from .candidates import Candidates
 
-__all__ = ["NEGATION_CUES", "NEGATION_WINDOW", "NEGATIVE_THRESHOLD", "demote", "fold", "negates"]
+__all__ = ["NEAR_SYNONYMS", "NEGATION_CUES", "NEGATION_WINDOW", "NEGATIVE_THRESHOLD", "demote", "fold", "negates"]
 
 #: A tile whose best variant has at least this cosine with a negative phrase (and does not negate
 #: it) ranks after the others.
@@ -40,6 +43,19 @@ NEGATION_CUES = frozenset(
 NEGATION_WINDOW = 6
 #: Words that end the negated part of a clause ("no trees but buildings", "no trees while buildings ...").
 _BREAKS = frozenset("but while whereas although though except yet and with".split())
+#: Words a caption uses for the same thing (folded singulars), consulted by `negates` only: a caption
+#: denying one of a group denies a negative term naming another. Kept to near-synonyms on purpose (no
+#: "water"/"river", no "field": a guess here would hide tiles that show the thing).
+NEAR_SYNONYMS: tuple[frozenset[str], ...] = tuple(frozenset(g.split()) for g in (
+    "building house residential dwelling",
+    "tree forest woodland grove",
+    "car vehicle automobile",
+    "road street highway",
+    "boat ship vessel",
+    "airplane aircraft plane airliner",
+    "grass grassland lawn meadow",
+))
+_SAME = {w: g for g in NEAR_SYNONYMS for w in g}
 _TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[.,;:!?()]")
 _PUNCT = frozenset(".,;:!?()")
 
@@ -61,15 +77,17 @@ def _tokens(text: str) -> list[str]:
 
 
 def negates(caption: str, term: str) -> bool:
-    """True when `caption` mentions `term` (a word or phrase) and every mention is negated."""
+    """True when `caption` mentions `term` (a word or phrase; a single word or any of its NEAR_SYNONYMS)
+    and every mention is negated."""
     words = [fold(t) for t in _tokens(term) if t not in _PUNCT]
     if not words:
         return False
     toks = _tokens(caption)
     folded = [fold(t) for t in toks]
     n, found = len(words), 0
+    same = _SAME.get(words[0], frozenset(words)) if n == 1 else frozenset()
     for i in range(len(toks) - n + 1):
-        if folded[i : i + n] != words:
+        if folded[i : i + n] != words and folded[i] not in same:
             continue
         found += 1
         if not _negated_before(toks, i):
