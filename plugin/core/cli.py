@@ -3,7 +3,7 @@
 Errors users can fix print one line and exit 1; Ctrl-C cancels cleanly (what was committed stays)
 and exits 130. Progress goes to stderr so `--format json` output can be piped. `index` exits 3 when
 it finished but some tiles (or some of several rasters) failed, in every format, so a script can tell
-"all done" (0) from "done, retry the failures" (3) from "nothing done" (1); argparse's usage errors exit 2.
+"all done" (0) from "done, retry the failures" (3) from "did not finish" (1); argparse's usage errors exit 2.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ EXIT_CANCELED = 130
 
 INDEX_EXIT_STATUS = """exit status:
   0    every planned tile is indexed (captioned, from the cache, or empty and skipped)
-  1    error: nothing was indexed by this run (one line on stderr says why)
+  1    error: the run did not finish (one line on stderr says why); what it committed is kept
   2    usage error (a bad option)
   3    finished, but some tiles or rasters failed: their reasons are in the report
        (FAILED lines, or tiles_failed/failed_tiles/error in --format json); run again to retry them

@@ -56,7 +56,7 @@ def test_corrupt_block_fails_one_tile_and_the_next_run_retries_it(tmp_path: Path
 
 
 def test_index_exit_status_tells_done_from_done_with_failures_from_error(tmp_path: Path, capsys) -> None:
-    """0 all done, 3 finished but a raster (or tiles) failed, 1 nothing done, in table and JSON; --help says so."""
+    """0 all done, 3 finished but a raster (or tiles) failed, 1 error (did not finish), in table and JSON; --help says so."""
     good = rasters.north_up(str(tmp_path), width=64, height=64)
     bad = tmp_path / "notes.tif"
     bad.write_text("this is not a GeoTIFF")
@@ -72,7 +72,7 @@ def test_index_exit_status_tells_done_from_done_with_failures_from_error(tmp_pat
             assert "FAILED  notes.tif: " in out and "north_up: 1 tiles planned, 1 captioned" in out
         assert _run(capsys, *ix, good)[0] == 0  # all done
         rc, out, err = _run(capsys, *ix, str(bad))
-        assert rc == 1 and not out and err.startswith("error: ")  # nothing done: an error, one line
+        assert rc == 1 and not out and err.startswith("error: ")  # an error (no raster opens), one line
     with pytest.raises(SystemExit) as ex:
         main(["index", "--help"])
     assert ex.value.code == 0
