@@ -222,3 +222,40 @@ def test_merged_shards_are_removed_the_rest_is_kept_and_folders_go_last(tmp_path
     assert remove_merged_shards([old, cur], lambda rid: {"t004"}) == (1, size, [cur])
     assert not os.path.exists(cur) and sorted(os.listdir(old)) == ["notes.txt"]  # its manifest went, the file stayed
     assert remove_merged_shards([old, cur], settled) == (0, 0, [])  # nothing more to do, nothing raised
+
+
+def test_index_rasters_calls_the_clean_up_after_a_finished_run_only_and_never_fails_for_it(tmp_path: Path,
+                                                                                          monkeypatch) -> None:
+    """The job's clean-up hook (`remove_merged`, job mode's) runs after the last flush of a run that
+    finished, sees the committed tiles, and its line goes into the report notes; a clean-up that
+    raises is a note, not a failed run; a canceled run never cleans up."""
+    from plugin.core.errors import Canceled
+    from plugin.core.indexing.local import LocalExecutor
+    from plugin.core.pipeline import RasterSource, index_rasters
+    from plugin.core.raster import open_raster
+    from tests.core import rasters
+
+    scene = rasters.north_up(str(tmp_path), width=128, height=128)
+    rid = open_raster(scene).raster_id
+    seen: list[int] = []
+
+    def remove_merged(self, settled):
+        seen.append(len(settled(rid)))  # what the index holds of the raster by now
+        return "removed 2 merged Ray job shard(s) (0.1 MB) from /shared/jobs"
+
+    monkeypatch.setattr(LocalExecutor, "remove_merged", remove_merged, raising=False)
+    idx = str(tmp_path / "idx")
+    rep = index_rasters(idx, [RasterSource(scene)])
+    assert seen == [rep.rasters[0]["tiles_planned"]] and rep.notes[-1].startswith("removed 2 merged Ray job shard(s)")
+
+    def broken(self, settled):
+        raise RuntimeError("disk went away")
+
+    monkeypatch.setattr(LocalExecutor, "remove_merged", broken, raising=False)
+    rep = index_rasters(str(tmp_path / "idx2"), [RasterSource(scene)])
+    assert rep.notes[-1] == "merged Ray job shards were not removed: disk went away"
+    seen.clear()
+    monkeypatch.setattr(LocalExecutor, "remove_merged", remove_merged, raising=False)
+    with pytest.raises(Canceled):
+        index_rasters(str(tmp_path / "idx3"), [RasterSource(scene)], is_canceled=lambda: True)
+    assert seen == []
