@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 
 setup: $(STAMP)
 
-$(STAMP): scripts/setup.sh requirements.txt requirements-dev.txt plugin/core/engine_requirements_cluster.txt
+$(STAMP): scripts/setup.sh requirements.txt requirements-dev.txt plugin/core/env/engine_requirements_cluster.txt
 	bash scripts/setup.sh
 	touch $@
 

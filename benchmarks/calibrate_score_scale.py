@@ -10,7 +10,7 @@ Unrelated pairs: query vs captions of images of other classes.
 Both sides go through the project's embedder (`make_embedder`: query prompt for the query, document
 prompt for the caption), exactly as search does.
 
-Prints percentiles and the thresholds the plugin uses (`plugin/core/score_scale.py`):
+Prints percentiles and the thresholds the plugin uses (`plugin/core/search/score_scale.py`):
   weak   = 95th percentile of unrelated short-query scores (below: indistinguishable from unrelated),
   strong = median of matching short-query scores (above: as good as a typical true match),
   low/high of the colour ramp = median unrelated / 90th percentile matching.
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sets", default="rsitmd,rsicd")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    from plugin.core.embedder import make_embedder
+    from plugin.core.embedding.embedder import make_embedder
 
     emb = make_embedder(args.embedder, device="cpu")
     print(f"embedder {emb.fingerprint}")

@@ -22,7 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHILD = """
 import gc, sys
 sys.path.insert(0, {root!r})
-from plugin.core.searcher import cached_embedder
+from plugin.core.search.searcher import cached_embedder
 cached_embedder(None, "cpu").encode_documents(["warm up"])
 print("ready", flush=True)
 sys.stdin.readline()

@@ -55,7 +55,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--backend", default="auto", choices=("auto", "torch"))
     args = ap.parse_args()
-    from plugin.core.embedder import make_embedder
+    from plugin.core.embedding.embedder import make_embedder
 
     emb = make_embedder(None, device=args.device, batch_size=args.batch, backend=args.backend)
     raw = emb.model  # the same SentenceTransformer: only our wrapper (and its ONNX path) differs
@@ -65,12 +65,12 @@ def main() -> None:
         "ours encode_documents": emb.encode_documents,
     }
     if emb.onnx is not None:
-        from plugin.core.onnx_embedder import OnnxEmbedder
+        from plugin.core.embedding.onnx_embedder import OnnxEmbedder
 
         spin = emb.onnx._spin
         other = OnnxEmbedder(emb.onnx.folder, threads=0, batch_size=args.batch, spin=not spin)
         arms[f"ours, spinning {'off' if spin else 'on'}"] = other.encode_documents
-        from plugin.core.onnx_export import ensure_int8
+        from plugin.core.embedding.onnx_export import ensure_int8
 
         int8 = OnnxEmbedder(emb.onnx.folder, threads=0, batch_size=args.batch, model_file=ensure_int8(emb.onnx.folder))
         arms["ours, int8 graph (SIS_DOCUMENTS_INT8=1)"] = int8.encode_documents

@@ -30,12 +30,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from plugin.core.embedder import make_embedder  # noqa: E402
+from plugin.core.embedding.embedder import make_embedder  # noqa: E402
 from plugin.core.eval.datasets import load_precomp  # noqa: E402
 from plugin.core.eval.metrics import FUSIONS  # noqa: E402
 from plugin.core.eval.report import format_table, write_reports  # noqa: E402
 from plugin.core.eval.runner import VectorCache, run_captions_only  # noqa: E402
-from plugin.core.hybrid import RANKERS  # noqa: E402
+from plugin.core.search.hybrid import RANKERS  # noqa: E402
 
 
 def main() -> int:

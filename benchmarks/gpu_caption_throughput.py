@@ -155,8 +155,8 @@ def end_to_end(cap: Any, raster: str, n_tiles: int, embedder: str, device: str) 
     import torch
 
     from plugin.core.pipeline import RasterSource, index_rasters
-    from plugin.core.raster import open_raster
-    from plugin.core.tiling import TilingParams, iter_tiles, plan_tiles
+    from plugin.core.rasters.raster import open_raster
+    from plugin.core.rasters.tiling import TilingParams, iter_tiles, plan_tiles
 
     info = open_raster(raster)
     grid = max(1, math.ceil(math.sqrt(n_tiles)))
@@ -168,7 +168,7 @@ def end_to_end(cap: Any, raster: str, n_tiles: int, embedder: str, device: str) 
         cap.generate_texts(tiles[i : i + cap.batch_size])
     sync(torch, device)
     t_cap = time.perf_counter() - t0
-    from plugin.core.searcher import cached_embedder
+    from plugin.core.search.searcher import cached_embedder
 
     cached_embedder(embedder, device)  # loaded once per process, as in the plugin's worker: not timed
     with tempfile.TemporaryDirectory() as index_dir, \

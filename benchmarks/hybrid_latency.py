@@ -85,7 +85,7 @@ def build(folder: str, emb, n: int, variants: int, base_txt: list[str], group: i
     group's text k (or the group's only text), and a vector scattered around that text's real
     MiniLM embedding (search_latency.caption_like: cosine ~0.86 to it), not the embedding of itself
     (embedding 1M captions takes an hour on 2 cores and changes nothing in the timing)."""
-    from plugin.core.store import SearchIndex
+    from plugin.core.store.store import SearchIndex
     from plugin.core.types import CaptionVariant, PixelWindow, TileRef
 
     rng = np.random.default_rng(0)
@@ -140,10 +140,10 @@ def main() -> None:
     ap.add_argument("--build-only", action="store_true", help="build the --keep folder and stop (measure later)")
     ap.add_argument("--keep", default=None, help="build into / reuse this folder instead of a temporary one")
     args = ap.parse_args()
-    from plugin.core.embedder import make_embedder
-    from plugin.core.hybrid import LEXICAL_TERM_CAP
-    from plugin.core.lexical import lexical_top, matched_terms, matched_terms_in, query_terms
-    from plugin.core.store import SearchIndex
+    from plugin.core.embedding.embedder import make_embedder
+    from plugin.core.search.hybrid import LEXICAL_TERM_CAP
+    from plugin.core.store.lexical import lexical_top, matched_terms, matched_terms_in, query_terms
+    from plugin.core.store.store import SearchIndex
 
     emb = make_embedder(None)
     print(f"embedder {emb.fingerprint} on {emb.device}; cores {os.cpu_count()}; load average {os.getloadavg()[0]:.1f}")
@@ -191,7 +191,7 @@ def main() -> None:
             t0 = time.perf_counter()
             matched_terms_in({i: h.caption for i, h in enumerate(h_hits)}, terms)
             why_new.append(time.perf_counter() - t0)
-        from plugin.core.lexical import selective_terms
+        from plugin.core.store.lexical import selective_terms
 
         n_terms = n_sel = n_q_sel = 0
         for text in sorted(set(texts)):  # not timed: what the lexical side had to work with

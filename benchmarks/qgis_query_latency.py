@@ -45,11 +45,11 @@ def build(index_dir: str) -> dict:
     import rasterio
     from rasterio.transform import from_origin
 
-    from plugin.core.embedder import make_embedder
+    from plugin.core.embedding.embedder import make_embedder
     from plugin.core.pipeline import index_info
-    from plugin.core.raster import open_raster
-    from plugin.core.store import SearchIndex
-    from plugin.core.tiling import TilingParams, plan_tiles
+    from plugin.core.rasters.raster import open_raster
+    from plugin.core.rasters.tiling import TilingParams, plan_tiles
+    from plugin.core.store.store import SearchIndex
     from plugin.core.types import CaptionVariant
 
     want = N_TILES_SIDE * N_TILES_SIDE * VARIANTS
@@ -104,7 +104,7 @@ def pct(values: list[float], q: float) -> float:
 
 def baseline(index_dir: str, queries: list[str], top: int) -> list[float]:
     """The same queries straight to a warm worker: the engine's share of the latency."""
-    from plugin.core.worker_client import WorkerClient
+    from plugin.core.worker.worker_client import WorkerClient
     from plugin.qgis_io.engine import engine_python
 
     # the same worker environment the dock uses (plugin/gui/session.py): single-threaded torch

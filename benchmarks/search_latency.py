@@ -122,7 +122,7 @@ def rss_mb() -> tuple[float, float]:
 
 
 def bench_ann(args: argparse.Namespace, emb) -> None:
-    from plugin.core import ann as A
+    from plugin.core.store import ann as A
 
     if args.M:
         A.M = args.M
@@ -208,7 +208,7 @@ def bench_ann(args: argparse.Namespace, emb) -> None:
 
 
 def bench_index(args: argparse.Namespace, emb) -> None:
-    from plugin.core.store import SearchIndex
+    from plugin.core.store.store import SearchIndex
     from plugin.core.types import CaptionVariant, PixelWindow, TileRef
 
     rng = np.random.default_rng(1)
@@ -288,11 +288,11 @@ def main() -> None:
     ap.add_argument("--data", choices=("captions", "uniform"), default="captions",
                     help="vectors around real caption embeddings (default) or uniform random (worst case)")
     args = ap.parse_args()
-    from plugin.core.embedder import make_embedder
+    from plugin.core.embedding.embedder import make_embedder
 
     emb = make_embedder(None, device="cpu")
     if emb.onnx is not None:  # queries as the search worker embeds them: ONNX, one thread
-        from plugin.core.onnx_embedder import OnnxEmbedder
+        from plugin.core.embedding.onnx_embedder import OnnxEmbedder
 
         emb.onnx = OnnxEmbedder(emb.onnx.folder, threads=1)
     emb.encode_queries(["warm up"])

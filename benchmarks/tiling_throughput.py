@@ -74,8 +74,8 @@ def child(phase: str, path: str, tile: int) -> dict:
     import rasterio
     from rasterio.windows import Window
 
-    from plugin.core.raster import open_raster
-    from plugin.core.tiling import TilingParams, iter_tiles, plan_tiles
+    from plugin.core.rasters.raster import open_raster
+    from plugin.core.rasters.tiling import TilingParams, iter_tiles, plan_tiles
 
     params = TilingParams(tile_size=tile)
     t0 = time.perf_counter()

@@ -33,8 +33,8 @@ def build_index(folder: Path, n_variants: int) -> str:
     """n_variants real MiniLM caption vectors (5 per tile) written through the store API; the export made once."""
     from embedding_throughput import caption_texts
 
-    from plugin.core.embedder import make_embedder
-    from plugin.core.store import SearchIndex
+    from plugin.core.embedding.embedder import make_embedder
+    from plugin.core.store.store import SearchIndex
     from plugin.core.types import CaptionVariant
     from tests.core.index_helpers import FakeInfo, tile
 
@@ -73,7 +73,7 @@ def _cpu_s(pid: int) -> float:
 
 
 def one_round(idx_dir: str, backend: str, query: str) -> tuple[float, float, float, str, float]:
-    from plugin.core.worker_client import WorkerClient
+    from plugin.core.worker.worker_client import WorkerClient
 
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", SIS_EMBEDDER_BACKEND=backend)
     client = WorkerClient(sys.executable, env=env)

@@ -33,12 +33,12 @@ class SemanticImagerySearchPlugin:
         self.provider: Any = None
 
     def initGui(self) -> None:  # noqa: N802 (QGIS API)
-        from .gui.index_controller import IndexController
+        from .gui.index.index_controller import IndexController
         from .gui.project_watcher import ProjectWatcher
-        from .gui.search_controller import SearchController
+        from .gui.search.search_controller import SearchController
         from .gui.search_dock import SearchDock
         from .gui.session import EngineSession
-        from .gui.settings import load_index_options, load_search_options
+        from .gui.settings.settings import load_index_options, load_search_options
 
         main = self.iface.mainWindow()
         self.action = QAction(QIcon(ICON), "Semantic Imagery Search", main)
@@ -64,8 +64,8 @@ class SemanticImagerySearchPlugin:
         self.initProcessing()
 
     def _init_engine_ui(self) -> None:
-        """"Set up engine…" / "Check engine" menu actions and the dock banner (gui/engine_dialog.py)."""
-        from .gui.engine_dialog import EngineBanner, quick_engine_problem
+        """"Set up engine…" / "Check engine" menu actions and the dock banner (gui/settings/engine_dialog.py)."""
+        from .gui.settings.engine_dialog import EngineBanner, quick_engine_problem
 
         main = self.iface.mainWindow()
         self.engine_dialog: Any = None
@@ -95,7 +95,7 @@ class SemanticImagerySearchPlugin:
         self._set_engine_problem(self.engine_banner.problem)
 
     def show_engine_dialog(self) -> Any:
-        from .gui.engine_dialog import EngineDialog
+        from .gui.settings.engine_dialog import EngineDialog
 
         if self.engine_dialog is None:
             self.engine_dialog = EngineDialog(self.iface.mainWindow())
@@ -139,7 +139,7 @@ class SemanticImagerySearchPlugin:
             self.dock.raise_()
 
     def show_settings(self) -> None:
-        from .gui.settings_dialog import SettingsDialog
+        from .gui.settings.settings_dialog import SettingsDialog
 
         dlg = SettingsDialog(self.dock)
         if dlg.exec_() and dlg.authcfg:

@@ -40,7 +40,7 @@ def render_png(vrt: str, results: dict[str, list], out_png: Path, per_query: int
     import rasterio
     from PIL import Image, ImageDraw, ImageFont
 
-    from plugin.core.raster import open_raster
+    from plugin.core.rasters.raster import open_raster
 
     info = open_raster(vrt)
     with rasterio.open(vrt) as ds:
@@ -84,9 +84,9 @@ def main() -> int:
     args = ap.parse_args()
 
     from plugin.core.pipeline import RasterSource, index_rasters
-    from plugin.core.raster import sentinel2_vrt
-    from plugin.core.searcher import Searcher
-    from plugin.core.tiling import TilingParams
+    from plugin.core.rasters.raster import sentinel2_vrt
+    from plugin.core.rasters.tiling import TilingParams
+    from plugin.core.search.searcher import Searcher
     from plugin.core.types import BandMap
 
     out = Path(args.out).resolve()

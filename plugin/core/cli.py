@@ -60,9 +60,9 @@ class _Bar:
 def cmd_index(args: argparse.Namespace) -> int:
     from .indexing.commit import failure_line
     from .pipeline import index_rasters
-    from .raster_folders import expand_sources, remove_written
+    from .rasters.raster_folders import expand_sources, remove_written
+    from .rasters.tiling import TilingParams
     from .report_lines import raster_notes
-    from .tiling import TilingParams
 
     tiling = TilingParams(
         tile_size=args.tile_size, tile_size_units=args.tile_size_units, overlap=args.overlap,
@@ -167,7 +167,7 @@ def _hits_geojson(hits: list[Any]) -> dict[str, Any]:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from .searcher import Searcher
+    from .search.searcher import Searcher
 
     if bool(args.query) == bool(args.like):
         raise EngineError("search needs a query or --like RASTER:COL,ROW[,SCALE], not both")
@@ -205,7 +205,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     except EngineError as exc:
         if not args.check:
             raise
-        from .store_check import check_index
+        from .store.store_check import check_index
 
         # Too damaged to describe: the check still says what it can (and names repair).
         info = {"exists": True, "rasters": [], "notes": [str(exc)], "check": check_index(args.index)}
@@ -356,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     pa.set_defaults(func=cmd_repair)
 
     from .eval.cli import add_eval_parser
-    from .worker import add_worker_parser
+    from .worker.worker import add_worker_parser
 
     add_eval_parser(sub)
     add_worker_parser(sub)

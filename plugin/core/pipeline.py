@@ -14,7 +14,7 @@ from .indexing import (
     remove_rasters,
     repair_index_dir,
 )
-from .searcher import Searcher
+from .search.searcher import Searcher
 from .types import RasterSource
 
 __all__ = ["IndexReport", "RasterSource", "Searcher", "index_info", "index_rasters", "preview_index", "prune_index_dir",

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from qgis.PyQt.QtCore import QObject
 
-from .index_controller import IndexController
+from .index.index_controller import IndexController
 from .messages import report_exception
-from .search_controller import SearchController
+from .search.search_controller import SearchController
 from .session import EngineSession
 
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 from qgis.gui import QgsDockWidget
 from qgis.PyQt.QtWidgets import QHBoxLayout, QLabel, QTabWidget, QToolButton, QVBoxLayout, QWidget
 
-from .index_widget import IndexWidget
-from .search_widget import SearchWidget
-from .settings import IndexOptions, SearchOptions
+from .index.index_widget import IndexWidget
+from .search.search_widget import SearchWidget
+from .settings.settings import IndexOptions, SearchOptions
 
 OBJECT_NAME = "SemanticImagerySearchDock"
 

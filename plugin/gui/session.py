@@ -60,7 +60,7 @@ class WorkerQueue(QObject):
     @property
     def client(self) -> Any:
         if self._client is None:
-            from ..core.worker_client import WorkerClient
+            from ..core.worker.worker_client import WorkerClient
 
             env = dict(os.environ)
             env.setdefault("TOKENIZERS_PARALLELISM", "false")

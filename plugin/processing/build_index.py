@@ -19,7 +19,7 @@ from qgis.core import (
 )
 
 from ..core.errors import Canceled, EngineError
-from ..core.worker_client import WorkerClient
+from ..core.worker.worker_client import WorkerClient
 from ..qgis_io.layers import raster_source_from_layer
 from .common import SearchAlgorithm, api_key, canceled_fn, engine_python, progress_to_feedback
 

@@ -10,7 +10,7 @@ from typing import Callable, Optional
 from qgis.core import QgsApplication, QgsAuthMethodConfig, QgsProcessingAlgorithm, QgsProcessingFeedback
 
 from ..core.progress_text import describe
-from ..core.worker_client import WorkerClient
+from ..core.worker.worker_client import WorkerClient
 from ..qgis_io.engine import engine_python
 
 

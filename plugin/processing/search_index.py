@@ -17,7 +17,7 @@ from qgis.core import (
 )
 
 from ..core.errors import Canceled, EngineError
-from ..core.query import SYNTAX_HELP
+from ..core.search.query import SYNTAX_HELP
 from ..core.types import Hit
 from ..qgis_io.hits_layer import hit_features, hits_crs, hits_fields
 from .common import SearchAlgorithm, canceled_fn, engine_python, progress_to_feedback, shared_client

@@ -35,7 +35,7 @@ from qgis.PyQt.QtCore import QVariant
 from qgis.PyQt.QtGui import QColor, QFont
 
 from ..core.errors import EngineError
-from ..core.score_scale import ScoreScale, match_strength, scale_for
+from ..core.search.score_scale import ScoreScale, match_strength, scale_for
 from ..core.types import Hit
 
 FIELDS = (

@@ -22,7 +22,7 @@ from qgis.core import (
 )
 
 from ..core.errors import EngineError, RasterError
-from ..core.rasterpath import is_remote
+from ..core.rasters.rasterpath import is_remote
 from ..core.types import BandMap, RasterSource
 
 _NIR_NAME = re.compile(r"\bnir\b|near[ _-]?infra|\bB0?8\b|\bband[ _]?8\b", re.IGNORECASE)

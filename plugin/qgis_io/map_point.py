@@ -1,6 +1,6 @@
 """A point on the map -> the search-by-example spec of the raster pixel under it ("RASTER:COL,ROW").
 
-The engine names a tile by a full-resolution pixel of an indexed raster (core/similar.py); here a
+The engine names a tile by a full-resolution pixel of an indexed raster (core/search/similar.py); here a
 canvas click becomes that pixel: the top-most visible raster layer whose extent holds the point,
 the point taken into the layer's CRS, then into its pixel grid (north-up rasters).
 """

@@ -13,7 +13,7 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QColor
 
-from ..core.score_scale import CLASS_COLORS, ScoreScale, scale_for
+from ..core.search.score_scale import CLASS_COLORS, ScoreScale, scale_for
 
 
 def surface_layer(path: str, name: str, scale: Optional[ScoreScale] = None) -> QgsRasterLayer:

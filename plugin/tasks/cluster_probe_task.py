@@ -12,7 +12,7 @@ from typing import Any, Optional
 from qgis.core import QgsTask
 from qgis.PyQt.QtCore import pyqtSignal
 
-from ..core.worker_client import WorkerClient
+from ..core.worker.worker_client import WorkerClient
 
 
 class ClusterProbeTask(QgsTask):

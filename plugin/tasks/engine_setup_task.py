@@ -15,7 +15,7 @@ from typing import Any, Optional
 from qgis.core import QgsApplication, QgsSettings, QgsTask
 from qgis.PyQt.QtCore import pyqtSignal
 
-from ..core import engine_env
+from ..core.env import engine_env
 from ..core.errors import Canceled
 from ..qgis_io.engine import SETTINGS_KEY
 

@@ -16,7 +16,7 @@ from qgis.PyQt.QtCore import pyqtSignal
 
 from ..core.errors import Canceled
 from ..core.types import RasterSource
-from ..core.worker_client import WorkerClient, WorkerError
+from ..core.worker.worker_client import WorkerClient, WorkerError
 
 #: Keywords of index_rasters that the task passes through.
 OPTION_KEYS = ("captioner", "embedder", "tiling", "captioner_options", "device", "remove_missing",
@@ -33,7 +33,7 @@ class IndexTask(QgsTask):
     (core/indexing/progress.py), the same for every executor. A canceled job ends as a completed
     task with {"canceled": True}: QGIS must not call a cancel a failure.
 
-    `env`: the worker's environment (a Ray token travels only there, see gui/cluster_settings.py).
+    `env`: the worker's environment (a Ray token travels only there, see gui/settings/cluster_settings.py).
     """
 
     index_finished = pyqtSignal(dict)

@@ -11,7 +11,7 @@ from typing import Any
 from qgis.core import QgsTask
 from qgis.PyQt.QtCore import pyqtSignal
 
-from ..core.worker_client import WorkerClient
+from ..core.worker.worker_client import WorkerClient
 
 SEARCH_KEYS = ("top", "fusion", "rasters", "bbox", "bbox_crs", "min_score", "suppress_overlaps", "embedder", "device",
                "ranker", "like")

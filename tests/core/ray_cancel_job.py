@@ -14,7 +14,7 @@ import threading
 
 from plugin.core.errors import Canceled
 from plugin.core.pipeline import RasterSource, index_rasters
-from plugin.core.tiling import TilingParams
+from plugin.core.rasters.tiling import TilingParams
 from tests.core.ray_cluster import pids_under as _pids_under
 
 

@@ -54,9 +54,9 @@ def main(argv: list[str]) -> int:
     idx, tmp, raster = argv
     import ray
 
-    from plugin.core.indexing import ray_exec, ray_vllm
+    from plugin.core.indexing.cluster import ray_exec, ray_vllm
     from plugin.core.pipeline import RasterSource, index_rasters
-    from plugin.core.tiling import TilingParams
+    from plugin.core.rasters.tiling import TilingParams
 
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False, _temp_dir=tmp,

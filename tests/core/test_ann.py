@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from plugin.core import ann
-from plugin.core.store import SearchIndex
+from plugin.core.store import ann
+from plugin.core.store.store import SearchIndex
 from tests.core.index_helpers import DIM, FakeInfo, grid_items
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,7 +124,7 @@ WRITER = r"""
 import sys, time
 import numpy as np
 sys.path.insert(0, {root!r})
-from plugin.core.store import SearchIndex
+from plugin.core.store.store import SearchIndex
 from tests.core.index_helpers import DIM, FakeInfo, grid_items
 folder, mode = sys.argv[1], sys.argv[2]
 A = FakeInfo("/data/a.tif", "ra", "a")

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from plugin.core.captioners import make_captioner
-from plugin.core.raster import open_raster, sentinel2_vrt
-from plugin.core.tiling import TilingParams, plan_tiles, read_tile
+from plugin.core.rasters.raster import open_raster, sentinel2_vrt
+from plugin.core.rasters.tiling import TilingParams, plan_tiles, read_tile
 from plugin.core.types import BandMap
 
 PLACES = {

@@ -10,7 +10,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from plugin.core.cluster_probe import probe_jobs, probe_ray
+from plugin.core.env.cluster_probe import probe_jobs, probe_ray
 from plugin.core.errors import EngineError
 
 TOKEN = "tok-" + "a1b2" * 8

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from plugin.core.embedder import _folder_digest, default_embedder_path, make_embedder, resolve_device
+from plugin.core.embedding.embedder import _folder_digest, default_embedder_path, make_embedder, resolve_device
 from plugin.core.errors import ModelUnavailableError
-from plugin.core.store import SearchIndex
+from plugin.core.store.store import SearchIndex
 from plugin.core.types import CaptionVariant
 from tests.core.index_helpers import FakeInfo, tile
 
@@ -63,7 +63,7 @@ def test_default_model_encodes_normalised_and_matches_raw_encode(minilm) -> None
 def test_fingerprint_is_stable_relocatable_and_specific(minilm, tmp_path: Path) -> None:
     fp = minilm.fingerprint
     assert "/" + "work" not in fp and default_embedder_path() not in fp and "all-MiniLM-L6-v2" in fp and "dim=384" in fp
-    code = "from plugin.core.embedder import make_embedder; print(make_embedder(device='cpu').fingerprint)"
+    code = "from plugin.core.embedding.embedder import make_embedder; print(make_embedder(device='cpu').fingerprint)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert out.stdout.strip().splitlines()[-1] == fp, out.stderr

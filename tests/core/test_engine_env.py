@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from plugin.core import engine_env as ee
+from plugin.core.env import engine_env as ee
 from plugin.core.errors import Canceled, EngineError
 
 PY = "/env/bin/python"

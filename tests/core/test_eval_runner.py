@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from plugin.core.embedder import make_embedder
+from plugin.core.embedding.embedder import make_embedder
 from plugin.core.eval.captioning import (
     caption_dataset,
     image_tile,

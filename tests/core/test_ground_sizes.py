@@ -9,9 +9,9 @@ import pytest
 from rasterio.transform import from_origin
 
 from plugin.core.captioners import make_captioner
-from plugin.core.geodesy import ellipsoid_distance_m, window_ground_size_m
-from plugin.core.raster import open_raster
-from plugin.core.tiling import TilingParams, iter_tiles
+from plugin.core.rasters.geodesy import ellipsoid_distance_m, window_ground_size_m
+from plugin.core.rasters.raster import open_raster
+from plugin.core.rasters.tiling import TilingParams, iter_tiles
 from tests.core import rasters
 
 
@@ -62,7 +62,7 @@ def test_projected_metres_and_feet_and_no_crs(tmp_path) -> None:
 def test_tile_pixel_sizes_come_one_proj_call_per_row_with_the_per_window_numbers(tmp_path, monkeypatch) -> None:
     import rasterio.warp
 
-    from plugin.core.geodesy import window_pixel_m
+    from plugin.core.rasters.geodesy import window_pixel_m
 
     info = open_raster(rasters.geographic(str(tmp_path)))  # 0.0001 deg pixels: sizes change with latitude
     params = TilingParams(tile_size=40, scales=(1, 2))

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from plugin.core.errors import QueryError
-from plugin.core.hybrid import bm25_matrix, ranker_scores
-from plugin.core.query import parse_query
-from plugin.core.search import NEGATIVE_THRESHOLD
-from plugin.core.searcher import Searcher, cached_embedder
-from plugin.core.store import SearchIndex
+from plugin.core.search.hybrid import bm25_matrix, ranker_scores
+from plugin.core.search.query import parse_query
+from plugin.core.search.search import NEGATIVE_THRESHOLD
+from plugin.core.search.searcher import Searcher, cached_embedder
+from plugin.core.store.store import SearchIndex
 from plugin.core.types import CaptionVariant
 from tests.core.index_helpers import FakeInfo, tile
 

@@ -83,7 +83,7 @@ def test_phase_messages_are_strings_with_fields() -> None:
 
 
 def test_worker_sends_phase_fields_beside_the_message() -> None:
-    from plugin.core.worker import Job
+    from plugin.core.worker.worker import Job
 
     out = io.StringIO()
     job = Job("7", "index", {}, lambda msg: out.write(json.dumps(msg) + "\n"))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from plugin.core.lexical import (
+from plugin.core.store.lexical import (
     LEXICAL_TABLE,
     lexical_top,
     matched_terms,
@@ -20,7 +20,7 @@ from plugin.core.lexical import (
     query_terms,
     selective_terms,
 )
-from plugin.core.store import SearchIndex
+from plugin.core.store.store import SearchIndex
 from plugin.core.types import CaptionVariant
 from tests.core.index_helpers import DIM, FakeInfo, tile, unit
 
@@ -121,7 +121,7 @@ WRITER = """
 import sys, time
 sys.path.insert(0, {root!r})
 import numpy as np
-from plugin.core.store import SearchIndex
+from plugin.core.store.store import SearchIndex
 from tests.core.test_lexical import A, _items
 rng = np.random.default_rng(1)
 idx = SearchIndex.open(sys.argv[1], create=True, embedder_fingerprint="e", dim=16)

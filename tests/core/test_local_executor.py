@@ -13,9 +13,9 @@ from rasters import uint16
 
 from plugin.core.captioners import make_captioner
 from plugin.core.indexing.local import LocalExecutor, _background, overlaps_captioning
-from plugin.core.raster import open_raster
-from plugin.core.searcher import cached_embedder
-from plugin.core.tiling import TilingParams, plan_tiles
+from plugin.core.rasters.raster import open_raster
+from plugin.core.rasters.tiling import TilingParams, plan_tiles
+from plugin.core.search.searcher import cached_embedder
 
 PARAMS = TilingParams(tile_size=64)
 

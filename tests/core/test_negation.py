@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from plugin.core.negation import NEGATIVE_THRESHOLD, fold, negates
-from plugin.core.searcher import Searcher, cached_embedder
-from plugin.core.store import SearchIndex
+from plugin.core.search.negation import NEGATIVE_THRESHOLD, fold, negates
+from plugin.core.search.searcher import Searcher, cached_embedder
+from plugin.core.store.store import SearchIndex
 from plugin.core.types import CaptionVariant
 from tests.core.index_helpers import FakeInfo, tile
 
@@ -56,7 +56,7 @@ def test_captions_that_show_the_term(caption: str, term: str) -> None:
 
 
 def test_near_synonym_table_is_folded_and_disjoint() -> None:
-    from plugin.core.negation import NEAR_SYNONYMS
+    from plugin.core.search.negation import NEAR_SYNONYMS
 
     words = [w for g in NEAR_SYNONYMS for w in g]
     assert len(words) == len(set(words)) and all(fold(w) == w for w in words)

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from plugin.core.embedder import default_embedder_path, make_embedder, model_identity
-from plugin.core.onnx_embedder import MIN_COSINE, OnnxEmbedder, backend_choice, export_dir, query_embedder
-from plugin.core.onnx_export import ensure_export
-from plugin.core.store import SearchIndex
+from plugin.core.embedding.embedder import default_embedder_path, make_embedder, model_identity
+from plugin.core.embedding.onnx_embedder import MIN_COSINE, OnnxEmbedder, backend_choice, export_dir, query_embedder
+from plugin.core.embedding.onnx_export import ensure_export
+from plugin.core.store.store import SearchIndex
 from plugin.core.types import CaptionVariant
 from tests.core.index_helpers import FakeInfo, tile
 
@@ -126,7 +126,7 @@ def test_numpy_pooling_equals_sentence_transformers_pooling(modes) -> None:
     import torch
     from sentence_transformers.sentence_transformer.modules import Pooling
 
-    from plugin.core.onnx_embedder import _pool
+    from plugin.core.embedding.onnx_embedder import _pool
 
     rng = np.random.default_rng(0)
     hidden = rng.normal(size=(3, 7, 8)).astype(np.float32)
@@ -138,14 +138,14 @@ def test_numpy_pooling_equals_sentence_transformers_pooling(modes) -> None:
 
 def test_unsupported_model_falls_back_to_torch_with_a_logged_reason(tmp_path: Path, caplog) -> None:
     spec = _tiny_st(tmp_path / "d", {}, dense=True)
-    with caplog.at_level(logging.WARNING, logger="plugin.core.onnx_export"):
+    with caplog.at_level(logging.WARNING, logger="plugin.core.embedding.onnx_export"):
         emb = make_embedder(spec, device="cpu")
     assert emb.onnx is None and emb.dim == 16
     assert any("no ONNX export" in r.getMessage() and "Dense" in r.getMessage() for r in caplog.records)
     assert not os.path.exists(export_dir(emb.fingerprint))
     # The search side: no export -> None (the Searcher then uses torch), reason logged.
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="plugin.core.onnx_embedder"):
+    with caplog.at_level(logging.WARNING, logger="plugin.core.embedding.onnx_embedder"):
         assert query_embedder(model_identity(spec), emb.fingerprint) is None
     assert any("no ONNX export" in r.getMessage() for r in caplog.records)
     assert emb.encode_queries(["a beach"]).shape == (1, 16)
@@ -163,7 +163,7 @@ def test_broken_or_foreign_exports_are_not_used(tmp_path: Path, caplog, monkeypa
     monkeypatch.delenv("SIS_EMBEDDER_BACKEND")
     onnx_file = Path(export_dir(emb.fingerprint)) / "model.onnx"
     onnx_file.write_bytes(onnx_file.read_bytes()[:1000])
-    with caplog.at_level(logging.WARNING, logger="plugin.core.onnx_embedder"):
+    with caplog.at_level(logging.WARNING, logger="plugin.core.embedding.onnx_embedder"):
         assert query_embedder(model_identity(spec), emb.fingerprint) is None
     assert any("does not load" in r.getMessage() for r in caplog.records)
     with pytest.raises(Exception, match="backend"):
@@ -172,7 +172,7 @@ def test_broken_or_foreign_exports_are_not_used(tmp_path: Path, caplog, monkeypa
 
 SEARCH_IN_FRESH_PROCESS = r"""
 import io, json, sys
-from plugin.core.worker import Worker
+from plugin.core.worker.worker import Worker
 out = io.StringIO()
 req = {"id": "1", "cmd": "search", "args": {"index_dir": sys.argv[1], "query": "sandy beach by the sea", "top": 2}}
 Worker(out).serve(io.StringIO(json.dumps(req) + "\n"))

@@ -17,8 +17,8 @@ from rasterio.transform import from_origin
 
 from plugin.core.errors import EngineError, IndexStoreError, QueryError
 from plugin.core.pipeline import RasterSource, index_info, index_rasters, remove_rasters
-from plugin.core.searcher import Searcher
-from plugin.core.tiling import TilingParams
+from plugin.core.rasters.tiling import TilingParams
+from plugin.core.search.searcher import Searcher
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = TilingParams(tile_size=64)
@@ -194,7 +194,7 @@ def test_warm_searcher_sees_later_commits_and_removals(tmp_path: Path, scenes: l
 def test_slow_hnsw_rewrites_are_spaced_out(tmp_path: Path, scenes: list[str], monkeypatch) -> None:
     """Rewriting the hnsw file may not eat the job: its interval grows with what a rewrite costs."""
     import plugin.core.indexing.commit as pipeline
-    from plugin.core.store import SearchIndex
+    from plugin.core.store.store import SearchIndex
 
     calls: list[float] = []
     real_flush = SearchIndex.flush

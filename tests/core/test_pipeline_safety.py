@@ -21,11 +21,11 @@ import pytest
 import rasterio
 from rasterio.transform import from_origin
 
-from plugin.core import tiling
 from plugin.core.errors import CaptionFallbackError, PlanTooLargeError
 from plugin.core.pipeline import RasterSource, index_info, index_rasters, preview_index
-from plugin.core.searcher import Searcher
-from plugin.core.tiling import TilingParams
+from plugin.core.rasters import tiling
+from plugin.core.rasters.tiling import TilingParams
+from plugin.core.search.searcher import Searcher
 from tests.core.test_pipeline import FAST, write_scene
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import rasterio
 
-from plugin.core import raster_io
 from plugin.core.errors import EngineError, RasterError
-from plugin.core.raster import RasterInfo, build_band_vrt, open_raster, sentinel2_vrt
+from plugin.core.rasters import raster_io
+from plugin.core.rasters.raster import RasterInfo, build_band_vrt, open_raster, sentinel2_vrt
 from plugin.core.types import BandMap
 from tests.core import rasters
 

@@ -10,8 +10,8 @@ import pytest
 
 from plugin.core.cli import main
 from plugin.core.errors import RasterError
-from plugin.core.raster import open_raster
-from plugin.core.raster_folders import expand_sources, scan_folder
+from plugin.core.rasters.raster import open_raster
+from plugin.core.rasters.raster_folders import expand_sources, scan_folder
 from plugin.core.types import BandMap
 from tests.core import rasters
 

@@ -25,8 +25,8 @@ import pytest
 pytest.importorskip("ray.data", reason="ray[data] is not installed (the engine's 'cluster' extra)")
 
 from plugin.core.pipeline import RasterSource, index_info, index_rasters  # noqa: E402
-from plugin.core.store import SearchIndex  # noqa: E402
-from plugin.core.tiling import TilingParams  # noqa: E402
+from plugin.core.rasters.tiling import TilingParams  # noqa: E402
+from plugin.core.store.store import SearchIndex  # noqa: E402
 from tests.core.range_server import RangeServer  # noqa: E402
 from tests.core.rasters import holed  # noqa: E402
 from tests.core.ray_cluster import (  # noqa: E402
@@ -82,7 +82,7 @@ def _rows(index_dir: str) -> dict[str, tuple[list[str], np.ndarray]]:
 
 def _counts(index_dir: str) -> tuple[int, int]:
     """(tiles, caption variants) committed, read with plain SQLite (never blocks or waits on the writer)."""
-    from plugin.core.store_schema import DB_FILE
+    from plugin.core.store.store_schema import DB_FILE
 
     conn = sqlite3.connect(f"file:{os.path.join(index_dir, DB_FILE)}?mode=ro", uri=True, timeout=5)
     try:
@@ -204,7 +204,7 @@ def test_worker_phases_in_order_and_path_map_reads_the_cluster_path(cluster, tmp
     ready, then captioned x/N with rate and ETA, in that order with sane numbers; the path map
     sends the cluster a URL for the local folder (the loopback Range server), while the index keeps
     the local path."""
-    from plugin.core.worker_client import WorkerClient
+    from plugin.core.worker.worker_client import WorkerClient
 
     (tmp_path / "local").mkdir()
     scene = write_scene(tmp_path / "local" / "a.tif", seed=3)
@@ -246,7 +246,7 @@ def test_cluster_check_reports_versions_resources_and_auth(cluster) -> None:
     token, versions, nodes, CPUs and auth; without it, one line saying the cluster refused."""
     import ray
 
-    from plugin.core.worker_client import WorkerClient
+    from plugin.core.worker.worker_client import WorkerClient
 
     client = WorkerClient(sys.executable, env=_driver_env(cluster))
     try:

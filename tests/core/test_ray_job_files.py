@@ -17,8 +17,8 @@ import pytest
 pytest.importorskip("pyarrow", reason="job mode reads Parquet shards with pyarrow")
 
 from plugin.core.errors import EngineError  # noqa: E402
-from plugin.core.indexing.ray_job_api import JobsApi, check_dashboard, package_zip  # noqa: E402
-from plugin.core.indexing.ray_job_shards import (  # noqa: E402
+from plugin.core.indexing.cluster.ray_job_api import JobsApi, check_dashboard, package_zip  # noqa: E402
+from plugin.core.indexing.cluster.ray_job_shards import (  # noqa: E402
     drop_failed_shards,
     import_pyarrow,
     list_shards,
@@ -232,7 +232,7 @@ def test_index_rasters_calls_the_clean_up_after_a_finished_run_only_and_never_fa
     from plugin.core.errors import Canceled
     from plugin.core.indexing.local import LocalExecutor
     from plugin.core.pipeline import RasterSource, index_rasters
-    from plugin.core.raster import open_raster
+    from plugin.core.rasters.raster import open_raster
     from tests.core import rasters
 
     scene = rasters.north_up(str(tmp_path), width=128, height=128)

@@ -12,11 +12,11 @@ import pytest
 from rasters import holed
 
 from plugin.core.captioners import make_captioner
+from plugin.core.indexing.cluster.ray_stages import CaptionStage, EmbedStage, chunk_rows, decode_results, read_tiles
 from plugin.core.indexing.local import LocalExecutor
-from plugin.core.indexing.ray_stages import CaptionStage, EmbedStage, chunk_rows, decode_results, read_tiles
-from plugin.core.raster import open_raster
-from plugin.core.searcher import cached_embedder
-from plugin.core.tiling import TilingParams, plan_tiles
+from plugin.core.rasters.raster import open_raster
+from plugin.core.rasters.tiling import TilingParams, plan_tiles
+from plugin.core.search.searcher import cached_embedder
 from tests.core.ray_cluster import as_numpy_batch as _as_numpy  # noqa: E402
 
 PARAMS = TilingParams(tile_size=128)  # 16 tiles: 4 empty (nodata), 1 unreadable, 11 captioned

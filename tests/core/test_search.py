@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from plugin.core.errors import QueryError
-from plugin.core.search import fuse, window_overlap
-from plugin.core.store import SearchIndex
+from plugin.core.search.search import fuse, window_overlap
+from plugin.core.store.store import SearchIndex
 from plugin.core.types import PixelWindow
 from tests.core.index_helpers import DIM, FakeInfo, tile, unit, variants
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from plugin.core import engine_env
 from plugin.core.captioners import make_captioner
+from plugin.core.env import engine_env
 from plugin.core.errors import EngineError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,7 +20,7 @@ def _floor(spec_text: str, name: str) -> tuple[int, ...]:
     return tuple(int(p) for p in m.group(1).split("."))
 
 
-@pytest.mark.parametrize("path", ["plugin/core/engine_requirements.txt", "requirements.txt"])
+@pytest.mark.parametrize("path", ["plugin/core/env/engine_requirements.txt", "requirements.txt"])
 def test_requirement_floors_refuse_unsafe_deserialisation(path: str) -> None:
     text = (ROOT / path).read_text()
     assert _floor(text, "transformers") >= (4, 52)  # refuses torch.load of .bin on torch < 2.6

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from plugin.core.errors import EngineError, IndexStoreError
-from plugin.core.store import SearchIndex
+from plugin.core.store.store import SearchIndex
 from tests.core.index_helpers import DIM, FakeInfo, grid_items, unit, variants
 
 A = FakeInfo("/data/a.tif", "ra", "a")

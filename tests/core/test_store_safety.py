@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from plugin.core import ann, ann_files, index_lock
 from plugin.core.errors import DiskFullError, IndexBusyError, IndexStoreError
-from plugin.core.store import SearchIndex
-from plugin.core.store_check import check_index, prune_index
+from plugin.core.store import ann, ann_files, index_lock
+from plugin.core.store.store import SearchIndex
+from plugin.core.store.store_check import check_index, prune_index
 from tests.core.index_helpers import DIM, FakeInfo, grid_items, tile, unit, variants
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,7 +71,7 @@ def test_other_tiling_keeps_captions_as_cache_until_pruned(tmp_path: Path) -> No
 HOLDER = r"""
 import sys, time
 sys.path.insert(0, {root!r})
-from plugin.core.store import SearchIndex
+from plugin.core.store.store import SearchIndex
 idx = SearchIndex.open(sys.argv[1], create=True, embedder_fingerprint="e", dim=16, job="index big.tif --tile-size 128")
 print("locked", flush=True)
 time.sleep(float(sys.argv[2]))

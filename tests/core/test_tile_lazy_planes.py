@@ -7,8 +7,8 @@ import pytest
 import rasterio
 from rasterio.windows import Window
 
-from plugin.core.raster import open_raster
-from plugin.core.tiling import TilingParams, iter_tiles
+from plugin.core.rasters.raster import open_raster
+from plugin.core.rasters.tiling import TilingParams, iter_tiles
 from plugin.core.types import TileImage
 from tests.core import rasters
 

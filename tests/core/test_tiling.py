@@ -13,8 +13,8 @@ from rasterio.windows import Window
 
 from plugin.core.captioners.base import tile_image
 from plugin.core.errors import Canceled, EngineError, RasterError, TilingError
-from plugin.core.raster import RasterInfo, open_raster, sentinel2_vrt
-from plugin.core.tiling import MAX_OUT_SIZE, TilingParams, footprint, iter_tiles, plan_tiles, read_tile, tile_id
+from plugin.core.rasters.raster import RasterInfo, open_raster, sentinel2_vrt
+from plugin.core.rasters.tiling import MAX_OUT_SIZE, TilingParams, footprint, iter_tiles, plan_tiles, read_tile, tile_id
 from plugin.core.types import BandMap, PixelWindow
 from tests.core import rasters
 

@@ -18,8 +18,8 @@ from plugin.core.captioners import make_captioner
 from plugin.core.captioners.prompts import SYSTEM, variant_prompt
 from plugin.core.captioners.vllm_ray import parse_vllm_spec, request_rows, vllm_fingerprint
 from plugin.core.errors import EngineError
-from plugin.core.indexing.ray_vllm import KEEP, VllmAssembler, VllmEmbedStage, vllm_requests
-from plugin.core.searcher import cached_embedder
+from plugin.core.indexing.cluster.ray_vllm import KEEP, VllmAssembler, VllmEmbedStage, vllm_requests
+from plugin.core.search.searcher import cached_embedder
 from tests.core.ray_cluster import as_numpy_batch as _as_numpy  # noqa: E402
 
 ANSWER = {"one_sentence": "A coast with forest.", "feature": "water in the west; trees in the east",

@@ -26,9 +26,9 @@ from plugin.core.captioners.prompts import SYSTEM, variant_prompt
 from plugin.core.captioners.spectral import spectral_facts
 from plugin.core.captioners.vlm_families import NO_STATIC_CACHE, TESTED, cache_for
 from plugin.core.errors import EngineError, ModelUnavailableError
-from plugin.core.raster import open_raster, sentinel2_vrt
-from plugin.core.store import SearchIndex
-from plugin.core.tiling import TilingParams, plan_tiles, read_tile
+from plugin.core.rasters.raster import open_raster, sentinel2_vrt
+from plugin.core.rasters.tiling import TilingParams, plan_tiles, read_tile
+from plugin.core.store.store import SearchIndex
 from plugin.core.types import BandMap, CaptionVariant
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("one_torch_thread")]

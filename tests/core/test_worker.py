@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from plugin.core.errors import Canceled, EngineError, QueryError, RasterError
-from plugin.core.worker_client import PLUGIN_ROOT, WorkerClient, WorkerCrashed, WorkerError
+from plugin.core.worker.worker_client import PLUGIN_ROOT, WorkerClient, WorkerCrashed, WorkerError
 from tests.core import rasters
 
 PY = sys.executable
@@ -193,7 +193,7 @@ def test_library_chatter_goes_to_stderr_not_the_protocol_stream():
     """print() and C-level writes to fd 1 after protocol_stdout() land on stderr; only protocol lines on stdout."""
     code = (
         "import os, sys\n"
-        "from plugin.core.worker import protocol_stdout\n"
+        "from plugin.core.worker.worker import protocol_stdout\n"
         "out = protocol_stdout()\n"
         "print('python chatter')\n"
         "os.write(1, b'c-level chatter\\n')\n"

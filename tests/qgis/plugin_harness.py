@@ -77,7 +77,7 @@ def sentinel2_vrt_path(s2_dir: Path, out_dir: Path) -> str:
     import subprocess
 
     out = out_dir / "s2_rgbn.vrt"
-    code = "import sys; from plugin.core.raster import sentinel2_vrt; print(sentinel2_vrt(sys.argv[1], sys.argv[2]))"
+    code = "import sys; from plugin.core.rasters.raster import sentinel2_vrt; print(sentinel2_vrt(sys.argv[1], sys.argv[2]))"
     res = subprocess.run([sys.executable, "-c", code, str(s2_dir), str(out)], cwd=str(ROOT), capture_output=True,
                          text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]

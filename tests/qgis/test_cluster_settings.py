@@ -10,7 +10,12 @@ import time
 import pytest
 from qgis.core import QgsApplication, QgsSettings
 
-from plugin.gui.cluster_settings import ClusterOptions, load_cluster_options, save_cluster_options, store_ray_token
+from plugin.gui.settings.cluster_settings import (
+    ClusterOptions,
+    load_cluster_options,
+    save_cluster_options,
+    store_ray_token,
+)
 from tests.qgis.plugin_harness import (
     add_raster,
     engine_env,
@@ -55,7 +60,7 @@ def test_cluster_options_become_executor_arguments(qgis_app) -> None:
 
 
 def test_settings_dialog_stores_the_token_and_test_cluster_answers_in_one_line(qgis_iface) -> None:
-    from plugin.gui.settings_dialog import SettingsDialog
+    from plugin.gui.settings.settings_dialog import SettingsDialog
 
     engine_env()
     assert QgsApplication.authManager().setMasterPassword(MASTER, True)
@@ -96,7 +101,7 @@ def test_settings_dialog_stores_the_token_and_test_cluster_answers_in_one_line(q
 
 def test_dock_progress_line_shows_each_phase(qgis_app):
     """The status line for each phase the task reports (what the user reads while a job runs)."""
-    from plugin.gui.index_progress import IndexProgressView
+    from plugin.gui.index.index_progress import IndexProgressView
 
     class Widget:
         def set_progress(self, text, done, total):

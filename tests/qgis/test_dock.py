@@ -106,7 +106,7 @@ def test_index_then_search_highlights_exactly_the_hits(indexed, qgis_iface):
     assert [model.hit(i).tile_id for i in range(len(hits))] == [h["tile_id"] for h in hits]
     from qgis.PyQt.QtGui import QTextDocument
 
-    from plugin.gui.results_model import COL_CAPTION
+    from plugin.gui.search.results_model import COL_CAPTION
 
     tip = QTextDocument()
     tip.setHtml(model.data(model.index(0, COL_CAPTION), Qt.ItemDataRole.ToolTipRole))  # rich text: query words in bold
@@ -228,7 +228,7 @@ def test_unload_stops_worker_and_removes_results(indexed, qgis_iface):
 def test_api_key_goes_to_the_auth_database_never_to_settings(qgis_iface):
     from qgis.core import QgsApplication, QgsSettings
 
-    from plugin.gui.settings import (
+    from plugin.gui.settings.settings import (
         IndexOptions,
         api_key_from_auth,
         load_index_options,
@@ -286,8 +286,8 @@ def test_bad_index_options_are_one_line_messages_not_jobs(qgis_iface, qgis_new_p
 def test_settings_dialog_stores_the_key_encrypted_and_forgets_it(qgis_iface):
     from qgis.core import QgsApplication
 
-    from plugin.gui.settings import api_key_from_auth, engine_python_setting, set_engine_python_setting
-    from plugin.gui.settings_dialog import SettingsDialog
+    from plugin.gui.settings.settings import api_key_from_auth, engine_python_setting, set_engine_python_setting
+    from plugin.gui.settings.settings_dialog import SettingsDialog
 
     assert QgsApplication.authManager().setMasterPassword("pytest-master-password", True)
     before = engine_python_setting()

@@ -15,7 +15,7 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QSize
 
-from plugin.core.score_scale import match_strength, scale_for
+from plugin.core.search.score_scale import match_strength, scale_for
 from tests.qgis.plugin_harness import (
     add_raster,
     indexed_shore_project,
@@ -226,7 +226,7 @@ def test_tiling_is_suggested_from_ground_resolution_with_count_size_and_time(sho
     assert km[0] * 1000 == pytest.approx(expected, rel=0.02) and km[1] == pytest.approx(2 * km[0], rel=0.01)
     assert "suggested" not in text
     # a VLM sees at most ~448 px: on a fine raster the advice caps the tile there
-    from plugin.core.tiling_advice import suggest_tiling
+    from plugin.core.rasters.tiling_advice import suggest_tiling
 
     assert suggest_tiling(0.3, 20000, 20000, "transformers").tile_size == 448
     # a user who never chose a tile size gets the suggestion by itself when rasters are there
@@ -315,7 +315,7 @@ def test_export_defaults_to_the_project_folder_keeps_the_query_and_can_add_it_to
 def test_results_tell_hits_apart(shore, qgis_iface):
     from qgis.PyQt.QtCore import Qt
 
-    from plugin.gui.results_model import COL_CAPTION, COL_RASTER, COL_SCALE
+    from plugin.gui.search.results_model import COL_CAPTION, COL_RASTER, COL_SCALE
 
     plugin, *_ = shore
     w = plugin.dock.search_widget
@@ -328,7 +328,7 @@ def test_results_tell_hits_apart(shore, qgis_iface):
                for c, h in zip(cells, hits))
     full = [h["caption"] for h in hits]
     # sentences most of these captions share are not repeated in every row; what is shown is theirs
-    from plugin.gui.result_text import sentences
+    from plugin.gui.search.result_text import sentences
 
     per_row = [sentences(f) for f in full]
     shared = {x for x in {x for ss in per_row for x in ss} if sum(x in ss for ss in per_row) > len(full) / 2}

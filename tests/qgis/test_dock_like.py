@@ -87,7 +87,7 @@ def test_like_from_a_point_on_the_map(shore, qgis_iface):
     # the example is the tile holding pixel (100, 200)
     example = like[0].extra["like"]
     assert all(h.extra["like"] == example for h in like) and example not in {h.tile_id for h in like}
-    from plugin.core.store import SearchIndex
+    from plugin.core.store.store import SearchIndex
 
     with SearchIndex.open(shore.session.index_dir(), readonly=True) as si:
         c0, r0, ww, hh = si.conn.execute("SELECT col_off, row_off, width, height FROM tiles WHERE tile_id = ?",
@@ -109,7 +109,7 @@ def test_why_it_matched_is_shown(shore):
     the row's second line; the negative term that demoted a row, said on that row."""
     from qgis.PyQt.QtCore import Qt
 
-    from plugin.gui.results_model import COL_CAPTION
+    from plugin.gui.search.results_model import COL_CAPTION
 
     hits, error = search_and_wait(shore, "open water -forest", top=25)
     assert error == "" and hits
@@ -149,8 +149,8 @@ def test_word_bonus_does_not_make_a_confident_match(shore):
     from qgis.PyQt.QtCore import Qt
     from qgis.PyQt.QtGui import QColor
 
-    from plugin.core.score_scale import CLASS_COLORS, match_strength
-    from plugin.gui.results_model import COL_SCORE
+    from plugin.core.search.score_scale import CLASS_COLORS, match_strength
+    from plugin.gui.search.results_model import COL_SCORE
 
     hits, error = search_and_wait(shore, "open water", top=3)
     assert error == "" and hits

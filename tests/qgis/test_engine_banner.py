@@ -44,8 +44,8 @@ def test_banner_tracks_an_engine_that_breaks_after_start(qgis_iface, tmp_path: P
 def test_setup_dialog_says_size_and_folder_and_shows_a_bar_only_while_busy(qgis_iface, tmp_path: Path):
     from qgis.PyQt.QtWidgets import QDialogButtonBox
 
-    from plugin.gui.engine_dialog import EngineDialog
-    from plugin.gui.settings_dialog import SettingsDialog
+    from plugin.gui.settings.engine_dialog import EngineDialog
+    from plugin.gui.settings.settings_dialog import SettingsDialog
 
     dlg = EngineDialog(qgis_iface.mainWindow(), env_dir=str(tmp_path / "engine"), gpu=None)
     assert "GB" in dlg.size_label.text() and str(tmp_path / "engine") in dlg.size_label.text()

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from qgis.core import QgsSettings
 
-from plugin.core import engine_env
-from plugin.core.worker_client import WorkerClient
-from plugin.gui.engine_dialog import EngineBanner, EngineDialog, quick_engine_problem
+from plugin.core.env import engine_env
+from plugin.core.worker.worker_client import WorkerClient
+from plugin.gui.settings.engine_dialog import EngineBanner, EngineDialog, quick_engine_problem
 from plugin.qgis_io.engine import SETTINGS_KEY
 from plugin.tasks.engine_setup_task import EngineCheckTask, default_engine_dir
 from tests.core import rasters

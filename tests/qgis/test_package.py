@@ -36,8 +36,8 @@ def test_zip_holds_the_plugin_folder_and_nothing_else(release_zip: Path) -> None
         assert zf.testzip() is None
     assert all(n.startswith(f"{NAME}/") for n in names)
     for needed in ("__init__.py", "metadata.txt", "resources/icon.svg", "plugin/plugin.py",
-                   "plugin/core/engine_env.py", "plugin/core/engine_probe.py", "plugin/core/engine_requirements.txt",
-                   "plugin/tasks/engine_setup_task.py", "plugin/gui/engine_dialog.py"):
+                   "plugin/core/env/engine_env.py", "plugin/core/env/engine_probe.py", "plugin/core/env/engine_requirements.txt",
+                   "plugin/tasks/engine_setup_task.py", "plugin/gui/settings/engine_dialog.py"):
         assert f"{NAME}/{needed}" in names, needed
     parts = {p for n in names for p in n.split("/")}
     for banned in ("tests", "benchmarks", "scripts", ".venv", ".git", "__pycache__", ".ci", "Makefile",

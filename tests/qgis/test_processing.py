@@ -197,7 +197,7 @@ def test_search_by_example_and_ranker_parameters(provider, tmp_path, qgis_new_pr
     layer = QgsVectorLayer(res["OUTPUT"], "like", "ogr")
     ids = [f["tile_id"] for f in layer.getFeatures()]
     assert layer.featureCount() == 3 and len(set(ids)) == 3
-    from plugin.core.store import SearchIndex
+    from plugin.core.store.store import SearchIndex
 
     with SearchIndex.open(idx, readonly=True) as si:  # the example is the tile at pixel (10, 10): never a hit
         example = si.conn.execute("SELECT tile_id FROM tiles WHERE col_off = 0 AND row_off = 0").fetchone()[0]

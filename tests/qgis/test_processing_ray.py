@@ -27,7 +27,7 @@ def test_job_mode_path_map_and_token_parameters(qgis_app):
     import pytest
     from qgis.core import QgsApplication, QgsProcessingException
 
-    from plugin.gui.cluster_settings import store_ray_token
+    from plugin.gui.settings.cluster_settings import store_ray_token
     from plugin.processing.build_index import ray_token_env
 
     alg = BuildIndexAlgorithm()

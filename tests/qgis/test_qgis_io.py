@@ -19,8 +19,8 @@ from qgis.core import (
 from rasterio.warp import transform as warp_transform
 
 from plugin.core.errors import EngineError, RasterError
-from plugin.core.raster import open_raster
-from plugin.core.tiling import TilingParams, plan_tiles
+from plugin.core.rasters.raster import open_raster
+from plugin.core.rasters.tiling import TilingParams, plan_tiles
 from plugin.core.types import BandMap, Hit
 from plugin.qgis_io import project_index
 from plugin.qgis_io.engine import SETTINGS_KEY, engine_python
@@ -188,7 +188,7 @@ def test_two_projects_never_share_an_index(qgis_new_project, tmp_path):
 def test_hybrid_word_bonus_does_not_change_the_colour(qgis_new_project, utm18_raster):
     """The fixed scale is calibrated on cosines: a hit whose hybrid score is lifted by the words it
     matches is coloured (and judged) by its similarity, and ranked by its score."""
-    from plugin.core.score_scale import match_strength, scale_for
+    from plugin.core.search.score_scale import match_strength, scale_for
 
     scale = scale_for(None)
     hits = _hits_for(utm18_raster())[:2]

@@ -8,8 +8,8 @@ from pathlib import Path
 from qgis.core import QgsRasterLayer
 
 from plugin.core.pipeline import RasterSource, index_info, index_rasters
-from plugin.core.raster import open_raster
-from plugin.core.tiling import TilingParams
+from plugin.core.rasters.raster import open_raster
+from plugin.core.rasters.tiling import TilingParams
 from plugin.qgis_io.layers import raster_source_from_layer
 from tests.core import rasters
 from tests.core.range_server import GDAL_HTTP_ENV, RangeServer

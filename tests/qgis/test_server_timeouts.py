@@ -11,8 +11,8 @@ from qgis.core import (
     QgsProject,
 )
 
-from plugin.gui.index_options_widget import IndexOptionsWidget
-from plugin.gui.settings import IndexOptions
+from plugin.gui.index.index_options_widget import IndexOptionsWidget
+from plugin.gui.settings.settings import IndexOptions
 from plugin.processing.provider import PROVIDER_ID, SearchProvider
 from tests.core import rasters
 

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..devices import resolve_device  # noqa: F401 (re-exported for the captioners)
+from ..env.devices import resolve_device  # noqa: F401 (re-exported for the captioners)
 from ..errors import EngineError
 from ..types import CaptionVariant, TileImage
 from .parsing import parse_variants

@@ -39,7 +39,7 @@ def _fusions(text: str) -> list[str]:
 
 
 def _rankers(text: str) -> list[str]:
-    from ..hybrid import RANKERS
+    from ..search.hybrid import RANKERS
 
     vals = list(RANKERS) if text.strip() == "all" else [v.strip() for v in text.split(",") if v.strip()]
     if not vals or any(v not in RANKERS for v in vals):
@@ -111,7 +111,7 @@ def evaluate(args: argparse.Namespace) -> list:
             raise DatasetError("clip mode needs --clip-model (a CLIP/SigLIP folder or cached hub id)")
         return [run_clip(ds, args.clip_model, args.device, progress)]
 
-    from ..embedder import make_embedder
+    from ..embedding.embedder import make_embedder
 
     vectors = VectorCache(make_embedder(args.embedder, device=args.device), cache_dir)
     if args.mode == "captions-only":

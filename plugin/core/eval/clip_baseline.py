@@ -13,7 +13,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from ..devices import resolve_device
+from ..env.devices import resolve_device
 from ..errors import ModelUnavailableError
 from ..types import CancelFn, ProgressFn, never_canceled, no_progress
 from .captioning import read_image_rgb

@@ -122,7 +122,7 @@ def evaluate_variants(
     """Embed, score every query against every variant, fuse per image, measure; one result per
     (ranker, fusion). Rankers other than dense score bm25 by the index's own FTS5 tokenizer and
     fuse it with the cosines by the rule `search()` uses (hybrid.ranker_scores)."""
-    from ..hybrid import HYBRID_WEIGHT, bm25_matrix, check_ranker, ranker_scores
+    from ..search.hybrid import HYBRID_WEIGHT, bm25_matrix, check_ranker, ranker_scores
 
     bad = [f for f in fusions if f not in FUSIONS]
     if bad:

@@ -14,11 +14,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, Sequence
 
 from ..errors import Canceled, EngineError, RasterError
-from ..index_lock import IndexLock
-from ..rasterpath import raster_present
-from ..searcher import cached_embedder, open_index_for
-from ..store_check import reembed_damaged
-from ..store_schema import db_errors
+from ..rasters.rasterpath import raster_present
+from ..search.searcher import cached_embedder, open_index_for
+from ..store.index_lock import IndexLock
+from ..store.store_check import reembed_damaged
+from ..store.store_schema import db_errors
 from ..types import CancelFn, ProgressFn, RasterSource, TileRef, never_canceled, no_progress
 from .commit import _index_one, make_step
 from .executor import EXECUTORS, Executor
@@ -51,9 +51,9 @@ def _make_executor(name: str, captioner: str, opts: dict[str, Any], embedder: Op
         import inspect
 
         if name == "ray":
-            from .ray_exec import RayExecutor as cls
+            from .cluster.ray_exec import RayExecutor as cls
         else:
-            from .ray_job import RayJobExecutor as cls  # type: ignore[assignment]
+            from .cluster.ray_job import RayJobExecutor as cls  # type: ignore[assignment]
             options = {**options, "index_dir": index_dir}
         known = {k for k, p in inspect.signature(cls).parameters.items() if p.kind == p.KEYWORD_ONLY}
         unknown = sorted(set(options) - known - {"embedder_fingerprint"})
@@ -120,8 +120,8 @@ def index_rasters(
 def _index_rasters(index_dir, sources, captioner, embedder, tiling, captioner_options, device, remove_missing,
                    executor, force, wait_s, job, progress, is_canceled, executor_options) -> IndexReport:
     from ..captioners import bind_captioner, preflight_captioner
-    from ..raster import open_raster
-    from ..tiling import TilingParams, plan_tiles
+    from ..rasters.raster import open_raster
+    from ..rasters.tiling import TilingParams, plan_tiles
 
     t0 = time.perf_counter()
     if executor not in EXECUTORS:
@@ -150,7 +150,7 @@ def _index_rasters(index_dir, sources, captioner, embedder, tiling, captioner_op
         # A captioner server that is down fails here, in seconds, before the embedder loads.
         preflight_captioner(captioner, opts, lambda message: progress(0, 0, message), is_canceled)
         if executor == "ray-job":  # a wrong dashboard URL or token fails here, in seconds, before any model
-            from .ray_job_api import check_dashboard
+            from .cluster.ray_job_api import check_dashboard
 
             check_dashboard(executor_options)
         progress(0, 0, loading("loading embedder"))

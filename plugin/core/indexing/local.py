@@ -109,7 +109,7 @@ class LocalExecutor:
     def run(self, info: Any, params: Any, refs: Sequence[TileRef], is_canceled: CancelFn,
             on_error: Optional[Callable[[TileRef, str], None]] = None,
             on_empty: Optional[Callable[[TileRef], None]] = None) -> Iterator[CaptionedBatch]:
-        from ..tiling import iter_tiles
+        from ..rasters.tiling import iter_tiles
 
         cap = self.captioner
         # No local name for the tile generator: the reader thread must hold its only reference, so

@@ -6,13 +6,13 @@ import os
 from typing import Any, Optional, Sequence
 
 from ..errors import EngineError, IndexMissingError
-from ..rasterpath import raster_present
-from ..store_schema import db_errors
+from ..rasters.rasterpath import raster_present
+from ..store.store_schema import db_errors
 
 
 def remove_rasters(index_dir: str, rasters: Sequence[str], wait_s: float = 0.0) -> list[str]:
     """Remove rasters (given by path or raster id) from the index; returns the removed ids."""
-    from ..store import SearchIndex
+    from ..store.store import SearchIndex
 
     removed: list[str] = []
     with db_errors(index_dir), SearchIndex.open(index_dir, wait_s=wait_s) as idx:
@@ -38,8 +38,8 @@ def index_info(index_dir: str, check: bool = False) -> dict[str, Any]:
 
     Opens read-only (works on read-only media and beside a running job). `check` adds the full
     health check (`store_check.check_index`: SQLite integrity, every vector, the hnsw file)."""
-    from ..store import SearchIndex
-    from ..store_schema import read_manifest
+    from ..store.store import SearchIndex
+    from ..store.store_schema import read_manifest
 
     if not _exists(index_dir):
         return {"exists": False, "index_dir": index_dir, "rasters": [], "tiles": 0, "variants": 0}
@@ -55,7 +55,7 @@ def index_info(index_dir: str, check: bool = False) -> dict[str, Any]:
     problem = read_manifest(index_dir)[1]
     stats["notes"] = [f"{problem}; the database is intact and the next update rewrites it"] if problem else []
     if check:
-        from ..store_check import check_index
+        from ..store.store_check import check_index
 
         stats["check"] = check_index(index_dir)
     return stats
@@ -63,8 +63,8 @@ def index_info(index_dir: str, check: bool = False) -> dict[str, Any]:
 
 def prune_index_dir(index_dir: str, dry_run: bool = False, wait_s: float = 0.0) -> dict[str, int]:
     """Delete the caption cache of tilings and captioners no longer current (says what it frees)."""
-    from ..store import SearchIndex
-    from ..store_check import prune_index
+    from ..store.store import SearchIndex
+    from ..store.store_check import prune_index
 
     if not _exists(index_dir):
         raise EngineError(f"no search index at {index_dir}")
@@ -75,8 +75,8 @@ def prune_index_dir(index_dir: str, dry_run: bool = False, wait_s: float = 0.0) 
 def repair_index_dir(index_dir: str, embedder: Optional[str] = None, device: str = "auto",
                      progress: Any = None) -> dict[str, Any]:
     """Salvage a damaged index into a new database and re-embed from the captions (never re-captions)."""
-    from ..searcher import cached_embedder
-    from ..store_check import repair_index
+    from ..search.searcher import cached_embedder
+    from ..store.store_check import repair_index
 
     emb: Any = None
     try:
@@ -91,9 +91,9 @@ def preview_index(index_dir: str, sources: Sequence[Any], tiling: Any = None) ->
     """Before pressing Index: per raster, how many tiles the plan has, how many are searchable
     already, how many come from the caption cache and how many will be captioned (same captioner as
     stored for that raster; a raster not indexed yet captions everything). Reads only."""
-    from ..raster import open_raster
-    from ..store import SearchIndex
-    from ..tiling import TilingParams, count_tiles, plan_tiles
+    from ..rasters.raster import open_raster
+    from ..rasters.tiling import TilingParams, count_tiles, plan_tiles
+    from ..store.store import SearchIndex
     from .plan import MAX_TILES, _resolve_sources
 
     params = tiling or TilingParams()

@@ -6,7 +6,7 @@ import os
 from typing import Any, Optional, Sequence
 
 from ..errors import EngineError, PlanTooLargeError
-from ..rasterpath import normalize_raster_path
+from ..rasters.rasterpath import normalize_raster_path
 from ..report_lines import MAX_TILES  # the limit lives where the dock reads it without numpy
 from ..types import BandMap, RasterSource, TileRef
 
@@ -25,7 +25,7 @@ def _open_all(sources, params, report, open_raster, plan_tiles,
               max_tiles: Optional[int] = MAX_TILES) -> tuple[list[tuple[Any, list[TileRef]]], set[str]]:
     """Open and plan each raster; failures go into the report (one line each) instead of stopping the job.
     A plan past `max_tiles` stops the whole job before anything is planned or stored."""
-    from ..tiling import count_tiles
+    from ..rasters.tiling import count_tiles
 
     opened, failed = [], set()
     for src in sources:
@@ -47,7 +47,7 @@ def _open_all(sources, params, report, open_raster, plan_tiles,
 
 def _previous_embedder(index_dir: str) -> Optional[str]:
     """The embedder fingerprint an existing index was built with (None for a new index)."""
-    from ..store import SearchIndex
+    from ..store.store import SearchIndex
 
     if not os.path.exists(os.path.join(index_dir, "index.sqlite")):
         return None
@@ -77,7 +77,7 @@ def too_many_tiles(info: Any, params: Any, n: int, limit: int) -> str:
     """The refusal: the count, a setting that fits, and how to insist."""
     from dataclasses import replace
 
-    from ..tiling import count_tiles, tile_side_px
+    from ..rasters.tiling import count_tiles, tile_side_px
 
     side = tile_side_px(info, params)
     hint = ""

@@ -1,0 +1,1 @@
+"""Text embedders: sentence-transformers, and the torch-free ONNX export that runs them."""

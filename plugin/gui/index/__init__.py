@@ -1,0 +1,1 @@
+"""The Index panel: raster layers, captioner/tiling options, the tiling hint, job progress, its controller."""

@@ -1,0 +1,1 @@
+"""Settings: defaults kept in QgsSettings, the settings dialog, where indexing runs, the engine dialog."""
