@@ -12,6 +12,7 @@ from qgis.core import (
     QgsProcessingParameterAuthConfig,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
     QgsProcessingParameterFolderDestination,
     QgsProcessingParameterMultipleLayers,
     QgsProcessingParameterNumber,
@@ -78,7 +79,8 @@ def ray_token_env(authcfg: str) -> Optional[dict[str, str]]:
 class BuildIndexAlgorithm(SearchAlgorithm):
     LAYERS, CAPTIONER, EMBEDDER, TILE_SIZE, OVERLAP, SCALES = "LAYERS", "CAPTIONER", "EMBEDDER", "TILE_SIZE", "OVERLAP", "SCALES"
     VARIANTS, AUTHCFG, DEVICE, REMOVE_MISSING, OUTPUT = "VARIANTS", "AUTHCFG", "DEVICE", "REMOVE_MISSING", "OUTPUT"
-    CONNECT_TIMEOUT, TILE_DEADLINE = "CONNECT_TIMEOUT", "TILE_DEADLINE"
+    CONNECT_TIMEOUT, TILE_DEADLINE, DOCUMENT_GRAPH = "CONNECT_TIMEOUT", "TILE_DEADLINE", "DOCUMENT_GRAPH"
+    GRAPHS = ("auto", "fp32", "int8")
     RAY_ADDRESS, CAPTION_WORKERS = "RAY_ADDRESS", "CAPTION_WORKERS"
     RAY_DASHBOARD, SHARED_DIR, PATH_MAP, RAY_AUTHCFG = "RAY_DASHBOARD", "SHARED_DIR", "PATH_MAP", "RAY_AUTHCFG"
 
@@ -122,6 +124,8 @@ class BuildIndexAlgorithm(SearchAlgorithm):
             QgsProcessingParameterAuthConfig(self.AUTHCFG, "API key (authentication configuration)", optional=True),
             QgsProcessingParameterString(self.DEVICE, "Device (auto, cpu, cuda, mps)", defaultValue="auto"),
             QgsProcessingParameterBoolean(self.REMOVE_MISSING, "Remove rasters not listed here", defaultValue=False),
+            QgsProcessingParameterEnum(self.DOCUMENT_GRAPH, "Caption embedding of a NEW index (auto: int8 on CPU, fp32 on"
+                                       " GPU; an existing index keeps its own)", list(self.GRAPHS), defaultValue=0),
             QgsProcessingParameterNumber(self.CONNECT_TIMEOUT, "Server connect timeout (s, openai captioner)",
                                          QgsProcessingParameterNumber.Double, 5.0, minValue=0.5, maxValue=120.0),
             QgsProcessingParameterString(self.RAY_ADDRESS, "Run on a Ray cluster: address host:port (empty: this computer;"
@@ -177,6 +181,7 @@ class BuildIndexAlgorithm(SearchAlgorithm):
             "captioner_options": opts,
             "device": (self.parameterAsString(parameters, self.DEVICE, context) or "auto").strip(),
             "remove_missing": self.parameterAsBool(parameters, self.REMOVE_MISSING, context),
+            "document_graph": self.GRAPHS[self.parameterAsEnum(parameters, self.DOCUMENT_GRAPH, context)],
             **ray_options((self.parameterAsString(parameters, self.RAY_ADDRESS, context) or "").strip(),
                           self.parameterAsInt(parameters, self.CAPTION_WORKERS, context),
                           (self.parameterAsString(parameters, self.RAY_DASHBOARD, context) or "").strip(),

@@ -20,7 +20,7 @@ from ..core.worker.worker_client import WorkerClient, WorkerError
 
 #: Keywords of index_rasters that the task passes through.
 OPTION_KEYS = ("captioner", "embedder", "tiling", "captioner_options", "device", "remove_missing",
-               "job_name", "force", "wait_s", "executor", "executor_options")
+               "job_name", "force", "wait_s", "executor", "executor_options", "document_graph")
 
 
 class IndexTask(QgsTask):

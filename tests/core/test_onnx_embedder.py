@@ -96,19 +96,6 @@ def test_default_embedder_embeds_documents_through_onnx(minilm_torch) -> None:
     assert opts.intra_op_num_threads == 0 and opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
-def test_int8_documents_are_opt_in_and_queries_stay_fp32(minilm_torch, monkeypatch) -> None:
-    monkeypatch.setenv("SIS_DOCUMENTS_INT8", "1")
-    emb = make_embedder(None, device="cpu")
-    assert emb.onnx.model_file == "model.int8.onnx" and emb.fingerprint == minilm_torch.fingerprint
-    texts = real_queries(60)
-    docs = np.sum(emb.encode_documents(texts) * minilm_torch.encode_documents(texts), axis=1)
-    assert 0.98 <= docs.min() < MIN_COSINE  # the quantised graph: close to torch, not equal
-    queries = np.sum(emb.encode_queries(texts) * minilm_torch.encode_queries(texts), axis=1)
-    assert queries.min() >= MIN_COSINE  # queries always run the fp32 graph
-    monkeypatch.delenv("SIS_DOCUMENTS_INT8")
-    assert make_embedder(None, device="cpu").onnx.model_file == "model.onnx"  # fp32 unless asked
-
-
 def test_prompts_and_pooling_are_reproduced(tmp_path: Path) -> None:
     spec = _tiny_st(tmp_path / "p", {"query": "query: ", "document": "passage: "})
     torch_emb = make_embedder(spec, device="cpu", backend="torch")

@@ -140,6 +140,8 @@ class SentenceTransformerEmbedder:
         self.fingerprint = make_fingerprint(identity, self.dim, self.query_prompt, self.document_prompt)
         #: Documents and queries go through this ONNX copy of the model when set (CPU: faster, same vectors).
         self.onnx: Any = None
+        #: The graph documents are embedded with: "fp32" (torch or the fp32 export) or "int8" (document_graph.py).
+        self.document_graph = "fp32"
 
     def _encode(self, texts: Sequence[str], prompt: Optional[str], batch_size: Optional[int]) -> np.ndarray:
         items = [str(t) for t in texts]
@@ -168,7 +170,7 @@ class SentenceTransformerEmbedder:
         return self._encode(texts, self.query_prompt, batch_size)
 
     def __repr__(self) -> str:
-        via = ", documents via onnx" if self.onnx is not None else ""
+        via = f", documents via onnx {self.document_graph}" if self.onnx is not None else ""
         return f"SentenceTransformerEmbedder({self.fingerprint!r}, device={self.device!r}{via})"
 
 
@@ -223,18 +225,21 @@ def resolve_spec(spec: Optional[str] = None) -> str:
 
 
 def make_embedder(
-    spec: Optional[str] = None, device: str = "auto", batch_size: int = 64, backend: Optional[str] = None
+    spec: Optional[str] = None, device: str = "auto", batch_size: int = 64, backend: Optional[str] = None,
+    document_graph: str = "fp32",
 ) -> SentenceTransformerEmbedder:
     """Build the embedder a spec names: None/"default" -> packaged MiniLM; else a hub id or local folder.
 
     A "sentence-transformers:" or "st:" prefix is accepted so specs read like captioner specs.
     `backend` "auto" (default, or $SIS_EMBEDDER_BACKEND) also exports the model to ONNX once (the
     torch-free search worker needs it) and, on CPU, embeds through it; "torch" never does.
+    `document_graph` "int8" embeds documents through the int8 graph (any device; `emb.document_graph`
+    says whether it could): an index decides which (document_graph.py). Queries always run fp32.
     """
     emb = SentenceTransformerEmbedder(resolve_spec(spec), device=device, batch_size=batch_size)
     from .onnx_embedder import backend_choice
     from .onnx_export import attach_onnx
 
     if backend_choice(backend) != "torch":
-        attach_onnx(emb)
+        attach_onnx(emb, document_graph)
     return emb

@@ -8,6 +8,7 @@ new embedder re-embeds without re-captioning and a captioner that has seen a til
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,9 +22,12 @@ from ..store.store_check import reembed_damaged
 from ..store.store_schema import db_errors
 from ..types import CancelFn, ProgressFn, RasterSource, TileRef, never_canceled, no_progress
 from .commit import _index_one, make_step
+from .document_graph import check_graph, choose_graph, record_graph, recorded_graph
 from .executor import EXECUTORS, Executor
 from .plan import MAX_TILES, _open_all, _previous_embedder, _resolve_sources, _row_band_map
 from .progress import captioning, loading, planning, starting_workers
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -34,6 +38,8 @@ class IndexReport:
     canceled: bool = False
     embedder: str = ""
     captioner: str = ""
+    #: The graph the documents were embedded with, recorded in the index (document_graph.py).
+    document_graph: str = ""
     #: One line each: what opening the index fixed (rebuilt manifest, removed leftovers).
     notes: list[str] = field(default_factory=list)
     #: Caption variants whose damaged stored vector was re-embedded from the caption text.
@@ -44,7 +50,7 @@ class IndexReport:
 
 
 def _make_executor(name: str, captioner: str, opts: dict[str, Any], embedder: Optional[str], emb: Any,
-                   device: str, options: dict[str, Any], index_dir: str = "") -> tuple[Any, Executor]:
+                   device: str, options: dict[str, Any], index_dir: str = "", graph: str = "fp32") -> tuple[Any, Executor]:
     """(captioner, executor): the local executor builds the captioner here; the Ray executors build
     it on the cluster and hand back what the writer needs (its fingerprint)."""
     if name in ("ray", "ray-job"):
@@ -56,10 +62,11 @@ def _make_executor(name: str, captioner: str, opts: dict[str, Any], embedder: Op
             from .cluster.ray_job import RayJobExecutor as cls  # type: ignore[assignment]
             options = {**options, "index_dir": index_dir}
         known = {k for k, p in inspect.signature(cls).parameters.items() if p.kind == p.KEYWORD_ONLY}
-        unknown = sorted(set(options) - known - {"embedder_fingerprint"})
+        unknown = sorted(set(options) - known - {"embedder_fingerprint", "document_graph"})
         if unknown:
             raise EngineError(f"unknown {name} executor option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        ray_ex: Any = cls(captioner, opts, embedder, device, emb.dim, embedder_fingerprint=emb.fingerprint, **options)
+        ray_ex: Any = cls(captioner, opts, embedder, device, emb.dim, embedder_fingerprint=emb.fingerprint,
+                          document_graph=graph, **options)
         return ray_ex.captioner, ray_ex
     if name == "local":
         from ..captioners import make_captioner
@@ -68,6 +75,19 @@ def _make_executor(name: str, captioner: str, opts: dict[str, Any], embedder: Op
         cap = make_captioner(captioner, **opts)
         return cap, LocalExecutor(cap, emb)
     raise EngineError(f"unknown executor {name!r}: use one of {', '.join(EXECUTORS)}")
+
+
+def _graph_got(index_dir: str, graph: str, emb: Any) -> str:
+    """The graph this run really embeds with: what was chosen, unless the embedder could not give int8
+    (no ONNX export, SIS_EMBEDDER_BACKEND=torch): a new index then takes fp32, an int8 one is refused."""
+    got = getattr(emb, "document_graph", "fp32")
+    if got == graph:
+        return graph
+    if recorded_graph(index_dir)[1]:
+        raise EngineError(f"the index at {index_dir} was embedded with the {graph} document graph, which this run "
+                          f"cannot load (the log says why: no ONNX export?); documents would come out {got}")
+    log.warning("documents use the %s graph, not %s (see above): the new index records %s", got, graph, got)
+    return str(got)
 
 
 def _prepare(ex: Any, idx: Any, cap: Any, planned: list[tuple[Any, list[TileRef], set[str]]], params: Any) -> None:
@@ -100,6 +120,7 @@ def index_rasters(
     wait_s: float = 0.0,
     job: Optional[str] = None,
     executor_options: Optional[dict[str, Any]] = None,
+    document_graph: Optional[str] = None,
     progress: ProgressFn = no_progress,
     is_canceled: CancelFn = never_canceled,
 ) -> IndexReport:
@@ -109,16 +130,18 @@ def index_rasters(
     past `plan.MAX_TILES` tiles is refused unless `force`), waiting up to `wait_s` for a running
     job, else refused with `IndexBusyError` naming it (`job` is how this one is named).
     `executor`: "local" (this process), "ray" (`executor_options`: address, caption_workers, ...,
-    see `ray_exec.RayExecutor`) or "ray-job" (dashboard_url, shared_dir, path_map, ...: `ray_job.RayJobExecutor`)."""
+    see `ray_exec.RayExecutor`) or "ray-job" (dashboard_url, shared_dir, path_map, ...: `ray_job.RayJobExecutor`).
+    `document_graph` ("fp32", "int8", None = auto) is honoured for a new index only: an index keeps
+    the graph it recorded, and a contradicting request is refused (document_graph.py)."""
     index_dir = os.path.abspath(os.path.expanduser(str(index_dir)))
     with db_errors(index_dir):
         return _index_rasters(index_dir, sources, captioner, embedder, tiling, captioner_options, device,
                               remove_missing, executor, force, wait_s, job, progress, is_canceled,
-                              dict(executor_options or {}))
+                              dict(executor_options or {}), document_graph)
 
 
 def _index_rasters(index_dir, sources, captioner, embedder, tiling, captioner_options, device, remove_missing,
-                   executor, force, wait_s, job, progress, is_canceled, executor_options) -> IndexReport:
+                   executor, force, wait_s, job, progress, is_canceled, executor_options, document_graph) -> IndexReport:
     from ..captioners import bind_captioner, preflight_captioner
     from ..rasters.raster import open_raster
     from ..rasters.tiling import TilingParams, plan_tiles
@@ -126,6 +149,7 @@ def _index_rasters(index_dir, sources, captioner, embedder, tiling, captioner_op
     t0 = time.perf_counter()
     if executor not in EXECUTORS:
         raise EngineError(f"unknown executor {executor!r}: use one of {', '.join(EXECUTORS)}")
+    check_graph(document_graph)  # a misspelt graph fails before anything is planned
     params = tiling or TilingParams()
     sources = _resolve_sources(sources)
     report = IndexReport()
@@ -154,21 +178,24 @@ def _index_rasters(index_dir, sources, captioner, embedder, tiling, captioner_op
 
             check_dashboard(executor_options)
         progress(0, 0, loading("loading embedder"))
-        emb = cached_embedder(embedder, device)
+        graph = choose_graph(index_dir, document_graph, executor, device)
+        emb = cached_embedder(embedder, device, graph)
+        graph = _graph_got(index_dir, graph, emb)
         if executor == "ray":
             progress(0, 0, loading("connecting to Ray"))
         elif executor == "ray-job":
             progress(0, 0, loading("submitting to the Ray cluster's job server"))
-        cap, ex = _make_executor(executor, captioner, opts, embedder, emb, device, executor_options, index_dir)
+        cap, ex = _make_executor(executor, captioner, opts, embedder, emb, device, executor_options, index_dir, graph)
         if hasattr(ex, "on_workers"):  # an executor with worker pools says how many are ready
             ex.on_workers = lambda ready, n: progress(0, 0, starting_workers(ready, n))
     except BaseException:
         lock.release(unlink=not os.path.exists(os.path.join(index_dir, "index.sqlite")))
         raise
-    report.embedder, report.captioner = emb.fingerprint, cap.fingerprint
+    report.embedder, report.captioner, report.document_graph = emb.fingerprint, cap.fingerprint, graph
     try:
         switched = _previous_embedder(index_dir) not in (None, emb.fingerprint)
         idx = open_index_for(index_dir, emb, create=True, allow_new_embedder=True, lock=lock)
+        record_graph(idx, graph)
     except BaseException:
         lock.release()
         ex.close()  # never leave a model or a Ray cluster behind

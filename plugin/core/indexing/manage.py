@@ -40,6 +40,7 @@ def index_info(index_dir: str, check: bool = False) -> dict[str, Any]:
     health check (`store_check.check_index`: SQLite integrity, every vector, the hnsw file)."""
     from ..store.store import SearchIndex
     from ..store.store_schema import read_manifest
+    from .document_graph import index_graph
 
     if not _exists(index_dir):
         return {"exists": False, "index_dir": index_dir, "rasters": [], "tiles": 0, "variants": 0}
@@ -47,11 +48,12 @@ def index_info(index_dir: str, check: bool = False) -> dict[str, Any]:
         with db_errors(index_dir), SearchIndex.open(index_dir, readonly=True) as idx:
             stats = dict(idx.stats())
             rows = idx.raster_rows()
+            graph = index_graph(idx.conn)
     except IndexMissingError:  # a first job is creating it right now
         return {"exists": False, "index_dir": index_dir, "rasters": [], "tiles": 0, "variants": 0}
     for r in rows:
         r["missing"] = not raster_present(r.get("path") or "")
-    stats.update({"exists": True, "index_dir": index_dir, "rasters": rows})
+    stats.update({"exists": True, "index_dir": index_dir, "rasters": rows, "document_graph": graph})
     problem = read_manifest(index_dir)[1]
     stats["notes"] = [f"{problem}; the database is intact and the next update rewrites it"] if problem else []
     if check:
@@ -77,10 +79,14 @@ def repair_index_dir(index_dir: str, embedder: Optional[str] = None, device: str
     """Salvage a damaged index into a new database and re-embed from the captions (never re-captions)."""
     from ..search.searcher import cached_embedder
     from ..store.store_check import repair_index
+    from .document_graph import recorded_graph
 
     emb: Any = None
     try:
-        emb = cached_embedder(embedder, device)
+        graph = recorded_graph(index_dir)[0] or "fp32"  # re-embedded vectors come from the index's graph
+        emb = cached_embedder(embedder, device, graph)
+        if getattr(emb, "document_graph", "fp32") != graph:
+            emb = None  # cannot give this index's graph here: the next `index` run says why
     except EngineError:
         emb = None  # the vectors are then re-embedded by the next `index` run
     kw = {"progress": progress} if progress else {}

@@ -32,18 +32,19 @@ def clean_query(query: Optional[str]) -> str:
     return text.strip()
 
 
-_EMBEDDERS: dict[tuple[Optional[str], str], Any] = {}
+_EMBEDDERS: dict[tuple[Optional[str], str, str], Any] = {}
 _EMBEDDERS_LOCK = threading.Lock()
 
 
-def cached_embedder(spec: Optional[str] = None, device: str = "auto") -> Any:
-    """One loaded embedder per (model, device) and process: loading MiniLM costs seconds, a query milliseconds."""
+def cached_embedder(spec: Optional[str] = None, device: str = "auto", document_graph: str = "fp32") -> Any:
+    """One loaded embedder per (model, device, document graph) and process: loading MiniLM costs
+    seconds, a query milliseconds. `document_graph`: the index's (document_graph.py)."""
     from ..embedding.embedder import make_embedder
 
-    key = (spec, device)
+    key = (spec, device, document_graph)
     with _EMBEDDERS_LOCK:
         if key not in _EMBEDDERS:
-            _EMBEDDERS[key] = make_embedder(spec, device=device)
+            _EMBEDDERS[key] = make_embedder(spec, device=device, document_graph=document_graph)
         return _EMBEDDERS[key]
 
 

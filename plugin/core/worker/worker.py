@@ -249,6 +249,7 @@ class Worker:
             force=bool(job.arg("force", False)), wait_s=float(job.arg("wait_s", 0.0)),
             executor=str(job.arg("executor", "local", kind=str)),
             executor_options=job.arg("executor_options", None, kind=dict),
+            document_graph=job.arg("document_graph", None, kind=str),
             job=str(job.arg("job_name", "QGIS indexing job", kind=str)),
             progress=job.progress, is_canceled=job.is_canceled,
         )

@@ -112,6 +112,7 @@ class RayExecutor:
         dim: int,
         *,
         embedder_fingerprint: Optional[str] = None,
+        document_graph: str = "fp32",
         address: Optional[str] = None,
         num_cpus: Optional[int] = None,
         caption_workers: Optional[int] = None,
@@ -128,6 +129,7 @@ class RayExecutor:
         self.spec, self.options = captioner, dict(captioner_options)
         self.embedder_spec, self.device, self.dim = embedder, device, int(dim)
         self.embedder_fingerprint = embedder_fingerprint
+        self.document_graph = document_graph  # the index's (document_graph.py): every embed actor follows it
         self.read_cpus, self.actor_cpus = float(read_cpus), float(actor_cpus)
         self.embed_workers = max(1, int(embed_workers))
         self.min_caption_workers = max(1, int(min_caption_workers))
@@ -233,7 +235,8 @@ class RayExecutor:
         ds = rd.from_items(rows, override_num_blocks=len(rows))
         ds = ds.map_batches(read_tiles, fn_kwargs={"infos": infos, "params": params}, batch_size=1,
                             num_cpus=self.read_cpus, batch_format="numpy")
-        embed = {"spec": self.embedder_spec, "device": self.device, "expected_fingerprint": self.embedder_fingerprint}
+        embed = {"spec": self.embedder_spec, "device": self.device, "expected_fingerprint": self.embedder_fingerprint,
+                 "document_graph": self.document_graph}
         if self.vllm is not None:  # ray.data.llm's processor is the caption stage
             from .ray_vllm import VllmAssembler, add_vllm_stages
 

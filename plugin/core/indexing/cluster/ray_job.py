@@ -68,7 +68,7 @@ def _digest(obj: Any) -> str:
 
 class RayJobExecutor:
     def __init__(self, captioner: str, captioner_options: dict[str, Any], embedder: Optional[str], device: str,
-                 dim: int, *, embedder_fingerprint: Optional[str] = None, index_dir: str = "",
+                 dim: int, *, embedder_fingerprint: Optional[str] = None, document_graph: str = "fp32", index_dir: str = "",
                  dashboard_url: str = "", shared_dir: str = "", path_map: Optional[Sequence[Sequence[str]]] = None,
                  caption_workers: Optional[int] = None, batch_size: Optional[int] = None, python: str = "python",
                  stall_timeout_s: float = STALL_TIMEOUT_S, poll_s: float = 0.5, keep_shards: bool = False) -> None:
@@ -85,7 +85,8 @@ class RayJobExecutor:
         self.python, self.stall_timeout_s = python, float(stall_timeout_s)
         self.request = {"spec": captioner, "options": dict(captioner_options), "embedder": embedder, "device": device,
                         "caption_workers": caption_workers, "batch_size": batch_size,
-                        "stall_timeout_s": self.stall_timeout_s, "embedder_fingerprint": embedder_fingerprint}
+                        "stall_timeout_s": self.stall_timeout_s, "embedder_fingerprint": embedder_fingerprint,
+                        "document_graph": document_graph}
         try:
             os.makedirs(os.path.join(self.shared_dir, "jobs"), exist_ok=True)
         except OSError as exc:
@@ -189,7 +190,10 @@ class RayJobExecutor:
         if not todo:
             return
         tiles = sorted(r.tile_id for _, refs in todo for r in refs)
-        self.sid = sid = f"sis-{_digest([self.index_dir, self.fingerprint, self.request['embedder_fingerprint'], tiles])}"
+        key = [self.index_dir, self.fingerprint, self.request["embedder_fingerprint"], tiles]
+        if self.request["document_graph"] != "fp32":  # never re-attach shards of another graph (fp32 keeps old ids)
+            key.append(self.request["document_graph"])
+        self.sid = sid = f"sis-{_digest(key)}"
         job_dir = os.path.join(self.shared_dir, "jobs", sid)
         infos = {}
         for info, _ in todo:

@@ -33,7 +33,8 @@ def _executor(req: dict[str, Any], dim: int, embedder_fp: Any) -> Any:
     if not ray.is_initialized():
         ray.init(address="auto", log_to_driver=False)  # the job's own cluster (Ray sets RAY_ADDRESS)
     return RayExecutor(req["spec"], dict(req.get("options") or {}), req.get("embedder"), req.get("device", "auto"),
-                       dim, embedder_fingerprint=embedder_fp, caption_workers=req.get("caption_workers"),
+                       dim, embedder_fingerprint=embedder_fp, document_graph=str(req.get("document_graph") or "fp32"),
+                       caption_workers=req.get("caption_workers"),
                        batch_size=req.get("batch_size"), stall_timeout_s=float(req.get("stall_timeout_s") or 1800))
 
 

@@ -102,13 +102,18 @@ class CaptionStage:
 class EmbedStage:
     """Actor: the document embedder, so caption actors never wait on it (and the driver never embeds)."""
 
-    def __init__(self, spec: Optional[str], device: str, expected_fingerprint: Optional[str] = None) -> None:
+    def __init__(self, spec: Optional[str], device: str, expected_fingerprint: Optional[str] = None,
+                 document_graph: str = "fp32") -> None:
         from ...search.searcher import cached_embedder
 
-        self.embedder = cached_embedder(spec, device)
+        self.embedder = cached_embedder(spec, device, document_graph)
         fp = self.embedder.fingerprint
         if expected_fingerprint is not None and fp != expected_fingerprint:
             raise EngineError(f"embedder on this node is {fp!r}, the index needs {expected_fingerprint!r}")
+        got = getattr(self.embedder, "document_graph", "fp32")
+        if got != document_graph:  # the index's documents all come from one graph (document_graph.py)
+            raise EngineError(f"the embedder on this node cannot run the {document_graph} document graph the index"
+                              f" records (it would embed {got}): install onnxruntime and onnx on every node")
         self.embedder.encode_documents(["warm-up"])  # the first encode is slow: not on the first batch
 
     def __call__(self, batch: Batch) -> Batch:
