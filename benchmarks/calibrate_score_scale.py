@@ -16,6 +16,7 @@ Prints percentiles and the thresholds the plugin uses (`plugin/core/search/score
   low/high of the colour ramp = median unrelated / 90th percentile matching.
 
     .venv/bin/python benchmarks/calibrate_score_scale.py [--captions ../shared/data/captions] [--embedder SPEC]
+        [--document-graph fp32|int8]
 """
 
 from __future__ import annotations
@@ -58,11 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--embedder", default=None, help="sentence-transformers spec (default: the packaged MiniLM)")
     ap.add_argument("--sets", default="rsitmd,rsicd")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--document-graph", default="fp32", choices=("fp32", "int8"),
+                    help="graph the captions are embedded with (int8: what a new CPU index uses); queries always fp32")
     args = ap.parse_args(argv)
     from plugin.core.embedding.embedder import make_embedder
 
-    emb = make_embedder(args.embedder, device="cpu")
-    print(f"embedder {emb.fingerprint}")
+    emb = make_embedder(args.embedder, device="cpu", document_graph=args.document_graph)
+    assert emb.document_graph == args.document_graph, "the int8 graph needs the ONNX export (see the log)"
+    print(f"embedder {emb.fingerprint}, {emb.document_graph} document graph")
     rng = np.random.default_rng(args.seed)
     short_match, short_other, sent_match, sent_other = [], [], [], []
     t0 = time.perf_counter()

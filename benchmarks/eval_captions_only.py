@@ -49,6 +49,8 @@ def main() -> int:
                     help="hybrid weight sweep, e.g. 0.05,0.1,0.15,0.2,0.3 (one hybrid row per weight)")
     ap.add_argument("--embedder", default=None, help="default: the packaged MiniLM")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--document-graph", default="fp32", choices=("fp32", "int8"),
+                    help="graph the captions (documents) are embedded with; queries always fp32")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     data = Path(args.data)
@@ -61,7 +63,10 @@ def main() -> int:
     weights = [float(w) for w in args.weights.split(",")] if args.weights else [None]
 
     t0 = time.perf_counter()
-    embedder = make_embedder(args.embedder, device=args.device)
+    embedder = make_embedder(args.embedder, device=args.device, document_graph=args.document_graph)
+    if embedder.document_graph != args.document_graph:
+        print(f"the {args.document_graph} document graph is not available (see the log)", file=sys.stderr)
+        return 1
     t_model = time.perf_counter() - t0
     print(f"embedder {embedder.fingerprint} loaded in {t_model:.1f} s", file=sys.stderr)
 
