@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     if not os.path.isdir(args.captions):
         print(f"captions folder not found: {args.captions} (pass --captions)", file=sys.stderr)
         return 1
-    from plugin.core.embedder import make_embedder
+    from plugin.core.embedding.embedder import make_embedder
 
     emb = make_embedder(None, device="cpu")  # fp32 export: documents and queries
     int8 = make_embedder(None, device="cpu", document_graph="int8")

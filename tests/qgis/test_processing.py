@@ -185,9 +185,13 @@ def test_search_by_example_and_ranker_parameters(provider, tmp_path, qgis_new_pr
     context.setProject(QgsProject.instance())
     idx = str(tmp_path / "like.search")
     build = registry.createAlgorithmById(f"{PROVIDER_ID}:build_index")
+    assert build.parameterDefinition("DOCUMENT_GRAPH").options() == ["auto", "fp32", "int8"]
     _res, ok = build.run({"LAYERS": [path], "CAPTIONER": "spectral", "TILE_SIZE": 64, "OVERLAP": 0.0, "SCALES": "1",
-                          "OUTPUT": idx}, context, feedback)
+                          "DOCUMENT_GRAPH": 1, "OUTPUT": idx}, context, feedback)
     assert ok, feedback.textLog()
+    from plugin.core.pipeline import index_info
+
+    assert index_info(idx)["document_graph"] == "fp32"  # asked for; a new CPU index would otherwise be int8
     search = registry.createAlgorithmById(f"{PROVIDER_ID}:search_index")
     assert search.parameterDefinition("RANKER").options() == ["hybrid", "dense", "lexical"]
     assert "without" in search.shortHelpString() and "RASTER:COL,ROW" in search.shortHelpString()
