@@ -13,7 +13,7 @@ import sys
 
 from qgis.core import QgsSettings
 
-from ..core.env.engine_env import venv_python
+from ..core.env.engine_commands import venv_python
 
 SETTINGS_KEY = "semantic_imagery_search/engine_python"
 #: The plugin's root folder (metadata.txt, `plugin/`, and in a checkout `.venv/`).

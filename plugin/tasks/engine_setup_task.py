@@ -1,6 +1,6 @@
 """QgsTask shells for "Set up engine" and "Check engine".
 
-Both run a pure function of `core.engine_env` off the main thread (pip can take minutes, importing
+Both run a pure function of `core.env.engine_env` off the main thread (pip can take minutes, importing
 torch in the probe takes seconds). The environment goes into the QGIS profile folder, which every
 user can write to, so no admin rights are needed. Log lines are emitted as they come (queued to the
 main thread) and also written to `engine-setup.log` beside the environment for troubleshooting.

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from plugin.core.captioners import make_captioner
-from plugin.core.env import engine_env
+from plugin.core.env import engine_commands
 from plugin.core.errors import EngineError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,7 +28,7 @@ def test_requirement_floors_refuse_unsafe_deserialisation(path: str) -> None:
 
 
 def test_torch_floor() -> None:
-    assert _floor(engine_env.TORCH_SPEC.replace(",", "\n"), "torch") >= (2, 10)
+    assert _floor(engine_commands.TORCH_SPEC.replace(",", "\n"), "torch") >= (2, 10)
     assert "torch==" in (ROOT / "scripts/setup.sh").read_text()
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from qgis.core import QgsSettings
 
-from plugin.core.env import engine_env
+from plugin.core.env import engine_commands
 from plugin.core.worker.worker_client import WorkerClient
 from plugin.gui.settings.engine_dialog import EngineBanner, EngineDialog, quick_engine_problem
 from plugin.qgis_io.engine import SETTINGS_KEY
@@ -76,14 +76,14 @@ def test_setup_task_creates_an_engine_that_indexes_and_searches(qgis_app, qgis_i
     env_dir = tmp_path / "profile" / "semantic_imagery_search" / "engine"
     dlg = EngineDialog(qgis_iface.mainWindow(), env_dir=str(env_dir), gpu=None, setup_options={
         "requirements": [req], "install_torch": False, "find_links": str(tmp_path / "wheels"),
-        "system_site_packages": True, "python": engine_env.base_python()})
+        "system_site_packages": True, "python": engine_commands.base_python()})
     assert dlg.variant_combo.currentData() == "cpu"  # no NVIDIA driver given -> CPU build offered
     changed = SignalCatcher(dlg.engine_changed)
     task = dlg.start_setup()
     result = changed.wait(timeout=240, what="engine set-up")[0]
 
     assert result.get("ok"), result
-    python = engine_env.venv_python(str(env_dir))
+    python = engine_commands.venv_python(str(env_dir))
     assert result["python"] == python and Path(python).is_file()
     assert result["packages"]["torch"] and result["packages"]["hnswlib"] and result["device"] == "cpu"
     assert QgsSettings().value(SETTINGS_KEY) == python  # the plugin now uses the new engine

@@ -33,7 +33,7 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
-from ...core.env import engine_env
+from ...core.env import engine_commands
 from ...qgis_io.engine import SETTINGS_KEY, engine_python
 from ...tasks.engine_setup_task import EngineCheckTask, EngineSetupTask, default_engine_dir
 from ..layouts import hbox
@@ -101,7 +101,7 @@ class EngineDialog(QDialog):
         self.setWindowTitle("Semantic Imagery Search engine")
         self.env_dir = env_dir or default_engine_dir()
         self.setup_options = dict(setup_options or {})
-        self.gpu = engine_env.nvidia_driver() if gpu == "detect" else gpu
+        self.gpu = engine_commands.nvidia_driver() if gpu == "detect" else gpu
         self.task: Optional[EngineSetupTask] = None
         self.check_task: Optional[EngineCheckTask] = None
 
