@@ -133,6 +133,11 @@ def search_and_wait(plugin, query: str, top: int = 10, only_extent: bool = False
     return [h.to_dict() if hasattr(h, "to_dict") else h for h in hits], error
 
 
+def current_shore_layer() -> QgsRasterLayer:
+    """The Shore layer of the current project (a test re-opens the saved project: new layer objects)."""
+    return QgsProject.instance().mapLayersByName("Shore")[0]
+
+
 def indexed_shore_project(qgis_iface, folder: str, crs: str = "EPSG:3857", tile_size: int = 128):
     """A new project in `crs` with the generated "Shore" raster indexed by the dock (spectral
     captioner): (plugin, layer, canvas). The caller unloads the plugin and clears the project."""
