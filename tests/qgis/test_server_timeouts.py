@@ -26,6 +26,9 @@ def test_dock_form_round_trips_the_server_times(qgis_iface):
     engine = w.options().to_engine()
     assert engine["captioner_options"]["connect_timeout_s"] == 2.5
     assert engine["captioner_options"]["tile_deadline_s"] == 45.0
+    assert engine["document_graph"] == "auto" and w.graph_combo.currentText() == "auto"
+    w.graph_combo.setCurrentText("fp32")  # a new index's caption embedding reaches the engine's keywords
+    assert w.options().document_graph == "fp32" and w.options().to_engine()["document_graph"] == "fp32"
     spectral = IndexOptions(connect_timeout_s=2.5).to_engine()  # other captioners take no server times
     assert "connect_timeout_s" not in spectral["captioner_options"]
 

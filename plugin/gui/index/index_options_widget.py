@@ -19,7 +19,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ..layouts import hbox
-from ..settings.settings import CAPTIONER_KINDS, DEVICES, IndexOptions
+from ..settings.settings import CAPTIONER_KINDS, DEVICES, DOCUMENT_GRAPHS, IndexOptions
 
 _KIND_LABELS = {
     "spectral": "Spectral (offline, fast)",
@@ -79,6 +79,8 @@ class IndexOptionsWidget(QWidget):
         self.scales_edit.setToolTip("Extra scales as integer factors, e.g. 1,2 adds tiles twice as large")
         self.device_combo = QComboBox(self)
         self.device_combo.addItems(list(DEVICES))
+        self.graph_combo = QComboBox(self)
+        self.graph_combo.addItems(list(DOCUMENT_GRAPHS))
         form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)
         form.addRow("Captioner", self.kind_combo)
@@ -93,7 +95,7 @@ class IndexOptionsWidget(QWidget):
         self.suggest_button = QPushButton("Suggest", self)
         self.suggest_button.setToolTip("Tile size and scales from the checked rasters' ground resolution and the captioner")
         form.addRow("Estimate", hbox((self.estimate_label, 1), self.suggest_button))
-        form.addRow("Device", self.device_combo)
+        form.addRow("Device", hbox(self.device_combo, QLabel("caption embedding", self), self.graph_combo))
         self.kind_combo.setToolTip("What writes the captions: the offline spectral describer, a local vision-language "
                                    "model (transformers) or an OpenAI-compatible server")
         self.variants_spin.setToolTip("Captions written per tile (the paper uses 5); a tile scores by its best variant")
@@ -104,6 +106,8 @@ class IndexOptionsWidget(QWidget):
         self.scales_edit.setToolTip("Tile sizes as multiples of the tile size, e.g. 1,2 also indexes tiles twice as "
                                     "large (wider context); each scale adds tiles")
         self.device_combo.setToolTip("Where the models run: auto = CUDA, then Apple MPS, then CPU")
+        self.graph_combo.setToolTip("How a NEW index embeds its captions: auto = int8 on a CPU (about twice as fast, "
+                                    "cosine 0.99 to fp32), fp32 on a GPU. An existing index keeps the one it was built with")
         self.kind_combo.currentIndexChanged.connect(self._on_kind_changed)
         self.set_options(options)
 
@@ -124,6 +128,7 @@ class IndexOptionsWidget(QWidget):
         self.scales_edit.setText(o.scales)
         d = self.device_combo.findText(o.device)
         self.device_combo.setCurrentIndex(max(0, d))
+        self.graph_combo.setCurrentIndex(max(0, self.graph_combo.findText(o.document_graph)))
         self._on_kind_changed()
 
     def options(self) -> IndexOptions:
@@ -142,6 +147,7 @@ class IndexOptionsWidget(QWidget):
             overlap=round(self.overlap_spin.value(), 3),
             scales=self.scales_edit.text().strip() or "1",
             device=self.device_combo.currentText(),
+            document_graph=self.graph_combo.currentText(),
         )
 
     def _on_kind_changed(self, *_a) -> None:

@@ -16,6 +16,8 @@ PREFIX = "semantic_imagery_search"
 
 CAPTIONER_KINDS = ("spectral", "transformers", "openai")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+#: The caption embedding of a NEW index (engine: indexing/document_graph.py); an existing index keeps its own.
+DOCUMENT_GRAPHS = ("auto", "fp32", "int8")
 
 
 @dataclass
@@ -36,6 +38,7 @@ class IndexOptions:
     overlap: float = 0.0
     scales: str = "1"
     device: str = "auto"
+    document_graph: str = "auto"
 
     def captioner_spec(self) -> str:
         """The engine's captioner spec ("spectral", "transformers:<model>", "openai:<url>#<model>")."""
@@ -85,6 +88,7 @@ class IndexOptions:
             "tiling": {"tile_size": int(self.tile_size), "overlap": float(self.overlap), "scales": list(self.scale_tuple())},
             "captioner_options": captioner_options,
             "device": self.device if self.device in DEVICES else "auto",
+            "document_graph": self.document_graph if self.document_graph in DOCUMENT_GRAPHS else "auto",
         }
 
     def described(self) -> str:
