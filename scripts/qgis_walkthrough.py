@@ -94,7 +94,8 @@ def run() -> None:
     if done[0].get("error"):
         raise RuntimeError(f"indexing failed: {done[0]['error']}")
     wait_until(lambda: not p.session.queue.busy, 120, "index info")
-    note(f"indexed in {took:.0f} s: {done[0].get('tiles_new', '?')} new tiles")
+    new = sum(r.get("tiles_new", 0) for r in done[0].get("rasters", []))
+    note(f"indexed in {took:.0f} s: {new} new tiles")
     shot("03_indexed")
 
     # 2. search and look at the results
