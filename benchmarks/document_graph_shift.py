@@ -69,7 +69,7 @@ def one_set(emb: object, int8: object, folder: str, name: str, n_queries: int, r
     for label, rows in (("sentence", slice(0, len(sent))), ("short", slice(len(sent), None))):
         a32, a8 = s32[rows], s8[rows]
         ok = np.isfinite(a32)
-        shift = (a8 - a32)[ok]
+        shift = a8[ok] - a32[ok]
         t10 = top(a32, 10)
         t10_shift = np.take_along_axis(a8, t10, 1) - np.take_along_axis(a32, t10, 1)
         scores = np.take_along_axis(a32, top(a32, 11), 1)

@@ -114,6 +114,9 @@ def test_same_index_as_local_with_faults_and_a_remote_cog(cluster, tmp_path: Pat
     assert [x["tiles_new"] for x in json.loads(r.stdout)["rasters"]] == [16, 16]
     got, want = _rows(ray_idx), _rows(local)
     assert sorted(got) == sorted(want) and len(got) == 32
+    # Both new CPU indexes record the int8 document graph, and the Ray embed actors followed it: the
+    # vectors below agree to 1e-5 (fp32 and int8 vectors of a caption differ by ~1e-2).
+    assert index_info(ray_idx)["document_graph"] == index_info(local)["document_graph"] == "int8"
     for tid, (texts, vecs) in want.items():
         assert got[tid][0] == texts
         np.testing.assert_allclose(got[tid][1], vecs, atol=1e-5)
