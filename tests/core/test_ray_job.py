@@ -90,6 +90,8 @@ def test_job_mode_same_index_as_local_and_merging_twice_changes_nothing(cluster,
     assert [x["tiles_new"] for x in json.loads(r.stdout)["rasters"]] == [16, 16]
     got, want = _rows(idx), _rows(local)
     assert sorted(got) == sorted(want) and len(got) == 32
+    # The job's embed actors follow the index's int8 record (fp32 vectors would differ by ~1e-2).
+    assert index_info(idx)["document_graph"] == index_info(local)["document_graph"] == "int8"
     for tid, (texts, vecs) in want.items():
         assert got[tid][0] == texts
         np.testing.assert_allclose(got[tid][1], vecs, atol=1e-5)
