@@ -1,10 +1,16 @@
 """A real local Ray head for tests (loopback only, random ports, token auth), and the process helpers
 that check a test leaves no Ray process behind. Used by the Ray executor and job-mode test modules.
+
+`SHARED_HEAD` is the session's one head (the `ray_cluster` fixture in tests/core/conftest.py): both
+modules use it, so a session starts one head (4-10 s, ~700 MB) instead of one per module; it is
+stopped after the last test that uses it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import json
 import os
 import secrets
 import shutil
@@ -14,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -83,6 +90,13 @@ def actor_pids(marker: str, name: str) -> list[int]:
     return sorted(out)
 
 
+def api_get(url: str, token: str | None = None) -> dict:
+    """GET a dashboard REST endpoint (JSON), with the token as a Bearer header when given."""
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return json.loads(r.read() or b"null")
+
+
 def port_open(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
@@ -90,12 +104,12 @@ def port_open(port: int) -> bool:
 
 @contextlib.contextmanager
 def ray_head(prefix: str, *, dashboard: bool = False, env: dict | Callable[[str], dict] | None = None,
-             stop_wait_s: float = 3,
+             stop_wait_s: float = 3, num_gpus: int | None = None,
              ready: Callable[[dict], bool] | None = None) -> Iterator[dict]:
     """`ray start --head --block` on 127.0.0.1 with random ports and a fresh auth token; yields
     {address, port, url (dashboard, or None), token, tmp, env}. `env` adds to the cluster's environment
-    (a callable gets the cluster's temp folder first). `ready(info)` says when it serves
-    (default: the GCS port answers). On exit the head is stopped and every process it started killed."""
+    (a callable gets the cluster's temp folder first). `num_gpus` declares logical GPUs (none are
+    needed to schedule on them). `ready(info)` says when it serves (default: the GCS port answers). On exit the head is stopped and every process it started killed."""
     tmp = tempfile.mkdtemp(prefix=prefix, dir="/tmp")  # short: Ray's unix socket paths are length-limited
     port = free_port()
     token = secrets.token_hex(16)
@@ -103,6 +117,8 @@ def ray_head(prefix: str, *, dashboard: bool = False, env: dict | Callable[[str]
     full_env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, **CLUSTER_ENV, **extra)
     args = [RAY, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
             f"--temp-dir={tmp}", "--disable-usage-stats"]
+    if num_gpus is not None:
+        args.append(f"--num-gpus={num_gpus}")
     url = None
     if dashboard:
         dport = free_port()
@@ -142,6 +158,49 @@ def ray_head(prefix: str, *, dashboard: bool = False, env: dict | Callable[[str]
                 pass
         log.close()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+#: The once-only fault markers of `ray_captioners.faulty`, files in the shared head's temp folder.
+FAULT_MARKERS = {"RAY9_FAIL_ONCE": "transient", "RAY9_EXIT_ONCE": "exit"}
+
+
+class SharedHead:
+    """The session's one token-auth head, for the executor (driver mode) and job-mode tests alike: its
+    dashboard (the Jobs REST API) on 127.0.0.1 where ray[default] is installed, one logical GPU (the
+    vLLM stand-in's actors ask for one; the other captioners never do), the fault markers of
+    `ray_captioners.faulty` in its folder, and this venv's `python` first on the jobs' PATH.
+    Started on first use; `stop()` after the last test that uses it (and at session end)."""
+
+    def __init__(self) -> None:
+        self.info: dict | None = None
+        self.last_user: str | None = None  # node id of the session's last test that needs the head
+        self._stack: contextlib.ExitStack | None = None
+
+    def start(self) -> dict:
+        if self.info is None:
+            dashboard = importlib.util.find_spec("aiohttp_cors") is not None  # the job server needs ray[default]
+            bin_dir = os.path.dirname(sys.executable)
+
+            def env(tmp: str) -> dict:
+                return {"PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), "HF_HUB_OFFLINE": "1",
+                        "TRANSFORMERS_OFFLINE": "1", **{k: os.path.join(tmp, v) for k, v in FAULT_MARKERS.items()}}
+
+            def ready(i: dict) -> bool:
+                return bool(api_get(i["url"] + "/api/version", i["token"]).get("ray_version")) if dashboard \
+                    else port_open(i["port"])
+
+            stack = contextlib.ExitStack()
+            info = stack.enter_context(ray_head("r9s", dashboard=dashboard, env=env, num_gpus=1, ready=ready))
+            self.info, self._stack = dict(info, shared=os.path.join(info["tmp"], "shared")), stack
+        return self.info
+
+    def stop(self) -> None:
+        stack, self._stack, self.info = self._stack, None, None
+        if stack is not None:
+            stack.close()
+
+
+SHARED_HEAD = SharedHead()
 
 
 def as_numpy_batch(batch: dict) -> dict:
