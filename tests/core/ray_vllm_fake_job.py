@@ -1,10 +1,10 @@
 """Child process of `test_ray_executor.test_vllm_captioner_path_with_a_stand_in_processor`.
 
 The `vllm:` captioner's whole Ray path (chunk rows, request rows, the processor's place in the
-dataset, parse + embed actor, reassembly on the driver, the writer) on a private local Ray that
-declares one (logical) GPU, with `ray.data.llm`'s processor replaced by a stand-in that checks the
+dataset, parse + embed actor, reassembly on the driver, the writer) on the tests' shared Ray head,
+which declares one (logical) GPU (token auth from the environment), with `ray.data.llm`'s processor replaced by a stand-in that checks the
 rows it gets are what the processor needs and answers like vLLM would (vLLM is not installed here).
-  python -m tests.core.ray_vllm_fake_job INDEX_DIR TEMP_DIR RASTER
+  python -m tests.core.ray_vllm_fake_job INDEX_DIR ADDRESS RASTER
 Prints the job report as JSON.
 """
 
@@ -51,7 +51,7 @@ def fake_processor(spec: Any, workers: int, keep: Any) -> Any:
 
 
 def main(argv: list[str]) -> int:
-    idx, tmp, raster = argv
+    idx, address, raster = argv
     import ray
 
     from plugin.core.indexing.cluster import ray_exec, ray_vllm
@@ -59,8 +59,7 @@ def main(argv: list[str]) -> int:
     from plugin.core.rasters.tiling import TilingParams
 
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False, _temp_dir=tmp,
-             runtime_env={"py_modules": [os.path.join(root, "plugin")]})
+    ray.init(address=address, log_to_driver=False, runtime_env={"py_modules": [os.path.join(root, "plugin")]})
     ray_exec.vllm_identity = fake_identity  # no vLLM here: the cluster-side check is stood in for
     ray_vllm.build_vllm_processor = fake_processor
     try:

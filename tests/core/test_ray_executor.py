@@ -1,8 +1,10 @@
 """The `ray` executor on a real local Ray (num_cpus=2, loopback only, random ports).
 
-One cluster is started for the module with `ray start --head --block` and token auth
-(RAY_AUTH_MODE=token), as a user's cluster would be; jobs attach to it by address. The cancel test
-lets the driver start (and must leave no trace of) a private cluster. Each job is 32-36 tiles.
+The session's one head (`ray_cluster` in tests/core/conftest.py, shared with the job-mode module)
+is started with `ray start --head --block` and token auth (RAY_AUTH_MODE=token), as a user's cluster
+would be; jobs attach to it by address. The cancel test lets the driver start (and must leave no
+trace of) a private cluster. Each job is 16-32 tiles; scenarios that need the same expensive set-up
+share one run (one kill, several assertions).
 Skipped with a reason where ray[data] is not installed (CI installs it: scripts/setup.sh).
 """
 
@@ -36,7 +38,6 @@ from tests.core.ray_cluster import (  # noqa: E402
     alive,
     free_port,
     pids_under,
-    ray_head,
 )
 from tests.core.test_pipeline import write_scene  # noqa: E402
 
@@ -47,12 +48,10 @@ TILING = TilingParams(tile_size=48)  # 16 tiles per 192 px scene
 _free_port, _pids_under, _alive, _actor_pids = free_port, pids_under, alive, actor_pids
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    """One token-auth head for the module; the fault captioners' once-only markers live in its folder."""
-    markers = {"RAY9_FAIL_ONCE": "transient", "RAY9_EXIT_ONCE": "exit"}
-    with ray_head("r9", env=lambda tmp: {k: os.path.join(tmp, v) for k, v in markers.items()}) as info:
-        yield info
+@pytest.fixture
+def cluster(ray_cluster):
+    """The session's token-auth head; the fault captioners' once-only markers live in its folder."""
+    return ray_cluster
 
 
 def _driver_env(cluster: dict) -> dict:
@@ -92,35 +91,60 @@ def _counts(index_dir: str) -> tuple[int, int]:
         conn.close()
 
 
-def test_same_index_as_local_with_faults_and_a_remote_cog(cluster, tmp_path: Path) -> None:
+def test_same_index_as_local_with_faults_a_remote_cog_and_unreadable_and_empty_tiles(cluster, tmp_path: Path) -> None:
     """`python -m plugin index --executor ray --ray-address ...` on a token-auth cluster gives the local
     executor's index (tiles, texts, vectors), while one caption call fails with a transient error
     (retried) and one actor process exits mid-batch (restarted); one raster is a COG read over HTTP
-    Range requests by the cluster's workers."""
+    Range requests by the cluster's workers. A third raster has a corrupt block and a row of nodata
+    tiles: the corrupt block fails its tile only (reported with the reason, the raster left
+    unfinished), the empty tiles are recorded as empty (updates skip them without reading), as with
+    the local executor; the next run, once the file is repaired, captions exactly the failed tile."""
     (tmp_path / "www").mkdir()
-    scenes = [write_scene(tmp_path / "a.tif", seed=0), write_scene(tmp_path / "www" / "b.tif", seed=1)]
+    tiling = TilingParams(tile_size=128)  # 4 tiles per 256 px scene; holed: 16 tiles, 4 empty, 1 unreadable
+    scenes = [write_scene(tmp_path / "a.tif", seed=0, size=256), write_scene(tmp_path / "www" / "b.tif", seed=1, size=256),
+              holed(tmp_path)]
+    pristine = holed(tmp_path, "pristine.tif", corrupt=False)  # the same bytes but the corrupt block
     local = str(tmp_path / "local")
     index_rasters(local, [RasterSource(p) for p in scenes], captioner="python:tests.core.ray_captioners:wrapped",
-                  tiling=TILING, captioner_options={"variants": 2})
+                  tiling=tiling, captioner_options={"variants": 2})
     ray_idx = str(tmp_path / "ray")
     with RangeServer(str(tmp_path / "www")) as srv:
-        cmd = _cli_index(cluster, ray_idx, [scenes[0], srv.url("b.tif")], "python:tests.core.ray_captioners:faulty",
-                         "--variants", "2", "--caption-workers", "2", "--format", "json")
+        # Caption batches of 2 tiles: every actor makes enough calls for both faults (after its first 4 tiles).
+        cmd = _cli_index(cluster, ray_idx, [scenes[0], srv.url("b.tif"), scenes[2]], "python:tests.core.ray_captioners:faulty",
+                         "--tile-size", "128", "--batch-size", "2", "--variants", "2", "--caption-workers", "2",
+                         "--format", "json")
         assert cluster["token"] not in " ".join(cmd)  # the token travels in the environment only
         r = subprocess.run(cmd, cwd=ROOT, env=_driver_env(cluster), capture_output=True, text=True, timeout=600)
-        assert r.returncode == 0, r.stderr[-3000:]
+        assert r.returncode == 3, r.stderr[-3000:]  # finished, with a failed tile
         assert srv.ranged_gets() > 0
-    assert os.path.exists(os.path.join(cluster["tmp"], "transient")) and os.path.exists(os.path.join(cluster["tmp"], "exit"))
-    assert [x["tiles_new"] for x in json.loads(r.stdout)["rasters"]] == [16, 16]
-    got, want = _rows(ray_idx), _rows(local)
-    assert sorted(got) == sorted(want) and len(got) == 32
-    # Both new CPU indexes record the int8 document graph, and the Ray embed actors followed it: the
-    # vectors below agree to 1e-5 (fp32 and int8 vectors of a caption differ by ~1e-2).
-    assert index_info(ray_idx)["document_graph"] == index_info(local)["document_graph"] == "int8"
-    for tid, (texts, vecs) in want.items():
-        assert got[tid][0] == texts
-        np.testing.assert_allclose(got[tid][1], vecs, atol=1e-5)
-    assert _counts(ray_idx) == (32, 64)  # nothing duplicated by the retries
+        assert os.path.exists(os.path.join(cluster["tmp"], "transient")) and os.path.exists(os.path.join(cluster["tmp"], "exit"))
+        entries = json.loads(r.stdout)["rasters"]
+        assert [x["tiles_new"] for x in entries] == [4, 4, 11]
+        entry = entries[2]
+        assert (entry["tiles_new"], entry["tiles_empty"], entry["tiles_failed"]) == (11, 4, 1)
+        assert entry["failed_tiles"][0]["window"] == [0, 128, 128, 128]
+        assert "cannot be read" in entry["failed_tiles"][0]["reason"]
+        got, want = _rows(ray_idx), _rows(local)  # the local index has the same 19 tiles (its corrupt tile failed too)
+        assert sorted(got) == sorted(want) and len(got) == 19
+        # Both new CPU indexes record the int8 document graph, and the Ray embed actors followed it: the
+        # vectors below agree to 1e-5 (fp32 and int8 vectors of a caption differ by ~1e-2).
+        assert index_info(ray_idx)["document_graph"] == index_info(local)["document_graph"] == "int8"
+        for tid, (texts, vecs) in want.items():
+            assert got[tid][0] == texts
+            np.testing.assert_allclose(got[tid][1], vecs, atol=1e-5)
+        assert _counts(ray_idx) == (19, 38)  # nothing duplicated by the retries
+        with SearchIndex.open(ray_idx, readonly=True) as s:
+            assert len(s.empty_tile_ids(entry["raster_id"], TilingParams().min_valid_fraction)) == 4
+        states = {x["path"]: x["state"] for x in index_info(ray_idx)["rasters"]}
+        assert states[scenes[2]] == "indexing" and states[scenes[0]] == "indexed"
+        # Repaired in place: the next run reads only the failed tile (the empty ones are known).
+        shutil.copy(pristine, scenes[2])
+        r = subprocess.run(cmd, cwd=ROOT, env=_driver_env(cluster), capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+    entries = json.loads(r.stdout)["rasters"]
+    assert [(x["tiles_new"], x["tiles_empty"], x["tiles_failed"]) for x in entries] == [(0, 0, 0), (0, 0, 0), (1, 4, 0)]
+    assert _counts(ray_idx) == (20, 40)
+    assert {x["path"]: x["state"] for x in index_info(ray_idx)["rasters"]}[scenes[2]] == "indexed"
 
 
 def _wait_tiles(index_dir: str, n: int, proc: subprocess.Popen | None = None, timeout: float = 240) -> int:
@@ -145,7 +169,9 @@ def test_actor_and_driver_killed_then_rerun_finishes_exactly(cluster, tmp_path: 
     nothing lost, nothing duplicated."""
     scenes = [write_scene(tmp_path / f"s{i}.tif", seed=i) for i in range(2)]
     idx = str(tmp_path / "idx")
-    cmd = _cli_index(cluster, idx, scenes, "python:tests.core.ray_captioners:slow", "--variants", "1", "--caption-workers", "2")
+    fast = tmp_path / "fast"  # created once the kills are done: the re-run need not wait out 0.8 s a tile
+    cmd = _cli_index(cluster, idx, scenes, "python:tests.core.ray_captioners:slow", "--variants", "1", "--caption-workers", "2",
+                     "--captioner-option", f"fast_when={fast}")
     driver = subprocess.Popen(cmd, cwd=ROOT, env=_driver_env(cluster), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     try:
@@ -163,6 +189,7 @@ def test_actor_and_driver_killed_then_rerun_finishes_exactly(cluster, tmp_path: 
             driver.kill()
     done = _counts(idx)[0]
     assert 1 <= done <= 32
+    fast.touch()
     r = subprocess.run(cmd[:-2] + ["--format", "json", *scenes], cwd=ROOT, env=_driver_env(cluster),
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -202,11 +229,14 @@ def test_cancel_stops_and_leaves_no_ray_process(tmp_path: Path, monkeypatch) -> 
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def test_worker_phases_in_order_and_path_map_reads_the_cluster_path(cluster, tmp_path: Path) -> None:
-    """Through the engine worker (as the dock runs it): planning, loading, starting workers k/n
-    ready, then captioned x/N with rate and ETA, in that order with sane numbers; the path map
-    sends the cluster a URL for the local folder (the loopback Range server), while the index keeps
-    the local path."""
+def test_cluster_check_then_worker_phases_in_order_and_path_map_reads_the_cluster_path(cluster, tmp_path: Path) -> None:
+    """Through the engine worker (as the dock runs it), with the cluster's token in its environment:
+    the settings' "Test cluster" (`cluster_info`) reports versions, nodes, CPUs, GPUs and auth; then an
+    index job: planning, loading, starting workers k/n ready, then captioned x/N with rate and ETA, in
+    that order with sane numbers; the path map sends the cluster a URL for the local folder (the
+    loopback Range server), while the index keeps the local path."""
+    import ray
+
     from plugin.core.worker.worker_client import WorkerClient
 
     (tmp_path / "local").mkdir()
@@ -216,6 +246,10 @@ def test_worker_phases_in_order_and_path_map_reads_the_cluster_path(cluster, tmp
     client = WorkerClient(sys.executable, env=_driver_env(cluster))
     with RangeServer(str(tmp_path / "local")) as srv:
         try:
+            out = client.request("cluster_info", {"executor": "ray", "address": cluster["address"]})
+            assert out["client_version"] == out["cluster_version"] == ray.__version__ and out["mismatch"] is False
+            # the shared head declares one logical GPU (for the vLLM stand-in test)
+            assert out["nodes"] == 1 and out["cpus"] == 2.0 and out["gpus"] == 1.0 and out["auth"] == "token"
             report = client.request("index", {
                 "index_dir": idx, "sources": [{"path": scene}], "tiling": TILING.to_dict(),
                 # 0.5 s per tile, 2 s a batch: the commits spread well past the rate meter's 2 s minimum
@@ -244,21 +278,13 @@ def test_worker_phases_in_order_and_path_map_reads_the_cluster_path(cluster, tmp
     assert rated[-1]["eta_s"] == 0.0
 
 
-def test_cluster_check_reports_versions_resources_and_auth(cluster) -> None:
-    """The settings' "Test cluster", as the dialog runs it (an engine worker of its own): with the
-    token, versions, nodes, CPUs and auth; without it, one line saying the cluster refused."""
-    import ray
-
+def test_cluster_check_without_the_token_is_refused_in_one_line(cluster) -> None:
+    """The settings' "Test cluster", as the dialog runs it (an engine worker of its own), without the
+    token: one line saying the cluster refused (with it: the phases test above)."""
     from plugin.core.worker.worker_client import WorkerClient
 
-    client = WorkerClient(sys.executable, env=_driver_env(cluster))
-    try:
-        out = client.request("cluster_info", {"executor": "ray", "address": cluster["address"]})
-    finally:
-        client.stop()
-    assert out["client_version"] == out["cluster_version"] == ray.__version__ and out["mismatch"] is False
-    assert out["nodes"] == 1 and out["cpus"] == 2.0 and out["gpus"] == 0.0 and out["auth"] == "token"
     env = {k: v for k, v in _driver_env(cluster).items() if k not in ("RAY_AUTH_TOKEN", "RAY_AUTH_MODE")}
+    env["RAY_gcs_server_port_wait_time_s"] = "2"  # Ray asks a refusing GCS again once a second, 20 times by default
     client = WorkerClient(sys.executable, env=env)
     try:
         with pytest.raises(Exception) as e:
@@ -270,51 +296,16 @@ def test_cluster_check_reports_versions_resources_and_auth(cluster) -> None:
     assert "refused" in text or "cannot attach" in text, text
 
 
-def test_unreadable_and_empty_tiles_are_recorded_per_tile_and_retried(cluster, tmp_path: Path) -> None:
-    """A corrupt block fails its tile only (reported with the reason, the raster left unfinished), empty
-    tiles are recorded as empty (updates skip them without reading), as with the local executor; the
-    next run, once the file is repaired, captions exactly the failed tile."""
-    path = holed(tmp_path)  # 16 tiles of 128 px: 4 empty, 1 unreadable
-    pristine = holed(tmp_path, "pristine.tif", corrupt=False)  # the same bytes but the corrupt block
-    idx = str(tmp_path / "idx")
-    cmd = _cli_index(cluster, idx, [path], "python:tests.core.ray_captioners:wrapped", "--tile-size", "128",
-                     "--variants", "1", "--format", "json")
-    r = subprocess.run(cmd, cwd=ROOT, env=_driver_env(cluster), capture_output=True, text=True, timeout=600)
-    assert r.returncode == 3, r.stderr[-3000:]  # finished, with a failed tile
-    (entry,) = json.loads(r.stdout)["rasters"]
-    assert (entry["tiles_new"], entry["tiles_empty"], entry["tiles_failed"]) == (11, 4, 1)
-    assert entry["failed_tiles"][0]["window"] == [0, 128, 128, 128]
-    assert "cannot be read" in entry["failed_tiles"][0]["reason"]
-    with SearchIndex.open(idx, readonly=True) as s:
-        assert len(s.empty_tile_ids(entry["raster_id"], TilingParams().min_valid_fraction)) == 4
-    assert index_info(idx)["rasters"][0]["state"] == "indexing"
-    # Repaired in place: the next run reads only the failed tile (the empty ones are known).
-    shutil.copy(pristine, path)
-    r = subprocess.run(cmd, cwd=ROOT, env=_driver_env(cluster), capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    (entry,) = json.loads(r.stdout)["rasters"]
-    assert (entry["tiles_new"], entry["tiles_empty"], entry["tiles_failed"]) == (1, 4, 0)
-    assert _counts(idx) == (12, 12)
-    assert index_info(idx)["rasters"][0]["state"] == "indexed"
-
-
-def test_vllm_captioner_path_with_a_stand_in_processor(tmp_path: Path, monkeypatch) -> None:
+def test_vllm_captioner_path_with_a_stand_in_processor(cluster, tmp_path: Path) -> None:
     """`vllm:<model>` through the executor (chunks -> request rows -> the processor's place -> parse and
     embed -> chunks on the driver -> the writer), with `ray.data.llm`'s processor stood in for (no
-    vLLM here): every tile gets its K variants in order, empty and unreadable tiles are recorded."""
-    for k, v in CLUSTER_ENV.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
-    tmp = tempfile.mkdtemp(prefix="r9v", dir="/tmp")
+    vLLM here), on the shared head's logical GPU: every tile gets its K variants in order, empty and
+    unreadable tiles are recorded."""
     idx = str(tmp_path / "idx")
-    try:
-        r = subprocess.run([sys.executable, "-m", "tests.core.ray_vllm_fake_job", idx, tmp, holed(tmp_path)], cwd=ROOT,
-                           env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=300)
-        assert r.returncode == 0, r.stderr[-3000:]
-    finally:
-        for p in _alive(_pids_under(tmp) - {os.getpid()}):
-            os.kill(p, signal.SIGKILL)
-        shutil.rmtree(tmp, ignore_errors=True)
+    # The driver runs in a child process: an in-process Ray driver could end pytest itself later.
+    r = subprocess.run([sys.executable, "-m", "tests.core.ray_vllm_fake_job", idx, cluster["address"], holed(tmp_path)],
+                       cwd=ROOT, env=_driver_env(cluster), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
     rep = json.loads(r.stdout.strip().splitlines()[-1])
     (entry,) = rep["rasters"]
     assert rep["captioner"].startswith("vllm|stand-in/vlm|")

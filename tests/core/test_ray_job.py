@@ -1,7 +1,8 @@
 """Job mode (`--executor ray-job`) on a real local Ray cluster with its dashboard (Jobs REST API).
 
-One token-auth cluster for the module, started with `ray start --head` on 127.0.0.1 with random
-ports (dashboard included: the job server needs `ray[default]`, in the cluster extra). The engine
+The session's one token-auth head (`ray_cluster` in tests/core/conftest.py, shared with the driver-mode
+module), started with `ray start --head` on 127.0.0.1 with random ports (dashboard included: the job
+server needs `ray[default]`, in the cluster extra). The engine
 side never imports Ray: it talks HTTP to the dashboard and merges Parquet shards from a shared folder.
 Skipped with a reason where ray[data] / the dashboard's packages are not installed.
 """
@@ -16,7 +17,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +27,12 @@ pytest.importorskip("aiohttp_cors", reason="the Ray dashboard (job server) needs
 pytest.importorskip("pyarrow", reason="job mode reads Parquet shards with pyarrow")
 
 from plugin.core.errors import Canceled  # noqa: E402
-from plugin.core.indexing.cluster.ray_job_shards import list_shards, read_shard, ref_from_json, shard_tiles  # noqa: E402
+from plugin.core.indexing.cluster.ray_job_shards import list_shards, read_shard, ref_from_json, shard_rows, shard_tiles  # noqa: E402
 from plugin.core.pipeline import RasterSource, index_info, index_rasters  # noqa: E402
+from plugin.core.rasters.tiling import TilingParams  # noqa: E402
 from plugin.core.store.store import SearchIndex  # noqa: E402
 from tests.core.rasters import holed  # noqa: E402
-from tests.core.ray_cluster import ROOT, free_port, ray_head  # noqa: E402
+from tests.core.ray_cluster import ROOT, api_get, free_port  # noqa: E402
 from tests.core.test_pipeline import write_scene  # noqa: E402
 from tests.core.test_ray_executor import TILING, _counts, _rows, _wait_tiles  # noqa: E402
 
@@ -41,20 +42,13 @@ WRAPPED = "python:tests.core.ray_captioners:wrapped"
 SLOW = "python:tests.core.ray_captioners:slow"
 
 
-def _get(url: str, token: str | None = None) -> dict:
-    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
-    with urllib.request.urlopen(req, timeout=5) as r:
-        return json.loads(r.read() or b"null")
+_get = api_get
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    """One token-auth head with its dashboard (the Jobs REST API); the jobs' `python` is this venv's."""
-    bin_dir = os.path.dirname(sys.executable)
-    env = {"PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    with ray_head("r9j", dashboard=True, env=env,
-                  ready=lambda i: bool(_get(i["url"] + "/api/version", i["token"]).get("ray_version"))) as info:
-        yield dict(info, shared=os.path.join(info["tmp"], "shared"))
+@pytest.fixture
+def cluster(ray_cluster):
+    """The session's token-auth head with its dashboard (the Jobs REST API); the jobs' `python` is this venv's."""
+    return ray_cluster
 
 
 def _engine_env(cluster: dict, token: str | None = None) -> dict:
@@ -74,41 +68,69 @@ def _jobs(cluster: dict) -> list[dict]:
     return [j for j in _get(cluster["url"] + "/api/jobs/", cluster["token"]) if j.get("submission_id")]
 
 
-def test_job_mode_same_index_as_local_and_merging_twice_changes_nothing(cluster, tmp_path: Path) -> None:
+def test_job_mode_same_index_as_local_failed_tiles_retried_and_merging_twice_changes_nothing(cluster, tmp_path: Path) -> None:
     """`python -m plugin index --executor ray-job` gives the local executor's index (tiles, texts,
-    vectors); the token is in no argv, output, job entrypoint/runtime_env or job log; a shard merged
-    again changes nothing (`--keep-shards` leaves them in the shared folder)."""
-    scenes = [write_scene(tmp_path / f"s{i}.tif", seed=i) for i in range(2)]
+    vectors); the token is in no argv, output, job entrypoint/runtime_env or job log. A corrupt block
+    fails its tile only: the job SUCCEEDS, the tile comes back as a failed row (reported with the
+    reason, never captioned, the raster left unfinished) and empty tiles are recorded; the job's
+    folder is removed (the index holds its rows, the failed one was reported). Once the file is
+    repaired the next run submits a job for exactly that tile and the raster is finished; that run
+    keeps its shards (`--keep-shards`), and a shard merged again changes nothing."""
+    tiling = TilingParams(tile_size=128)  # 4 tiles per 256 px scene; holed: 16 tiles, 4 empty, 1 unreadable
+    scenes = [write_scene(tmp_path / f"s{i}.tif", seed=i, size=256) for i in range(2)] + [holed(tmp_path)]
+    pristine = holed(tmp_path, "pristine.tif", corrupt=False)
     local = str(tmp_path / "local")
-    index_rasters(local, [RasterSource(p) for p in scenes], captioner=WRAPPED, tiling=TILING,
+    index_rasters(local, [RasterSource(p) for p in scenes], captioner=WRAPPED, tiling=tiling,
                   captioner_options={"variants": 2})
     idx = str(tmp_path / "job")
-    cmd = _cli(cluster, idx, scenes, WRAPPED, "--variants", "2", "--caption-workers", "1", "--format", "json",
-               "--keep-shards")
-    r = subprocess.run(cmd, cwd=ROOT, env=_engine_env(cluster), capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert [x["tiles_new"] for x in json.loads(r.stdout)["rasters"]] == [16, 16]
-    got, want = _rows(idx), _rows(local)
-    assert sorted(got) == sorted(want) and len(got) == 32
+    cmd = _cli(cluster, idx, scenes, WRAPPED, "--tile-size", "128", "--variants", "2", "--caption-workers", "1",
+               "--format", "json")
+
+    def run(rc: int, *extra: str) -> tuple[subprocess.CompletedProcess, list[dict], dict]:
+        r = subprocess.run(cmd[:-len(scenes)] + [*extra, *scenes], cwd=ROOT, env=_engine_env(cluster),
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == rc, r.stderr[-3000:]  # 3: finished, with a failed tile
+        state = json.load(open(os.path.join(idx, "ray_job.json")))
+        assert _get(f"{cluster['url']}/api/jobs/{state['sid']}", cluster["token"])["status"] == "SUCCEEDED"
+        return r, json.loads(r.stdout)["rasters"], state
+
+    r, entries, first = run(3)
+    assert [x["tiles_new"] for x in entries] == [4, 4, 11]
+    entry = entries[2]
+    assert (entry["tiles_new"], entry["tiles_empty"], entry["tiles_failed"]) == (11, 4, 1)
+    assert entry["failed_tiles"][0]["window"] == [0, 128, 128, 128]
+    assert "cannot be read" in entry["failed_tiles"][0]["reason"]
+    got, want = _rows(idx), _rows(local)  # the local index has the same 19 tiles (its corrupt tile failed too)
+    assert sorted(got) == sorted(want) and len(got) == 19
     # The job's embed actors follow the index's int8 record (fp32 vectors would differ by ~1e-2).
     assert index_info(idx)["document_graph"] == index_info(local)["document_graph"] == "int8"
     for tid, (texts, vecs) in want.items():
         assert got[tid][0] == texts
         np.testing.assert_allclose(got[tid][1], vecs, atol=1e-5)
-    assert _counts(idx) == (32, 64)
-    state = json.load(open(os.path.join(idx, "ray_job.json")))
-    info = _get(f"{cluster['url']}/api/jobs/{state['sid']}", cluster["token"])
-    assert info["status"] == "SUCCEEDED"
-    logs = _get(f"{cluster['url']}/api/jobs/{state['sid']}/logs", cluster["token"])["logs"]
+    assert _counts(idx) == (19, 38)
+    assert {x["path"]: x["state"] for x in index_info(idx)["rasters"]}[scenes[2]] == "indexing"
+    info = _get(f"{cluster['url']}/api/jobs/{first['sid']}", cluster["token"])
+    logs = _get(f"{cluster['url']}/api/jobs/{first['sid']}/logs", cluster["token"])["logs"]
     token = cluster["token"]
     assert token not in " ".join(cmd) and token not in r.stdout + r.stderr and token not in json.dumps(info) + logs
+    assert [n for n in json.loads(r.stdout)["notes"] if "merged Ray job shard(s)" in n and "1 job folder(s)" in n]
+    assert not os.path.exists(first["dir"])
+    shutil.copy(pristine, scenes[2])  # repaired in place
+    r, entries, state = run(0, "--keep-shards")
+    assert [(x["tiles_new"], x["tiles_empty"], x["tiles_failed"]) for x in entries] == [(0, 0, 0), (0, 0, 0), (1, 4, 0)]
+    assert state["sid"] != first["sid"] and state["dirs"] == [state["dir"]]
+    logs = _get(f"{cluster['url']}/api/jobs/{state['sid']}/logs", cluster["token"])["logs"]
+    assert "1 tiles to caption (0 already in shards)" in logs  # a job for that tile only
+    assert _counts(idx) == (20, 40)
+    assert {x["path"]: x["state"] for x in index_info(idx)["rasters"]}[scenes[2]] == "indexed"
+    # `--keep-shards` left them; merging one again (the writer's upsert on tile id + captioner fingerprint) changes nothing.
     shards = list_shards(state["dir"])
-    assert len(shards) >= 2 and all(s.startswith("shard-") for s in shards)
-    # Merging a shard again (the writer's upsert on tile id + captioner fingerprint) changes nothing.
+    assert shards and all(s.startswith("shard-") for s in shards)
     manifest = json.load(open(os.path.join(state["dir"], "manifest.json")))
     refs = {row[0]: ref_from_json(row) for row in manifest["tiles"]}
     before = _rows(idx)
-    shard = os.path.join(state["dir"], shards[0])
+    shard = next(os.path.join(state["dir"], n) for n in shards
+                 if not any(failed for _, _, failed in shard_rows(os.path.join(state["dir"], n))))
     rid = shard_tiles(shard)[0][1]
     with SearchIndex.open(idx) as s:
         for _ in range(2):
@@ -116,7 +138,7 @@ def test_job_mode_same_index_as_local_and_merging_twice_changes_nothing(cluster,
             assert done and not empty and not failed and all(refs[t].raster_id == rid for t, _, _ in done)
             s.add_tiles(rid, state["fingerprint"], [(refs[t], v, a) for t, v, a in done])
     after = _rows(idx)
-    assert _counts(idx) == (32, 64) and sorted(after) == sorted(before)
+    assert _counts(idx) == (20, 40) and sorted(after) == sorted(before)
     for tid in before:
         assert after[tid][0] == before[tid][0]
         np.testing.assert_allclose(after[tid][1], before[tid][1], atol=1e-6)
@@ -127,7 +149,9 @@ def test_engine_killed_mid_job_reattaches_and_finishes_exactly(cluster, tmp_path
     submission), merges what is missing only, and the index ends complete: nothing lost or duplicated."""
     scenes = [write_scene(tmp_path / f"s{i}.tif", seed=10 + i) for i in range(2)]
     idx = str(tmp_path / "idx")
-    cmd = _cli(cluster, idx, scenes, SLOW, "--variants", "1", "--caption-workers", "2")
+    fast = tmp_path / "fast"  # created once the engine is killed: the job need not wait out 0.8 s a tile
+    cmd = _cli(cluster, idx, scenes, SLOW, "--variants", "1", "--caption-workers", "2", "--captioner-option",
+               f"fast_when={fast}")
     engine = subprocess.Popen(cmd, cwd=ROOT, env=_engine_env(cluster), stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True)
     try:
@@ -142,6 +166,7 @@ def test_engine_killed_mid_job_reattaches_and_finishes_exactly(cluster, tmp_path
     sid = json.load(open(os.path.join(idx, "ray_job.json")))["sid"]
     assert _get(f"{cluster['url']}/api/jobs/{sid}", cluster["token"])["status"] in ("PENDING", "RUNNING")
     n_jobs = len(_jobs(cluster))
+    fast.touch()
     r = subprocess.run(cmd[:-2] + ["--format", "json", *scenes], cwd=ROOT, env=_engine_env(cluster),
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -159,10 +184,11 @@ def test_cancel_stops_the_job_then_a_rerun_submits_only_the_rest(cluster, tmp_pa
     monkeypatch.setenv("RAY_AUTH_TOKEN", cluster["token"])
     scenes = [write_scene(tmp_path / f"s{i}.tif", seed=20 + i) for i in range(2)]
     idx = str(tmp_path / "idx")
+    fast = tmp_path / "fast"  # created before the re-run: its job need not wait out 0.8 s a tile
     seen = [0]
     with pytest.raises(Canceled):
         index_rasters(idx, [RasterSource(p) for p in scenes], captioner=SLOW, tiling=TILING,
-                      captioner_options={"variants": 1}, executor="ray-job",
+                      captioner_options={"variants": 1, "fast_when": str(fast)}, executor="ray-job",
                       executor_options={"dashboard_url": cluster["url"], "shared_dir": cluster["shared"],
                                         "caption_workers": 2},
                       progress=lambda done, total, msg: seen.__setitem__(0, done), is_canceled=lambda: seen[0] >= 2)
@@ -176,8 +202,9 @@ def test_cancel_stops_the_job_then_a_rerun_submits_only_the_rest(cluster, tmp_pa
     # Run again: the stopped job's shards are merged and a new job gets only the tiles in none of them.
     stopped = json.load(open(os.path.join(idx, "ray_job.json")))
     written = {t for n in list_shards(stopped["dir"]) for t, _ in shard_tiles(os.path.join(stopped["dir"], n))}
+    fast.touch()
     rep = index_rasters(idx, [RasterSource(p) for p in scenes], captioner=SLOW, tiling=TILING,
-                        captioner_options={"variants": 1}, executor="ray-job",
+                        captioner_options={"variants": 1, "fast_when": str(fast)}, executor="ray-job",
                         executor_options={"dashboard_url": cluster["url"], "shared_dir": cluster["shared"],
                                           "caption_workers": 2})
     assert sum(x["tiles_new"] for x in rep.rasters) == 32 - merged and _counts(idx) == (32, 32)
@@ -204,38 +231,3 @@ def test_bad_dashboard_url_and_wrong_token_fail_in_seconds(cluster, tmp_path: Pa
         assert cluster["token"] not in r.stderr and "0" * 32 not in r.stderr
     assert "refused" in lines[0]
     assert not glob.glob(str(tmp_path / "idx" / "*.sqlite"))
-
-
-def test_unreadable_tile_is_reported_the_job_succeeds_and_the_next_run_reads_it_again(cluster, tmp_path: Path) -> None:
-    """A corrupt block fails its tile only: the job SUCCEEDS, the tile comes back as a failed row
-    (reported with the reason, never captioned, the raster left unfinished) and empty tiles are
-    recorded; the job's folder is removed (the index holds its rows, the failed one was reported);
-    once the file is repaired the next run submits a job for exactly that tile and the raster is finished."""
-    path = holed(tmp_path)  # 16 tiles of 128 px: 4 empty, 1 unreadable
-    pristine = holed(tmp_path, "pristine.tif", corrupt=False)
-    idx = str(tmp_path / "idx")
-    cmd = _cli(cluster, idx, [path], WRAPPED, "--tile-size", "128", "--variants", "1", "--caption-workers", "1",
-               "--format", "json")
-
-    def run(rc: int) -> tuple[dict, dict]:
-        r = subprocess.run(cmd, cwd=ROOT, env=_engine_env(cluster), capture_output=True, text=True, timeout=300)
-        assert r.returncode == rc, r.stderr[-3000:]  # 3: finished, with a failed tile
-        (entry,) = json.loads(r.stdout)["rasters"]
-        assert [n for n in json.loads(r.stdout)["notes"] if "merged Ray job shard(s)" in n and "1 job folder(s)" in n]
-        state = json.load(open(os.path.join(idx, "ray_job.json")))
-        assert _get(f"{cluster['url']}/api/jobs/{state['sid']}", cluster["token"])["status"] == "SUCCEEDED"
-        return entry, state
-
-    entry, first = run(3)
-    assert (entry["tiles_new"], entry["tiles_empty"], entry["tiles_failed"]) == (11, 4, 1)
-    assert entry["failed_tiles"][0]["window"] == [0, 128, 128, 128]
-    assert "cannot be read" in entry["failed_tiles"][0]["reason"]
-    assert _counts(idx) == (11, 11) and index_info(idx)["rasters"][0]["state"] == "indexing"
-    assert not os.path.exists(first["dir"])
-    shutil.copy(pristine, path)  # repaired in place
-    entry, state = run(0)
-    assert (entry["tiles_new"], entry["tiles_empty"], entry["tiles_failed"]) == (1, 4, 0)
-    assert state["sid"] != first["sid"] and state["dirs"] == [state["dir"]] and not os.path.exists(state["dir"])
-    logs = _get(f"{cluster['url']}/api/jobs/{state['sid']}/logs", cluster["token"])["logs"]
-    assert "1 tiles to caption (0 already in shards)" in logs  # a job for that tile only
-    assert _counts(idx) == (12, 12) and index_info(idx)["rasters"][0]["state"] == "indexed"

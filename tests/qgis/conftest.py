@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import gc
 import os
+import shutil
+import tempfile
 import types
 from pathlib import Path
 
@@ -33,6 +36,41 @@ def _release_frames_pinned_by_processing_errors(qgis_app):
             except RuntimeError:  # still executing (this fixture, pytest's own frames)
                 pass
     gc.collect()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_the_sessions_temp_folders(qgis_app):
+    """Leave nothing of the session in the temp folder.
+
+    - `QGIS3-XXXXXX`: QgsApplication's source cache makes a QTemporaryDir when the app is constructed
+      (pytest-qgis does that before any conftest runs); the app is never destroyed (the process ends
+      with it), so every session left one behind. A base64 source is written into that folder, which
+      names it; it is removed at interpreter exit, after `exitQgis()`.
+    - `sis-unsaved-*`: the index folders of the unsaved projects the dock tests work in (made with
+      `tempfile.mkdtemp` by `qgis_io.project_index`, whatever name the plugin package was loaded
+      under); each one made during the session is removed at its end.
+    """
+    from qgis.core import QgsApplication
+
+    probe = QgsApplication.sourceCache().localFilePath("base64:eA==")  # b"x"
+    folder = os.path.dirname(probe) if probe else ""
+    if os.path.basename(folder).startswith(f"{QgsApplication.QGIS_APPLICATION_NAME}-") and \
+            os.path.dirname(folder) == tempfile.gettempdir():
+        atexit.register(shutil.rmtree, folder, True)
+    made: list[str] = []
+    real_mkdtemp = tempfile.mkdtemp
+
+    def mkdtemp(*args, **kwargs):
+        path = real_mkdtemp(*args, **kwargs)
+        if os.path.basename(path).startswith("sis-unsaved-"):
+            made.append(path)
+        return path
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tempfile, "mkdtemp", mkdtemp)
+        yield
+    for path in made:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
