@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 from types import ModuleType
@@ -69,9 +70,12 @@ def probe_fresh_load(timeout: float = 120.0) -> dict[str, Any]:
     Returns the phase times (seconds), the number of modules the plugin imported and which of
     `HEAVY` it imported. Raises RuntimeError with the child's stderr if it fails.
     """
-    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
     code = _PROBE.format(scripts=str(Path(__file__).resolve().parent))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=timeout)
+    # The child's QGIS leaves temp folders behind (its source cache's QTemporaryDir outlives the app):
+    # it gets a temp folder of its own, removed afterwards.
+    with tempfile.TemporaryDirectory(prefix="sis-probe-") as tmp:
+        env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "TMPDIR": tmp}
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=timeout)
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-2000:])
     return json.loads(out.stdout.strip().splitlines()[-1])
