@@ -1,7 +1,8 @@
 """Search latency and recall: hnswlib at 1M captions, and SearchIndex.search end to end at >= 100k.
 
-Part 1 (ANN layer, `--n`, default 1M): random unit vectors (dim 384) in our hnswlib settings; build
-time; per query: real MiniLM query embedding + oversampled kNN + grouping by tile; p50/p95 and
+Part 1 (ANN layer, `--n`, default 1M): unit vectors (dim 384; `--data`: realistic tiles around real
+caption embeddings with their real variant structure, the isotropic `captions` worst case, or
+uniform; see vector_data.py) in our hnswlib settings; build time; per query: real MiniLM query embedding + oversampled kNN + grouping by tile; p50/p95 and
 recall@10 against exact search, with numpy brute force measured beside it (the baseline).
 Part 2 (`--index-n`, default 100k variants): a real index folder (SQLite + hnsw file) filled with
 add_tiles; `SearchIndex.search` end to end (embedding included), compared with an exact numpy
@@ -11,6 +12,7 @@ ranking of the same tiles (max fusion) for recall@10 and latency.
     .venv/bin/python benchmarks/search_latency.py --n 50000 --index-n 20000   # quick
     .venv/bin/python benchmarks/search_latency.py --n 1000000 --index-n 0 --M 48 --ef-construction 300 \
         --ef-factors 4,8,12 --ann-file /tmp/ann1m.bin     # graph parameters; the built graph is kept and reused
+    .venv/bin/python benchmarks/search_latency.py --n 200000 --index-n 0 --ef-factors 1,2 --pairs 100:100,250:250
 
 Query embedding goes through the embedder's ONNX export on CPU (the search worker's path), one thread.
 """
@@ -33,6 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from vector_data import ALPHA, caption_like, realistic, unit_rows  # noqa: E402
+
 QUERIES = [
     "open ocean", "sandy beach next to the sea", "farmland with rectangular fields", "salt marsh with tidal channels",
     "small town with houses", "dense forest", "airport runway", "car park", "river crossing a city", "snow on mountains",
@@ -45,33 +49,9 @@ def pct(xs: list[float], p: float) -> float:
     return float(np.percentile(np.asarray(xs) * 1000.0, p))
 
 
-def unit_rows(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
-    out = np.empty((n, dim), np.float32)
-    for i in range(0, n, 100_000):
-        v = rng.standard_normal((min(100_000, n - i), dim), dtype=np.float32)
-        v /= np.linalg.norm(v, axis=1, keepdims=True)
-        out[i : i + len(v)] = v
-    return out
-
-
-def caption_like(emb, rng: np.random.Generator, n: int, bases: int = 400, noise: float = 0.6) -> np.ndarray:
-    """n unit vectors scattered around real MiniLM embeddings of caption-like texts (cosine ~0.86 to their base).
-
-    Real caption embeddings are clustered (many tiles get similar captions); uniform random vectors
-    in 384-d are the opposite extreme, all nearly orthogonal (use --data uniform for that worst case).
-    """
-    from embedding_throughput import caption_texts
-
-    base = emb.encode_documents(caption_texts(bases, seed=7))
-    out = np.empty((n, base.shape[1]), np.float32)
-    for i in range(0, n, 100_000):
-        m = min(100_000, n - i)
-        v = base[rng.integers(0, bases, m)] + noise * rng.standard_normal((m, base.shape[1]), dtype=np.float32) / np.sqrt(base.shape[1])
-        out[i : i + m] = v / np.linalg.norm(v, axis=1, keepdims=True)
-    return out
-
-
 def make_data(args: argparse.Namespace, emb, rng: np.random.Generator, n: int) -> np.ndarray:
+    if args.data == "realistic":
+        return realistic(emb, rng, n, args.variants, args.alpha, args.captions_dir)
     return caption_like(emb, rng, n) if args.data == "captions" else unit_rows(rng, n, args.dim)
 
 
@@ -87,6 +67,8 @@ def make_queries(args: argparse.Namespace, emb, rng: np.random.Generator, x: np.
 
 #: Distance tolerance of the ann-benchmarks recall (their default epsilon).
 EPS = 1e-3
+#: Float32 rounding: scores this close to the true 10th are the same vector's (duplicates).
+TIE = 1e-6
 
 
 def top_of(s: np.ndarray, k: int) -> np.ndarray:
@@ -129,11 +111,13 @@ def bench_ann(args: argparse.Namespace, emb) -> None:
     if args.ef_construction:
         A.EF_CONSTRUCTION = args.ef_construction
     rng = np.random.default_rng(0)
-    print(f"\n== ANN layer: {args.n:,} {args.data} unit vectors, dim {args.dim}, M={A.M}, ef_construction={A.EF_CONSTRUCTION}")
+    print(f"\n== ANN layer: {args.n:,} {args.data} unit vectors{f' (alpha {args.alpha:g})' if args.data == 'realistic' else ''}, "
+          f"dim {args.dim}, M={A.M}, ef_construction={A.EF_CONSTRUCTION}")
     x = make_data(args, emb, rng, args.n)
     rss0 = rss_mb()[0]
     index = A.AnnIndex(tempfile.mkdtemp(), args.dim, "bench")
-    ann_file = args.ann_file and f"{args.ann_file}.{args.data}.n{args.n}.M{A.M}.efc{A.EF_CONSTRUCTION}"
+    data_name = f"realistic-a{args.alpha:g}" if args.data == "realistic" else args.data
+    ann_file = args.ann_file and f"{args.ann_file}.{data_name}.n{args.n}.M{A.M}.efc{A.EF_CONSTRUCTION}"
     if ann_file and os.path.exists(ann_file):
         import hnswlib
 
@@ -163,6 +147,8 @@ def bench_ann(args: argparse.Namespace, emb) -> None:
     runs = [(f"k=10 (ef={A.EF_SEARCH})", 10, None)]
     for f in args.ef_factors:
         runs.append((f"k={k_search} (top {args.top} x {args.variants} variants x oversample {args.oversample}), ef={f}k", k_search, f * k_search))
+    for k, ef in args.pairs:  # other oversampling: a smaller k allows a smaller ef (hnswlib keeps ef >= k)
+        runs.append((f"k={k}, ef={ef}", k, ef))
     # Exact answers once per query (timed: the brute-force baseline), shared by every ef below.
     truths, bf = [], []
     gaps, near = [], []
@@ -180,7 +166,7 @@ def bench_ann(args: argparse.Namespace, emb) -> None:
     print(f"ground truth: gap between the exact 10th and 11th similarity median {np.median(gaps):.5f} "
           f"(p10 {np.percentile(gaps, 10):.5f}); vectors within {EPS:g} of the 10th: median {np.median(near):.0f}, max {max(near)}")
     for label, k, ef in runs:
-        lat, e2e, rec, rec_eps, rec_tiles = [], [], [], [], []
+        lat, e2e, rec, rec_ties, rec_eps, rec_tiles = [], [], [], [], [], []
         for qi, q in enumerate(qs):
             t0 = time.perf_counter()
             labels, sims = index.query(q, k, ef)
@@ -198,10 +184,12 @@ def bench_ann(args: argparse.Namespace, emb) -> None:
             # ann-benchmarks' recall: a returned neighbour counts when it is as close as the true 10th
             # (within 1e-3): on near-tie data two equally good answers are not a miss.
             rec_eps.append(float(np.sum(sims[:10] >= s10 - EPS)) / 10)
+            # Exact ties (duplicate captions give identical vectors): any of them is the right answer.
+            rec_ties.append(float(np.sum(sims[:10] >= s10 - TIE)) / 10)
             rec_tiles.append(len({t for t, _ in got_tiles} & truth_tiles) / args.top)
         print(f"{label}: kNN+group p50 {pct(lat, 50):.2f} ms p95 {pct(lat, 95):.2f} ms | with query embedding "
               f"p50 {pct(e2e, 50):.1f} ms p95 {pct(e2e, 95):.1f} ms | recall@10 {np.mean(rec):.4f} "
-              f"(within {EPS:g} of the 10th: {np.mean(rec_eps):.4f}; tiles after grouping: {np.mean(rec_tiles):.4f}) "
+              f"(exact ties counted: {np.mean(rec_ties):.4f}; within {EPS:g} of the 10th: {np.mean(rec_eps):.4f}; tiles after grouping: {np.mean(rec_tiles):.4f}) "
               f"| brute force / kNN at p50: {pct(bf, 50) / max(pct(lat, 50), 1e-6):.0f}x")
     print(f"query embedding alone (MiniLM, {'ONNX' if emb.onnx is not None else 'torch'} on {emb.device}): p50 {pct(embed_t, 50):.1f} ms p95 {pct(embed_t, 95):.1f} ms")
     del x, index
@@ -285,8 +273,14 @@ def main() -> None:
     ap.add_argument("--ef-construction", type=int, default=0, help="hnswlib ef_construction (default: the engine's)")
     ap.add_argument("--build-only", action="store_true", help="build (and keep, with --ann-file) the graph, measure nothing")
     ap.add_argument("--ann-file", help="keep the built graph at this path prefix and reuse it on the next run")
-    ap.add_argument("--data", choices=("captions", "uniform"), default="captions",
-                    help="vectors around real caption embeddings (default) or uniform random (worst case)")
+    ap.add_argument("--pairs", type=lambda t: [tuple(int(x) for x in p.split(":")) for p in t.split(",")], default=[],
+                    help="extra k:ef runs, e.g. 100:100,250:500 (k below top x variants x oversample)")
+    ap.add_argument("--data", choices=("realistic", "captions", "uniform"), default="realistic",
+                    help="realistic: tiles around real RSITMD/RSICD caption embeddings with their real variant "
+                         "structure (default; vector_data.py); captions: isotropic noise around template captions "
+                         "(the graph's worst case); uniform: random unit vectors")
+    ap.add_argument("--alpha", type=float, default=ALPHA, help="realistic data: spread of tile centres (vector_data.ALPHA)")
+    ap.add_argument("--captions-dir", help="realistic data: folder of <set>_test_caps.txt (default ../shared/data/captions)")
     args = ap.parse_args()
     from plugin.core.embedding.embedder import make_embedder
 
