@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from vector_data import ALPHA, caption_like, realistic, unit_rows  # noqa: E402
+from vector_data import ALPHA, caption_like, held_out_queries, load_real, realistic, unit_rows  # noqa: E402
 
 QUERIES = [
     "open ocean", "sandy beach next to the sea", "farmland with rectangular fields", "salt marsh with tidal channels",
@@ -58,7 +58,7 @@ def make_data(args: argparse.Namespace, emb, rng: np.random.Generator, n: int) -
 def make_queries(args: argparse.Namespace, emb, rng: np.random.Generator, x: np.ndarray) -> tuple[np.ndarray, list[float]]:
     """Real query embeddings (timed). For uniform data they are mixed with a data point, else they
     would have no neighbourhood at all among random vectors."""
-    qs, times = query_vectors(emb, rng, args.queries, x.shape[1])
+    qs, times = query_vectors(emb, query_texts(args, emb, args.queries))
     if args.data == "uniform":
         qs = x[rng.integers(0, len(x), len(qs))] + 0.35 * qs + 0.35 * unit_rows(rng, len(qs), x.shape[1])
         qs /= np.linalg.norm(qs, axis=1, keepdims=True)
@@ -77,17 +77,19 @@ def top_of(s: np.ndarray, k: int) -> np.ndarray:
     return part[np.argsort(-s[part])]
 
 
-def query_vectors(emb, rng: np.random.Generator, n: int, dim: int) -> tuple[np.ndarray, list[float]]:
-    """Real MiniLM embeddings of the query texts (timed), nudged into the data's random space.
+def query_texts(args: argparse.Namespace, emb, n: int) -> list[str]:
+    """Short typed queries, or (realistic data, `--query-set held-out`) real captions of images no tile was built around."""
+    if args.data == "realistic" and args.query_set == "held-out":
+        return held_out_queries(load_real(emb, args.captions_dir), n)
+    return [QUERIES[i % len(QUERIES)] + f" #{i}" for i in range(n)]
 
-    Random data has no semantics, so a raw text vector is far from every point (a trivially easy
-    kNN); we mix it with a data-like direction so the ANN has real neighbours to find, and keep the
-    real embedding cost in the end-to-end timing.
-    """
+
+def query_vectors(emb, texts: list[str]) -> tuple[np.ndarray, list[float]]:
+    """Real MiniLM embeddings of the query texts, each timed (the search worker's per-query cost)."""
     times, vecs = [], []
-    for i in range(n):
+    for text in texts:
         t0 = time.perf_counter()
-        v = emb.encode_queries([QUERIES[i % len(QUERIES)] + f" #{i}"])[0]
+        v = emb.encode_queries([text])[0]
         times.append(time.perf_counter() - t0)
         vecs.append(v)
     qs = np.asarray(vecs, np.float32)
@@ -232,9 +234,10 @@ def bench_index(args: argparse.Namespace, emb) -> None:
     idx = SearchIndex.open(folder, readonly=True)
     print(f"open (load hnsw file, check sidecar + CRC): {(time.perf_counter() - t0) * 1000:.0f} ms, state {idx.stats()['hnsw']['state']}")
     qs, _ = make_queries(args, emb, rng, x)
+    texts = query_texts(args, emb, args.queries)
     lat, lat_nq, bf, rec = [], [], [], []
     for i in range(args.queries):
-        text = QUERIES[i % len(QUERIES)] + f" #{i}"
+        text = texts[i]
         t0 = time.perf_counter()
         emb.encode_queries([text])  # the real embedding cost; the vector searched is qs[i] (same for captions data)
         q = qs[i]
@@ -280,6 +283,8 @@ def main() -> None:
                          "structure (default; vector_data.py); captions: isotropic noise around template captions "
                          "(the graph's worst case); uniform: random unit vectors")
     ap.add_argument("--alpha", type=float, default=ALPHA, help="realistic data: spread of tile centres (vector_data.ALPHA)")
+    ap.add_argument("--query-set", choices=("held-out", "short"), default="held-out",
+                    help="realistic data: real captions of held-out images (default) or the short typed queries")
     ap.add_argument("--captions-dir", help="realistic data: folder of <set>_test_caps.txt (default ../shared/data/captions)")
     args = ap.parse_args()
     from plugin.core.embedding.embedder import make_embedder

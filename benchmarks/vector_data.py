@@ -13,7 +13,8 @@ Three generators, from the hardest for a graph index to the closest to real capt
   covariance (its PCA spectrum, not isotropic), rescaled to the parent's norm; the tile's 5 variants
   are that centre plus the parent image's own within-image residuals (caption - image mean), so the
   variant structure is the real one. `alpha` is the one knob, set from the measured statistics
-  (local intrinsic dimension and nearest-other-image cosine), not from ANN results.
+  (local intrinsic dimension and nearest-other-image cosine), not from ANN results. Every 10th
+  image is held out of the generator; its captions serve as queries (`held_out_queries`).
 
 The real captions are read from `../shared/data/captions` (never copied into the repository) and
 embedded once; the vectors are cached in the temp folder, keyed by the embedder and the files.
@@ -83,6 +84,8 @@ class RealCaptions:
     sets: tuple[str, ...]
     #: Images of each set (rows of set i come after those of the sets before it).
     set_images: tuple[int, ...]
+    #: The caption texts, row for row.
+    texts: list[str]
 
     def of_set(self, name: str) -> np.ndarray:
         """Row indices of one set's captions."""
@@ -115,8 +118,9 @@ def load_real(emb, captions_dir: Optional[Path] = None, sets: tuple[str, ...] = 
     cache = Path(tempfile.gettempdir()) / f"sis-bench-real-captions-v2-{key.hexdigest()[:16]}.npz"
     if cache.is_file():
         z = np.load(cache)
-        return RealCaptions(z["vectors"], z["image"], tuple(sets), tuple(int(c) for c in z["set_images"]))
-    vecs, imgs, offset, counts_per_set = [], [], 0, []
+        texts = [c for f in files for c in load_precomp(f).captions]
+        return RealCaptions(z["vectors"], z["image"], tuple(sets), tuple(int(c) for c in z["set_images"]), texts)
+    vecs, imgs, offset, counts_per_set, texts = [], [], 0, [], []
     for f in files:
         ds = load_precomp(f)
         counts = np.bincount(ds.caption_image)
@@ -125,8 +129,9 @@ def load_real(emb, captions_dir: Optional[Path] = None, sets: tuple[str, ...] = 
         vecs.append(np.asarray(emb.encode_documents(ds.captions), np.float32))
         imgs.append(ds.caption_image + offset)
         offset += len(ds.images)
+        texts += ds.captions
         counts_per_set.append(len(ds.images))
-    real = RealCaptions(np.concatenate(vecs), np.concatenate(imgs).astype(np.int64), tuple(sets), tuple(counts_per_set))
+    real = RealCaptions(np.concatenate(vecs), np.concatenate(imgs).astype(np.int64), tuple(sets), tuple(counts_per_set), texts)
     tmp = cache.with_suffix(f".{os.getpid()}.npz")
     np.savez(tmp, vectors=real.vectors, image=real.image, set_images=np.asarray(real.set_images))
     os.replace(tmp, cache)
@@ -136,8 +141,10 @@ def load_real(emb, captions_dir: Optional[Path] = None, sets: tuple[str, ...] = 
 class Realistic:
     """Tiles around real images: centre = image mean + alpha x between-image noise; variants = centre + real residuals."""
 
-    def __init__(self, real: RealCaptions, alpha: float = ALPHA) -> None:
+    def __init__(self, real: RealCaptions, alpha: float = ALPHA, holdout: bool = False) -> None:
         g = real.grouped().astype(np.float64)
+        if holdout:  # the held-out images' captions are the queries: no tile is built around them
+            g = g[~held_out(real.images)]
         self.means = g.mean(axis=1)
         self.residuals = (g - self.means[:, None, :]).astype(np.float32)
         centred = self.means - self.means.mean(axis=0)
@@ -165,9 +172,21 @@ class Realistic:
         return out
 
 
+def held_out(images: int) -> np.ndarray:
+    """Mask of the images kept out of the realistic generator (every 10th): their captions are the queries."""
+    return np.arange(images) % 10 == 9
+
+
+def held_out_queries(real: RealCaptions, n: int) -> list[str]:
+    """n query texts: real captions of held-out images (image i, then caption 0..4 on later rounds)."""
+    imgs = np.flatnonzero(held_out(real.images))
+    order = np.argsort(real.image, kind="stable")
+    return [real.texts[order[imgs[i % len(imgs)] * 5 + (i // len(imgs)) % 5]] for i in range(n)]
+
+
 def realistic(emb, rng: np.random.Generator, n: int, variants: int = 5, alpha: float = ALPHA,
               captions_dir: Optional[Path] = None) -> np.ndarray:
-    """n rows (n // variants tiles, the rest of n padded with one more tile's first variants)."""
-    gen = Realistic(load_real(emb, captions_dir), alpha)
+    """n rows (n // variants tiles, the rest of n padded with one more tile's first variants), none around a held-out image."""
+    gen = Realistic(load_real(emb, captions_dir), alpha, holdout=True)
     tiles = -(-n // variants)
     return gen.tiles(rng, tiles, variants)[:n]
