@@ -149,6 +149,8 @@ def bench_ann(args: argparse.Namespace, emb) -> None:
     runs = [(f"k=10 (ef={A.EF_SEARCH})", 10, None)]
     for f in args.ef_factors:
         runs.append((f"k={k_search} (top {args.top} x {args.variants} variants x oversample {args.oversample}), ef={f}k", k_search, f * k_search))
+    if hasattr(A, "query_ef"):  # what SearchIndex.search runs with at this size
+        runs.append((f"k={k_search}, the engine's ef rule (ef={A.query_ef(k_search, args.n)})", k_search, None))
     for k, ef in args.pairs:  # other oversampling: a smaller k allows a smaller ef (hnswlib keeps ef >= k)
         runs.append((f"k={k}, ef={ef}", k, ef))
     # Exact answers once per query (timed: the brute-force baseline), shared by every ef below.

@@ -104,6 +104,47 @@ def test_stale_file_is_reconciled_from_the_log(tmp_path: Path) -> None:
         assert len(hits) == len(items) - 3 + 2 and not ids & {r.tile_id for r, _, _ in items[:3]}
 
 
+def test_query_ef_follows_the_size_rule_and_never_drops_below_k(tmp_path: Path) -> None:
+    """hnswlib refuses ef < k; an explicit ef wins over the rule; the rule grows with the index."""
+    assert ann.query_ef(500, 1_000, ef=100) == 500
+    assert ann.query_ef(10, 1_000) == ann.EF_SEARCH
+    assert ann.query_ef(500, 10**6, ef=3_000) == 3_000
+    factors = []
+    for limit, factor in ann.EF_RULE:
+        size = int(min(limit, 10**8))
+        assert ann.query_ef(500, size) == max(ann.EF_SEARCH, 500 * factor)
+        factors.append(factor)
+    assert factors == sorted(factors) and factors[0] >= 1
+    rng = np.random.default_rng(3)
+    idx = ann.AnnIndex(str(tmp_path), 16, "e")
+    idx.index = idx._new(2_000)
+    x = rng.standard_normal((2_000, 16)).astype(np.float32)
+    idx.add(np.arange(2_000, dtype=np.int64), x / np.linalg.norm(x, axis=1, keepdims=True))
+    for active in (2_000, 600_000, 2_000_000):  # the ef hnswlib runs with, as SearchIndex.search asks
+        idx.active = active
+        labels, _ = idx.query(x[0], 50)
+        assert idx.index.ef == ann.query_ef(50, active) and len(labels) == 50
+
+
+def test_default_ef_finds_the_exact_neighbours_of_clustered_vectors(tmp_path: Path) -> None:
+    """Caption vectors lie near a low-dimensional manifold: the default rule must return the exact top 10."""
+    rng = np.random.default_rng(4)
+    centres = rng.standard_normal((40, 8)) @ rng.standard_normal((8, 64))
+    x = (centres[rng.integers(0, 40, 5_000)] + 0.3 * rng.standard_normal((5_000, 8)) @ rng.standard_normal((8, 64))).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    idx = ann.AnnIndex(str(tmp_path), 64, "e")
+    idx.index = idx._new(len(x))
+    idx.add(np.arange(len(x), dtype=np.int64), x)
+    recall = []
+    for q in x[rng.integers(0, len(x), 50)] + 0.05 * rng.standard_normal((50, 64)).astype(np.float32):
+        q /= np.linalg.norm(q)
+        labels, sims = idx.query(q, 10 * 5 * 10)  # top 10 x 5 variants x oversample 10, as search does
+        exact = np.sort(x @ q)[::-1][:10]
+        recall.append(np.mean(sims[:10] >= exact[-1] - 1e-6))
+        assert np.all(np.diff(sims) <= 1e-6)  # best first
+    assert np.mean(recall) >= 0.98
+
+
 def test_growth_and_compaction(tmp_path: Path) -> None:
     rng = np.random.default_rng(6)
     with SearchIndex.open(str(tmp_path / "idx"), create=True, embedder_fingerprint="e", dim=DIM) as idx:

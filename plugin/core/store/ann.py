@@ -31,7 +31,7 @@ from .ann_files import (
 )
 from .ann_rows import count_embedded, decode_checked, log_floor, max_seq, snapshot
 
-__all__ = ["AnnIndex", "HNSW_FILE", "SIDECAR_FILE"]
+__all__ = ["AnnIndex", "HNSW_FILE", "SIDECAR_FILE", "query_ef"]
 
 HNSW_FILE = "captions.hnsw"
 SIDECAR_FILE = "captions.hnsw.json"
@@ -41,11 +41,24 @@ M = 32
 EF_CONSTRUCTION = 200
 #: Default query-time ef; raised to 2k for oversampled queries (recall@10 >= 0.98 at k=500, 200k+ vectors).
 EF_SEARCH = 256
+#: Query ef for an oversampled k by index size: (up to this many labels, ef as a multiple of k).
+#: Measured (benchmarks/RESULTS.md): 2k keeps recall@10 >= 0.98 to ~200k, 1M needs ~8k on isotropic data.
+EF_RULE: tuple[tuple[float, int], ...] = ((250_000, 2), (500_000, 4), (float("inf"), 8))
 #: Files up to this size are checksummed whole on load (corruption -> rebuild, never a crash).
 CRC_LIMIT = 1 << 30
 #: Rebuild compacted on save once this share of the graph is deleted labels.
 MAX_DELETED_SHARE = 0.3
 _CHUNK = 20_000
+
+
+def query_ef(k: int, active: int, ef: Optional[int] = None) -> int:
+    """The hnswlib ef a k-nearest query over `active` labels runs with: `ef`, or the size rule; never below k.
+
+    The rule (EF_RULE) was measured in benchmarks/search_latency.py (RESULTS.md, issue 12).
+    """
+    if ef is None:
+        ef = k * next((f for limit, f in EF_RULE if active <= limit), EF_RULE[-1][1])
+    return max(EF_SEARCH, int(ef), int(k))
 
 
 class AnnIndex:
@@ -249,9 +262,7 @@ class AnnIndex:
         k = min(int(k), int(self.active))
         if self.index is None or k <= 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        if ef is None:  # measured (benchmarks/RESULTS.md): 2k keeps recall@10 >= 0.98 to ~200k, 1M needs ~8k
-            ef = k * (2 if self.active <= 250_000 else 4 if self.active <= 500_000 else 8)
-        self.index.set_ef(max(EF_SEARCH, int(ef), k))
+        self.index.set_ef(query_ef(k, self.active, ef))
         q = np.ascontiguousarray(vector, np.float32).reshape(1, -1)
         while True:
             try:
