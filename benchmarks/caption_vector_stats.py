@@ -90,7 +90,7 @@ def main() -> None:
                     help="realistic generator spreads to show")
     ap.add_argument("--seeds", type=int, default=1, help="realistic samples per alpha")
     args = ap.parse_args()
-    from plugin.core.embedder import make_embedder
+    from plugin.core.embedding.embedder import make_embedder
 
     emb = make_embedder(None, device="cpu")
     real = load_real(emb, args.captions_dir)
