@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -190,6 +191,13 @@ def _fuse(folder: str, plain: str, config: Any) -> bool:
     return True
 
 
+def _cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
 def _check_against_torch(emb: Any, folder: str) -> None:
     """Both prompt kinds of the probe texts through torch and through the export: every cosine >= MIN_COSINE."""
     onnx = OnnxEmbedder(folder, threads=1)
@@ -304,15 +312,30 @@ class _Documents(OnnxEmbedder):
     The int8 graph embeds one text per run: it quantises activations over the whole input tensor, so
     in a batch a text's vector would depend on its neighbours (cosine down to 0.985 between a text
     alone and the same text in a batch of 100); alone it depends on the text only, whatever the
-    executor or the batch, at the same throughput (benchmarks/RESULTS.md)."""
+    executor or the batch. One text is too small a matrix to split across cores, so the cores take
+    texts in turn instead: one single-threaded run per text, one thread per core
+    (benchmarks/RESULTS.md)."""
 
     def __init__(self, folder: str, batch_size: int, model_file: str) -> None:
-        super().__init__(folder, threads=0, batch_size=batch_size, model_file=model_file)
+        int8 = model_file != "model.onnx"
+        super().__init__(folder, threads=1 if int8 else 0, batch_size=batch_size, model_file=model_file)
         self.model_file = model_file
-        self._queries = self if model_file == "model.onnx" else OnnxEmbedder(folder, threads=0, batch_size=batch_size)
+        self._queries = OnnxEmbedder(folder, threads=0, batch_size=batch_size) if int8 else self
+        self._cores = _cores() if int8 else 1
 
     def encode_documents(self, texts: Sequence[str], batch_size: Optional[int] = None) -> np.ndarray:
-        return super().encode_documents(texts, 1 if self._queries is not self else batch_size)
+        if self._queries is self:
+            return super().encode_documents(texts, batch_size)
+        items = list(texts)
+        n = min(self._cores, len(items))
+        if n <= 1:
+            return super().encode_documents(items, 1)
+        out = np.zeros((len(items), self.dim), np.float32)
+        one = super().encode_documents
+        with ThreadPoolExecutor(n, thread_name_prefix="int8-documents") as pool:  # onnxruntime runs without the GIL
+            for i, vecs in enumerate(pool.map(lambda part: one(part, 1), [items[k::n] for k in range(n)])):
+                out[i::n] = vecs
+        return out
 
     def encode_queries(self, texts: Sequence[str], batch_size: Optional[int] = None) -> np.ndarray:
         if self._queries is self:
