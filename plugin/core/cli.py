@@ -298,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "compile=false, dtype=float16 (transformers captioner)")
     pi.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     pi.add_argument("--document-graph", choices=("auto", "fp32", "int8"), default="auto",
-                    help="a NEW index's caption embedding: int8 (~2x faster on CPU, the CPU default) or fp32 (the"
+                    help="a NEW index's caption embedding: int8 (~1.6x faster on CPU, the CPU default) or fp32 (the"
                          " torch vectors, the GPU default); an existing index keeps the graph it recorded")
     pi.add_argument("--api-key-env", default=None, help="environment variable holding the OpenAI-compatible API key")
     pi.add_argument("--connect-timeout", type=_seconds, default=None, metavar="S",

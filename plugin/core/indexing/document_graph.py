@@ -1,13 +1,14 @@
 """Which graph embeds an index's caption variants (its documents): "fp32" or "int8", decided per index.
 
-Why per index: the int8 graph (embedding/onnx_export.ensure_int8) embeds documents ~2x faster on a CPU, but
-its vectors differ from the fp32 / torch ones by a small per-text amount (worst cosine to torch
-~0.99; benchmarks/RESULTS.md, "document graph"). Inside one index every document vector must come
-from the same graph, so that captions rank evenly against each other. So the index records the
-graph it was built with (meta key `document_graph`; an index from before this has none and is
-fp32), every later run embeds its documents with that graph whatever the executor or device (a GPU
-run on an int8 index runs the int8 graph on the CPU), and a request that contradicts the record is
-refused with one line. Queries always go through the fp32 graph: the fingerprint is the same for both.
+Why per index: the int8 graph (embedding/onnx_export.ensure_int8) embeds documents ~1.6x faster
+than the fp32 graph on a CPU (~1.9x torch), but its vectors differ from the fp32 / torch ones by a
+small per-text amount (worst cosine to torch ~0.99; a query's score moves by std 0.006, without
+bias: benchmarks/RESULTS.md, "third pass"). So that an index's vectors are reproducible and never
+mix two graphs unknowingly, the index records the graph it was built with (meta key
+`document_graph`; an index from before this has none and is fp32), every later run embeds its
+documents with that graph whatever the executor or device (a GPU run on an int8 index runs the
+int8 graph on the CPU), and a request that contradicts the record is refused with one line.
+Queries always go through the fp32 graph: the fingerprint is the same for both.
 
 The record may change only while the index holds no document vector (a new index, or one emptied).
 """

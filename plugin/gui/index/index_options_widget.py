@@ -106,7 +106,7 @@ class IndexOptionsWidget(QWidget):
         self.scales_edit.setToolTip("Tile sizes as multiples of the tile size, e.g. 1,2 also indexes tiles twice as "
                                     "large (wider context); each scale adds tiles")
         self.device_combo.setToolTip("Where the models run: auto = CUDA, then Apple MPS, then CPU")
-        self.graph_combo.setToolTip("How a NEW index embeds its captions: auto = int8 on a CPU (about twice as fast, "
+        self.graph_combo.setToolTip("How a NEW index embeds its captions: auto = int8 on a CPU (~1.6x as fast, "
                                     "cosine 0.99 to fp32), fp32 on a GPU. An existing index keeps the one it was built with")
         self.kind_combo.currentIndexChanged.connect(self._on_kind_changed)
         self.set_options(options)
