@@ -152,7 +152,7 @@ def bench_ann(args: argparse.Namespace, emb) -> None:
     if hasattr(A, "query_ef"):  # what SearchIndex.search runs with at this size
         runs.append((f"k={k_search}, the engine's ef rule (ef={A.query_ef(k_search, args.n)})", k_search, None))
     for k, ef in args.pairs:  # other oversampling: a smaller k allows a smaller ef (hnswlib keeps ef >= k)
-        runs.append((f"k={k}, ef={ef}", k, ef))
+        runs.append((f"k={k}, ef={A.query_ef(k, args.n, ef) if hasattr(A, 'query_ef') else ef}", k, ef))  # ef as run (floor EF_SEARCH)
     # Exact answers once per query (timed: the brute-force baseline), shared by every ef below.
     truths, bf = [], []
     gaps, near = [], []
