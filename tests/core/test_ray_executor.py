@@ -79,6 +79,26 @@ def _rows(index_dir: str) -> dict[str, tuple[list[str], np.ndarray]]:
     return {t: (x, np.stack(v)) for t, (x, v) in out.items()}
 
 
+def assert_like_local(entries: list[dict], idx: str, local: str) -> dict:
+    """The three scenes' report (4, 4 and 11 new tiles; the third's corrupt block a failed tile, its
+    nodata corner empty tiles) and the same 19 tiles as the local index, caption for caption; both
+    new CPU indexes record the int8 document graph and the cluster's embed actors followed it (the
+    vectors agree to 1e-5; fp32 and int8 vectors of a caption differ by ~1e-2). Returns the third
+    scene's report entry."""
+    assert [x["tiles_new"] for x in entries] == [4, 4, 11]
+    entry = entries[2]
+    assert (entry["tiles_new"], entry["tiles_empty"], entry["tiles_failed"]) == (11, 4, 1)
+    assert entry["failed_tiles"][0]["window"] == [0, 128, 128, 128]
+    assert "cannot be read" in entry["failed_tiles"][0]["reason"]
+    got, want = _rows(idx), _rows(local)  # the local index has the same 19 tiles (its corrupt tile failed too)
+    assert sorted(got) == sorted(want) and len(got) == 19
+    assert index_info(idx)["document_graph"] == index_info(local)["document_graph"] == "int8"
+    for tid, (texts, vecs) in want.items():
+        assert got[tid][0] == texts
+        np.testing.assert_allclose(got[tid][1], vecs, atol=1e-5)
+    return entry
+
+
 def _counts(index_dir: str) -> tuple[int, int]:
     """(tiles, caption variants) committed, read with plain SQLite (never blocks or waits on the writer)."""
     from plugin.core.store.store_schema import DB_FILE
@@ -118,20 +138,7 @@ def test_same_index_as_local_with_faults_a_remote_cog_and_unreadable_and_empty_t
         assert r.returncode == 3, r.stderr[-3000:]  # finished, with a failed tile
         assert srv.ranged_gets() > 0
         assert os.path.exists(os.path.join(cluster["tmp"], "transient")) and os.path.exists(os.path.join(cluster["tmp"], "exit"))
-        entries = json.loads(r.stdout)["rasters"]
-        assert [x["tiles_new"] for x in entries] == [4, 4, 11]
-        entry = entries[2]
-        assert (entry["tiles_new"], entry["tiles_empty"], entry["tiles_failed"]) == (11, 4, 1)
-        assert entry["failed_tiles"][0]["window"] == [0, 128, 128, 128]
-        assert "cannot be read" in entry["failed_tiles"][0]["reason"]
-        got, want = _rows(ray_idx), _rows(local)  # the local index has the same 19 tiles (its corrupt tile failed too)
-        assert sorted(got) == sorted(want) and len(got) == 19
-        # Both new CPU indexes record the int8 document graph, and the Ray embed actors followed it: the
-        # vectors below agree to 1e-5 (fp32 and int8 vectors of a caption differ by ~1e-2).
-        assert index_info(ray_idx)["document_graph"] == index_info(local)["document_graph"] == "int8"
-        for tid, (texts, vecs) in want.items():
-            assert got[tid][0] == texts
-            np.testing.assert_allclose(got[tid][1], vecs, atol=1e-5)
+        entry = assert_like_local(json.loads(r.stdout)["rasters"], ray_idx, local)
         assert _counts(ray_idx) == (19, 38)  # nothing duplicated by the retries
         with SearchIndex.open(ray_idx, readonly=True) as s:
             assert len(s.empty_tile_ids(entry["raster_id"], TilingParams().min_valid_fraction)) == 4

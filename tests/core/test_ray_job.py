@@ -34,7 +34,7 @@ from plugin.core.store.store import SearchIndex  # noqa: E402
 from tests.core.rasters import holed  # noqa: E402
 from tests.core.ray_cluster import ROOT, api_get, free_port  # noqa: E402
 from tests.core.test_pipeline import write_scene  # noqa: E402
-from tests.core.test_ray_executor import TILING, _counts, _rows, _wait_tiles  # noqa: E402
+from tests.core.test_ray_executor import TILING, _counts, _rows, _wait_tiles, assert_like_local  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -95,18 +95,7 @@ def test_job_mode_same_index_as_local_failed_tiles_retried_and_merging_twice_cha
         return r, json.loads(r.stdout)["rasters"], state
 
     r, entries, first = run(3)
-    assert [x["tiles_new"] for x in entries] == [4, 4, 11]
-    entry = entries[2]
-    assert (entry["tiles_new"], entry["tiles_empty"], entry["tiles_failed"]) == (11, 4, 1)
-    assert entry["failed_tiles"][0]["window"] == [0, 128, 128, 128]
-    assert "cannot be read" in entry["failed_tiles"][0]["reason"]
-    got, want = _rows(idx), _rows(local)  # the local index has the same 19 tiles (its corrupt tile failed too)
-    assert sorted(got) == sorted(want) and len(got) == 19
-    # The job's embed actors follow the index's int8 record (fp32 vectors would differ by ~1e-2).
-    assert index_info(idx)["document_graph"] == index_info(local)["document_graph"] == "int8"
-    for tid, (texts, vecs) in want.items():
-        assert got[tid][0] == texts
-        np.testing.assert_allclose(got[tid][1], vecs, atol=1e-5)
+    assert_like_local(entries, idx, local)  # the job's embed actors follow the index's int8 record too
     assert _counts(idx) == (19, 38)
     assert {x["path"]: x["state"] for x in index_info(idx)["rasters"]}[scenes[2]] == "indexing"
     info = _get(f"{cluster['url']}/api/jobs/{first['sid']}", cluster["token"])

@@ -4,26 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import time
 from typing import Any, Optional
 
 from ..errors import IndexStoreError
+from .table_part import TablePart
 
 RASTER_STATES = ("indexing", "indexed", "stale")
 
 
-class RasterRows:
-    """Mixin of `SearchIndex` (store.py): it needs `conn` and `_write()`."""
-
-    _has_active: bool
-
-    @property
-    def conn(self) -> sqlite3.Connection:  # pragma: no cover - provided by SearchIndex
-        raise NotImplementedError
-
-    def _write(self) -> Any:  # pragma: no cover - provided by SearchIndex
-        raise NotImplementedError
+class RasterRows(TablePart):
+    """The rasters table, a mixin of `SearchIndex`."""
 
     # ---- rasters ------------------------------------------------------------------------------
     def upsert_raster(self, info: Any, captioner_fp: str, params: dict) -> None:

@@ -4,28 +4,20 @@ transaction, retiring tiles of another plan, empty tiles (a part of `SearchIndex
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
 from ..errors import IndexStoreError
 from ..types import CaptionVariant, TileRef
+from .table_part import TablePart
 
 
-class TileRows:
-    """Mixin of `SearchIndex` (store.py): it needs `conn`, `_write()`, `dim` and `_has_active`."""
+class TileRows(TablePart):
+    """The tiles, captions and embeddings tables, a mixin of `SearchIndex` (it also needs `dim`)."""
 
     dim: int
-    _has_active: bool
-
-    @property
-    def conn(self) -> sqlite3.Connection:  # pragma: no cover - provided by SearchIndex
-        raise NotImplementedError
-
-    def _write(self) -> Any:  # pragma: no cover - provided by SearchIndex
-        raise NotImplementedError
 
     # ---- tiles, captions, embeddings ----------------------------------------------------------
     def done_tile_ids(self, raster_id: str, captioner_fp: str) -> set[str]:
