@@ -189,7 +189,7 @@ def test_bad_response_and_empty_answer(server):
 
 def test_tile_image_goes_as_jpeg_once_per_tile_and_smaller_than_png():
     """A 400 px textured tile as a JPEG (q90) data URL is well under half its PNG data URL."""
-    from plugin.core.captioners.image_urls import jpeg_data_url, png_data_url
+    from plugin.core.captioners.openai_api.image_urls import jpeg_data_url, png_data_url
 
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:400, 0:400]

@@ -13,7 +13,8 @@ import pytest
 from captioner_tiles import WATER, fill, make_tile
 from loopback_servers import ScriptedServer, StallServer, closed_port
 
-from plugin.core.captioners import make_captioner, openai_compat, openai_http, preflight_captioner
+from plugin.core.captioners import make_captioner, preflight_captioner
+from plugin.core.captioners.openai_api import openai_compat, openai_http
 from plugin.core.errors import Canceled, CaptionerError, EngineError
 
 

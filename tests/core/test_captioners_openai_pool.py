@@ -12,7 +12,7 @@ from captioner_tiles import FOREST, WATER, fill, make_tile
 from loopback_servers import ANSWER, ScriptedServer
 
 from plugin.core.captioners import make_captioner
-from plugin.core.captioners.image_urls import jpeg_data_url
+from plugin.core.captioners.openai_api.image_urls import jpeg_data_url
 
 VLLM = [{"id": "qwen-vl", "object": "model", "created": 1764460000, "owned_by": "vllm",
          "root": "Qwen/Qwen2.5-VL-7B-Instruct", "parent": None, "max_model_len": 8192}]
@@ -145,6 +145,6 @@ def test_only_a_refusal_about_n_falls_back_to_one_request_per_variant(body: byte
     """A 400 to the `n` request that is about something else (the CI run where the sampled request drew
     "does not support images") is the real error, not a reason to retry variant by variant until the
     tile deadline."""
-    from plugin.core.captioners.openai_compat import _about_n
+    from plugin.core.captioners.openai_api.openai_compat import _about_n
 
     assert _about_n(body) is about_n

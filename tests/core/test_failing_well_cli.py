@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from loopback_servers import StallServer, closed_port
 
-from plugin.core.captioners import openai_compat
+from plugin.core.captioners.openai_api import openai_compat
 from plugin.core.cli import main
 from plugin.core.pipeline import index_info
 from tests.core import rasters

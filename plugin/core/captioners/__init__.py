@@ -57,7 +57,7 @@ def make_captioner(
         base_url, sep, model = target.rpartition("#")
         if not sep or not base_url.strip() or not model.strip():
             raise EngineError(f"captioner spec {spec!r}: expected openai:<base_url>#<model>, e.g. openai:http://localhost:11434/v1#llava")
-        from .openai_compat import OpenAICaptioner
+        from .openai_api.openai_compat import OpenAICaptioner
 
         _check_options("openai", options, _keywords(OpenAICaptioner))
         return OpenAICaptioner(

@@ -20,7 +20,7 @@ from typing import Any, Optional, Sequence
 from ..errors import EngineError
 from ..types import CaptionVariant, TileImage
 from .base import fingerprint, folder_revision
-from .image_urls import jpeg_data_url
+from .openai_api.image_urls import jpeg_data_url
 from .parsing import parse_variants
 from .prompts import PROMPT_VERSION, SYSTEM, get_preset, variant_prompt
 from .spectral import SpectralCaptioner, spectral_facts

@@ -5,8 +5,8 @@ from __future__ import annotations
 import base64
 import io
 
-from ..types import TileImage
-from .base import tile_image
+from ...types import TileImage
+from ..base import tile_image
 
 #: JPEG quality of the tile images sent to the server (visually lossless for captioning).
 JPEG_QUALITY = 90

@@ -25,14 +25,14 @@ import urllib.request
 from concurrent.futures import FIRST_EXCEPTION, Future, wait
 from typing import Any, Callable, Optional, Sequence
 
-from ..errors import Canceled, CaptionerError, EngineError
-from ..types import CancelFn, CaptionVariant, TileImage, never_canceled
-from .base import assemble_variants, fingerprint
+from ...errors import Canceled, CaptionerError, EngineError
+from ...types import CancelFn, CaptionVariant, TileImage, never_canceled
+from ..base import assemble_variants, fingerprint
+from ..prompts import PROMPT_VERSION, SYSTEM, get_preset, sampled_prompt, variant_prompt
+from ..spectral import SpectralCaptioner, spectral_facts
 from .image_urls import jpeg_data_url
 from .openai_http import Aborted, Connections, DaemonPool, describe, one_line, open_url, warn_plain_http_key
 from .openai_identity import models_identity, native_root, ollama_identity
-from .prompts import PROMPT_VERSION, SYSTEM, get_preset, sampled_prompt, variant_prompt
-from .spectral import SpectralCaptioner, spectral_facts
 
 log = logging.getLogger(__name__)
 
