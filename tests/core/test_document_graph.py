@@ -70,6 +70,11 @@ def test_int8_documents_stay_close_to_torch_and_queries_stay_fp32() -> None:
     assert torch_emb.onnx is None and torch_emb.document_graph == "fp32"
     attach_onnx(torch_emb, "int8")
     assert torch_emb.document_graph == "int8" and torch_emb.onnx.model_file == INT8_FILE
+    # The fp32 query session of an int8 embedder opens on the first query, never for documents alone.
+    torch_emb.encode_documents(texts[:4])
+    assert torch_emb.onnx._fp32 is None
+    np.testing.assert_allclose(torch_emb.encode_queries(texts[:4]), emb.encode_queries(texts[:4]), atol=1e-6)
+    assert torch_emb.onnx._fp32 is not None
 
 
 def test_new_cpu_index_records_int8_and_every_later_run_follows_it(tmp_path: Path, scenes: list[str], capsys) -> None:

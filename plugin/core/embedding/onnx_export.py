@@ -320,11 +320,14 @@ class _Documents(OnnxEmbedder):
         int8 = model_file != "model.onnx"
         super().__init__(folder, threads=1 if int8 else 0, batch_size=batch_size, model_file=model_file)
         self.model_file = model_file
-        self._queries = OnnxEmbedder(folder, threads=0, batch_size=batch_size) if int8 else self
+        self.int8 = int8
+        #: The fp32 session for queries on an int8 embedder, opened on the first query: an indexing
+        #: run (CLI, Ray embed actor) embeds documents only and never pays for it.
+        self._fp32: Optional[OnnxEmbedder] = None
         self._cores = _cores() if int8 else 1
 
     def encode_documents(self, texts: Sequence[str], batch_size: Optional[int] = None) -> np.ndarray:
-        if self._queries is self:
+        if not self.int8:
             return super().encode_documents(texts, batch_size)
         items = list(texts)
         n = min(self._cores, len(items))
@@ -338,6 +341,8 @@ class _Documents(OnnxEmbedder):
         return out
 
     def encode_queries(self, texts: Sequence[str], batch_size: Optional[int] = None) -> np.ndarray:
-        if self._queries is self:
+        if not self.int8:
             return super().encode_queries(texts, batch_size)
-        return self._queries.encode_queries(texts, batch_size)
+        if self._fp32 is None:
+            self._fp32 = OnnxEmbedder(self.folder, threads=0, batch_size=self.batch_size)
+        return self._fp32.encode_queries(texts, batch_size)
