@@ -8,16 +8,53 @@ export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-core test-qgis lint demo screenshot walkthrough bench clean package install qgis
+# The engine a QGIS user gets: built by the Set up engine dialog's own code (no system site packages,
+# the engine lock, torch from PyPI -- the route for networks without PyTorch's index), cluster extra.
+ENGINE ?= build/engine
+ENGINE_PY := $(ENGINE)/bin/python
+ENGINE_STAMP := $(ENGINE)/.setup-stamp
+ENGINE_TORCH_SOURCE ?= pypi
+# The engine tests: index, search, repair, store safety, local and Ray executors, worker, VLM family matrix.
+ENGINE_TESTS ?= tests/core/test_store.py tests/core/test_store_safety.py tests/core/test_ann.py \
+	tests/core/test_pipeline.py tests/core/test_search.py tests/core/test_repair.py tests/core/test_local_executor.py \
+	tests/core/test_worker.py tests/core/test_onnx_embedder.py tests/core/test_vlm_families.py \
+	tests/core/test_captioners_transformers.py \
+	tests/core/test_ray_executor.py::test_same_index_as_local_with_faults_a_remote_cog_and_unreadable_and_empty_tiles
+UPGRADE_VENV ?= build/upgrade-check
+
+.PHONY: setup test test-dev test-core test-qgis test-engine engine lock upgrade-check lint demo screenshot walkthrough bench clean package install qgis
 
 setup: $(STAMP)
 
-$(STAMP): scripts/setup.sh requirements.txt requirements-dev.txt plugin/core/env/engine_requirements_cluster.txt
+$(STAMP): scripts/setup.sh locks/dev.txt locks/testdata.txt
 	bash scripts/setup.sh
 	touch $@
 
-test: $(STAMP)
+# Both environments: the dev venv (QGIS + every test), then the dialog-built engine (the engine tests).
+test: test-dev test-engine
+
+test-dev: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+engine: $(ENGINE_STAMP)
+
+$(ENGINE_STAMP): $(STAMP) plugin/core/env/engine_lock.txt plugin/core/env/engine_lock_cluster.txt locks/engine-test.txt \
+		plugin/core/env/engine_commands.py plugin/core/env/engine_env.py scripts/engine_env.py
+	$(PY) scripts/engine_env.py --dir $(ENGINE) --python /usr/bin/python3.11 --torch-source $(ENGINE_TORCH_SOURCE) \
+	  --extra cluster --for-tests
+	touch $@
+
+test-engine: $(ENGINE_STAMP)
+	$(ENGINE_PY) -m pytest -p no:cacheprovider $(ENGINE_TESTS) $(PYTEST_ARGS)
+
+# Rewrite the locks from the ranges (newest allowed versions); see scripts/lock.py. Then run make test.
+lock: $(STAMP)
+	$(PY) scripts/lock.py
+
+# What the newest releases the ranges allow would break: a scratch venv without the lock, the VLM family
+# matrix and the core tests there, and a short report (build/upgrade-check/report.txt).
+upgrade-check: $(STAMP)
+	bash scripts/upgrade_check.sh $(UPGRADE_VENV)
 
 test-core: $(STAMP)
 	$(PY) -m pytest tests/core $(PYTEST_ARGS)

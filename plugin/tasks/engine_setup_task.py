@@ -85,7 +85,7 @@ class EngineSetupTask(QgsTask):
             self.result = {"canceled": True}
             return False
         except Exception as exc:  # EngineEnvError is the expected kind; anything else is reported the same way
-            self.result = {"error": _first_line(exc)}
+            self.result = {"error": _first_line(exc), "setup_failed": True}
             self._log(f"ERROR {self.result['error']}")
             return False
         finally:

@@ -56,14 +56,16 @@ def test_setup_plan_for_a_new_folder(tmp_path: Path) -> None:
     py = ec.venv_python(env, "linux")
     pip = [py, "-m", "pip", "install", "--no-input", "--disable-pip-version-check"]
     assert [s.title for s in steps] == [
-        "Creating the engine environment", "Updating pip", "Installing torch (CUDA build)",
-        "Installing the engine's packages"]
+        "Creating the engine environment", "Updating pip", "Installing the engine's packages",
+        "Installing torch (CUDA build)", "Checking the installed packages"]
     assert [list(s.argv) for s in steps] == [
         ["/usr/bin/python3.11", "-m", "venv", env],
         pip + ["--upgrade", "pip"],
-        pip + ["--index-url", "https://download.pytorch.org/whl/cu128", ec.TORCH_SPEC],
-        pip + ["-r", ec.REQUIREMENTS_FILE],
+        pip + ["--require-hashes", "--no-deps", "-r", ec.LOCK_FILE],
+        pip + ["--index-url", "https://download.pytorch.org/whl/cu128", ec.ENGINE_TORCH],
+        [py, "-m", "pip", "check"],
     ]
+    assert steps[3].needs_url == "https://download.pytorch.org/whl/cu128"  # asked before pip waits on it
     # torch is the heaviest step, so it carries most of the progress bar
     assert max(steps, key=lambda s: s.weight).title.startswith("Installing torch")
 
@@ -76,7 +78,65 @@ def test_setup_plan_offline_reuses_an_existing_venv(tmp_path: Path) -> None:
     steps = ec.setup_plan(str(env), "cpu", find_links="/wheels", platform=sys.platform)
     offline = [str(py), "-m", "pip", "install", "--no-input", "--disable-pip-version-check",
                "--no-index", "--find-links", "/wheels"]
-    assert [list(s.argv) for s in steps] == [offline + [ec.TORCH_SPEC], offline + ["-r", ec.REQUIREMENTS_FILE]]
+    assert [list(s.argv) for s in steps] == [offline + ["--require-hashes", "--no-deps", "-r", ec.LOCK_FILE],
+                                             offline + [ec.ENGINE_TORCH], [str(py), "-m", "pip", "check"]]
+    assert not any(s.needs_url for s in steps)
+
+
+@pytest.mark.parametrize(("source", "variant", "platform", "tail"), [
+    ("pypi", "cpu", "linux", [ec.ENGINE_TORCH]),  # PyPI's Linux torch: the CUDA build, runs on a CPU too
+    ("pypi", "cuda", "linux", [ec.ENGINE_TORCH]),
+    ("pypi", "cpu", "win32", [ec.ENGINE_TORCH]),
+    ("pytorch", "cpu", "linux", ["--index-url", "https://download.pytorch.org/whl/cpu", ec.ENGINE_TORCH]),
+])
+def test_torch_sources(source: str, variant: str, platform: str, tail: list[str]) -> None:
+    assert ec.torch_command(PY, variant, platform=platform, source=source) == PIP + tail
+    assert ec.torch_download_mb(source, variant, platform) > 100
+
+
+def test_torch_source_refusals() -> None:
+    with pytest.raises(ec.EngineEnvError, match="PyPI's torch for Windows is the CPU build"):
+        ec.torch_command(PY, "cuda", platform="win32", source="pypi")
+    with pytest.raises(ec.EngineEnvError, match="choose the folder that holds the torch wheel"):
+        ec.torch_command(PY, "cpu", platform="linux", source="folder")
+    with pytest.raises(ec.EngineEnvError, match="choose one of pytorch, pypi, folder"):
+        ec.torch_command(PY, "cpu", platform="linux", source="conda")
+
+
+def test_an_unreachable_torch_index_is_named_before_pip_waits_on_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A network that reaches only PyPI: pip would retry PyTorch's index for minutes, then blame filelock."""
+    import socket
+
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(ec, "TORCH_INDEX", f"http://127.0.0.1:{port}/whl/")
+    log: list[str] = []
+    with pytest.raises(ec.EngineEnvError) as info:
+        ee.create_engine_env(str(tmp_path / "engine"), "cpu", python=ec.base_python(), requirements=[], upgrade_pip=False,
+                             platform="linux", log=log.append)
+    msg = str(info.value)
+    assert msg.startswith(f"Installing torch (CPU build) failed: 127.0.0.1:{port} (PyTorch's package index) cannot be "
+                          "reached from this computer (")
+    assert "PyPI's torch" in msg and "a folder of wheels" in msg and "\n" not in msg
+    assert not any("pip" in line and "torch" in line for line in log if line.startswith("$ ")), "pip never ran"
+    assert ee.url_unreachable(f"http://127.0.0.1:{port}/") and ee.url_unreachable("not a url")
+
+
+def test_the_lock_is_what_the_set_up_installs_and_covers_the_ranges(repo_root: Path) -> None:
+    """Every package the ranges name is locked with hashes; torch and its CUDA libraries are left to the torch step."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, str(repo_root / "scripts" / "lock.py"), "--check"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    for lock in (ec.LOCK_FILE, ec.EXTRA_LOCKS["cluster"]):
+        text = Path(lock).read_text()
+        assert "\nchroma-hnswlib==" in text and "\nsentence-transformers==" in text
+        assert not any(line.startswith(("torch==", "triton==", "nvidia-")) for line in text.splitlines())
+        blocks = [b for b in text.split("\n") if "==" in b and not b.startswith((" ", "#"))]
+        assert blocks and all(b.rstrip().endswith("\\") for b in blocks), "every pin carries its hashes"
+    assert "\nray==" in Path(ec.EXTRA_LOCKS["cluster"]).read_text() and "\nray==" not in Path(ec.LOCK_FILE).read_text()
+    assert ec.lock_for(()) == ec.LOCK_FILE and ec.lock_for(("cluster",)) == ec.EXTRA_LOCKS["cluster"]
 
 
 def test_requirements_pin_hnswlib_with_wheels() -> None:
@@ -202,11 +262,13 @@ def test_failed_pip_step_names_the_step_and_the_reason(tmp_path: Path) -> None:
     assert os.path.exists(ec.venv_python(str(env))), "the venv step ran before the failing pip step"
 
 
-def test_setup_plan_cluster_extra_pins_ray_beside_numpy_1(tmp_path: Path) -> None:
-    """The optional "cluster" extra installs ray[data] with the pins it needs next to numpy<2."""
+def test_setup_plan_cluster_extra_installs_the_cluster_lock(tmp_path: Path) -> None:
+    """The optional "cluster" extra installs the cluster lock (the base lock plus ray[data] and its pins)."""
     steps = ec.setup_plan(str(tmp_path / "engine"), "cpu", python="/usr/bin/python3.11", platform="linux",
                           extras=("cluster",))
-    assert steps[-1].title == "Installing the cluster extra" and list(steps[-1].argv)[-2:] == ["-r", ec.EXTRAS["cluster"]]
+    pkgs = [s for s in steps if s.title.startswith("Installing the engine's packages")]
+    assert pkgs[0].title == "Installing the engine's packages (with the cluster extra)"
+    assert list(pkgs[0].argv)[-2:] == ["-r", ec.EXTRA_LOCKS["cluster"]]
     reqs = [ln.split("#")[0].strip() for ln in Path(ec.EXTRAS["cluster"]).read_text().splitlines()]
     reqs = [r for r in reqs if r]
     assert any(r.startswith("ray[data]") for r in reqs) and "pyarrow>=14,<26" in reqs and "pandas>=2.0,<3" in reqs

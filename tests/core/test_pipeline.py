@@ -211,3 +211,23 @@ def test_slow_hnsw_rewrites_are_spaced_out(tmp_path: Path, scenes: list[str], mo
                   captioner_options={"variants": 1, "batch_size": 1})
     # 9 one-tile steps: one rewrite during the job (then 200 s apart), one at the end.
     assert len(calls) == 2, calls
+
+
+def test_a_search_file_that_fails_verification_never_fails_a_finished_job(tmp_path: Path, scenes: list[str],
+                                                                        monkeypatch) -> None:
+    """The engine-users-get bug: every save failed verification, and a job whose tiles were all committed
+    ended as failed while the dock listed the raster as indexed. Now the job finishes with a note and the
+    next open replays the log, so search finds every tile."""
+    from plugin.core.store import ann as ann_module
+
+    idx = str(tmp_path / "idx")
+    monkeypatch.setattr(ann_module, "layout_problem", lambda path, dim, n: "simulated: 4 bytes missing")
+    rep = index_rasters(idx, [RasterSource(scenes[0])], tiling=SMALL, captioner_options=FAST)
+    assert not rep.canceled and rep.rasters[0]["tiles_new"] == 9
+    assert any("search file was not saved (writing the search file" in n and "simulated" in n for n in rep.notes), rep.notes
+    assert not os.path.exists(os.path.join(idx, ann_module.HNSW_FILE)), "nothing unverified replaced the file"
+    monkeypatch.undo()
+    with Searcher(idx) as s:
+        hits = s.search("open water of the sea", top=20)
+    assert len({h.tile_id for h in hits}) == 9, "every committed tile is found after the replay"
+    assert index_info(idx)["rasters"][0]["tiles"] == 9

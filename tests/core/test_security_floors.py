@@ -27,9 +27,24 @@ def test_requirement_floors_refuse_unsafe_deserialisation(path: str) -> None:
     assert _floor(text, "sentence-transformers") >= (3, 1)  # its own .bin modules load weights-only
 
 
+def _pins(text: str, name: str) -> list[tuple[int, ...]]:
+    """Every exact version of `name` in a lock (a universal lock can hold one per Python range)."""
+    found = re.findall(rf"^{re.escape(name)}==(\d+(?:\.\d+)*)", text, re.M)
+    assert found, f"{name} is not locked"
+    return [tuple(int(p) for p in v.split(".")) for v in found]
+
+
 def test_torch_floor() -> None:
-    assert _floor(engine_commands.TORCH_SPEC.replace(",", "\n"), "torch") >= (2, 10)
-    assert "torch==" in (ROOT / "scripts/setup.sh").read_text()
+    assert _pins(engine_commands.ENGINE_TORCH, "torch") == [(2, 13, 0)]
+    assert min(_pins((ROOT / "locks/dev.txt").read_text(), "torch")) >= (2, 10)
+
+
+@pytest.mark.parametrize("lock", ["plugin/core/env/engine_lock.txt", "plugin/core/env/engine_lock_cluster.txt", "locks/dev.txt"])
+def test_every_lock_installs_versions_above_the_floors(lock: str) -> None:
+    text = (ROOT / lock).read_text()
+    assert min(_pins(text, "transformers")) >= (4, 52)
+    assert min(_pins(text, "sentence-transformers")) >= (3, 1)
+    assert "--hash=sha256:" in text and "torch==" not in text.replace("torch==2.13.0+cpu", ""), "hashed; torch only in dev"
 
 
 def test_trust_remote_code_is_not_an_option() -> None:

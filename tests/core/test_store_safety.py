@@ -354,3 +354,44 @@ def test_a_writer_dropped_without_close_does_not_keep_the_index_locked(tmp_path:
     gc.collect()
     with _new(folder) as again:
         assert not again._lock.took_over
+
+
+def _installed_hnswlib() -> str:
+    from importlib import metadata
+
+    try:
+        metadata.version("chroma-hnswlib")
+        return "chroma-hnswlib"
+    except metadata.PackageNotFoundError:
+        return "hnswlib"
+
+
+def test_every_hnswlib_layout_the_requirements_can_install_is_verified(tmp_path: Path) -> None:
+    """The dev venv has upstream hnswlib, the engine the dialog builds has chroma-hnswlib (4 more bytes
+    per element): a file from either passes, and either one cut short fails."""
+    folder = str(tmp_path / "idx")
+    with _new(folder) as idx:
+        idx.upsert_raster(A, "c", {})
+        idx.add_tiles("ra", "c", grid_items(A, np.random.default_rng(7), 6, 6))
+        n = idx.ann.element_count
+    path = Path(folder, ann.HNSW_FILE)
+    data = path.read_bytes()
+    assert ann_files.file_layout(str(path), DIM, n) == (_installed_hnswlib(), ""), "the library in this venv"
+    size_per = int.from_bytes(data[24:32], "little")
+    level0_end = 96 + n * size_per
+    if _installed_hnswlib() == "hnswlib":  # the other library's file: the same graph with its norms block
+        other = data[:level0_end] + np.ones(n, dtype="<f4").tobytes() + data[level0_end:]
+    else:
+        other = data[:level0_end] + data[level0_end + 4 * n:]
+    assert len(other) - len(data) == (4 * n if _installed_hnswlib() == "hnswlib" else -4 * n)
+    files = {"installed": data, "other": other}
+    for name, blob in files.items():
+        p = tmp_path / f"{name}.hnsw"
+        p.write_bytes(blob)
+        layout, why = ann_files.file_layout(str(p), DIM, n)
+        assert why == "" and layout in ann_files.LAYOUTS, (name, why)
+        for cut in (len(blob) - 1, len(blob) - 4, len(blob) - 4 * n + 2, level0_end + 3):
+            p.write_bytes(blob[:cut])
+            assert ann_files.layout_problem(str(p), DIM, n), f"{name} cut at {cut} of {len(blob)} bytes is caught"
+        p.write_bytes(blob + b"\0\0\0\0")
+        assert "extra" in ann_files.layout_problem(str(p), DIM, n), f"{name} with 4 stray bytes"

@@ -236,14 +236,16 @@ def build_tiny_idefics3(folder: str | Path, *, seed: int = 0, smolvlm: bool = Fa
 
 
 def build_tiny_gemma3(folder: str | Path, *, seed: int = 0) -> Path:
-    """Gemma 3: SigLIP tower with average pooling to a fixed token count, no system role."""
+    """Gemma 3: SigLIP tower with average pooling to a fixed token count, no system role, a sliding-window
+    layer and a global one (the real model's 5:1 pattern, shortened; a window alone would hide the image)."""
+    import torch
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessor, Gemma3Processor
 
     folder = _start(folder, seed)
     tok = bpe_tokenizer(["<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<end_of_image>", "<image_soft_token>"],
                         bos="<bos>", eos="<eos>", pad="<pad>", image_token="<image_soft_token>",
                         boi_token="<start_of_image>", eoi_token="<end_of_image>")
-    text = _llama(tok, head_dim=8, sliding_window=64, query_pre_attn_scalar=8)
+    text = _llama(tok, head_dim=8, sliding_window=64, query_pre_attn_scalar=8, layer_types=["sliding_attention", "full_attention"])
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=16,
                   patch_size=4)
     config = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4,
@@ -251,6 +253,10 @@ def build_tiny_gemma3(folder: str | Path, *, seed: int = 0) -> Path:
                           boi_token_index=tok.convert_tokens_to_ids("<start_of_image>"),
                           eoi_token_index=tok.convert_tokens_to_ids("<end_of_image>"))
     model = Gemma3ForConditionalGeneration(config).eval()
+    # Gemma 3 initialises its image projection to zeros (pretrained weights replace it): a tiny random
+    # model would then never see the image, and no test could tell one tile from another.
+    with torch.no_grad():
+        model.model.multi_modal_projector.mm_input_projection_weight.normal_(std=0.5)
     ip = Gemma3ImageProcessor(size={"height": 16, "width": 16})
     proc = Gemma3Processor(image_processor=ip, tokenizer=tok, chat_template=GEMMA3_TEMPLATE, image_seq_length=4)
     return _save(folder, model, proc, tok)
@@ -268,8 +274,10 @@ def build_tiny_blip(folder: str | Path, *, seed: int = 0) -> Path:
                          num_attention_heads=4, encoder_hidden_size=32, max_position_embeddings=128,
                          pad_token_id=tok.pad_token_id, bos_token_id=tok.cls_token_id, sep_token_id=tok.sep_token_id,
                          eos_token_id=tok.sep_token_id),
+        # BLIP's vision config initialises with std 1e-10 (pretrained weights replace it): every image
+        # would give the same features. 0.02 is the text side's default.
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=30, patch_size=6),
+                           image_size=30, patch_size=6, initializer_range=0.02),
         projection_dim=32,
     )
     model = BlipForConditionalGeneration(config).eval()
@@ -282,16 +290,39 @@ def build_tiny_blip(folder: str | Path, *, seed: int = 0) -> Path:
     return folder
 
 
+def sharpen(folder: Path, gain: float, names: tuple[str, ...] = ("",)) -> Path:
+    """Multiply the saved weight matrices whose names contain one of `names` by `gain`.
+
+    Random weights at the usual init (std 0.02) make a model whose greedy answer is decided by the long
+    RSRT prompt: the few image tokens barely move the logits, so three different tiles get one answer and
+    a test could not tell whether a row was given its own tile. Larger weights make the answer depend on
+    the image (the family test asserts three tiles give three answers).
+    """
+    from safetensors.torch import load_file, save_file
+
+    path = Path(folder) / "model.safetensors"
+    tensors = load_file(str(path))
+    for name, t in tensors.items():
+        if t.dim() >= 2 and t.is_floating_point() and any(k in name for k in names):
+            tensors[name] = t * gain
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    return Path(folder)
+
+
+def _sharp(build: Callable[..., Path], gain: float = 8.0, names: tuple[str, ...] = ("",), **options: Any) -> Callable[..., Path]:
+    return lambda folder: sharpen(build(folder, **options), gain, names)
+
+
 #: family -> (builder, marker token counted once per image in a row's prompt; None: no chat prompt)
 FAMILIES: dict[str, tuple[Callable[..., Path], Any]] = {
-    "llava": (build_tiny_llava, None),
-    "llava_next": (build_tiny_llava_next, None),
-    "qwen2_vl": (build_tiny_qwen2_vl, "<|vision_start|>"),
-    "qwen2_5_vl": (lambda f: build_tiny_qwen2_vl(f, v25=True), "<|vision_start|>"),
-    "qwen3_vl": (build_tiny_qwen3_vl, "<|vision_start|>"),
-    "idefics3": (build_tiny_idefics3, "<global-img>"),
-    "smolvlm": (lambda f: build_tiny_idefics3(f, smolvlm=True), "<global-img>"),
-    "gemma3": (build_tiny_gemma3, "<start_of_image>"),
-    "git": (build_tiny_git, None),
-    "blip": (build_tiny_blip, None),
+    "llava": (_sharp(build_tiny_llava), None),
+    "llava_next": (_sharp(build_tiny_llava_next), None),
+    "qwen2_vl": (_sharp(build_tiny_qwen2_vl), "<|vision_start|>"),
+    "qwen2_5_vl": (_sharp(build_tiny_qwen2_vl, v25=True), "<|vision_start|>"),
+    "qwen3_vl": (_sharp(build_tiny_qwen3_vl), "<|vision_start|>"),
+    "idefics3": (_sharp(build_tiny_idefics3), "<global-img>"),
+    "smolvlm": (_sharp(build_tiny_idefics3, smolvlm=True), "<global-img>"),
+    "gemma3": (build_tiny_gemma3, "<start_of_image>"),  # its image projection is initialised in the builder
+    "git": (_sharp(build_tiny_git), None),
+    "blip": (_sharp(build_tiny_blip, names=("crossattention",)), None),  # its decoder sees the image only there
 }

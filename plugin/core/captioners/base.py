@@ -84,6 +84,11 @@ def tile_image(tile: TileImage) -> Any:
     return Image.fromarray(rgb, "RGB")
 
 
+def tile_key(tile: TileImage) -> str:
+    """What identifies a tile for seeded sampling: its tile id (stable across runs, batches and machines)."""
+    return str(tile.ref.tile_id)
+
+
 def resolve_dtype(dtype: str, device: str) -> Any:
     """'auto' -> bf16 on CUDA that supports it (else fp16), fp16 on MPS, fp32 on CPU."""
     import torch

@@ -9,7 +9,7 @@ caption cache relies on.
 
 Throughput (issues 5 and 13): all K variants of a chunk of tiles go into as few `generate` calls as memory
 allows (`fuse_variants`, default on): rows are bucketed by prompt length, greedy rows ride in the
-sampled batch through `GreedyRows`, the vision tower can run once per tile (`reuse_vision`), the
+sampled batch (`RowSampler`: each sampled row has its own seed, so no row depends on its batch), the vision tower can run once per tile (`reuse_vision`), the
 row count per call comes from free CUDA memory when `batch_size` is None, attention is SDPA where
 the model supports it, and `compile=True` (CUDA only) adds a static KV cache + torch.compile.
 Measured on an H200 with a 7B LLaVA-1.5 (benchmarks/RESULTS.md), the CUDA defaults are: static
@@ -36,10 +36,11 @@ from .base import (
     resolve_device,
     resolve_dtype,
     tile_image,
+    tile_key,
 )
 from .prompts import PROMPT_VERSION, SYSTEM, get_preset, variant_prompt
 from .spectral import SpectralCaptioner, spectral_facts
-from .vlm_batching import GreedyRows, auto_rows, encode_images_once, plan_rows, resolve_cache, reusable_vision
+from .vlm_batching import RowSampler, auto_rows, encode_images_once, plan_rows, resolve_cache, reusable_vision, row_seed
 
 log = logging.getLogger(__name__)
 
@@ -240,16 +241,14 @@ class TransformersCaptioner:
     def _to_device(self, host: dict[str, Any]) -> dict[str, Any]:
         return {k: (v.to(self.device, non_blocking=True) if hasattr(v, "to") else v) for k, v in host.items()}
 
-    def _generate_kwargs(self, rows: list[tuple[int, int]]) -> dict[str, Any]:
-        torch = self._torch
-        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens}
-        greedy = torch.tensor([k == 0 for _, k in rows], dtype=torch.bool)
-        if bool(greedy.all()):
-            kwargs["do_sample"] = False
-        else:
-            kwargs.update(do_sample=True, temperature=self.temperature, top_p=self.top_p)
-            if bool(greedy.any()):
-                kwargs["logits_processor"] = [GreedyRows(greedy.to(self.device))]
+    def _generate_kwargs(self, rows: list[tuple[int, int]], keys: Sequence[str]) -> dict[str, Any]:
+        """Greedy decoding over scores where each sampled row (variant > 0) already drew its token
+        with its own seed (`RowSampler`): the same tile and variant give the same text in any batch."""
+        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": False}
+        seeds = [None if k == 0 else row_seed(self.seed, keys[i], k) for i, k in rows]
+        if any(s is not None for s in seeds):
+            top_k = getattr(getattr(self.model, "generation_config", None), "top_k", None)
+            kwargs["logits_processor"] = [RowSampler(seeds, self.temperature, self.top_p, 50 if top_k is None else top_k)]
         kwargs.update(vlm_families.pad_kwargs(self.model_type, self._tokenizer))
         if self.cache == "static":
             # A preallocated KV cache: no per-step torch.cat of the whole cache. transformers compiles
@@ -258,14 +257,13 @@ class TransformersCaptioner:
             kwargs["disable_compile"] = not self.compile
         return kwargs
 
-    def _generate_rows(self, images: list[Any], rows: list[tuple[int, int]], host: Optional[dict[str, Any]] = None) -> list[str]:
-        """One generate call over `rows` (tile index, variant): variant 0 greedy, the others sampled."""
+    def _generate_rows(self, images: list[Any], rows: list[tuple[int, int]], host: Optional[dict[str, Any]] = None,
+                       keys: Optional[Sequence[str]] = None) -> list[str]:
+        """One generate call over `rows` (tile index, variant): variant 0 greedy, the others sampled
+        with a seed from the tile's key (`keys[tile index]`) and the variant."""
         torch = self._torch
         inputs = self._to_device(host if host is not None else self._host_inputs([images[i] for i, _ in rows], [k for _, k in rows]))
-        kwargs = self._generate_kwargs(rows)
-        if kwargs.get("do_sample"):
-            # One seed per call, offset by the call's first variant: the same chunk samples the same text.
-            torch.manual_seed(self.seed + min(k for _, k in rows if k))
+        kwargs = self._generate_kwargs(rows, keys if keys is not None else [str(i) for i in range(len(images))])
         with torch.inference_mode():
             if self.reuse_vision and self.chat and reusable_vision(self.model, list(inputs)):
                 pixel_values = inputs.pop("pixel_values")
@@ -282,6 +280,7 @@ class TransformersCaptioner:
         With `prefetch` and more than one generate call, the processor work (resize, normalise,
         tokenise, pin) for call n+1 runs in a thread while call n generates."""
         images = [tile_image(t) for t in tiles]
+        keys = [tile_key(t) for t in tiles]
         texts: dict[tuple[int, int], str] = {}
         if self.fuse_variants:
             plan = plan_rows(len(tiles), self.variants, self._prompt_len, self.max_rows)
@@ -293,7 +292,7 @@ class TransformersCaptioner:
 
         if not self.prefetch or len(plan) < 2:
             for rows in plan:
-                texts.update(zip(rows, self._generate_rows(images, rows)))
+                texts.update(zip(rows, self._generate_rows(images, rows, keys=keys)))
         else:
             from concurrent.futures import ThreadPoolExecutor
 
@@ -303,7 +302,7 @@ class TransformersCaptioner:
                     ready = pending.result()
                     if n + 1 < len(plan):
                         pending = pool.submit(host, plan[n + 1])
-                    texts.update(zip(rows, self._generate_rows(images, rows, ready)))
+                    texts.update(zip(rows, self._generate_rows(images, rows, ready, keys=keys)))
         return [[texts[(i, k)] for k in range(self.variants)] for i in range(len(tiles))]
 
     def _caption_chunk(self, tiles: Sequence[TileImage]) -> list[list[CaptionVariant]]:

@@ -1,13 +1,13 @@
-"""Throughput helpers of the transformers captioner: row plans, batch sizing, greedy rows in a sampled batch.
+"""Throughput helpers of the transformers captioner: row plans, batch sizing, row-seeded sampling.
 
 A "row" is one (tile, variant) pair, i.e. one sequence in a `generate` batch. Decoding a 7B VLM
 is memory-bound: one generate call over many rows costs little more than one over a few, so the
 captioner puts all K variants of a chunk of tiles into as few calls as memory allows instead of K
 calls (issue 5). Three things make that possible without changing answers:
 
-* `GreedyRows` turns chosen rows of a sampled batch into greedy rows (argmax of the very scores
-  plain greedy `generate` would use), so variant 0 stays greedy while variants 1..K-1 sample in the
-  same call;
+* `RowSampler` samples variants 1..K-1 row by row, each with its own seeded generator, while
+  variant 0 stays greedy in the same call (generate runs greedy over the scores it leaves): a row's
+  text does not depend on the batch it was put in;
 * `plan_rows` buckets rows by prompt length so rows padded together have similar lengths (left
   padding wastes less compute);
 * `rows_from_free_memory` sizes the batch from the KV cache a row needs and the free GPU memory.
@@ -23,27 +23,52 @@ from ..errors import EngineError
 MAX_ROWS = 512
 
 
-class GreedyRows:
-    """A logits processor: rows in `mask` keep only their argmax token (greedy inside a sampled batch).
+class RowSampler:
+    """A logits processor that samples each row with its own seeded generator (None: the row stays greedy).
 
-    Custom processors run after the model's own ones (min_new_tokens, ...) and before the sampling
-    warpers (temperature, top-k, top-p), so the argmax is taken over exactly the scores a plain
-    greedy `generate` would take it over, and the warpers leave a one-hot row unchanged:
-    multinomial then draws that token with probability 1.
+    `generate` then runs greedy (do_sample=False) and takes the one token left per row. A sampled row's
+    text depends on its seed alone, not on which rows share its batch or in which order the batches run:
+    batch-1 gives what batch-N gives, a Ray actor what a local run gives, and a rerun the caption the
+    cache holds. Temperature and top-p are applied as transformers' warpers do (after the model's own
+    processors), then one uniform draw per row and step picks the token by inverse CDF.
     """
 
-    def __init__(self, mask: Any) -> None:
-        self.mask = mask
+    def __init__(self, seeds: Sequence[Optional[int]], temperature: float, top_p: float, top_k: int = 0) -> None:
+        import torch
+
+        self.rows = [r for r, s in enumerate(seeds) if s is not None]
+        self.generators = [torch.Generator().manual_seed(int(seeds[r])) for r in self.rows]  # type: ignore[arg-type]
+        self.temperature, self.top_p, self.top_k = float(temperature), float(top_p), int(top_k or 0)
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         import torch
 
-        if not bool(self.mask.any()):
+        if not self.rows:
             return scores
-        best = scores.argmax(dim=-1)
-        onehot = torch.full_like(scores, float("-inf"))
-        onehot.scatter_(1, best[:, None], 0.0)
-        return torch.where(self.mask.to(scores.device)[:, None], onehot, scores)
+        rows = torch.tensor(self.rows, device=scores.device)
+        logits = scores[rows].float() / max(self.temperature, 1e-6)
+        probs = torch.softmax(logits, dim=-1)
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        cum = sorted_p.cumsum(dim=-1)
+        keep = (cum - sorted_p) < self.top_p  # the smallest prefix reaching top_p (the first token always)
+        if self.top_k > 0:
+            keep[:, self.top_k:] = False
+        sorted_p = torch.where(keep, sorted_p, torch.zeros_like(sorted_p))
+        cum = sorted_p.cumsum(dim=-1)
+        u = torch.stack([torch.rand((), generator=g) for g in self.generators]).to(scores.device) * cum[:, -1]
+        pick = torch.searchsorted(cum, u[:, None]).clamp_(max=cum.shape[-1] - 1)
+        token = order.gather(1, pick)[:, 0]
+        out = scores.clone()
+        out[rows] = float("-inf")
+        out[rows, token] = 0.0
+        return out
+
+
+def row_seed(seed: int, key: str, variant: int) -> int:
+    """The sampling seed of one (tile, variant) row: from the captioner's seed and the tile's identity."""
+    import zlib
+
+    return zlib.crc32(f"{seed}|{key}|{variant}".encode()) & 0x7FFFFFFF
 
 
 def plan_rows(n_tiles: int, variants: int, prompt_len: Callable[[int], int], max_rows: int) -> list[list[tuple[int, int]]]:

@@ -7,8 +7,9 @@ instead of testing model types itself:
   line, what cannot caption: models whose code is not in transformers (`trust_remote_code`),
   text-only language models, image classifiers and other non image-to-text models;
 * `load_processor` loads the family's processor; without torchvision (the engine environment
-  does not install it) the processors that also carry a video processor (Qwen2-VL, Qwen2.5-VL,
-  Qwen3-VL, SmolVLM2) cannot be built by transformers, so they are loaded for images only;
+  does not install it) transformers cannot build the processors that also carry a video processor
+  (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, SmolVLM2), so those are built from their parts through public
+  APIs only (AutoImageProcessor, AutoTokenizer, the chat template file, the processor's constructor);
 * `images_arg` shapes the image list the processor wants (one list per prompt for the
   Idefics/SmolVLM/Mllama/Gemma 3 processors, a flat list for the others);
 * `pad_kwargs` and `cache_for` keep `generate` options away from the families they break (BLIP
@@ -21,8 +22,12 @@ to end; other image-text-to-text types load with a warning that they are unteste
 
 from __future__ import annotations
 
+import inspect
+import json
 import logging
-from typing import Any
+import os
+from pathlib import Path
+from typing import Any, Optional
 
 from ..errors import EngineError, ModelUnavailableError
 
@@ -114,19 +119,12 @@ def _processor_class(model_type: str) -> Any:
 
 
 def _images_only(cls: Any) -> Any:
-    """`cls` with no video processor (None): transformers builds video processors only with torchvision."""
+    """`cls` accepting None as its video processor (transformers builds video processors only with torchvision).
+
+    Only the public constructor and the public `check_argument_for_proper_class` hook are involved.
+    """
 
     class ImagesOnly(cls):  # type: ignore[misc, valid-type]
-        @classmethod
-        def _get_arguments_from_pretrained(klass, path: str, processor_dict: Any = None, **kwargs: Any) -> list[Any]:
-            import transformers
-
-            loaders: dict[str, Any] = {"image_processor": transformers.AutoImageProcessor, "tokenizer": transformers.AutoTokenizer}
-            attributes = cls.get_attributes()
-            if not set(attributes) - {"video_processor"} <= set(loaders):
-                return super()._get_arguments_from_pretrained(path, processor_dict, **kwargs)  # type: ignore[no-any-return]
-            return [None if a == "video_processor" else loaders[a].from_pretrained(path, **kwargs) for a in attributes]
-
         def check_argument_for_proper_class(self, argument_name: str, argument: Any) -> Any:
             if argument is None and argument_name == "video_processor":
                 return None
@@ -134,6 +132,40 @@ def _images_only(cls: Any) -> Any:
 
     ImagesOnly.__name__ = ImagesOnly.__qualname__ = cls.__name__
     return ImagesOnly
+
+
+def _repo_file(source: str, filename: str, kw: dict[str, Any]) -> Optional[str]:
+    """The text of `filename` in a model folder or hub repository (the local cache when offline), or None."""
+    if os.path.isdir(source):
+        path = os.path.join(source, filename)
+        return Path(path).read_text(encoding="utf-8") if os.path.isfile(path) else None
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    try:
+        path = hf_hub_download(source, filename, revision=kw.get("revision"), cache_dir=kw.get("cache_dir"),
+                               local_files_only=bool(kw.get("local_files_only")), token=kw.get("token"))
+    except (EntryNotFoundError, LocalEntryNotFoundError):
+        return None
+    return Path(path).read_text(encoding="utf-8")
+
+
+def _images_only_processor(cls: Any, source: str, kw: dict[str, Any]) -> Any:
+    """The family's processor built from its parts: image processor, tokenizer, chat template and the
+    options of processor_config.json that its constructor takes; no video processor."""
+    import transformers
+
+    image_processor = transformers.AutoImageProcessor.from_pretrained(source, **kw)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(source, **kw)
+    options = json.loads(_repo_file(source, "processor_config.json", kw) or "{}")
+    template = (_repo_file(source, "chat_template.jinja", kw)
+                or json.loads(_repo_file(source, "chat_template.json", kw) or "{}").get("chat_template")
+                or options.get("chat_template") or getattr(tokenizer, "chat_template", None))
+    takes = set(inspect.signature(cls.__init__).parameters) - {"self", "image_processor", "tokenizer", "video_processor",
+                                                               "chat_template", "args", "kwargs"}
+    extra = {k: v for k, v in options.items() if k in takes}
+    return _images_only(cls)(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
+                             chat_template=template, **extra)
 
 
 def chat_prompt(processor: Any, messages: list[dict[str, Any]]) -> str:
@@ -158,7 +190,7 @@ def load_processor(name: str, source: str, config: Any, kw: dict[str, Any]) -> A
     cls = _processor_class(model_type)
     try:
         if cls is not None and not is_torchvision_available() and "video_processor" in cls.get_attributes():
-            processor = _images_only(cls).from_pretrained(source, **kw)
+            processor = _images_only_processor(cls, source, kw)
         else:
             processor = transformers.AutoProcessor.from_pretrained(source, **kw)
     except OSError as exc:

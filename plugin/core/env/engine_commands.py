@@ -14,14 +14,33 @@ from typing import Optional, Sequence
 
 from ..errors import EngineError
 
+#: The ranges the engine is known to work with (what `make lock` resolves; never installed directly).
 REQUIREMENTS_FILE = str(Path(__file__).with_name("engine_requirements.txt"))
-#: Optional extras of the engine environment: name -> requirements file.
+#: Optional extras of the engine environment: name -> requirements file (ranges).
 EXTRAS = {"cluster": str(Path(__file__).with_name("engine_requirements_cluster.txt"))}
-#: torch releases tested with the engine (installed alone first, so the right build is chosen).
-#: The floor is a security floor: torch < 2.6 loads .bin weights without weights_only protection,
-#: and the weights-only unpickler itself was hardened in 2.10 (GHSA-63cw-57p8-fm3p).
-TORCH_SPEC = "torch>=2.10,<2.15"
+#: What the set-up installs: exact versions with sha256 hashes, for every platform (scripts/lock.py).
+#: The cluster lock is the base lock plus Ray, so an engine has one lock or the other.
+LOCK_FILE = str(Path(__file__).with_name("engine_lock.txt"))
+EXTRA_LOCKS = {"cluster": str(Path(__file__).with_name("engine_lock_cluster.txt"))}
+#: The torch release tested with the engine lock, installed in its own step from the route the user
+#: chose, which decides the build (CPU or CUDA). Security floor: torch < 2.6 loads .bin weights without
+#: weights_only protection, and the weights-only unpickler was hardened in 2.10 (GHSA-63cw-57p8-fm3p).
+ENGINE_TORCH = "torch==2.13.0"
+TORCH_SPEC = ENGINE_TORCH
 TORCH_INDEX = "https://download.pytorch.org/whl/"
+#: Where torch comes from: PyTorch's own index (the small CPU build on Linux, CUDA builds), PyPI (or
+#: the pip index this computer is set up for: on Linux PyPI's torch is the CUDA build, also run on a
+#: CPU), or a folder of wheels (no index at all: every package comes from the folder).
+TORCH_SOURCES = ("pytorch", "pypi", "folder")
+#: Download sizes in MB (torch 2.13.0, cp311 wheels, measured from the indexes' file sizes on 2026-12-08):
+#: (source, variant, platform family) -> MB. PyPI's Linux torch brings its CUDA 13 libraries (about 2.2 GB).
+DOWNLOAD_MB = {
+    ("pytorch", "cpu", "linux"): 192, ("pypi", "cpu", "linux"): 2740, ("pypi", "cuda", "linux"): 2740,
+    ("pytorch", "cuda", "linux"): 2740, ("pytorch", "cpu", "win"): 122, ("pypi", "cpu", "win"): 122,
+    ("pytorch", "cuda", "win"): 2600, ("pytorch", "cpu", "darwin"): 111, ("pypi", "cpu", "darwin"): 111,
+}
+#: The engine's other packages (the lock without torch), download MB, Linux x86_64 Python 3.11 (same day).
+LOCK_DOWNLOAD_MB = {"": 190, "cluster": 300}
 #: CUDA build of torch installed by default; cu128 wheels exist for torch 2.7+ on Windows and Linux.
 DEFAULT_CUDA_TAG = "cu128"
 VARIANTS = ("cpu", "cuda")
@@ -123,25 +142,51 @@ def pip_command(python: str, args: Sequence[str], *, find_links: Optional[str] =
 
 
 def torch_command(python: str, variant: str, *, platform: str = sys.platform, torch_spec: str = TORCH_SPEC,
-                  cuda_tag: str = DEFAULT_CUDA_TAG, find_links: Optional[str] = None) -> list[str]:
-    """Install the chosen torch build.
+                  cuda_tag: str = DEFAULT_CUDA_TAG, find_links: Optional[str] = None, source: str = "pytorch") -> list[str]:
+    """Install the chosen torch build from the chosen source.
 
-    PyPI's Linux torch is a CUDA build (several GB), so CPU on Linux comes from PyTorch's CPU index;
-    Windows and macOS PyPI wheels are the CPU (macOS: CPU + MPS) builds; CUDA builds come from
-    PyTorch's `cuXXX` index on Windows and Linux. macOS has no CUDA.
+    PyPI's Linux torch is a CUDA build (about 2.7 GB with its CUDA libraries), so the CPU build on
+    Linux comes from PyTorch's CPU index; Windows and macOS PyPI wheels are the CPU (macOS: CPU + MPS)
+    builds; CUDA builds come from PyTorch's `cuXXX` index on Windows and Linux. macOS has no CUDA.
+    `source="pypi"` is the route for networks that reach only PyPI (or a company mirror of it).
     """
     if variant not in VARIANTS:
         raise EngineEnvError(f"torch build {variant!r}: choose one of {', '.join(VARIANTS)}")
+    if source not in TORCH_SOURCES:
+        raise EngineEnvError(f"torch source {source!r}: choose one of {', '.join(TORCH_SOURCES)}")
     if variant == "cuda" and platform == "darwin":
         raise EngineEnvError("CUDA is not available on macOS: choose the CPU build (it uses the Apple GPU through MPS)")
+    if source == "folder" and not find_links:
+        raise EngineEnvError("torch from a folder of wheels: choose the folder that holds the torch wheel")
+    if source == "pypi" and variant == "cuda" and platform.startswith("win"):
+        raise EngineEnvError("PyPI's torch for Windows is the CPU build: choose PyTorch's index for CUDA, or the CPU build")
     index: Optional[str] = None
-    if not find_links:
+    if not find_links and source == "pytorch":
         if variant == "cuda":
             index = TORCH_INDEX + cuda_tag
         elif platform.startswith("linux"):
             index = TORCH_INDEX + "cpu"
     args = ["--index-url", index] if index else []
     return pip_command(python, [*args, torch_spec], find_links=find_links)
+
+
+def torch_download_mb(source: str, variant: str, platform: str = sys.platform) -> Optional[int]:
+    """The measured download of the torch step (MB), or None where it was not measured."""
+    fam = "win" if platform.startswith("win") else "darwin" if platform == "darwin" else "linux"
+    return DOWNLOAD_MB.get(("pytorch" if source == "folder" else source, variant, fam))
+
+
+def lock_for(extras: Sequence[str] = ()) -> str:
+    """The lock file the set-up installs: the cluster lock (a superset) when that extra is asked for."""
+    unknown = sorted(set(extras) - set(EXTRAS))
+    if unknown:
+        raise EngineEnvError(f"unknown engine extra(s) {', '.join(unknown)}: choose from {', '.join(EXTRAS)}")
+    return EXTRA_LOCKS["cluster"] if "cluster" in extras else LOCK_FILE
+
+
+def lock_command(python: str, lock: str, *, find_links: Optional[str] = None) -> list[str]:
+    """Install a lock exactly: every version pinned, every file checked against its sha256, nothing else."""
+    return pip_command(python, ["--require-hashes", "--no-deps", "-r", lock], find_links=find_links)
 
 
 @dataclass(frozen=True)
@@ -152,24 +197,26 @@ class SetupStep:
     argv: tuple[str, ...]
     #: share of the whole set-up's progress this step stands for
     weight: float = 1.0
+    #: an index URL the step needs; the set-up checks it answers before running the step
+    needs_url: Optional[str] = None
 
 
 def setup_plan(env_dir: str, variant: str = "cpu", *, python: Optional[str] = None,
                requirements: Optional[Sequence[str]] = None, install_torch: bool = True,
                system_site_packages: bool = False, find_links: Optional[str] = None,
                upgrade_pip: bool = True, platform: str = sys.platform, torch_spec: str = TORCH_SPEC,
-               cuda_tag: str = DEFAULT_CUDA_TAG, extras: Sequence[str] = ()) -> list[SetupStep]:
+               cuda_tag: str = DEFAULT_CUDA_TAG, extras: Sequence[str] = (), torch_source: str = "pytorch",
+               check: bool = True) -> list[SetupStep]:
     """The commands that create the engine environment in `env_dir`, in order.
 
-    `requirements` are pip arguments (default: `-r engine_requirements.txt`); tests pass a tiny set.
-    `extras`: optional parts, e.g. ("cluster",) for the Ray executor (ray[data] and its pins).
-    An existing venv is reused (pip then only installs what is missing or outdated).
+    The engine's packages come from the lock (exact versions, hashes, no dependency resolution), then
+    torch from the chosen source, then `pip check` proves the result is consistent. `requirements`
+    replaces the lock with pip arguments (tests pass a tiny set). `extras`: optional parts, e.g.
+    ("cluster",) for the Ray executor. An existing venv is reused (pip skips what is installed).
     """
     if variant not in VARIANTS:
         raise EngineEnvError(f"torch build {variant!r}: choose one of {', '.join(VARIANTS)}")
-    unknown = sorted(set(extras) - set(EXTRAS))
-    if unknown:
-        raise EngineEnvError(f"unknown engine extra(s) {', '.join(unknown)}: choose from {', '.join(EXTRAS)}")
+    lock = lock_for(extras)
     py = venv_python(env_dir, platform)
     steps = []
     if not os.path.exists(py):
@@ -177,12 +224,18 @@ def setup_plan(env_dir: str, variant: str = "cpu", *, python: Optional[str] = No
             python or base_python(), env_dir, system_site_packages=system_site_packages)), 1.0))
     if upgrade_pip and not find_links:
         steps.append(SetupStep("Updating pip", tuple(pip_command(py, ["--upgrade", "pip"])), 1.0))
+    with_extras = f" (with the {', '.join(extras)} extra)" if extras else ""
+    if requirements is None:
+        steps.append(SetupStep("Installing the engine's packages" + with_extras,
+                               tuple(lock_command(py, lock, find_links=find_links)), 4.0))
+    elif requirements:
+        steps.append(SetupStep("Installing the engine's packages" + with_extras,
+                               tuple(pip_command(py, list(requirements), find_links=find_links)), 4.0))
     if install_torch:
-        steps.append(SetupStep(f"Installing torch ({variant.upper()} build)", tuple(torch_command(
-            py, variant, platform=platform, torch_spec=torch_spec, cuda_tag=cuda_tag, find_links=find_links)), 6.0))
-    reqs = list(requirements) if requirements is not None else ["-r", REQUIREMENTS_FILE]
-    if reqs:
-        steps.append(SetupStep("Installing the engine's packages", tuple(pip_command(py, reqs, find_links=find_links)), 4.0))
-    for name in extras:
-        steps.append(SetupStep(f"Installing the {name} extra", tuple(pip_command(py, ["-r", EXTRAS[name]], find_links=find_links)), 2.0))
+        argv = torch_command(py, variant, platform=platform, torch_spec=torch_spec, cuda_tag=cuda_tag,
+                             find_links=find_links, source=torch_source)
+        url = argv[argv.index("--index-url") + 1] if "--index-url" in argv else None
+        steps.append(SetupStep(f"Installing torch ({variant.upper()} build)", tuple(argv), 6.0, needs_url=url))
+    if check and requirements is None:
+        steps.append(SetupStep("Checking the installed packages", (py, "-m", "pip", "check"), 0.2))
     return steps

@@ -15,6 +15,9 @@ import os
 import queue
 import subprocess
 import threading
+import urllib.error
+import urllib.parse
+import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -91,6 +94,14 @@ def create_engine_env(env_dir: str, variant: str = "cpu", *, progress: ProgressF
     env = clean_env()
     for step in steps:
         progress(int(100 * done / total), 100, step.title)
+        if step.needs_url:
+            why = url_unreachable(step.needs_url)
+            if why:
+                host = urllib.parse.urlsplit(step.needs_url).netloc
+                log(f"{step.needs_url}: {why}")
+                raise EngineEnvError(
+                    f"{step.title} failed: {host} (PyTorch's package index) cannot be reached from this computer ({why}); "
+                    "choose \"PyPI's torch\" or \"a folder of wheels\" in Set up engine")
         tail: list[str] = []
 
         def keep(line: str, tail: list[str] = tail) -> None:
@@ -106,6 +117,21 @@ def create_engine_env(env_dir: str, variant: str = "cpu", *, progress: ProgressF
     result = check_engine(venv_python(env_dir), log=log)
     progress(100, 100, "Engine ready" if result.ok else "Engine installed with problems")
     return result
+
+
+def url_unreachable(url: str, timeout: float = 15.0) -> str:
+    """Why `url` gives no answer ("" when it answers): the set-up asks before a step needs an index.
+
+    urllib honours the user's HTTP(S)_PROXY variables as pip does; any HTTP status is an answer.
+    """
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
+            return ""
+    except urllib.error.HTTPError:
+        return ""
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        return str(reason).strip().splitlines()[0][:160] if str(reason).strip() else type(exc).__name__
 
 
 def _reason(tail: Sequence[str]) -> str:

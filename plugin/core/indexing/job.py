@@ -262,7 +262,13 @@ def _index_rasters(index_dir, sources, captioner, embedder, tiling, captioner_op
         raise
     finally:
         try:
-            idx.flush()
+            if finished:  # the tiles are committed: a search file that cannot be saved is rebuilt on the next open
+                unsaved = idx.flush_or_keep_log()
+                if unsaved:
+                    report.notes.append(f"the search file was not saved ({unsaved}); every tile is in the index "
+                                        "database and the next search rebuilds the file")
+            else:
+                idx.flush()
             if finished and hasattr(ex, "remove_merged"):  # job mode: shards the index now holds (committed above)
                 fp, min_valid = cap.fingerprint, params.min_valid_fraction
                 try:

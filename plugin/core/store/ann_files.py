@@ -16,7 +16,7 @@ import zlib
 
 from ..errors import DiskFullError
 
-__all__ = ["atomic_write_text", "clean_tmp", "crc_file", "disk_full", "disk_full_error", "header_ok", "layout_problem",
+__all__ = ["atomic_write_text", "clean_tmp", "crc_file", "disk_full", "disk_full_error", "file_layout", "header_ok", "layout_problem",
            "tmp_dir", "tmp_name"]
 
 
@@ -30,28 +30,51 @@ def crc_file(path: str) -> int:
             crc = zlib.crc32(block, crc)
 
 
-def layout_problem(path: str, dim: int, elements: int) -> str:
-    """Why a freshly saved hnswlib file is not complete ("" when it is): header, element count, and
-    the level-0 block plus every element's link list ending exactly at the end of the file."""
+#: The file layouts the engine's requirements can install (both read and write the same header and
+#: level-0 block): upstream hnswlib 0.8 writes every element's link list right after the level-0 block;
+#: Chroma's fork (chroma-hnswlib 0.7.x, the wheel the engine gets on Python < 3.13) first writes one
+#: float32 per element (the vector norms it keeps), 4 more bytes per element.
+LAYOUTS = {"hnswlib": 0, "chroma-hnswlib": 4}
+
+
+def _links_end(rest: bytes, start: int, count: int) -> int:
+    """Where `count` link lists starting at `start` end, or -1 when the data runs out first."""
+    pos = start
+    for _ in range(count):
+        if pos + 4 > len(rest):
+            return -1
+        (n,) = struct.unpack_from("<I", rest, pos)
+        pos += 4 + n
+    return pos
+
+
+def file_layout(path: str, dim: int, elements: int) -> tuple[str, str]:
+    """(layout name from LAYOUTS, "") for a complete file, or ("", why it is not complete)."""
     if not header_ok(path, dim):
-        return "bad or short header"
+        return "", "bad or short header"
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         head = f.read(96)
         cur, size_per = struct.unpack("<Q", head[16:24])[0], struct.unpack("<Q", head[24:32])[0]
         if cur != elements:
-            return f"{cur} elements written, {elements} expected"
+            return "", f"{cur} elements written, {elements} expected"
         f.seek(96 + cur * size_per)
         rest = f.read()
-    pos = 0
-    for _ in range(cur):
-        if pos + 4 > len(rest):
-            return f"truncated at {size - len(rest) + pos} of at least {size - len(rest) + pos + 4} bytes"
-        (n,) = struct.unpack_from("<I", rest, pos)
-        pos += 4 + n
-    if pos != len(rest):
-        return f"{len(rest) - pos} bytes missing or extra at the end"
-    return ""
+    ends = {name: _links_end(rest, per * cur, cur) for name, per in LAYOUTS.items()}
+    for name, end in ends.items():
+        if end == len(rest):
+            return name, ""
+    best = max(ends.values())
+    if best < 0:
+        return "", f"truncated at {size} bytes: the link lists of {cur} elements do not fit"
+    return "", f"{len(rest) - best} bytes missing or extra at the end (no known hnswlib layout)"
+
+
+def layout_problem(path: str, dim: int, elements: int) -> str:
+    """Why a freshly saved hnswlib file is not complete ("" when it is): header, element count, and
+    the level-0 block plus every element's link list (in any layout of LAYOUTS) ending exactly at the
+    end of the file."""
+    return file_layout(path, dim, elements)[1]
 
 
 def header_ok(path: str, dim: int) -> bool:

@@ -254,6 +254,21 @@ class SearchIndex(TileRows, RasterRows):
             S.set_meta(c, "ann_log_floor", str(max(floor, self.ann.last_seq)))
         self._mutated = False
 
+    def flush_or_keep_log(self) -> str:
+        """`flush`, but a search file that cannot be saved is not an error: "" when saved, else the reason.
+
+        The tiles and their vectors are committed in SQLite and the ANN log keeps every change since the
+        last good file, so the next open replays (or rebuilds) it; a finished job says so in a note
+        instead of failing after its work is safe.
+        """
+        try:
+            self.flush()
+        except IndexStoreError as exc:
+            self._mutated = False  # close() must not try the same save again
+            text = str(exc).strip()
+            return text.splitlines()[0] if text else type(exc).__name__
+        return ""
+
     def sync(self) -> int:
         """Apply what writers committed since this index was loaded (cheap when nothing changed)."""
         return self.ann.sync(self.conn)

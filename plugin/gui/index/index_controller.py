@@ -198,6 +198,10 @@ class IndexController(QObject):
         if self.task is not None:
             report_info(self.session.iface, "An indexing job is already running", Qgis.Warning)
             return False
+        if self.widget.engine_problem:  # the buttons are off too; a worker that cannot import numpy never starts
+            report_error(self.session.iface, f"Indexing needs the engine: {self.widget.engine_problem} "
+                                             "(Plugins › Semantic Imagery Search › Set up engine…)")
+            return False
         opts = self.widget.options()
         try:
             engine = opts.to_engine()
@@ -293,10 +297,11 @@ class IndexController(QObject):
             from ...core.report_lines import raster_notes
 
             notes = [f"{r.get('name')}: {line}" for r in rasters for line in raster_notes(r)]
+            job_notes = [str(n) for n in report.get("notes") or []]  # e.g. a search file that was not saved
             fell_back = any(r.get("tiles_fallback") for r in rasters)
-            if notes:
-                self.session.last_outcome += "; " + "; ".join(notes)
-            level = Qgis.Warning if failed or broken or fell_back else Qgis.Success
+            if notes or job_notes:
+                self.session.last_outcome += "; " + "; ".join(notes + job_notes)
+            level = Qgis.Warning if failed or broken or fell_back or job_notes else Qgis.Success
             # after QGIS's own "Task complete" (pushed when the task ends), so ours is the one on top
             text = f"Index ready: {self.session.last_outcome}"
             QTimer.singleShot(400, lambda: report_info(iface, text, level, duration=10))

@@ -52,6 +52,8 @@ class IndexWidget(QWidget):
 
     def __init__(self, options: IndexOptions, parent=None) -> None:
         super().__init__(parent)
+        self._running = False
+        self._engine_problem: Optional[str] = None
         self.layer_list = QListWidget(self)
         self.layer_list.setToolTip("Raster layers of the project; checked layers are indexed by “Index”")
         self.band_edit = QLineEdit(self)
@@ -170,10 +172,28 @@ class IndexWidget(QWidget):
         if item is not None:
             self.layer_list.setCurrentItem(item)
 
+    #: tooltips of Index and Update while they can run
+    _JOB_TIPS = {"index": "Caption and embed the checked layers (tiles already indexed are skipped)",
+                 "update": "Index what changed in the project's rasters and drop removed ones"}
+
+    @property
+    def engine_problem(self) -> Optional[str]:
+        """Why the engine cannot run a job now (None when it can)."""
+        return self._engine_problem
+
+    def set_engine_problem(self, problem: Optional[str]) -> None:
+        """Index and Update need the engine: disabled, with the reason in their tooltips, while it is not ready."""
+        self._engine_problem = problem
+        self.set_running(self._running)
+
     def set_running(self, running: bool) -> None:
         """During a job the options and band maps are frozen (they would not apply to it anyway)."""
-        for b in (self.index_button, self.update_button, self.clear_button):
-            b.setEnabled(not running)
+        self._running = running
+        problem = self._engine_problem
+        for name, b in (("index", self.index_button), ("update", self.update_button)):
+            b.setEnabled(not running and problem is None)
+            b.setToolTip(self._JOB_TIPS[name] if problem is None else f"Not available: {problem} Fix: Set up engine…")
+        self.clear_button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
         self.cancel_button.setText("Cancel")
         self.options_widget.setEnabled(not running)

@@ -303,6 +303,8 @@ class EngineBanner(QWidget):
         """Show a finished check: its first problem, its error, or a green "ready"."""
         if result.get("ok"):
             self.set_ready(str(result.get("summary") or ""))
+        elif result.get("setup_failed"):  # never "Installing torch", as if it were still installing
+            self.set_problem(f"Engine set-up failed: {result.get('error')}")
         elif result.get("error"):
             self.set_problem(result["error"].rstrip(".") + ".")
         elif result.get("problems"):
@@ -315,6 +317,8 @@ def short_problem(problem: str) -> str:
     low = text.lower()
     if "not set up" in low or "no engine environment" in low or "no python at" in low:
         return "Search engine not set up"
+    if low.startswith("engine set-up failed"):
+        return "Engine set-up failed"
     if "lacks" in low or "not finished" in low:
         return "Engine set-up not finished"
     if "worker" in low or "died" in low or "crash" in low or "killed" in low:
