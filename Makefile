@@ -13,6 +13,7 @@ PYTEST_ARGS ?=
 ENGINE ?= build/engine
 ENGINE_PY := $(ENGINE)/bin/python
 ENGINE_STAMP := $(ENGINE)/.setup-stamp
+ENGINE_TEST_SITE ?= build/engine-test-site
 ENGINE_TORCH_SOURCE ?= pypi
 # The engine tests: index, search, repair, store safety, local and Ray executors, worker, VLM family matrix.
 ENGINE_TESTS ?= tests/core/test_store.py tests/core/test_store_safety.py tests/core/test_ann.py \
@@ -22,7 +23,7 @@ ENGINE_TESTS ?= tests/core/test_store.py tests/core/test_store_safety.py tests/c
 	tests/core/test_ray_executor.py::test_same_index_as_local_with_faults_a_remote_cog_and_unreadable_and_empty_tiles
 UPGRADE_VENV ?= build/upgrade-check
 
-.PHONY: setup test test-dev test-core test-qgis test-engine engine lock upgrade-check lint demo screenshot walkthrough bench clean package install qgis
+.PHONY: fresh-walk setup test test-dev test-core test-qgis test-engine engine lock upgrade-check lint demo screenshot walkthrough bench clean package install qgis
 
 setup: $(STAMP)
 
@@ -40,12 +41,13 @@ engine: $(ENGINE_STAMP)
 
 $(ENGINE_STAMP): $(STAMP) plugin/core/env/engine_lock.txt plugin/core/env/engine_lock_cluster.txt locks/engine-test.txt \
 		plugin/core/env/engine_commands.py plugin/core/env/engine_env.py scripts/engine_env.py
+	rm -rf $(ENGINE_TEST_SITE)
 	$(PY) scripts/engine_env.py --dir $(ENGINE) --python /usr/bin/python3.11 --torch-source $(ENGINE_TORCH_SOURCE) \
-	  --extra cluster --for-tests
+	  --extra cluster --test-site $(ENGINE_TEST_SITE)
 	touch $@
 
 test-engine: $(ENGINE_STAMP)
-	$(ENGINE_PY) -m pytest -p no:cacheprovider $(ENGINE_TESTS) $(PYTEST_ARGS)
+	PYTHONPATH=$(ENGINE_TEST_SITE) $(ENGINE_PY) -m pytest -p no:cacheprovider $(ENGINE_TESTS) $(PYTEST_ARGS)
 
 # Rewrite the locks from the ranges (newest allowed versions); see scripts/lock.py. Then run make test.
 lock: $(STAMP)
@@ -81,6 +83,17 @@ walkthrough: $(STAMP)
 	  qgis --nologo --profiles-path build/walkthrough/demo --profile demo \
 	  --project build/walkthrough/demo/demo.qgz --code scripts/qgis_walkthrough.py
 	cat build/walkthrough/steps.txt
+
+# A new user's whole way in a real QGIS window under Xvfb: the release zip in a brand-new profile, Set up
+# engine (PyTorch's index first, then PyPI only), index the demo scene, search; PNGs and steps.txt in
+# build/fresh-walk/ (minutes: the engine is installed for real into the profile).
+fresh-walk: $(STAMP)
+	rm -rf build/fresh-walk
+	$(PY) scripts/package.py fresh --out build/fresh-walk
+	env -u QT_QPA_PLATFORM SIS_WALKTHROUGH_OUT=$(CURDIR)/build/fresh-walk xvfb-run -a -s "-screen 0 1600x1000x24" \
+	  qgis --nologo --profiles-path build/fresh-walk/profiles --profile fresh \
+	  --project build/fresh-walk/demo.qgz --code scripts/qgis_fresh_walk.py
+	cat build/fresh-walk/steps.txt
 
 bench: $(STAMP)
 	for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """Build an engine environment exactly the way the *Set up engine...* dialog does, for the engine tests.
 
-    python scripts/engine_env.py --dir build/engine [--torch-source pypi] [--extra cluster] [--for-tests]
+    python scripts/engine_env.py --dir build/engine [--torch-source pypi] [--extra cluster] [--test-site DIR]
 
 It calls the dialog's own function (`plugin.core.env.engine_env.create_engine_env`: a venv without
 system site packages, the engine lock with hashes, torch from the chosen route, `pip check`, then the
-engine check), so CI tests the product a QGIS user installs, not the dev venv. `--for-tests` then adds
-pytest and the real imagery packages from their own locks (nothing the engine itself imports).
+engine check), so CI tests the product a QGIS user installs, not the dev venv. `--test-site DIR` then
+installs pytest and the real imagery packages from their own locks into DIR (`pip --target`), outside
+the engine: the tests run with PYTHONPATH=DIR, and the engine stays exactly what the dialog built.
 Runs on any Python 3.10+ with the standard library only (as QGIS's Python would).
 """
 
@@ -39,7 +40,7 @@ def main() -> int:
     ap.add_argument("--find-links", default=None, help="a folder of wheels (no index at all)")
     ap.add_argument("--extra", action="append", default=[], choices=sorted(ec.EXTRAS))
     ap.add_argument("--python", default=None, help="the interpreter that creates the venv (default: this one)")
-    ap.add_argument("--for-tests", action="store_true", help="add pytest and the test imagery (locks/engine-test.txt)")
+    ap.add_argument("--test-site", default=None, help="install pytest and the test imagery here (outside the engine)")
     args = ap.parse_args()
     env_dir = Path(args.dir).resolve()
     t0 = time.perf_counter()
@@ -56,10 +57,11 @@ def main() -> int:
     print(f"engine: {env_dir} built in {time.perf_counter() - t0:.0f} s, {folder_mb(env_dir):.0f} MB on disk")
     if not check.ok:
         return 1
-    if args.for_tests:
+    if args.test_site:
         py = ec.venv_python(str(env_dir))
         for lock in TEST_LOCKS:
-            subprocess.run(ec.lock_command(py, str(ROOT / lock)) + ["-q"], check=True)
+            subprocess.run(ec.lock_command(py, str(ROOT / lock)) + ["-q", "--upgrade", "--target", args.test_site],
+                           check=True)
     return 0
 
 

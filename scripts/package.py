@@ -5,6 +5,8 @@
     python scripts/package.py install [--profile DIR]   -> links this working tree into the QGIS profile
     python scripts/package.py demo [--out build/demo]   -> demo project (Sentinel-2 VRT) + a QGIS profile
     python scripts/package.py qgis                      -> builds the demo and starts QGIS on it
+    python scripts/package.py fresh [--out build/fresh-walk] -> the release zip unpacked into a brand-new
+                                                           profile (no engine set) + the demo project
 
 The zip is what plugins.qgis.org accepts: one top folder named after the plugin, metadata.txt
 complete, and only the plugin's own files (an allow-list: tests, benchmarks, scripts, caches,
@@ -196,6 +198,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     for name in ("demo", "qgis"):
         d = sub.add_parser(name)
         d.add_argument("--out", default=str(ROOT / "build" / "demo"))
+    f = sub.add_parser("fresh")
+    f.add_argument("--out", default=str(ROOT / "build" / "fresh-walk"))
     args = ap.parse_args(argv)
     try:
         if args.cmd == "zip":
@@ -203,6 +207,17 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"{path} ({len(plugin_files())} files)")
             for problem in validate_zip(path):
                 print(f"package: warning: {problem}", file=sys.stderr)
+        elif args.cmd == "fresh":
+            out = Path(args.out)
+            path = build_zip(out / "dist")
+            plugins_dir = out / "profiles" / "fresh" / "python" / "plugins"
+            plugins_dir.mkdir(parents=True, exist_ok=True)
+            with zipfile.ZipFile(path) as zf:
+                zf.extractall(plugins_dir)  # what Install from ZIP does
+            enable_in_profile(out / "profiles" / "fresh")  # no engine: the user sets it up
+            print("release zip:", path)
+            print("fresh profile:", out / "profiles" / "fresh")
+            print("demo project:", build_demo(out))
         elif args.cmd == "install":
             prof = Path(args.profile) if args.profile else qgis_profile_dir()
             print(f"linked {install_link(prof)} -> {ROOT}")

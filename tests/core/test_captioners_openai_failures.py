@@ -43,8 +43,20 @@ def test_refused_connection_fails_in_seconds_with_progress():
     assert len(notes) == 4  # one line per failed attempt, none after the error
 
 
-def test_spectral_has_nothing_to_check():
-    preflight_captioner("spectral", {}, lambda m: None, lambda: False)  # no server, no error
+def test_only_server_captioners_are_checked(monkeypatch):
+    """spectral and transformers have no server: the preflight says nothing and builds no captioner
+    (a transformers model would load here, before the job's own load)."""
+    import plugin.core.captioners as captioners
+
+    built: list[str] = []
+    monkeypatch.setattr(captioners, "make_captioner", lambda spec, **kw: built.append(spec))
+    notes: list[str] = []
+    for spec in ("spectral", "", "transformers:/models/llava", "vllm:org/model"):
+        preflight_captioner(spec, {}, notes.append, lambda: False)
+    assert notes == [] and built == []
+    with pytest.raises(AttributeError):  # the openai kind does build one (the stand-in has no check_server)
+        preflight_captioner("openai:http://127.0.0.1:9/v1#m", {}, notes.append, lambda: False)
+    assert built == ["openai:http://127.0.0.1:9/v1#m"]
 
 
 def test_stalled_server_check_fails_alone(stall, monkeypatch):

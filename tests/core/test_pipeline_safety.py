@@ -26,6 +26,7 @@ from plugin.core.pipeline import RasterSource, index_info, index_rasters, previe
 from plugin.core.rasters import tiling
 from plugin.core.rasters.tiling import TilingParams
 from plugin.core.search.searcher import Searcher
+from plugin.core.store.index_lock import LOCK_FILE, IndexLock
 from tests.core.test_pipeline import FAST, write_scene
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,6 +65,21 @@ def test_tiling_a_b_a_recaptions_nothing(tmp_path: Path) -> None:
     assert _ranking(idx, "open water of the sea") == want
 
 
+def _has_open(pid: int, path: str) -> bool:
+    """Whether process `pid` has `path` open (Linux /proc)."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == path:
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def _cli(*args: str) -> subprocess.Popen:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     return subprocess.Popen([sys.executable, "-m", "plugin", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
@@ -87,8 +103,13 @@ def test_two_jobs_on_one_index_end_complete_or_refused(tmp_path: Path) -> None:
     line = err.strip().splitlines()[-1]
     assert line.startswith("error: another job is writing the index") and "--tile-size 32" in line and f"pid {a.pid}" in line
     waiting = _cli("index", "--index", idx, "--tile-size", "128", "--variants", "1", "--quiet", "--wait", "600", big)
-    time.sleep(1.0)
-    assert waiting.poll() is None, "B waits for A"
+    lock_file = os.path.join(idx, LOCK_FILE)
+    deadline = time.time() + 120
+    while time.time() < deadline and waiting.poll() is None and not _has_open(waiting.pid, lock_file):
+        time.sleep(0.05)
+    # B is inside acquire() (it holds the lock file open) while the file still names A: B waits for A
+    assert waiting.poll() is None and _has_open(waiting.pid, lock_file), "B waits for A"
+    assert IndexLock(idx).holder()["pid"] == a.pid and a.poll() is None
     os.kill(a.pid, signal.SIGKILL)  # A dies holding the lock: B takes it over, never refused forever
     a.wait()
     out, err = waiting.communicate(timeout=300)

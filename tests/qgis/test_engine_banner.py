@@ -44,14 +44,30 @@ def test_banner_tracks_an_engine_that_breaks_after_start(qgis_iface, tmp_path: P
 def test_setup_dialog_says_size_and_folder_and_shows_a_bar_only_while_busy(qgis_iface, tmp_path: Path):
     from qgis.PyQt.QtWidgets import QDialogButtonBox
 
+    from plugin.core.env import engine_commands as ec
     from plugin.gui.settings.engine_dialog import EngineDialog
     from plugin.gui.settings.settings_dialog import SettingsDialog
 
     dlg = EngineDialog(qgis_iface.mainWindow(), env_dir=str(tmp_path / "engine"), gpu=None)
-    assert "GB" in dlg.size_label.text() and str(tmp_path / "engine") in dlg.size_label.text()
-    cuda = dlg.variant_combo.findData("cuda")
-    dlg.variant_combo.setCurrentIndex(cuda)
-    assert "3.5 GB" in dlg.size_label.text()
+    text = dlg.size_label.text()  # Linux, CPU, PyTorch's index: the measured figures
+    assert dlg.source_combo.currentData() == "pytorch" and str(tmp_path / "engine") in text
+    assert "Downloads about 458 MB with pip (torch 192 MB, the rest 266 MB)" in text and "about 1.7 GB on disk" in text
+    assert "148 MB ONNX copy" in text and ec.onnx_cache_root() in text
+    dlg.variant_combo.setCurrentIndex(dlg.variant_combo.findData("cuda"))
+    assert "torch 2.7 GB" in dlg.size_label.text() and "not measured" in dlg.size_label.text()
+    # a network that reaches only PyPI: PyPI's Linux torch is the CUDA build, and the dialog says how big
+    dlg.variant_combo.setCurrentIndex(dlg.variant_combo.findData("cpu"))
+    dlg.source_combo.setCurrentIndex(dlg.source_combo.findData("pypi"))
+    assert "Downloads about 3.0 GB with pip (torch 2.7 GB" in dlg.size_label.text()
+    assert dlg.setup_choice() == ("cpu", {"torch_source": "pypi"}) and dlg.folder_row.isHidden()
+    # a folder of wheels: Set up engine waits for the folder, then installs from it alone
+    dlg.source_combo.setCurrentIndex(dlg.source_combo.findData("folder"))
+    assert not dlg.folder_row.isHidden() and not dlg.setup_button.isEnabled()
+    assert "downloads nothing" in dlg.size_label.text()
+    dlg.folder_edit.setText(str(tmp_path))
+    assert dlg.setup_button.isEnabled()
+    assert dlg.setup_choice() == ("cpu", {"torch_source": "folder", "find_links": str(tmp_path)})
+    dlg.source_combo.setCurrentIndex(dlg.source_combo.findData("pytorch"))
     assert not dlg.setup_button.autoDefault() and not dlg.setup_button.isDefault()
     close = dlg.findChild(QDialogButtonBox).button(QDialogButtonBox.StandardButton.Close)
     assert close.isDefault()
@@ -81,3 +97,31 @@ def test_cleared_setting_falls_back_to_the_profile_engine(qgis_app):
         else:
             os.remove(py)
     assert engine_python() != py
+
+
+def test_failed_set_up_says_so_and_index_waits_for_a_ready_engine(qgis_iface, tmp_path: Path):
+    """A set-up that failed on PyTorch's index read "Installing torch — searching is off", as if still
+    installing; and Index with no engine started a worker that could not import numpy."""
+    QgsSettings().setValue(SETTINGS_KEY, str(tmp_path / "not-there" / "python"))
+    QgsProject.instance().clear()
+    plugin = load_plugin(qgis_iface)
+    try:
+        banner, iw = plugin.engine_banner, plugin.dock.index_widget
+        assert banner.label.text() == "⚠ Search engine not set up — searching is off"
+        for button in (iw.index_button, iw.update_button):
+            assert not button.isEnabled() and button.toolTip().startswith("Not available: The search engine is not set up")
+        assert plugin.index_ctl.start_index() is False and plugin.index_ctl.task is None
+        failed = {"error": "Installing torch (CPU build) failed: download.pytorch.org (PyTorch's package index) cannot "
+                           "be reached from this computer (timed out)", "setup_failed": True}
+        plugin._on_engine_changed(failed)
+        assert banner.label.text() == "⚠ Engine set-up failed — searching is off"
+        assert "download.pytorch.org" in banner.label.toolTip() and not iw.index_button.isEnabled()
+        plugin._on_engine_changed({"ok": True, "summary": "Engine ready: Python 3.11"})
+        assert iw.index_button.isEnabled() and iw.update_button.isEnabled()
+        assert iw.index_button.toolTip().startswith("Caption and embed")
+        iw.set_running(True)  # a running job still freezes them
+        assert not iw.index_button.isEnabled()
+        iw.set_running(False)
+    finally:
+        QgsSettings().remove(SETTINGS_KEY)
+        plugin.unload()

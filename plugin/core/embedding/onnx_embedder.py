@@ -49,12 +49,10 @@ def backend_choice(backend: Optional[str] = None) -> str:
 
 
 def cache_root() -> str:
-    """$SIS_ONNX_CACHE, else <XDG cache>/semantic_imagery_search/onnx."""
-    explicit = os.environ.get("SIS_ONNX_CACHE")
-    if explicit:
-        return os.path.abspath(os.path.expanduser(explicit))
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "semantic_imagery_search", "onnx")
+    """$SIS_ONNX_CACHE, else <XDG cache>/semantic_imagery_search/onnx (the set-up dialog names it too)."""
+    from ..env.engine_commands import onnx_cache_root
+
+    return onnx_cache_root()
 
 
 def export_dir(fingerprint: str) -> str:

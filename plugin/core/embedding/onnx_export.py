@@ -241,9 +241,9 @@ class _NoPreprocessAdvice(logging.Filter):
 def ensure_int8(folder: str) -> str:
     """The int8 copy of the export's graph (`int8_options`), made once beside it; returns its file name.
 
-    The document graph of new CPU indexes (document_graph.py): ~1.6x the fp32 graph on CPU (~1.9x torch), cosine
-    >= 0.99 to the torch vectors, captions-only proxy mR within 0.3 of fp32 (benchmarks/RESULTS.md).
-    Queries always run the fp32 graph."""
+    The document graph of new CPU indexes (document_graph.py): faster than the fp32 graph on a CPU, with
+    vectors close to torch's (the bound is tests/core/test_document_graph.INT8_MIN_COSINE; figures in
+    benchmarks/RESULTS.md). Queries always run the fp32 graph."""
     path = os.path.join(folder, INT8_FILE)
     if os.path.isfile(path):
         return INT8_FILE

@@ -39,8 +39,15 @@ DOWNLOAD_MB = {
     ("pytorch", "cuda", "linux"): 2740, ("pytorch", "cpu", "win"): 122, ("pypi", "cpu", "win"): 122,
     ("pytorch", "cuda", "win"): 2600, ("pytorch", "cpu", "darwin"): 111, ("pypi", "cpu", "darwin"): 111,
 }
-#: The engine's other packages (the lock without torch), download MB, Linux x86_64 Python 3.11 (same day).
-LOCK_DOWNLOAD_MB = {"": 190, "cluster": 300}
+#: The engine's other packages (the lock without torch), download MB, Linux x86_64 Python 3.11
+#: (`pip download -r engine_lock*.txt`, 2026-12-08).
+LOCK_DOWNLOAD_MB = {"": 266, "cluster": 430}
+#: The engine folder on disk after a set-up (MB; Linux x86_64, Python 3.11, CPU torch, 2026-12-08):
+#: (variant, extra) -> MB. Other builds were not measured here (no CUDA machine): the dialog says so.
+INSTALLED_MB = {("cpu", ""): 1722, ("cpu", "cluster"): 2288}
+#: The ONNX copies of the default text embedder (fp32 query graph + int8 document graph) the first
+#: index writes to `onnx_cache_root()` (MB, measured 2026-12-08).
+ONNX_CACHE_MB = 148
 #: CUDA build of torch installed by default; cu128 wheels exist for torch 2.7+ on Windows and Linux.
 DEFAULT_CUDA_TAG = "cu128"
 VARIANTS = ("cpu", "cuda")
@@ -174,6 +181,26 @@ def torch_download_mb(source: str, variant: str, platform: str = sys.platform) -
     """The measured download of the torch step (MB), or None where it was not measured."""
     fam = "win" if platform.startswith("win") else "darwin" if platform == "darwin" else "linux"
     return DOWNLOAD_MB.get(("pytorch" if source == "folder" else source, variant, fam))
+
+
+def installed_mb(source: str, variant: str, platform: str = sys.platform, extra: str = "") -> Optional[int]:
+    """The measured engine folder size (MB) for a route, or None where it was not measured.
+
+    Linux's CPU build is the same wheel from PyTorch's index or a folder; PyPI's Linux torch is the
+    CUDA build, not measured here.
+    """
+    if not platform.startswith("linux") or (source == "pypi" and variant == "cpu"):
+        return None
+    return INSTALLED_MB.get((variant, extra))
+
+
+def onnx_cache_root() -> str:
+    """Where the engine keeps ONNX exports of embedders: $SIS_ONNX_CACHE, else <XDG cache>/semantic_imagery_search/onnx."""
+    explicit = os.environ.get("SIS_ONNX_CACHE")
+    if explicit:
+        return os.path.abspath(os.path.expanduser(explicit))
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "semantic_imagery_search", "onnx")
 
 
 def lock_for(extras: Sequence[str] = ()) -> str:

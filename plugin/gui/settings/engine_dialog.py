@@ -39,9 +39,12 @@ from ...tasks.engine_setup_task import EngineCheckTask, EngineSetupTask, default
 from ..layouts import hbox
 
 FIX_HINT = "Plugins › Semantic Imagery Search › Set up engine…"
-#: What "Set up engine" downloads (pip wheels: torch, sentence-transformers, transformers, hnswlib,
-#: rasterio ...), rounded from the Linux/Windows wheels of the pinned versions.
-DOWNLOAD_SIZES = {"cpu": "about 0.6 GB (about 1.5 GB installed)", "cuda": "about 3.5 GB (about 7 GB installed)"}
+#: Where torch comes from, as offered in the dialog (engine_commands.TORCH_SOURCES).
+SOURCE_WORDS = {
+    "pytorch": "PyTorch's package index (download.pytorch.org): the smallest build",
+    "pypi": "PyPI only (for networks or proxies that reach PyPI but not PyTorch's index)",
+    "folder": "A folder of wheels (offline: every package from that folder)",
+}
 
 
 #: what a usable engine environment must hold (folder or extension-module names in site-packages)
@@ -120,6 +123,20 @@ class EngineDialog(QDialog):
         self.variant_combo.setCurrentIndex(1 if default == "cuda" else 0)
         gpu_words = f"NVIDIA GPU found: {self.gpu}" if self.gpu else "No NVIDIA driver found: the CPU build is suggested"
         self.gpu_label = QLabel(gpu_words, setup_box)
+        self.source_combo = QComboBox(setup_box)
+        for key in engine_commands.TORCH_SOURCES:
+            self.source_combo.addItem(SOURCE_WORDS[key], key)
+        self.source_combo.setToolTip("Where pip downloads torch from. The engine's other packages always come "
+                                     "from PyPI (or the wheel folder), at the exact versions of the engine lock.")
+        self.folder_edit = QLineEdit(setup_box)
+        self.folder_edit.setPlaceholderText("folder with the torch wheel and the engine lock's wheels (pip download)")
+        self.folder_browse = QPushButton("Browse…", setup_box)
+        self.folder_browse.setAutoDefault(False)
+        self.folder_row = QWidget(setup_box)
+        fl = QHBoxLayout(self.folder_row)
+        fl.setContentsMargins(0, 0, 0, 0)
+        fl.addWidget(self.folder_edit, 1)
+        fl.addWidget(self.folder_browse)
         self.setup_button = QPushButton("Set up engine", setup_box)
         # a large download: never the button Enter presses
         self.setup_button.setAutoDefault(False)
@@ -131,6 +148,8 @@ class EngineDialog(QDialog):
         sl = QVBoxLayout(setup_box)
         sl.addWidget(self.size_label)
         sl.addWidget(self.gpu_label)
+        sl.addLayout(hbox(QLabel("torch from:", setup_box), (self.source_combo, 1)))
+        sl.addWidget(self.folder_row)
         sl.addLayout(hbox((self.variant_combo, 1), self.setup_button, self.cancel_button))
 
         use_box = QGroupBox("Or use an existing Python interpreter", self)
@@ -163,6 +182,12 @@ class EngineDialog(QDialog):
         close.setDefault(True)
         close.setFocus()
         self.variant_combo.currentIndexChanged.connect(self._show_size)
+        self.source_combo.currentIndexChanged.connect(self._show_size)
+        self.folder_edit.textChanged.connect(self._show_size)
+        self.folder_browse.clicked.connect(self._browse_folder)
+        if self.setup_options.get("find_links"):  # a caller's wheel folder is the folder route
+            self.source_combo.setCurrentIndex(self.source_combo.findData("folder"))
+            self.folder_edit.setText(str(self.setup_options["find_links"]))
         self._show_size()
         self.check_button.clicked.connect(lambda: self.check(engine_python()))
         self.setup_button.clicked.connect(self.start_setup)
@@ -172,9 +197,27 @@ class EngineDialog(QDialog):
         self._show_current()
 
     def _show_size(self, *_a) -> None:
-        variant = self.variant_combo.currentData()
-        size = DOWNLOAD_SIZES.get(variant, DOWNLOAD_SIZES["cpu"])
-        self.size_label.setText(f"Downloads {size} with pip into {self.env_dir} (your QGIS profile; no admin rights).")
+        """What the chosen route downloads and installs (measured; engine_commands.DOWNLOAD_MB / INSTALLED_MB)."""
+        variant, source = self.variant_combo.currentData(), self.source_combo.currentData()
+        self.folder_row.setVisible(source == "folder")
+        self.setup_button.setEnabled(self.task is None and (source != "folder" or bool(self.folder_edit.text().strip())))
+        self.size_label.setText(setup_size_text(source, variant, self.env_dir))
+
+    def _browse_folder(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Folder of wheels for the engine", self.folder_edit.text())
+        if path:
+            self.folder_edit.setText(path)
+
+    def setup_choice(self) -> tuple[str, dict]:
+        """(variant, set-up options) as chosen in the dialog (the caller's options first)."""
+        options = dict(self.setup_options)
+        source = self.source_combo.currentData()
+        options["torch_source"] = source
+        if source == "folder":
+            options["find_links"] = self.folder_edit.text().strip()
+        else:
+            options.pop("find_links", None)
+        return self.variant_combo.currentData(), options
 
     def _show_current(self) -> None:
         python = engine_python()
@@ -191,8 +234,8 @@ class EngineDialog(QDialog):
 
     def start_setup(self) -> EngineSetupTask:
         """Queue the set-up task with the chosen torch build; returns it (tests wait on it)."""
-        variant = self.variant_combo.currentData()
-        self.task = EngineSetupTask(self.env_dir, variant, self.setup_options)
+        variant, options = self.setup_choice()
+        self.task = EngineSetupTask(self.env_dir, variant, options)
         self.task.log_line.connect(self.append_log)
         self.task.progressChanged.connect(lambda p: self.progress.setValue(int(p)))
         self.task.setup_finished.connect(self._on_setup_finished)
@@ -212,9 +255,9 @@ class EngineDialog(QDialog):
 
     def _on_setup_finished(self, result: dict) -> None:
         self.progress.setVisible(False)
-        self.setup_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
         self.task = None
+        self._show_size()  # re-enables Set up engine (unless the folder route lacks its folder)
         if result.get("canceled"):
             self.append_log("Set-up canceled; run it again to resume (finished downloads are reused).")
         elif "error" in result:
@@ -252,6 +295,28 @@ class EngineDialog(QDialog):
         self.check_task.check_finished.connect(done)
         QgsApplication.taskManager().addTask(self.check_task)
         return self.check_task
+
+
+def _mb(mb: float) -> str:
+    return f"{mb / 1000:.1f} GB" if mb >= 1000 else f"{mb:.0f} MB"
+
+
+def setup_size_text(source: str, variant: str, env_dir: str, platform: str = sys.platform) -> str:
+    """The dialog's line on what a set-up downloads and writes, from measured sizes (see RESULTS.md)."""
+    torch_mb = engine_commands.torch_download_mb(source, variant, platform)
+    rest = engine_commands.LOCK_DOWNLOAD_MB[""]
+    installed = engine_commands.installed_mb(source, variant, platform)
+    where = f"into {env_dir} (your QGIS profile; no admin rights)"
+    if source == "folder":
+        what = "Installs from the wheel folder, downloads nothing"
+    elif torch_mb is None:
+        what = "Downloads torch and the engine's packages with pip"
+    else:
+        what = f"Downloads about {_mb(torch_mb + rest)} with pip (torch {_mb(torch_mb)}, the rest {_mb(rest)})"
+    disk = f"; about {_mb(installed)} on disk" if installed else "; the size on disk of this build was not measured"
+    cache = (f". Later, the first index writes a {_mb(engine_commands.ONNX_CACHE_MB)} ONNX copy of the text embedder "
+             f"to {engine_commands.onnx_cache_root()}")
+    return f"{what} {where}{disk}{cache}."
 
 
 class EngineBanner(QWidget):
