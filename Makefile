@@ -91,7 +91,7 @@ fresh-walk: $(STAMP)
 	rm -rf build/fresh-walk
 	$(PY) scripts/package.py fresh --out build/fresh-walk
 	env -u QT_QPA_PLATFORM SIS_WALKTHROUGH_OUT=$(CURDIR)/build/fresh-walk xvfb-run -a -s "-screen 0 1600x1000x24" \
-	  qgis --nologo --profiles-path build/fresh-walk/profiles --profile fresh \
+	  qgis --nologo --profiles-path build/fresh-walk --profile fresh \
 	  --project build/fresh-walk/demo.qgz --code scripts/qgis_fresh_walk.py
 	cat build/fresh-walk/steps.txt
 

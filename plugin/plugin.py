@@ -94,6 +94,8 @@ class SemanticImagerySearchPlugin:
             return
         self.engine_banner.set_check(result)
         self._set_engine_problem(self.engine_banner.problem)
+        if result.get("ok"):  # what the old engine could not read (the index's state) is asked again
+            self.session.refresh_info()
 
     def show_engine_dialog(self) -> Any:
         from .gui.settings.engine_dialog import EngineDialog

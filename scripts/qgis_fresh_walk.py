@@ -118,7 +118,7 @@ def run() -> None:
     took = wait_until(lambda: bool(done), 1200, "indexing")
     if done[0].get("error"):
         raise RuntimeError(f"indexing failed: {done[0]['error']}")
-    wait_until(lambda: not p.session.queue.busy, 120, "index info")
+    wait_until(lambda: all(r.state != "…" for r in iw.rows()), 120, "the rows' states after the job")
     rows = iw.rows()
     note(f"indexed in {took:.0f} s: {sum(r.get('tiles_new', 0) for r in done[0].get('rasters', []))} new tiles; "
          f"rows: {[r.state for r in rows]}; notes: {done[0].get('notes')}; outcome: {p.session.last_outcome}")

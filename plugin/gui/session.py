@@ -59,6 +59,15 @@ class WorkerQueue(QObject):
 
     @property
     def client(self) -> Any:
+        python = self._python_fn()
+        if self._client is not None and self._client.python != python:
+            # the engine changed (Set up engine, Check and use): a worker started on the old interpreter
+            # -- perhaps one that cannot import numpy -- must not serve the new engine's requests
+            try:
+                self._client.stop()
+            except Exception as exc:
+                log(f"stopping the old engine worker: {exc}")
+            self._client = None
         if self._client is None:
             from ..core.worker.worker_client import WorkerClient
 
@@ -68,7 +77,7 @@ class WorkerQueue(QObject):
             # threads made a single MiniLM query take 1.4 s instead of 12 ms (measured, 2 cores).
             env.setdefault("OMP_NUM_THREADS", "1")
             env.setdefault("MKL_NUM_THREADS", "1")
-            self._client = WorkerClient(self._python_fn(), env=env)
+            self._client = WorkerClient(python, env=env)
         return self._client
 
     @property

@@ -52,7 +52,7 @@ def test_setup_dialog_says_size_and_folder_and_shows_a_bar_only_while_busy(qgis_
     text = dlg.size_label.text()  # Linux, CPU, PyTorch's index: the measured figures
     assert dlg.source_combo.currentData() == "pytorch" and str(tmp_path / "engine") in text
     assert "Downloads about 458 MB with pip (torch 192 MB, the rest 266 MB)" in text and "about 1.7 GB on disk" in text
-    assert "148 MB ONNX copy" in text and ec.onnx_cache_root() in text
+    assert "148 MB ONNX copy" in dlg.cache_label.text() and ec.onnx_cache_root() in dlg.cache_label.text()
     dlg.variant_combo.setCurrentIndex(dlg.variant_combo.findData("cuda"))
     assert "torch 2.7 GB" in dlg.size_label.text() and "not measured" in dlg.size_label.text()
     # a network that reaches only PyPI: PyPI's Linux torch is the CUDA build, and the dialog says how big
@@ -125,3 +125,33 @@ def test_failed_set_up_says_so_and_index_waits_for_a_ready_engine(qgis_iface, tm
     finally:
         QgsSettings().remove(SETTINGS_KEY)
         plugin.unload()
+
+
+def test_a_new_engine_replaces_the_worker_started_on_the_old_one(qgis_iface, tmp_path: Path, repo_root: Path):
+    """The fresh-profile walk: the project's first "info" started a worker on a Python without numpy;
+    after Set up engine the dock kept asking that worker, and the rows sat on "…" after indexing."""
+    from plugin.gui.session import EngineSession
+
+    broken = tmp_path / "python"
+    broken.write_text("#!/bin/sh\necho \"ModuleNotFoundError: No module named 'numpy'\" >&2\nexit 1\n")
+    broken.chmod(0o755)
+    QgsSettings().setValue(SETTINGS_KEY, str(broken))
+    session = EngineSession(qgis_iface, QgsProject.instance())
+    try:
+        infos: list = []
+        session.info_changed.connect(infos.append)
+        session.refresh_info()
+        old = session.queue.client
+        assert old.python == str(broken)
+        SignalCatcher(session.queue.busy_changed).wait(timeout=60, what="the failing info call")
+        assert not infos, "the broken engine answered nothing"
+        QgsSettings().setValue(SETTINGS_KEY, str(repo_root / ".venv" / "bin" / "python"))  # what Set up engine does
+        session.refresh_info()
+        assert session.queue.client is not old and session.queue.client.python.endswith(".venv/bin/python")
+        deadline = __import__("time").monotonic() + 120
+        while not infos and __import__("time").monotonic() < deadline:
+            QgsApplication.processEvents()
+        assert infos and infos[-1]["index_dir"] == session.index_dir()
+    finally:
+        session.queue.close()
+        QgsSettings().remove(SETTINGS_KEY)

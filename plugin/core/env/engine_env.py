@@ -101,7 +101,7 @@ def create_engine_env(env_dir: str, variant: str = "cpu", *, progress: ProgressF
                 log(f"{step.needs_url}: {why}")
                 raise EngineEnvError(
                     f"{step.title} failed: {host} (PyTorch's package index) cannot be reached from this computer ({why}); "
-                    "choose \"PyPI's torch\" or \"a folder of wheels\" in Set up engine")
+                    "choose \"PyPI only\" or \"A folder of wheels\" under \"torch from\" in Set up engine")
         tail: list[str] = []
 
         def keep(line: str, tail: list[str] = tail) -> None:

@@ -102,6 +102,7 @@ class EngineDialog(QDialog):
                  setup_options: Optional[dict] = None) -> None:
         super().__init__(parent)
         self.setWindowTitle("Semantic Imagery Search engine")
+        self.setMinimumWidth(680)  # the size and folder lines wrap to a readable height
         self.env_dir = env_dir or default_engine_dir()
         self.setup_options = dict(setup_options or {})
         self.gpu = engine_commands.nvidia_driver() if gpu == "detect" else gpu
@@ -145,8 +146,11 @@ class EngineDialog(QDialog):
         self.cancel_button.setEnabled(False)
         self.size_label = QLabel(setup_box)
         self.size_label.setWordWrap(True)
+        self.cache_label = QLabel(cache_text(), setup_box)
+        self.cache_label.setWordWrap(True)
         sl = QVBoxLayout(setup_box)
         sl.addWidget(self.size_label)
+        sl.addWidget(self.cache_label)
         sl.addWidget(self.gpu_label)
         sl.addLayout(hbox(QLabel("torch from:", setup_box), (self.source_combo, 1)))
         sl.addWidget(self.folder_row)
@@ -314,9 +318,13 @@ def setup_size_text(source: str, variant: str, env_dir: str, platform: str = sys
     else:
         what = f"Downloads about {_mb(torch_mb + rest)} with pip (torch {_mb(torch_mb)}, the rest {_mb(rest)})"
     disk = f"; about {_mb(installed)} on disk" if installed else "; the size on disk of this build was not measured"
-    cache = (f". Later, the first index writes a {_mb(engine_commands.ONNX_CACHE_MB)} ONNX copy of the text embedder "
-             f"to {engine_commands.onnx_cache_root()}")
-    return f"{what} {where}{disk}{cache}."
+    return f"{what} {where}{disk}."
+
+
+def cache_text() -> str:
+    """The dialog's line on the one cache the engine writes outside the profile."""
+    return (f"The first index also writes a {_mb(engine_commands.ONNX_CACHE_MB)} ONNX copy of the text embedder to "
+            f"{engine_commands.onnx_cache_root()} (set SIS_ONNX_CACHE to move it).")
 
 
 class EngineBanner(QWidget):
