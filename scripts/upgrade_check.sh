@@ -5,6 +5,7 @@
 # a short report names the versions that differ from the lock and the tests that fail.
 #   bash scripts/upgrade_check.sh [VENV]     (default build/upgrade-check; report.txt inside it)
 set -uo pipefail
+export LC_ALL=C  # join and sort must agree on the order
 cd "$(dirname "$0")/.."
 VENV=${1:-build/upgrade-check}
 SYS_PY=${SYS_PY:-/usr/bin/python3.11}

@@ -15,7 +15,16 @@ import os
 import sys
 from typing import Any, Iterator, Optional, Sequence
 
-from .cli_args import _bands, _bbox, _option, _overlap, _scales, _seconds, add_executor_args, executor_options
+from .cli_args import (
+    add_executor_args,
+    executor_options,
+    parse_bands,
+    parse_bbox,
+    parse_option,
+    parse_overlap,
+    parse_scales,
+    parse_seconds,
+)
 from .errors import Canceled, EngineError
 
 EXIT_ERROR = 1
@@ -286,14 +295,14 @@ def build_parser() -> argparse.ArgumentParser:
     pi.add_argument("--tile-size", type=int, default=512, help="tile size in pixels (default 512)")
     pi.add_argument("--tile-size-units", type=float, default=None, help="tile size in ground units (overrides --tile-size)")
     pi.add_argument("--out-size", type=int, default=None, help="pixels of the image given to the captioner")
-    pi.add_argument("--overlap", type=_overlap, default=0.0, help="overlap as a fraction of the tile size")
-    pi.add_argument("--scales", type=_scales, default=(1,), help="tile scales, e.g. 1,2,4")
-    pi.add_argument("--bands", type=_bands, default=None, help="1-based R,G,B[,NIR] band map")
+    pi.add_argument("--overlap", type=parse_overlap, default=0.0, help="overlap as a fraction of the tile size")
+    pi.add_argument("--scales", type=parse_scales, default=(1,), help="tile scales, e.g. 1,2,4")
+    pi.add_argument("--bands", type=parse_bands, default=None, help="1-based R,G,B[,NIR] band map")
     pi.add_argument("--variants", type=int, default=None, help="caption variants per tile (default: the preset's)")
     pi.add_argument("--preset", default=None, help="prompt preset: rsrt (5 variants x 3 fields) or fast")
     pi.add_argument("--batch-size", type=int, default=None)
     pi.add_argument("--max-new-tokens", type=int, default=None)
-    pi.add_argument("--captioner-option", type=_option, action="append", default=[], metavar="KEY=VALUE",
+    pi.add_argument("--captioner-option", type=parse_option, action="append", default=[], metavar="KEY=VALUE",
                     help="any captioner option, repeatable, e.g. cache=static, reuse_vision=true, max_rows=192, "
                          "compile=false, dtype=float16 (transformers captioner)")
     pi.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
@@ -301,9 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a NEW index's caption embedding: int8 (~1.6x faster on CPU, the CPU default) or fp32 (the"
                          " torch vectors, the GPU default); an existing index keeps the graph it recorded")
     pi.add_argument("--api-key-env", default=None, help="environment variable holding the OpenAI-compatible API key")
-    pi.add_argument("--connect-timeout", type=_seconds, default=None, metavar="S",
+    pi.add_argument("--connect-timeout", type=parse_seconds, default=None, metavar="S",
                     help="openai captioner: seconds to wait for a connection to the server (default 5)")
-    pi.add_argument("--tile-deadline", type=_seconds, default=None, metavar="S",
+    pi.add_argument("--tile-deadline", type=parse_seconds, default=None, metavar="S",
                     help="openai captioner: seconds one tile may take, retries included (default 120)")
     pi.add_argument("--remove-missing", action="store_true", help="drop indexed rasters not listed here")
     pi.add_argument("--force", action="store_true", help="index plans past the tile limit (200,000 tiles per raster)")
@@ -320,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--top", type=int, default=10)
     ps.add_argument("--fusion", choices=("max", "mean", "top2"), default="max")
     ps.add_argument("--raster", action="append", help="only this raster (path or id); repeatable")
-    ps.add_argument("--bbox", type=_bbox, default=None, help="minx,miny,maxx,maxy")
+    ps.add_argument("--bbox", type=parse_bbox, default=None, help="minx,miny,maxx,maxy")
     ps.add_argument("--bbox-crs", default=None, help="CRS of --bbox (EPSG:4326, WKT...); default: each raster's CRS")
     ps.add_argument("--min-score", type=float, default=None)
     ps.add_argument("--suppress-overlaps", action="store_true", help="keep the best of overlapping hits across scales")

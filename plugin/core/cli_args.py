@@ -9,7 +9,7 @@ from typing import Any
 from .types import BandMap
 
 
-def _scales(text: str) -> tuple[int, ...]:
+def parse_scales(text: str) -> tuple[int, ...]:
     try:
         vals = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
@@ -19,14 +19,14 @@ def _scales(text: str) -> tuple[int, ...]:
     return vals
 
 
-def _bands(text: str) -> BandMap:
+def parse_bands(text: str) -> BandMap:
     try:
         return BandMap.parse(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _overlap(text: str) -> float:
+def parse_overlap(text: str) -> float:
     try:
         v = float(text)
     except ValueError:
@@ -36,7 +36,7 @@ def _overlap(text: str) -> float:
     return v
 
 
-def _option(text: str) -> tuple[str, Any]:
+def parse_option(text: str) -> tuple[str, Any]:
     """KEY=VALUE -> (key, value) with ints, floats, true/false and none understood ("auto" stays a string)."""
     key, sep, raw = text.partition("=")
     key = key.strip().replace("-", "_")
@@ -57,7 +57,7 @@ def _option(text: str) -> tuple[str, Any]:
     return key, raw.strip()
 
 
-def _seconds(text: str) -> float:
+def parse_seconds(text: str) -> float:
     try:
         v = float(text)
     except ValueError:
@@ -67,7 +67,7 @@ def _seconds(text: str) -> float:
     return v
 
 
-def _bbox(text: str) -> tuple[float, float, float, float]:
+def parse_bbox(text: str) -> tuple[float, float, float, float]:
     try:
         vals = tuple(float(v) for v in text.split(","))
     except ValueError:

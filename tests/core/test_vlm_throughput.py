@@ -184,15 +184,15 @@ def test_cli_captioner_options(tmp_path):
     """`--captioner-option KEY=VALUE` reaches the captioner typed; an option it does not take is one line."""
     import argparse
 
-    from plugin.core.cli_args import _option
+    from plugin.core.cli_args import parse_option
 
-    assert _option("cache=static") == ("cache", "static")
-    assert _option("max-rows=192") == ("max_rows", 192)
-    assert _option("reuse_vision=true") == ("reuse_vision", True)
-    assert _option("temperature=0.5") == ("temperature", 0.5)
-    assert _option("batch_size=none") == ("batch_size", None)
+    assert parse_option("cache=static") == ("cache", "static")
+    assert parse_option("max-rows=192") == ("max_rows", 192)
+    assert parse_option("reuse_vision=true") == ("reuse_vision", True)
+    assert parse_option("temperature=0.5") == ("temperature", 0.5)
+    assert parse_option("batch_size=none") == ("batch_size", None)
     with pytest.raises(argparse.ArgumentTypeError, match="KEY=VALUE"):
-        _option("static")
+        parse_option("static")
     from rasters import north_up
 
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")

@@ -36,14 +36,14 @@ def _auth() -> str:
 
 def probe_ray(address: str) -> dict[str, Any]:
     """Versions, nodes, CPUs, GPUs of the cluster at `address` (host:port of the head's GCS)."""
-    from ..indexing.cluster.ray_exec import _check_reachable, _is_loopback, _loopback_only, import_ray
+    from ..indexing.cluster.ray_exec import check_reachable, import_ray, is_loopback, loopback_only
 
     address = (address or "").strip()
     if not address:
         raise EngineError("give the Ray cluster's address (host:port of the head, 6379 by default)")
-    _check_reachable(address)
-    if _is_loopback(address):
-        _loopback_only()
+    check_reachable(address)
+    if is_loopback(address):
+        loopback_only()
     ray = import_ray()
     out: dict[str, Any] = {"kind": "ray", "address": address, "client_version": ray.__version__, "auth": _auth()}
     if ray.is_initialized():  # pragma: no cover - a worker never holds a connection between requests

@@ -13,7 +13,7 @@ from typing import Any, Callable
 from ..errors import Canceled, CaptionFallbackError
 from ..report_lines import fallback_line
 from ..types import ProgressFn
-from .local import _embed_variants
+from .local import embed_variants
 
 #: Rewrite the hnsw file at most this often while indexing. Commits are searchable without it
 #: (readers replay the store's change log), so it only bounds how much a reader has to replay.
@@ -50,7 +50,7 @@ def make_step(idx: Any, total: int, progress: ProgressFn) -> Callable[..., None]
     return step
 
 
-def _index_one(idx, cap, emb, info, params, refs, done, step, is_canceled, executor) -> dict[str, Any]:
+def index_one(idx, cap, emb, info, params, refs, done, step, is_canceled, executor) -> dict[str, Any]:
     rid = info.raster_id
     known_empty = idx.empty_tile_ids(rid, params.min_valid_fraction)
     todo = [r for r in refs if r.tile_id not in done]
@@ -76,7 +76,7 @@ def _index_one(idx, cap, emb, info, params, refs, done, step, is_canceled, execu
             raise Canceled()
         chunk = cached_ids[i : i + 256]
         variants = [cached[t] for t in chunk]
-        vecs = _embed_variants(emb, variants)
+        vecs = embed_variants(emb, variants)
         idx.add_tiles(rid, cap.fingerprint, [(by_id[t], v, e) for t, v, e in zip(chunk, variants, vecs)])
         entry["tiles_cached"] += len(chunk)
         entry["variants"] += sum(len(v) for v in variants)

@@ -21,10 +21,10 @@ from ..store.index_lock import IndexLock
 from ..store.store_check import reembed_damaged
 from ..store.store_schema import db_errors
 from ..types import CancelFn, ProgressFn, RasterSource, TileRef, never_canceled, no_progress
-from .commit import _index_one, make_step
+from .commit import index_one, make_step
 from .document_graph import check_graph, choose_graph, record_graph, recorded_graph
 from .executor import EXECUTORS, Executor
-from .plan import MAX_TILES, _open_all, _previous_embedder, _resolve_sources, _row_band_map
+from .plan import MAX_TILES, open_all, previous_embedder, resolve_sources, row_band_map
 from .progress import captioning, loading, planning, starting_workers
 
 log = logging.getLogger(__name__)
@@ -93,8 +93,7 @@ def _graph_got(index_dir: str, graph: str, emb: Any) -> str:
 def _prepare(ex: Any, idx: Any, cap: Any, planned: list[tuple[Any, list[TileRef], set[str]]], params: Any) -> None:
     """Give an executor that runs the whole job as one stream (Ray) every tile it will be asked for:
     not done and not in the caption cache (those are re-embedded by the writer)."""
-    prepare = getattr(ex, "prepare", None)
-    if prepare is None:
+    if not ex.streams_whole_job:
         return
     work = []
     for info, refs, done in planned:
@@ -102,7 +101,7 @@ def _prepare(ex: Any, idx: Any, cap: Any, planned: list[tuple[Any, list[TileRef]
         todo = [r for r in refs if r.tile_id not in done and r.tile_id not in empty]
         cached = idx.cached_variants([r.tile_id for r in todo], cap.fingerprint) if todo else {}
         work.append((info, [r for r in todo if r.tile_id not in cached]))
-    prepare(work, params)
+    ex.prepare(work, params)
 
 
 def index_rasters(
@@ -151,14 +150,14 @@ def _index_rasters(index_dir, sources, captioner, embedder, tiling, captioner_op
         raise EngineError(f"unknown executor {executor!r}: use one of {', '.join(EXECUTORS)}")
     check_graph(document_graph)  # a misspelt graph fails before anything is planned
     params = tiling or TilingParams()
-    sources = _resolve_sources(sources)
+    sources = resolve_sources(sources)
     report = IndexReport()
     if not sources and not remove_missing:
         raise EngineError("nothing to index: give at least one raster")
     # Open and plan every raster before loading any model, so bad input fails in a second.
     progress(0, 0, planning(f"planning {len(sources)} raster(s)"))
     limit = None if force else MAX_TILES
-    opened, failed_paths = _open_all(sources, params, report, open_raster, plan_tiles, limit)
+    opened, failed_paths = open_all(sources, params, report, open_raster, plan_tiles, limit)
     if sources and not opened:
         raise RasterError("; ".join(r["error"] for r in report.rasters) or "no raster could be opened")
     # The plan is accepted: take the writer lock before loading any model (a second job learns in
@@ -186,14 +185,14 @@ def _index_rasters(index_dir, sources, captioner, embedder, tiling, captioner_op
         elif executor == "ray-job":
             progress(0, 0, loading("submitting to the Ray cluster's job server"))
         cap, ex = _make_executor(executor, captioner, opts, embedder, emb, device, executor_options, index_dir, graph)
-        if hasattr(ex, "on_workers"):  # an executor with worker pools says how many are ready
-            ex.on_workers = lambda ready, n: progress(0, 0, starting_workers(ready, n))
+        # an executor with worker pools says how many are ready (the others never call it)
+        ex.on_workers = lambda ready, n: progress(0, 0, starting_workers(ready, n))
     except BaseException:
         lock.release(unlink=not os.path.exists(os.path.join(index_dir, "index.sqlite")))
         raise
     report.embedder, report.captioner, report.document_graph = emb.fingerprint, cap.fingerprint, graph
     try:
-        switched = _previous_embedder(index_dir) not in (None, emb.fingerprint)
+        switched = previous_embedder(index_dir) not in (None, emb.fingerprint)
         idx = open_index_for(index_dir, emb, create=True, allow_new_embedder=True, lock=lock)
         record_graph(idx, graph)
     except BaseException:
@@ -209,11 +208,11 @@ def _index_rasters(index_dir, sources, captioner, embedder, tiling, captioner_op
             # their cached captions (no re-captioning), so the whole index stays searchable.
             asked = {s.path for s in sources}
             extra = [
-                RasterSource(r["path"], _row_band_map(r), r.get("name"))
+                RasterSource(r["path"], row_band_map(r), r.get("name"))
                 for r in known.values()
                 if r.get("path") and r["path"] not in asked and raster_present(r["path"])
             ]
-            opened += _open_all(extra, params, report, open_raster, plan_tiles, limit)[0]
+            opened += open_all(extra, params, report, open_raster, plan_tiles, limit)[0]
         planned: list[tuple[Any, list[TileRef], set[str]]] = []
         new_params = params.to_dict()
         changed = {rid: r["params"] for rid, r in known.items() if r.get("tiles") and r.get("params") != new_params}
@@ -235,17 +234,16 @@ def _index_rasters(index_dir, sources, captioner, embedder, tiling, captioner_op
         total = sum(len(refs) - len(done & {r.tile_id for r in refs}) for _, refs, done in planned)
         progress = captioning(progress)  # every count from here on carries rate and ETA
         step = make_step(idx, total, progress)
-        if hasattr(ex, "notify"):  # job mode: job status and shard counts between commits
-            ex.notify = lambda message: step(0, message, may_flush=False)  # type: ignore[attr-defined]
+        ex.notify = lambda message: step(0, message, may_flush=False)  # job mode: job status, shard counts
         bind_captioner(cap, lambda message: step(0, message, may_flush=False), is_canceled)  # server retries show in progress
         # Rasters with nothing left to do are settled first (no model work, no cancel point), so a
         # job cancelled while it works on another raster never leaves a complete one marked unfinished.
         order = sorted(range(len(planned)), key=lambda i: bool({r.tile_id for r in planned[i][1]} - planned[i][2]))
-        _prepare(ex, idx, cap, [planned[i] for i in order], params)  # the order _index_one runs them in
+        _prepare(ex, idx, cap, [planned[i] for i in order], params)  # the order index_one runs them in
         entries: dict[int, dict[str, Any]] = {}
         for i in order:
             info, refs, done = planned[i]
-            entries[i] = _index_one(idx, cap, emb, info, params, refs, done, step, is_canceled, ex)
+            entries[i] = index_one(idx, cap, emb, info, params, refs, done, step, is_canceled, ex)
             if info.raster_id in changed:
                 entries[i]["tiling_changed_from"], entries[i]["tiling"] = changed[info.raster_id], new_params
         report.rasters.extend(entries[i] for i in range(len(planned)))
@@ -269,7 +267,7 @@ def _index_rasters(index_dir, sources, captioner, embedder, tiling, captioner_op
                                         "database and the next search rebuilds the file")
             else:
                 idx.flush()
-            if finished and hasattr(ex, "remove_merged"):  # job mode: shards the index now holds (committed above)
+            if finished:  # job mode: shards the index now holds (committed above); a no-op elsewhere
                 fp, min_valid = cap.fingerprint, params.min_valid_fraction
                 try:
                     line = ex.remove_merged(lambda rid: idx.done_tile_ids(rid, fp) | idx.empty_tile_ids(rid, min_valid))

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import Canceled, EngineError
 from ..types import CancelFn, CaptionVariant, TileImage, TileRef
-from .executor import CaptionedBatch
+from .executor import CaptionedBatch, ExecutorBase
 
 T = TypeVar("T")
 
@@ -87,7 +87,7 @@ def overlaps_captioning(captioner: Any) -> bool:
     return str(getattr(captioner, "device", "cpu")).split(":")[0] in ("cuda", "mps")
 
 
-def _embed_variants(embedder: Any, per_tile: Sequence[list[CaptionVariant]]) -> list[np.ndarray]:
+def embed_variants(embedder: Any, per_tile: Sequence[list[CaptionVariant]]) -> list[np.ndarray]:
     texts = [v.text() or "(empty)" for variants in per_tile for v in variants]
     vecs = embedder.encode_documents(texts) if texts else np.zeros((0, embedder.dim), np.float32)
     out, i = [], 0
@@ -97,10 +97,11 @@ def _embed_variants(embedder: Any, per_tile: Sequence[list[CaptionVariant]]) -> 
     return out
 
 
-class LocalExecutor:
+class LocalExecutor(ExecutorBase):
     """Tiles are read in a background thread, captioned and embedded here, one captioner batch at a time."""
 
     def __init__(self, captioner: Any, embedder: Any, overlap: Any = None) -> None:
+        super().__init__()
         self.captioner = captioner
         self.embedder = embedder
         #: caption in a thread of its own (None: when the captioner runs on an accelerator)
@@ -131,7 +132,7 @@ class LocalExecutor:
         for batch, per_tile in stage:
             if is_canceled():
                 raise Canceled()
-            vecs = _embed_variants(self.embedder, per_tile)
+            vecs = embed_variants(self.embedder, per_tile)
             yield [t.ref for t in batch], per_tile, vecs
 
     def close(self) -> None:

@@ -100,14 +100,14 @@ def preview_index(index_dir: str, sources: Sequence[Any], tiling: Any = None) ->
     from ..rasters.raster import open_raster
     from ..rasters.tiling import TilingParams, count_tiles, plan_tiles
     from ..store.store import SearchIndex
-    from .plan import MAX_TILES, _resolve_sources
+    from .plan import MAX_TILES, resolve_sources
 
     params = tiling or TilingParams()
     out: list[dict[str, Any]] = []
     idx = SearchIndex.open(index_dir, readonly=True) if _exists(index_dir) else None
     try:
         with db_errors(index_dir):
-            for src in _resolve_sources(sources):
+            for src in resolve_sources(sources):
                 info = open_raster(src.path, src.band_map)
                 n = count_tiles(info, params)
                 row = idx.get_raster(info.raster_id) if idx is not None else None

@@ -11,7 +11,7 @@ from ..report_lines import MAX_TILES  # the limit lives where the dock reads it 
 from ..types import BandMap, RasterSource, TileRef
 
 
-def _resolve_sources(sources: Sequence[RasterSource]) -> list[RasterSource]:
+def resolve_sources(sources: Sequence[RasterSource]) -> list[RasterSource]:
     out = []
     for s in sources:
         p = normalize_raster_path(s.path)  # URLs and /vsi paths pass through untouched
@@ -21,7 +21,7 @@ def _resolve_sources(sources: Sequence[RasterSource]) -> list[RasterSource]:
 
 
 
-def _open_all(sources, params, report, open_raster, plan_tiles,
+def open_all(sources, params, report, open_raster, plan_tiles,
               max_tiles: Optional[int] = MAX_TILES) -> tuple[list[tuple[Any, list[TileRef]]], set[str]]:
     """Open and plan each raster; failures go into the report (one line each) instead of stopping the job.
     A plan past `max_tiles` stops the whole job before anything is planned or stored."""
@@ -45,7 +45,7 @@ def _open_all(sources, params, report, open_raster, plan_tiles,
     return opened, failed
 
 
-def _previous_embedder(index_dir: str) -> Optional[str]:
+def previous_embedder(index_dir: str) -> Optional[str]:
     """The embedder fingerprint an existing index was built with (None for a new index)."""
     from ..store.store import SearchIndex
 
@@ -55,7 +55,7 @@ def _previous_embedder(index_dir: str) -> Optional[str]:
         return str(idx.embedder_fingerprint)
 
 
-def _row_band_map(row: dict[str, Any]) -> Optional[BandMap]:
+def row_band_map(row: dict[str, Any]) -> Optional[BandMap]:
     bm = row.get("band_map") or (row.get("info") or {}).get("band_map")
     if isinstance(bm, dict):
         return BandMap(**bm)

@@ -28,11 +28,11 @@ class FolderItem:
 
 
 def _s2_bands_here(files: Iterable[str]) -> set[str]:
-    from .vrt import _S2_FILE
+    from .vrt import S2_FILE
 
     out = set()
     for fn in files:
-        m = _S2_FILE.search(fn)
+        m = S2_FILE.search(fn)
         if m:
             out.add(m.group(1).upper())
     return out

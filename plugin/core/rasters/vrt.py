@@ -19,7 +19,7 @@ _GDAL_TYPES = {
     "uint8": "Byte", "int8": "Int8", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32",
     "int32": "Int32", "uint64": "UInt64", "int64": "Int64", "float32": "Float32", "float64": "Float64",
 }
-_S2_FILE = re.compile(r"(?:^|_)(B\d{2}|B8A)(?:_(\d+)m)?\.(?:jp2|tif|tiff)$", re.IGNORECASE)
+S2_FILE = re.compile(r"(?:^|_)(B\d{2}|B8A)(?:_(\d+)m)?\.(?:jp2|tif|tiff)$", re.IGNORECASE)
 
 
 def _describe(path: str) -> dict[str, Any]:
@@ -143,7 +143,7 @@ def find_sentinel2_bands(folder: str, bands: Sequence[str]) -> list[str]:
     found: dict[str, list[tuple[int, str]]] = {}
     for root, _dirs, files in os.walk(folder):
         for fn in files:
-            m = _S2_FILE.search(fn)
+            m = S2_FILE.search(fn)
             if m:
                 found.setdefault(m.group(1).upper(), []).append((int(m.group(2) or 0), os.path.join(root, fn)))
     out = []

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from .settings import _load, _save, api_key_from_auth, store_api_key
+from .settings import api_key_from_auth, load_group, save_group, store_api_key
 
 RUN_ON = ("local", "ray", "ray-job")
 RUN_ON_LABELS = {"local": "this computer", "ray": "Ray cluster (address)", "ray-job": "Ray job (dashboard URL)"}
@@ -89,11 +89,11 @@ class ClusterOptions:
 
 
 def load_cluster_options() -> ClusterOptions:
-    return _load(ClusterOptions, "cluster")
+    return load_group(ClusterOptions, "cluster")
 
 
 def save_cluster_options(opts: ClusterOptions) -> None:
-    _save(opts, "cluster")
+    save_group(opts, "cluster")
 
 
 def store_ray_token(token: str, authcfg: str = "") -> str:

@@ -111,7 +111,7 @@ def _key(name: str) -> str:
     return f"{PREFIX}/{name}"
 
 
-def _load(cls: type, group: str) -> Any:
+def load_group(cls: type, group: str) -> Any:
     s = QgsSettings()
     obj = cls()
     for f in fields(cls):
@@ -132,18 +132,18 @@ def _load(cls: type, group: str) -> Any:
     return obj
 
 
-def _save(obj: Any, group: str) -> None:
+def save_group(obj: Any, group: str) -> None:
     s = QgsSettings()
     for name, value in asdict(obj).items():
         s.setValue(_key(f"{group}/{name}"), value)
 
 
 def load_index_options() -> IndexOptions:
-    return _load(IndexOptions, "index")
+    return load_group(IndexOptions, "index")
 
 
 def save_index_options(opts: IndexOptions) -> None:
-    _save(opts, "index")
+    save_group(opts, "index")
 
 
 def tiling_saved() -> bool:
@@ -152,11 +152,11 @@ def tiling_saved() -> bool:
 
 
 def load_search_options() -> SearchOptions:
-    return _load(SearchOptions, "search")
+    return load_group(SearchOptions, "search")
 
 
 def save_search_options(opts: SearchOptions) -> None:
-    _save(opts, "search")
+    save_group(opts, "search")
 
 
 def engine_python_setting() -> str:

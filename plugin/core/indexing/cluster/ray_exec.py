@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 from ...captioners.vllm_ray import is_vllm, parse_vllm_spec, vllm_identity
 from ...errors import Canceled, EngineError
 from ...types import CancelFn, TileRef
-from ..executor import CaptionedBatch
+from ..executor import CaptionedBatch, ExecutorBase
 from ..path_map import parse_path_map, to_cluster
 from .ray_ready import ReadyCounter, ReportingCaptionStage
 from .ray_stages import Chunk, EmbedStage, captioner_identity, chunk_rows, decode_results, read_tiles
@@ -59,7 +59,7 @@ def import_ray() -> Any:
     return ray
 
 
-def _loopback_only() -> None:
+def loopback_only() -> None:
     """A local cluster listens on 127.0.0.1 only (a Ray head runs whatever code reaches it)."""
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # read by Ray and by the processes it starts
     try:
@@ -78,12 +78,12 @@ def _host_port(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _is_loopback(address: str) -> bool:
+def is_loopback(address: str) -> bool:
     host = _host_port(address)[0]
     return host == "localhost" or host.startswith("127.") or host == "::1"
 
 
-def _check_reachable(address: str, timeout: float = 5.0) -> None:
+def check_reachable(address: str, timeout: float = 5.0) -> None:
     """Ray retries an unreachable head for minutes; say so in seconds instead."""
     import socket
 
@@ -94,7 +94,7 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
         raise EngineError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
 
 
-def _plugin_package_dir() -> str:
+def plugin_package_dir() -> str:
     """The top package this module lives in, shipped to the cluster so workers can import the stages."""
     import importlib
 
@@ -102,7 +102,11 @@ def _plugin_package_dir() -> str:
     return os.path.dirname(os.path.abspath(str(importlib.import_module(top).__file__)))
 
 
-class RayExecutor:
+class RayExecutor(ExecutorBase):
+    """Driver mode: Ray Data stages over the whole job as one stream (read tasks, caption and embed actors)."""
+
+    streams_whole_job = True
+
     def __init__(
         self,
         captioner: str,
@@ -126,6 +130,7 @@ class RayExecutor:
         temp_dir: Optional[str] = None,
         path_map: Any = None,
     ) -> None:
+        super().__init__()
         self.spec, self.options = captioner, dict(captioner_options)
         self.embedder_spec, self.device, self.dim = embedder, device, int(dim)
         self.embedder_fingerprint = embedder_fingerprint
@@ -140,14 +145,14 @@ class RayExecutor:
         self._ready: Any = None
         self._ready_seen, self._ready_next = -1, 0.0
         if address:
-            _check_reachable(address)
-        if not address or _is_loopback(address):
-            _loopback_only()  # else Ray would turn 127.0.0.1 into this machine's network address
+            check_reachable(address)
+        if not address or is_loopback(address):
+            loopback_only()  # else Ray would turn 127.0.0.1 into this machine's network address
         self.ray = ray = import_ray()
         self.owns_cluster = self.connected = False
         if not ray.is_initialized():  # else: the caller's connection, left open by close()
             # Only the package's code travels (a plugin folder that is a checkout also holds a venv).
-            env = {"py_modules": [_plugin_package_dir()],
+            env = {"py_modules": [plugin_package_dir()],
                    "excludes": ["__pycache__", "*.pyc", ".venv", ".git", "tests", "benchmarks", "demo_out", "docs"]}
             try:
                 if address:

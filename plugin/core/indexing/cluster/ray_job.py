@@ -36,10 +36,10 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 from ...errors import Canceled, EngineError
 from ...types import CancelFn, TileRef
-from ..executor import CaptionedBatch
+from ..executor import CaptionedBatch, ExecutorBase
 from ..path_map import parse_path_map, to_cluster
 from ..progress import merging
-from .ray_exec import STALL_TIMEOUT_S, RemoteCaptioner, _plugin_package_dir
+from .ray_exec import STALL_TIMEOUT_S, RemoteCaptioner, plugin_package_dir
 from .ray_job_api import ACTIVE, FINAL, JobsApi
 from .ray_job_shards import (
     MANIFEST,
@@ -66,12 +66,17 @@ def _digest(obj: Any) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-class RayJobExecutor:
+class RayJobExecutor(ExecutorBase):
+    """Job mode: the job server runs the stages on the cluster; shards come back through a shared folder."""
+
+    streams_whole_job = True
+
     def __init__(self, captioner: str, captioner_options: dict[str, Any], embedder: Optional[str], device: str,
                  dim: int, *, embedder_fingerprint: Optional[str] = None, document_graph: str = "fp32", index_dir: str = "",
                  dashboard_url: str = "", shared_dir: str = "", path_map: Optional[Sequence[Sequence[str]]] = None,
                  caption_workers: Optional[int] = None, batch_size: Optional[int] = None, python: str = "python",
                  stall_timeout_s: float = STALL_TIMEOUT_S, poll_s: float = 0.5, keep_shards: bool = False) -> None:
+        super().__init__()
         if not dashboard_url:
             raise EngineError("the ray-job executor needs the cluster's dashboard URL (--ray-dashboard http://head:8265)")
         if not shared_dir:
@@ -91,8 +96,7 @@ class RayJobExecutor:
             os.makedirs(os.path.join(self.shared_dir, "jobs"), exist_ok=True)
         except OSError as exc:
             raise EngineError(f"cannot create the shared folder {self.shared_dir}: {exc.strerror or exc}") from None
-        self.notify: Callable[[str], None] = lambda message: None
-        self.py_modules = [self.api.upload_package(_plugin_package_dir())]
+        self.py_modules = [self.api.upload_package(plugin_package_dir())]
         self.captioner = RemoteCaptioner(self._fingerprint(), int(batch_size or captioner_options.get("batch_size") or 16))
         self.sid: Optional[str] = None
         self.dirs: list[str] = []  # job folders whose shards are merged (an earlier job's first)

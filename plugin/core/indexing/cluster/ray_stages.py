@@ -117,11 +117,11 @@ class EmbedStage:
         self.embedder.encode_documents(["warm-up"])  # the first encode is slow: not on the first batch
 
     def __call__(self, batch: Batch) -> Batch:
-        from ..local import _embed_variants
+        from ..local import embed_variants
 
         per_chunk = [_load(v) for v in batch["variants"]]
         # One encode call for every chunk in the batch: the embedder batches across them.
-        vecs = _embed_variants(self.embedder, [v for chunk in per_chunk for v in chunk])
+        vecs = embed_variants(self.embedder, [v for chunk in per_chunk for v in chunk])
         rows, k = [], 0
         for i, chunk in enumerate(per_chunk):
             mine = vecs[k : k + len(chunk)]

@@ -1,0 +1,55 @@
+"""The engine's seams stay explicit (issue 22): every executor hook is declared with a default and called
+without probing, and no module imports another module's private (`_name`) names."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from pathlib import Path
+
+from plugin.core.indexing import executor as executor_module
+from plugin.core.indexing.executor import Executor, ExecutorBase
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _modules() -> list[Path]:
+    return sorted((ROOT / "plugin").rglob("*.py"))
+
+
+def test_no_module_imports_another_modules_private_names() -> None:
+    found = []
+    for path in _modules():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module != "__future__":
+                found += [f"{path.relative_to(ROOT)}: from {'.' * node.level}{node.module or ''} import {a.name}"
+                          for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not found, "\n".join(found)
+
+
+def test_the_job_never_probes_an_executor() -> None:
+    probes = []
+    for path in sorted((ROOT / "plugin" / "core" / "indexing").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("hasattr", "getattr")
+                    and node.args and isinstance(node.args[0], ast.Name) and node.args[0].id in ("ex", "executor")):
+                probes.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.func.id}({node.args[0].id}, ...)")
+    assert not probes, "\n".join(probes)
+
+
+def test_every_executor_derives_from_the_base_that_declares_each_hook() -> None:
+    from plugin.core.indexing.cluster.ray_exec import RayExecutor
+    from plugin.core.indexing.cluster.ray_job import RayJobExecutor
+    from plugin.core.indexing.local import LocalExecutor
+
+    hooks = {n for n, _ in inspect.getmembers(Executor) if not n.startswith("_")} | set(Executor.__annotations__)
+    assert {"run", "close", "prepare", "remove_merged", "on_workers", "notify", "streams_whole_job"} <= hooks
+    base = ExecutorBase()
+    for name in hooks:
+        assert hasattr(base, name), f"ExecutorBase has no default for {name}"
+    assert base.prepare([], None) is None and base.remove_merged(lambda rid: set()) is None and base.close() is None
+    base.notify("nobody listens")  # the default takes a line and does nothing
+    for cls in (LocalExecutor, RayExecutor, RayJobExecutor):
+        assert issubclass(cls, ExecutorBase), cls
+    assert not LocalExecutor.streams_whole_job and RayExecutor.streams_whole_job and RayJobExecutor.streams_whole_job
+    assert executor_module.EXECUTORS == ("local", "ray", "ray-job")
