@@ -5,6 +5,27 @@ else escaping the engine is a bug and is reported with its traceback.
 """
 
 
+import os
+
+#: The environment variables that keep the Hugging Face hub from being contacted.
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+def hub_offline() -> bool:
+    """The one rule for "offline": HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE set to 1 / true / yes / on."""
+    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on") for k in OFFLINE_VARIABLES)
+
+
+def first_line(error: object, limit: int = 300) -> str:
+    """An error's (or a text's) first non-empty line, for the status bar; its type name when empty.
+
+    The full text stays with the caller for the log and a "details" view."""
+    lines = [ln.strip() for ln in str(error or "").splitlines() if ln.strip()]
+    if lines:
+        return lines[0][:limit]
+    return type(error).__name__ if isinstance(error, BaseException) else "unknown error"
+
+
 class EngineError(Exception):
     """A problem with the user's input or environment, described in one line."""
 

@@ -7,13 +7,14 @@ from typing import Optional
 
 from qgis.core import Qgis, QgsMessageLog
 
+from ..core.errors import first_line as core_first_line
+
 LOG_TAG = "Semantic Imagery Search"
 TITLE = "Semantic Imagery Search"
 
 
 def first_line(text: str) -> str:
-    text = str(text or "").strip()
-    return text.splitlines()[0][:300] if text else "unknown error"
+    return core_first_line(text)
 
 
 def log(message: str, level=Qgis.Info) -> None:

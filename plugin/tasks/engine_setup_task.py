@@ -16,7 +16,7 @@ from qgis.core import QgsApplication, QgsSettings, QgsTask
 from qgis.PyQt.QtCore import pyqtSignal
 
 from ..core.env import engine_env
-from ..core.errors import Canceled
+from ..core.errors import Canceled, first_line
 from ..qgis_io.engine import SETTINGS_KEY
 
 
@@ -31,8 +31,7 @@ def default_engine_dir() -> str:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return first_line(exc)
 
 
 class EngineSetupTask(QgsTask):

@@ -53,3 +53,20 @@ def test_every_executor_derives_from_the_base_that_declares_each_hook() -> None:
         assert issubclass(cls, ExecutorBase), cls
     assert not LocalExecutor.streams_whole_job and RayExecutor.streams_whole_job and RayJobExecutor.streams_whole_job
     assert executor_module.EXECUTORS == ("local", "ray", "ray-job")
+
+
+def test_one_rule_for_offline_and_one_first_line(monkeypatch) -> None:
+    from plugin.core.captioners.base import offline
+    from plugin.core.errors import EngineError, first_line, hub_offline
+
+    for value, want in (("1", True), ("true", True), ("ON", True), ("0", False), ("false", False), ("", False)):
+        monkeypatch.setenv("HF_HUB_OFFLINE", value)
+        monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+        assert hub_offline() is want and offline() is want, value  # clip_baseline read "false" as offline
+    assert first_line(EngineError("\n  bad band map: 5 > 4\n  details: ...")) == "bad band map: 5 > 4"
+    assert first_line(ValueError()) == "ValueError" and first_line("") == "unknown error"
+    assert len(first_line("x" * 500)) == 300
+    for path in sorted((ROOT / "plugin").rglob("*.py")):  # nobody reads the variables but errors.hub_offline
+        text = path.read_text(encoding="utf-8")
+        if path.name != "errors.py":
+            assert 'os.environ.get("HF_HUB_OFFLINE"' not in text, path

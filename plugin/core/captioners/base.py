@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..env.devices import resolve_device  # noqa: F401 (re-exported for the captioners)
-from ..errors import EngineError
+from ..errors import EngineError, hub_offline
 from ..types import CaptionVariant, TileImage
 from .parsing import parse_variants
 
@@ -120,5 +120,5 @@ def is_oom(exc: BaseException) -> bool:
 
 
 def offline() -> bool:
-    """True when the hub must not be contacted (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE set)."""
-    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    """True when the hub must not be contacted (errors.hub_offline, the one rule)."""
+    return hub_offline()

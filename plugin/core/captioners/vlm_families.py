@@ -29,7 +29,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-from ..errors import EngineError, ModelUnavailableError
+from ..errors import EngineError, ModelUnavailableError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,7 @@ def _vlm_types() -> set[str]:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return first_line(exc)
 
 
 def check_config(name: str, source: str, kw: dict[str, Any]) -> Any:

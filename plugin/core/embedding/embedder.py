@@ -18,7 +18,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ..env.devices import resolve_device
-from ..errors import ModelUnavailableError
+from ..errors import ModelUnavailableError, hub_offline
 
 __all__ = [
     "SentenceTransformerEmbedder", "default_embedder_path", "make_embedder", "model_identity", "resolve_device",
@@ -50,7 +50,7 @@ def default_embedder_path() -> str:
 
 
 def _offline() -> bool:
-    return any(os.environ.get(k, "").lower() in ("1", "true", "yes", "on") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return hub_offline()
 
 
 def _local_folder(spec: str) -> Optional[str]:

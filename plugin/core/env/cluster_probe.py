@@ -18,14 +18,13 @@ import urllib.error
 import urllib.request
 from typing import Any, Optional
 
-from ..errors import EngineError
+from ..errors import EngineError, first_line
 
 TIMEOUT_S = 10.0
 
 
 def _one_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    text = (lines[0] if lines else type(exc).__name__)[:240]
+    text = first_line(exc, 240)
     token = os.environ.get("RAY_AUTH_TOKEN")
     return text.replace(token, "***") if token else text
 

@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ..env.devices import resolve_device
-from ..errors import ModelUnavailableError
+from ..errors import ModelUnavailableError, hub_offline
 from ..types import CancelFn, ProgressFn, never_canceled, no_progress
 from .captioning import read_image_rgb
 from .datasets import EvalDataset
@@ -41,7 +41,7 @@ class ClipBaseline:
             from transformers import AutoModel, AutoProcessor
         except ImportError as exc:  # pragma: no cover - transformers is a dependency
             raise ModelUnavailableError(f"transformers is not installed: {exc}") from None
-        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or os.path.isdir(model)
+        offline = hub_offline() or os.path.isdir(model)  # "false" is not offline (it was, here)
         try:
             self.processor = AutoProcessor.from_pretrained(model, local_files_only=offline)
             self.model = AutoModel.from_pretrained(model, local_files_only=offline)

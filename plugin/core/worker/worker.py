@@ -30,7 +30,7 @@ import traceback
 from typing import Any, Callable, Optional, TextIO
 
 from .. import errors
-from ..errors import Canceled, EngineError
+from ..errors import Canceled, EngineError, first_line
 
 PROTOCOL_VERSION = 1
 #: At most this many progress lines per second per job (the final one is always sent).
@@ -357,9 +357,7 @@ class Worker:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    first = text.splitlines()[0] if text else ""
-    return first or type(exc).__name__
+    return first_line(exc)
 
 
 def _json_default(o: Any) -> Any:
