@@ -14,7 +14,7 @@ rm -rf "$VENV"
 "$SYS_PY" -m venv --system-site-packages "$VENV" || exit 1
 pip_install() { "$VENV/bin/python" -m pip install -q "$@" 2> >(grep -v "is ignored" >&2); }
 echo "upgrade-check: installing the newest versions the ranges allow into $VENV"
-pip_install --upgrade -c locks/debian-system.txt "$(grep -v '^#' locks/dev-torch.in)" \
+pip_install --upgrade --upgrade-strategy eager -c locks/debian-system.txt "$(grep -v '^#' locks/dev-torch.in)" \
   -r requirements.txt -r requirements-dev.txt -r plugin/core/env/engine_requirements_cluster.txt || exit 1
 pip_install --require-hashes --no-deps -r locks/testdata.txt || exit 1
 "$VENV/bin/python" -m pip freeze 2>/dev/null | sort > "$VENV/freeze.txt"

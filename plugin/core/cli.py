@@ -68,7 +68,7 @@ class _Bar:
 
 def cmd_index(args: argparse.Namespace) -> int:
     from .indexing.commit import failure_line
-    from .pipeline import index_rasters
+    from .indexing.request import IndexRequest
     from .rasters.raster_folders import expand_sources, remove_written
     from .rasters.tiling import TilingParams
     from .report_lines import raster_notes
@@ -99,14 +99,15 @@ def cmd_index(args: argparse.Namespace) -> int:
     sources, written = expand_sources(args.rasters, args.index, args.bands)
     bar = _Bar(args.quiet)
     try:
+        request = IndexRequest(
+            args.index, tuple(sources), captioner=args.captioner, embedder=args.embedder, tiling=tiling.to_dict(),
+            captioner_options=opts, device=args.device, remove_missing=args.remove_missing, force=args.force,
+            wait_s=args.wait, executor=args.executor, executor_options=executor_options(args) or {},
+            document_graph=args.document_graph,
+        )
         # Ctrl-C interrupts between commits; the store keeps what was committed (main() says so).
         with _stdout_to_stderr(args.executor != "local"):  # Ray and its workers print; stdout is for results
-            report = index_rasters(
-                args.index, sources, captioner=args.captioner, embedder=args.embedder, tiling=tiling,
-                captioner_options=opts, device=args.device, remove_missing=args.remove_missing, progress=bar,
-                force=args.force, wait_s=args.wait,
-                executor=args.executor, executor_options=executor_options(args), document_graph=args.document_graph,
-            )
+            report = request.run(progress=bar)
     except BaseException:
         if not os.path.exists(os.path.join(args.index, "manifest.json")):  # no index yet: leave nothing behind
             remove_written(written, args.index)

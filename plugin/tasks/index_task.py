@@ -14,13 +14,10 @@ from typing import Any, Optional, Sequence
 from qgis.core import QgsTask
 from qgis.PyQt.QtCore import pyqtSignal
 
-from ..core.errors import Canceled
+from ..core.errors import Canceled, EngineError
+from ..core.indexing.request import IndexRequest
 from ..core.types import RasterSource
 from ..core.worker.worker_client import WorkerClient, WorkerError
-
-#: Keywords of index_rasters that the task passes through.
-OPTION_KEYS = ("captioner", "embedder", "tiling", "captioner_options", "device", "remove_missing",
-               "job_name", "force", "wait_s", "executor", "executor_options", "document_graph")
 
 
 class IndexTask(QgsTask):
@@ -42,10 +39,11 @@ class IndexTask(QgsTask):
     def __init__(self, description: str, index_dir: str, sources: Sequence[RasterSource], options: dict,
                  python: str, *, env: Optional[dict] = None, cancel_grace: float = 10.0) -> None:
         super().__init__(description, QgsTask.CanCancel)
-        unknown = set(options) - set(OPTION_KEYS)
-        if unknown:
-            raise ValueError(f"unknown indexing option(s): {', '.join(sorted(unknown))}")
-        self.args: dict[str, Any] = {"index_dir": index_dir, "sources": [s.to_dict() for s in sources], **options}
+        try:  # checked here, on the main thread: a bad option never reaches the worker
+            request = IndexRequest.from_dict({"index_dir": index_dir, "sources": list(sources), **options})
+        except EngineError as exc:
+            raise ValueError(f"indexing options: {exc}") from None
+        self.args: dict[str, Any] = request.to_dict()
         self.client = WorkerClient(python, env=env, cancel_grace=cancel_grace)
         self.report: dict[str, Any] = {}
         self.message = ""

@@ -29,7 +29,6 @@ import time
 import traceback
 from typing import Any, Callable, Optional, TextIO
 
-from .. import errors
 from ..errors import Canceled, EngineError, first_line
 
 PROTOCOL_VERSION = 1
@@ -221,39 +220,17 @@ class Worker:
         return False
 
     def cmd_index(self, job: Job) -> dict[str, Any]:
-        from ..pipeline import RasterSource, index_rasters
-        from ..rasters.tiling import TilingParams
+        """The arguments are an IndexRequest's dict, checked as a whole (unknown keys and bad values: one line)."""
+        from ..indexing.request import IndexRequest
 
-        index_dir = str(job.arg("index_dir", kind=str))
-        raw_sources = job.arg("sources", [], kind=list)
         try:
-            sources = [RasterSource.from_dict(s) if isinstance(s, dict) else RasterSource(str(s)) for s in raw_sources]
-        except (KeyError, ValueError) as exc:
-            raise ProtocolError(f"index: bad raster source ({_one_line(exc)})") from None
-        tiling = job.arg("tiling", None, kind=dict)
-        try:
-            params = TilingParams.from_dict(tiling) if tiling else None
-        except (TypeError, ValueError) as exc:
-            raise errors.TilingError(f"tiling parameters: {_one_line(exc)}") from None
+            request = IndexRequest.from_dict(dict(job.args))
+        except EngineError as exc:
+            raise ProtocolError(f"index: {first_line(exc)}") from None
         if job.is_canceled():
             raise Canceled()
-        os.makedirs(index_dir, exist_ok=True)
-        report = index_rasters(
-            index_dir, sources,
-            captioner=str(job.arg("captioner", "spectral", kind=str)),
-            embedder=job.arg("embedder", None, kind=str),
-            tiling=params,
-            captioner_options=job.arg("captioner_options", None, kind=dict),
-            device=str(job.arg("device", "auto", kind=str)),
-            remove_missing=bool(job.arg("remove_missing", False)),
-            force=bool(job.arg("force", False)), wait_s=float(job.arg("wait_s", 0.0)),
-            executor=str(job.arg("executor", "local", kind=str)),
-            executor_options=job.arg("executor_options", None, kind=dict),
-            document_graph=job.arg("document_graph", None, kind=str),
-            job=str(job.arg("job_name", "QGIS indexing job", kind=str)),
-            progress=job.progress, is_canceled=job.is_canceled,
-        )
-        return report.to_dict()
+        os.makedirs(request.index_dir, exist_ok=True)
+        return request.run(progress=job.progress, is_canceled=job.is_canceled).to_dict()  # type: ignore[no-any-return]
 
     def cmd_cluster_info(self, job: Job) -> dict[str, Any]:
         """The settings' "Test cluster": {"executor": "ray", "address"} or {"executor": "ray-job", "dashboard_url"}."""
