@@ -154,9 +154,10 @@ def end_to_end(cap: Any, raster: str, n_tiles: int, embedder: str, device: str) 
     """Index ~n_tiles tiles of `raster` through `index_rasters`; captioning-only time on the same tiles."""
     import torch
 
-    from plugin.core.pipeline import RasterSource, index_rasters
+    from plugin.core.indexing import index_rasters
     from plugin.core.rasters.raster import open_raster
     from plugin.core.rasters.tiling import TilingParams, iter_tiles, plan_tiles
+    from plugin.core.types import RasterSource
 
     info = open_raster(raster)
     grid = max(1, math.ceil(math.sqrt(n_tiles)))

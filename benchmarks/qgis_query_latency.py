@@ -46,7 +46,7 @@ def build(index_dir: str) -> dict:
     from rasterio.transform import from_origin
 
     from plugin.core.embedding.embedder import make_embedder
-    from plugin.core.pipeline import index_info
+    from plugin.core.indexing import index_info
     from plugin.core.rasters.raster import open_raster
     from plugin.core.rasters.tiling import TilingParams, plan_tiles
     from plugin.core.store.store import SearchIndex

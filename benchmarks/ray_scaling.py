@@ -58,8 +58,9 @@ def scene(path: str, tiles: int, seed: int) -> str:
 
 def run(index_dir: str, sources: list, executor: str, captioner: str, options: dict, ex_opts: dict) -> tuple[float, list, int]:
     """(wall s, [(time, tiles committed so far)], tiles)."""
-    from plugin.core.pipeline import RasterSource, index_rasters
+    from plugin.core.indexing import index_rasters
     from plugin.core.rasters.tiling import TilingParams
+    from plugin.core.types import RasterSource
 
     marks: list[tuple[float, int]] = []
     t0 = time.perf_counter()

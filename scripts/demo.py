@@ -83,11 +83,11 @@ def main() -> int:
     ap.add_argument("--readme-png", default="", help="also write the picture here (docs/demo.jpg refreshes the README's)")
     args = ap.parse_args()
 
-    from plugin.core.pipeline import RasterSource, index_rasters
+    from plugin.core.indexing import index_rasters
     from plugin.core.rasters.raster import sentinel2_vrt
     from plugin.core.rasters.tiling import TilingParams
     from plugin.core.search.searcher import Searcher
-    from plugin.core.types import BandMap
+    from plugin.core.types import BandMap, RasterSource
 
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -209,7 +209,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .pipeline import index_info
+    from .indexing import index_info
 
     try:
         info = index_info(args.index, check=args.check)
@@ -246,7 +246,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
-    from .pipeline import repair_index_dir
+    from .indexing import repair_index_dir
 
     bar = _Bar(args.quiet)
     try:
@@ -267,7 +267,7 @@ def cmd_repair(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from .pipeline import prune_index_dir
+    from .indexing import prune_index_dir
 
     r = prune_index_dir(args.index, dry_run=args.dry_run, wait_s=args.wait)
     verb = "would free" if args.dry_run else "freed"
@@ -277,7 +277,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
-    from .pipeline import remove_rasters
+    from .indexing import remove_rasters
 
     removed = remove_rasters(args.index, args.rasters, wait_s=args.wait)
     print(f"removed {len(removed)} raster(s) from {args.index}")

@@ -13,8 +13,9 @@ import sys
 import threading
 
 from plugin.core.errors import Canceled
-from plugin.core.pipeline import RasterSource, index_rasters
+from plugin.core.indexing import index_rasters
 from plugin.core.rasters.tiling import TilingParams
+from plugin.core.types import RasterSource
 from tests.core.ray_cluster import pids_under as _pids_under
 
 

@@ -54,9 +54,10 @@ def main(argv: list[str]) -> int:
     idx, address, raster = argv
     import ray
 
+    from plugin.core.indexing import index_rasters
     from plugin.core.indexing.cluster import ray_exec, ray_vllm
-    from plugin.core.pipeline import RasterSource, index_rasters
     from plugin.core.rasters.tiling import TilingParams
+    from plugin.core.types import RasterSource
 
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     ray.init(address=address, log_to_driver=False, runtime_env={"py_modules": [os.path.join(root, "plugin")]})

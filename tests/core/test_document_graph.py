@@ -19,10 +19,11 @@ from plugin.core.embedding.embedder import make_embedder
 from plugin.core.embedding.onnx_embedder import MIN_COSINE
 from plugin.core.embedding.onnx_export import INT8_FILE, attach_onnx
 from plugin.core.errors import EngineError
+from plugin.core.indexing import index_info, index_rasters
 from plugin.core.indexing.cluster.ray_stages import EmbedStage
 from plugin.core.indexing.document_graph import check_graph, choose_graph, recorded_graph
-from plugin.core.pipeline import RasterSource, index_info, index_rasters
 from plugin.core.search.searcher import cached_embedder
+from plugin.core.types import RasterSource
 from tests.core.test_onnx_embedder import real_queries
 from tests.core.test_pipeline import FAST, SMALL, write_scene
 

@@ -13,7 +13,7 @@ from loopback_servers import StallServer, closed_port
 
 from plugin.core.captioners.openai_api import openai_compat
 from plugin.core.cli import main
-from plugin.core.pipeline import index_info
+from plugin.core.indexing import index_info
 from tests.core import rasters
 from tests.core.rasters import blocky, corrupt_block
 

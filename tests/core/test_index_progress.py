@@ -158,7 +158,7 @@ def test_cli_passes_the_cluster_options_to_the_job(monkeypatch, tmp_path) -> Non
         seen.update(kw)
         return IndexReport()
 
-    monkeypatch.setattr("plugin.core.pipeline.index_rasters", fake_index)
+    monkeypatch.setattr("plugin.core.indexing.job.index_rasters", fake_index)  # what IndexRequest.run calls
     from tests.core import rasters
 
     src = rasters.write_raster(str(tmp_path / "a.tif"), rasters.pattern(3, 64, 64, seed=0), crs="EPSG:32618")

@@ -16,9 +16,10 @@ import rasterio
 from rasterio.transform import from_origin
 
 from plugin.core.errors import EngineError, IndexStoreError, QueryError
-from plugin.core.pipeline import RasterSource, index_info, index_rasters, remove_rasters
+from plugin.core.indexing import index_info, index_rasters, remove_rasters
 from plugin.core.rasters.tiling import TilingParams
 from plugin.core.search.searcher import Searcher
+from plugin.core.types import RasterSource
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = TilingParams(tile_size=64)

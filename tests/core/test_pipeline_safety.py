@@ -22,11 +22,12 @@ import rasterio
 from rasterio.transform import from_origin
 
 from plugin.core.errors import CaptionFallbackError, PlanTooLargeError
-from plugin.core.pipeline import RasterSource, index_info, index_rasters, preview_index
+from plugin.core.indexing import index_info, index_rasters, preview_index
 from plugin.core.rasters import tiling
 from plugin.core.rasters.tiling import TilingParams
 from plugin.core.search.searcher import Searcher
 from plugin.core.store.index_lock import LOCK_FILE, IndexLock
+from plugin.core.types import RasterSource
 from tests.core.test_pipeline import FAST, write_scene
 
 ROOT = Path(__file__).resolve().parents[2]

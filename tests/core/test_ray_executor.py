@@ -26,9 +26,10 @@ import pytest
 
 pytest.importorskip("ray.data", reason="ray[data] is not installed (the engine's 'cluster' extra)")
 
-from plugin.core.pipeline import RasterSource, index_info, index_rasters  # noqa: E402
+from plugin.core.indexing import index_info, index_rasters  # noqa: E402
 from plugin.core.rasters.tiling import TilingParams  # noqa: E402
 from plugin.core.store.store import SearchIndex  # noqa: E402
+from plugin.core.types import RasterSource  # noqa: E402
 from tests.core.range_server import RangeServer  # noqa: E402
 from tests.core.rasters import holed  # noqa: E402
 from tests.core.ray_cluster import (  # noqa: E402

@@ -27,10 +27,11 @@ pytest.importorskip("aiohttp_cors", reason="the Ray dashboard (job server) needs
 pytest.importorskip("pyarrow", reason="job mode reads Parquet shards with pyarrow")
 
 from plugin.core.errors import Canceled  # noqa: E402
+from plugin.core.indexing import index_info, index_rasters  # noqa: E402
 from plugin.core.indexing.cluster.ray_job_shards import list_shards, read_shard, ref_from_json, shard_rows, shard_tiles  # noqa: E402
-from plugin.core.pipeline import RasterSource, index_info, index_rasters  # noqa: E402
 from plugin.core.rasters.tiling import TilingParams  # noqa: E402
 from plugin.core.store.store import SearchIndex  # noqa: E402
+from plugin.core.types import RasterSource  # noqa: E402
 from tests.core.rasters import holed  # noqa: E402
 from tests.core.ray_cluster import ROOT, api_get, free_port  # noqa: E402
 from tests.core.test_pipeline import write_scene  # noqa: E402

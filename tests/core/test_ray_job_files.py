@@ -230,9 +230,10 @@ def test_index_rasters_calls_the_clean_up_after_a_finished_run_only_and_never_fa
     finished, sees the committed tiles, and its line goes into the report notes; a clean-up that
     raises is a note, not a failed run; a canceled run never cleans up."""
     from plugin.core.errors import Canceled
+    from plugin.core.indexing import index_rasters
     from plugin.core.indexing.local import LocalExecutor
-    from plugin.core.pipeline import RasterSource, index_rasters
     from plugin.core.rasters.raster import open_raster
+    from plugin.core.types import RasterSource
     from tests.core import rasters
 
     scene = rasters.north_up(str(tmp_path), width=128, height=128)

@@ -16,11 +16,12 @@ import pytest
 import rasterio
 
 from plugin.core.errors import RasterError
-from plugin.core.pipeline import RasterSource, index_info, index_rasters, remove_rasters
+from plugin.core.indexing import index_info, index_rasters, remove_rasters
 from plugin.core.rasters.raster import open_raster
 from plugin.core.rasters.rasterpath import is_remote, normalize_raster_path, raster_display_name, raster_present
 from plugin.core.rasters.tiling import TilingParams
 from plugin.core.store.store import SearchIndex
+from plugin.core.types import RasterSource
 from tests.core.range_server import GDAL_HTTP_ENV, RangeServer
 from tests.core.test_pipeline import write_scene
 

@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from plugin.core.pipeline import RasterSource, index_info, index_rasters
+from plugin.core.indexing import index_info, index_rasters
 from plugin.core.rasters.tiling import TilingParams
 from plugin.core.search.searcher import Searcher
 from plugin.core.store import ann
 from plugin.core.store.store_check import check_index
+from plugin.core.types import RasterSource
 from tests.core.test_pipeline import FAST, write_scene
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -189,7 +189,7 @@ def test_search_by_example_and_ranker_parameters(provider, tmp_path, qgis_new_pr
     _res, ok = build.run({"LAYERS": [path], "CAPTIONER": "spectral", "TILE_SIZE": 64, "OVERLAP": 0.0, "SCALES": "1",
                           "DOCUMENT_GRAPH": 1, "OUTPUT": idx}, context, feedback)
     assert ok, feedback.textLog()
-    from plugin.core.pipeline import index_info
+    from plugin.core.indexing import index_info
 
     assert index_info(idx)["document_graph"] == "fp32"  # asked for; a new CPU index would otherwise be int8
     search = registry.createAlgorithmById(f"{PROVIDER_ID}:search_index")

@@ -7,9 +7,10 @@ from pathlib import Path
 
 from qgis.core import QgsRasterLayer
 
-from plugin.core.pipeline import RasterSource, index_info, index_rasters
+from plugin.core.indexing import index_info, index_rasters
 from plugin.core.rasters.raster import open_raster
 from plugin.core.rasters.tiling import TilingParams
+from plugin.core.types import RasterSource
 from plugin.qgis_io.layers import raster_source_from_layer
 from tests.core import rasters
 from tests.core.range_server import GDAL_HTTP_ENV, RangeServer

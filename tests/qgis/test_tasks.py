@@ -18,8 +18,7 @@ import pytest
 from qgis.core import QgsApplication, QgsCoordinateReferenceSystem, QgsProject
 from rasterio.warp import transform as warp_transform
 
-from plugin.core.pipeline import RasterSource
-from plugin.core.types import Hit
+from plugin.core.types import Hit, RasterSource
 from plugin.core.worker.worker_client import WorkerClient
 from plugin.qgis_io.hits_layer import hits_to_layer
 from plugin.tasks.index_task import IndexTask

@@ -297,14 +297,15 @@ class Worker:
         )
 
     def cmd_info(self, job: Job) -> dict[str, Any]:
-        from ..pipeline import index_info
+        from ..indexing import index_info
 
         return index_info(str(job.arg("index_dir", kind=str)))
 
     def cmd_preview(self, job: Job) -> list[dict[str, Any]]:
         """Before Index: per raster, tiles searchable already / from the caption cache / to caption."""
-        from ..pipeline import RasterSource, preview_index
+        from ..indexing import preview_index
         from ..rasters.tiling import TilingParams
+        from ..types import RasterSource
 
         sources = [RasterSource.from_dict(s) if isinstance(s, dict) else RasterSource(str(s))
                    for s in job.arg("sources", [], kind=list)]
@@ -312,7 +313,7 @@ class Worker:
         return preview_index(str(job.arg("index_dir", kind=str)), sources, TilingParams.from_dict(tiling) if tiling else None)
 
     def cmd_remove(self, job: Job) -> list[str]:
-        from ..pipeline import remove_rasters
+        from ..indexing import remove_rasters
 
         index_dir = str(job.arg("index_dir", kind=str))
         rasters = [str(r) for r in job.arg("rasters", kind=list)]
