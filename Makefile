@@ -27,7 +27,7 @@ UPGRADE_VENV ?= build/upgrade-check
 
 setup: $(STAMP)
 
-$(STAMP): scripts/setup.sh locks/dev.txt locks/testdata.txt
+$(STAMP): scripts/setup.sh locks/dev-lock.txt locks/testdata-lock.txt
 	bash scripts/setup.sh
 	touch $@
 
@@ -39,7 +39,7 @@ test-dev: $(STAMP)
 
 engine: $(ENGINE_STAMP)
 
-$(ENGINE_STAMP): $(STAMP) plugin/core/env/engine_lock.txt plugin/core/env/engine_lock_cluster.txt locks/engine-test.txt \
+$(ENGINE_STAMP): $(STAMP) plugin/core/env/engine_lock.txt plugin/core/env/engine_lock_cluster.txt locks/engine-test-lock.txt \
 		plugin/core/env/engine_commands.py plugin/core/env/engine_env.py scripts/engine_env.py
 	rm -rf $(ENGINE_TEST_SITE)
 	$(PY) scripts/engine_env.py --dir $(ENGINE) --python /usr/bin/python3.11 --torch-source $(ENGINE_TORCH_SOURCE) \

@@ -25,7 +25,7 @@ from plugin.core.env import engine_commands as ec  # noqa: E402
 from plugin.core.env.engine_env import create_engine_env  # noqa: E402
 from plugin.core.errors import EngineError  # noqa: E402
 
-TEST_LOCKS = ("locks/engine-test.txt", "locks/testdata.txt")
+TEST_LOCKS = ("locks/engine-test-lock.txt", "locks/testdata-lock.txt")
 
 
 def folder_mb(path: Path) -> float:

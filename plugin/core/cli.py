@@ -17,6 +17,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 from .cli_args import (
     add_executor_args,
+    captioner_options,
     executor_options,
     parse_bands,
     parse_bbox,
@@ -77,24 +78,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         tile_size=args.tile_size, tile_size_units=args.tile_size_units, overlap=args.overlap,
         scales=args.scales, out_size=args.out_size,
     )
-    opts: dict[str, Any] = dict(args.captioner_option)
-    if args.variants:
-        opts["variants"] = args.variants
-    if args.preset:
-        opts["preset"] = args.preset
-    if args.batch_size:
-        opts["batch_size"] = args.batch_size
-    if args.max_new_tokens:
-        opts["max_new_tokens"] = args.max_new_tokens
-    if args.connect_timeout is not None:
-        opts["connect_timeout_s"] = args.connect_timeout
-    if args.tile_deadline is not None:
-        opts["tile_deadline_s"] = args.tile_deadline
-    if args.api_key_env:
-        key = os.environ.get(args.api_key_env)
-        if not key:
-            raise EngineError(f"environment variable {args.api_key_env} is not set (it should hold the API key)")
-        opts["api_key"] = key
+    opts = captioner_options(args)
     existed = os.path.exists(args.index)
     sources, written = expand_sources(args.rasters, args.index, args.bands)
     bar = _Bar(args.quiet)

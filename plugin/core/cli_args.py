@@ -4,8 +4,10 @@ argparse.ArgumentTypeError with a one-line reason (argparse prints it as the usu
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
+from .errors import EngineError
 from .types import BandMap
 
 
@@ -118,3 +120,21 @@ def executor_options(args: argparse.Namespace) -> dict[str, Any]:
     if args.path_map:
         out["path_map"] = [list(p) for p in parse_path_map(args.path_map)]
     return out
+
+
+def captioner_options(args: Any) -> dict[str, Any]:
+    """The index command's captioner options from its flags (--captioner-option first, then the named flags)."""
+    opts: dict[str, Any] = dict(args.captioner_option)
+    for flag in ("variants", "preset", "batch_size", "max_new_tokens"):
+        if getattr(args, flag):
+            opts[flag] = getattr(args, flag)
+    if args.connect_timeout is not None:
+        opts["connect_timeout_s"] = args.connect_timeout
+    if args.tile_deadline is not None:
+        opts["tile_deadline_s"] = args.tile_deadline
+    if args.api_key_env:
+        key = os.environ.get(args.api_key_env)
+        if not key:
+            raise EngineError(f"environment variable {args.api_key_env} is not set (it should hold the API key)")
+        opts["api_key"] = key
+    return opts

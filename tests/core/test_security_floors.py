@@ -36,10 +36,10 @@ def _pins(text: str, name: str) -> list[tuple[int, ...]]:
 
 def test_torch_floor() -> None:
     assert _pins(engine_commands.ENGINE_TORCH, "torch") == [(2, 13, 0)]
-    assert min(_pins((ROOT / "locks/dev.txt").read_text(), "torch")) >= (2, 10)
+    assert min(_pins((ROOT / "locks/dev-lock.txt").read_text(), "torch")) >= (2, 10)
 
 
-@pytest.mark.parametrize("lock", ["plugin/core/env/engine_lock.txt", "plugin/core/env/engine_lock_cluster.txt", "locks/dev.txt"])
+@pytest.mark.parametrize("lock", ["plugin/core/env/engine_lock.txt", "plugin/core/env/engine_lock_cluster.txt", "locks/dev-lock.txt"])
 def test_every_lock_installs_versions_above_the_floors(lock: str) -> None:
     text = (ROOT / lock).read_text()
     assert min(_pins(text, "transformers")) >= (4, 52)
