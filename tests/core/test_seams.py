@@ -70,3 +70,27 @@ def test_one_rule_for_offline_and_one_first_line(monkeypatch) -> None:
         text = path.read_text(encoding="utf-8")
         if path.name != "errors.py":
             assert 'os.environ.get("HF_HUB_OFFLINE"' not in text, path
+
+
+def test_captioner_kinds_come_from_one_registry() -> None:
+    import pytest
+
+    from plugin.core.captioners import CAPTIONER_KINDS, CaptionerKind, make_captioner, preflight_captioner, register_captioner
+    from plugin.core.errors import EngineError
+
+    assert list(CAPTIONER_KINDS) == ["spectral", "transformers", "openai", "vllm", "python"]
+    assert [k.name for k in CAPTIONER_KINDS.values() if k.needs_server] == ["openai"]
+    with pytest.raises(EngineError, match=r"unknown captioner 'echo:x'; use spectral, transformers:<model>, "
+                                          r"openai:<base_url>#<model> or python:<module>:<factory>"):
+        make_captioner("echo:x")
+    built: list = []
+    register_captioner(CaptionerKind("echo", "echo:<word>", lambda spec, target, common, options:
+                                     built.append((target, common["variants"], options)) or "an echo captioner"))
+    try:
+        assert make_captioner("echo:hello", variants=2, colour="blue") == "an echo captioner"
+        assert built == [("hello", 2, {"colour": "blue"})]
+        notes: list = []
+        preflight_captioner("echo:hello", {}, notes.append, lambda: False)  # no server: nothing checked, nothing built
+        assert notes == [] and len(built) == 1
+    finally:
+        CAPTIONER_KINDS.pop("echo")
