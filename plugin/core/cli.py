@@ -68,8 +68,8 @@ class _Bar:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
+    from .index_request import IndexRequest
     from .indexing.commit import failure_line
-    from .indexing.request import IndexRequest
     from .rasters.raster_folders import expand_sources, remove_written
     from .rasters.tiling import TilingParams
     from .report_lines import raster_notes

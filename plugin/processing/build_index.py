@@ -20,7 +20,7 @@ from qgis.core import (
 )
 
 from ..core.errors import Canceled, EngineError
-from ..core.indexing.request import IndexRequest
+from ..core.index_request import IndexRequest
 from ..core.worker.worker_client import WorkerClient
 from ..qgis_io.layers import raster_source_from_layer
 from .common import SearchAlgorithm, api_key, canceled_fn, engine_python, progress_to_feedback
@@ -196,7 +196,7 @@ class BuildIndexAlgorithm(SearchAlgorithm):
     def processAlgorithm(self, parameters: dict, context: Any, feedback: Any) -> dict:  # noqa: N802
         index_dir = self.parameterAsString(parameters, self.OUTPUT, context)
         client = WorkerClient(engine_python(), env=self._env)
-        try:  # one request type for every front end (core/indexing/request.py), checked before the worker starts
+        try:  # one request type for every front end (core/index_request.py), checked before the worker starts
             args = IndexRequest.from_dict({"index_dir": index_dir, "sources": self._sources, **self._options,
                                            "job_name": "Processing: Build or update search index"}).to_dict()
         except EngineError as exc:

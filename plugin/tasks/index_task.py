@@ -15,7 +15,7 @@ from qgis.core import QgsTask
 from qgis.PyQt.QtCore import pyqtSignal
 
 from ..core.errors import Canceled, EngineError
-from ..core.indexing.request import IndexRequest
+from ..core.index_request import IndexRequest
 from ..core.types import RasterSource
 from ..core.worker.worker_client import WorkerClient, WorkerError
 

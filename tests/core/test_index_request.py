@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from plugin.core.errors import EngineError
-from plugin.core.indexing.request import IndexRequest
+from plugin.core.index_request import IndexRequest
 from plugin.core.types import BandMap, RasterSource
 from plugin.core.worker.worker_client import WorkerClient, WorkerError
 from tests.core.test_pipeline import write_scene
@@ -33,7 +33,8 @@ def test_round_trip_through_the_protocol_dict() -> None:
     ({"wait_s": -1}, r"wait_s must be 0 or more seconds"),
     ({"wait_s": "soon"}, r"wait_s 'soon' is not a number"),
     ({"document_graph": "int4"}, r"document graph 'int4': use auto, fp32 or int8"),
-    ({"tiling": {"tile_size": "big"}}, r"index request: tiling \{'tile_size': 'big'\}"),
+    ({"tiling": {"tile_size": "big"}}, r"index request: tiling \{.tile_size.: .big.\}: numbers expected"),
+    ({"tiling": {"tilesize": 64}}, r"unknown tiling key\(s\) tilesize"),
     ({"captioner_options": ["variants", 3]}, r"captioner_options must be a mapping"),
     ({"force": "yes"}, r"force must be true or false"),
     ({"index_dir": ""}, r"index_dir must name a folder"),
@@ -60,3 +61,12 @@ def test_the_worker_runs_a_request_and_refuses_an_unknown_option(tmp_path: Path)
     direct = IndexRequest(str(tmp_path / "idx2"), (RasterSource(scene),), tiling={"tile_size": 64},
                           captioner_options={"variants": 2}, device="cpu").run()
     assert report["rasters"][0]["tiles_new"] == direct.rasters[0]["tiles_new"] == 4
+
+
+def test_the_request_module_imports_no_numpy(repo_root: Path) -> None:
+    """QGIS's process builds requests (the task, Processing): the module must stay stdlib-only."""
+    import subprocess
+
+    code = "import sys, plugin.core.index_request; print(sorted(m for m in ('numpy', 'rasterio', 'torch') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -75,7 +75,13 @@ def test_one_rule_for_offline_and_one_first_line(monkeypatch) -> None:
 def test_captioner_kinds_come_from_one_registry() -> None:
     import pytest
 
-    from plugin.core.captioners import CAPTIONER_KINDS, CaptionerKind, make_captioner, preflight_captioner, register_captioner
+    from plugin.core.captioners import (
+        CAPTIONER_KINDS,
+        CaptionerKind,
+        make_captioner,
+        preflight_captioner,
+        register_captioner,
+    )
     from plugin.core.errors import EngineError
 
     assert list(CAPTIONER_KINDS) == ["spectral", "transformers", "openai", "vllm", "python"]

@@ -20,26 +20,17 @@ import os
 import sqlite3
 from typing import Any, Optional
 
+from ..definitions import DOCUMENT_GRAPHS, check_graph
 from ..errors import EngineError
 
 __all__ = ["GRAPHS", "META_KEY", "check_graph", "choose_graph", "default_graph", "recorded_graph", "record_graph"]
 
 log = logging.getLogger(__name__)
 
-GRAPHS = ("fp32", "int8")
+GRAPHS = DOCUMENT_GRAPHS
 META_KEY = "document_graph"
 #: Deprecated alias of `--document-graph int8` (the opt-in switch before the graph was recorded per index).
 _ENV_ALIAS = "SIS_DOCUMENTS_INT8"
-
-
-def check_graph(value: Optional[str]) -> Optional[str]:
-    """'fp32' / 'int8', or None for no request (None, '', 'auto'); anything else is a one-line error."""
-    text = (value or "").strip().lower()
-    if text in ("", "auto"):
-        return None
-    if text not in GRAPHS:
-        raise EngineError(f"document graph {value!r}: use auto, fp32 or int8")
-    return text
 
 
 def default_graph(executor: str, device: str) -> str:

@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterator, Optional, Protocol, Sequence
 
 import numpy as np
 
+from ..definitions import EXECUTORS as DEFINED_EXECUTORS
 from ..types import CancelFn, CaptionVariant, TileRef
 
 #: One executor result: tile refs, their caption variants and one (n_variants, dim) array per tile.
@@ -79,4 +80,4 @@ def _no_notice(message: str) -> None:
     """The default `notify`: nobody listens."""
 
 
-EXECUTORS = ("local", "ray", "ray-job")
+EXECUTORS = DEFINED_EXECUTORS  # the names live in core/definitions.py

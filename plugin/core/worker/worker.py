@@ -221,7 +221,7 @@ class Worker:
 
     def cmd_index(self, job: Job) -> dict[str, Any]:
         """The arguments are an IndexRequest's dict, checked as a whole (unknown keys and bad values: one line)."""
-        from ..indexing.request import IndexRequest
+        from ..index_request import IndexRequest
 
         try:
             request = IndexRequest.from_dict(dict(job.args))

@@ -23,7 +23,7 @@ import time
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 from ...captioners.vllm_ray import is_vllm, parse_vllm_spec, vllm_identity
-from ...errors import Canceled, EngineError
+from ...errors import Canceled, EngineError, first_line
 from ...types import CancelFn, TileRef
 from ..executor import CaptionedBatch, ExecutorBase
 from ..path_map import parse_path_map, to_cluster
@@ -102,6 +102,53 @@ def plugin_package_dir() -> str:
     return os.path.dirname(os.path.abspath(str(importlib.import_module(top).__file__)))
 
 
+class RayConnection:
+    """This process's connection to a Ray cluster, apart from any executor: attach to `address`
+    (host:port of the head's GCS; token auth from the environment), or start a private loopback
+    cluster; `close` undoes only what `open` did (a connection the caller already had stays open)."""
+
+    def __init__(self, address: Optional[str] = None, *, num_cpus: Optional[int] = None,
+                 temp_dir: Optional[str] = None) -> None:
+        self.address, self.num_cpus, self.temp_dir = address, num_cpus, temp_dir
+        self.ray: Any = None
+        self.owns_cluster = self.connected = False
+
+    def open(self) -> Any:
+        """Connect (or start the private cluster); returns the `ray` module. One-line EngineError on failure."""
+        address = self.address
+        if address:
+            check_reachable(address)
+        if not address or is_loopback(address):
+            loopback_only()  # else Ray would turn 127.0.0.1 into this machine's network address
+        self.ray = ray = import_ray()
+        if ray.is_initialized():  # the caller's connection, left open by close()
+            return ray
+        # Only the package's code travels (a plugin folder that is a checkout also holds a venv).
+        env = {"py_modules": [plugin_package_dir()],
+               "excludes": ["__pycache__", "*.pyc", ".venv", ".git", "tests", "benchmarks", "demo_out", "docs"]}
+        try:
+            if address:
+                ray.init(address=address, runtime_env=env, log_to_driver=False, logging_level=logging.WARNING)
+            else:
+                ray.init(num_cpus=int(self.num_cpus or os.cpu_count() or 2), include_dashboard=False, runtime_env=env,
+                         log_to_driver=False, logging_level=logging.WARNING, _temp_dir=self.temp_dir)
+                self.owns_cluster = True
+        except Exception as exc:  # connection refused, auth, version mismatch: one line
+            hint = " (a token-auth cluster needs RAY_AUTH_MODE=token and its RAY_AUTH_TOKEN here too)" if address else ""
+            raise EngineError(f"cannot start or reach the Ray cluster{' at ' + address if address else ''}: "
+                              f"{first_line(exc)}{hint}") from None
+        self.connected = True
+        return ray
+
+    def close(self) -> None:
+        if self.connected:
+            self.connected = False
+            try:
+                self.ray.shutdown()
+            except Exception:  # pragma: no cover - already gone
+                pass
+
+
 class RayExecutor(ExecutorBase):
     """Driver mode: Ray Data stages over the whole job as one stream (read tasks, caption and embed actors)."""
 
@@ -144,28 +191,8 @@ class RayExecutor(ExecutorBase):
         self.on_workers: Optional[Callable[[int, int], None]] = None
         self._ready: Any = None
         self._ready_seen, self._ready_next = -1, 0.0
-        if address:
-            check_reachable(address)
-        if not address or is_loopback(address):
-            loopback_only()  # else Ray would turn 127.0.0.1 into this machine's network address
-        self.ray = ray = import_ray()
-        self.owns_cluster = self.connected = False
-        if not ray.is_initialized():  # else: the caller's connection, left open by close()
-            # Only the package's code travels (a plugin folder that is a checkout also holds a venv).
-            env = {"py_modules": [plugin_package_dir()],
-                   "excludes": ["__pycache__", "*.pyc", ".venv", ".git", "tests", "benchmarks", "demo_out", "docs"]}
-            try:
-                if address:
-                    ray.init(address=address, runtime_env=env, log_to_driver=False, logging_level=logging.WARNING)
-                else:
-                    ray.init(num_cpus=int(num_cpus or os.cpu_count() or 2), include_dashboard=False, runtime_env=env,
-                             log_to_driver=False, logging_level=logging.WARNING, _temp_dir=temp_dir)
-                    self.owns_cluster = True
-            except Exception as exc:  # connection refused, auth, version mismatch: one line
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                hint = " (a token-auth cluster needs RAY_AUTH_MODE=token and its RAY_AUTH_TOKEN here too)" if address else ""
-                raise EngineError(f"cannot start or reach the Ray cluster{' at ' + address if address else ''}: {first}{hint}") from None
-            self.connected = True
+        self.connection = RayConnection(address, num_cpus=num_cpus, temp_dir=temp_dir)
+        self.ray = ray = self.connection.open()
         self._stop = threading.Event()
         try:
             self._setup(ray, captioner, caption_workers, batch_size, gpus_per_captioner)
@@ -373,15 +400,14 @@ class RayExecutor(ExecutorBase):
                 return
             self._carry.extend(chunks)
 
+    @property
+    def owns_cluster(self) -> bool:
+        return self.connection.owns_cluster
+
     def close(self) -> None:
         """Disconnect: the cluster ends this driver's actors and tasks; a private cluster is shut down."""
         self._stop.set()
-        if self.connected:
-            self.connected = False
-            try:
-                self.ray.shutdown()
-            except Exception:  # pragma: no cover - already gone
-                pass
+        self.connection.close()
 
 
 def _cause(exc: BaseException) -> str:

@@ -2,7 +2,8 @@
 
 A new index option is a field here (with its check), one widget and one CLI flag: the worker and the
 task pass the request on as a whole (`to_dict` / `from_dict`, JSON-safe), and `run` hands it to
-`index_rasters`. Validated once, where it is made, with one-line errors.
+`index_rasters`. Validated once, where it is made, with one-line errors. Stdlib only: the QGIS task and Processing
+check their options with it in QGIS's own process.
 """
 
 from __future__ import annotations
@@ -11,10 +12,9 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
-from ..errors import EngineError
-from ..types import CancelFn, ProgressFn, RasterSource, never_canceled, no_progress
-from .document_graph import check_graph
-from .executor import EXECUTORS
+from .definitions import EXECUTORS, TILING_KEYS, check_graph
+from .errors import EngineError
+from .types import CancelFn, ProgressFn, RasterSource, never_canceled, no_progress
 
 
 @dataclass(frozen=True)
@@ -56,9 +56,7 @@ class IndexRequest:
             elif not isinstance(value, dict):
                 raise EngineError(f"index request: {name} must be a mapping of option names to values")
         if self.tiling is not None:
-            if not isinstance(self.tiling, dict):
-                raise EngineError("index request: tiling must be a mapping (tile_size, overlap, scales, ...)")
-            self.tiling_params()  # a bad tile size or overlap fails here, in one line
+            _check_tiling(self.tiling)
         if not isinstance(self.device, str) or not self.device.strip():
             raise EngineError("index request: device must be auto, cpu, cuda, cuda:N or mps")
         if self.executor not in EXECUTORS:
@@ -79,7 +77,7 @@ class IndexRequest:
         """The request's TilingParams (None: the job's default)."""
         if self.tiling is None:
             return None
-        from ..rasters.tiling import TilingParams
+        from .rasters.tiling import TilingParams
 
         try:
             return TilingParams.from_dict(self.tiling)
@@ -115,7 +113,7 @@ class IndexRequest:
 
     def run(self, progress: ProgressFn = no_progress, is_canceled: CancelFn = never_canceled) -> Any:
         """Run the job (`index_rasters`); returns its IndexReport."""
-        from .job import index_rasters
+        from .indexing.job import index_rasters
 
         return index_rasters(
             self.index_dir, list(self.sources), captioner=self.captioner, embedder=self.embedder,
@@ -124,3 +122,22 @@ class IndexRequest:
             job=self.job_name, executor_options=dict(self.executor_options) or None,
             document_graph=self.document_graph, progress=progress, is_canceled=is_canceled,
         )
+
+
+def _check_tiling(tiling: Any) -> None:
+    """The tiling mapping's keys and value types (the ranges are checked where the tiles are planned)."""
+    if not isinstance(tiling, dict):
+        raise EngineError("index request: tiling must be a mapping (tile_size, overlap, scales, ...)")
+    unknown = sorted(set(tiling) - set(TILING_KEYS))
+    if unknown:
+        raise EngineError(f"index request: unknown tiling key(s) {', '.join(unknown)}")
+    try:
+        for key in ("tile_size", "out_size"):
+            if tiling.get(key) is not None:
+                int(tiling[key])
+        for key in ("tile_size_units", "overlap", "min_valid_fraction"):
+            if tiling.get(key) is not None:
+                float(tiling[key])
+        [int(x) for x in tiling.get("scales") or ()]
+    except (TypeError, ValueError):
+        raise EngineError(f"index request: tiling {tiling!r}: numbers expected") from None
