@@ -94,7 +94,7 @@ def record_graph(idx: Any, graph: str) -> None:
 
     if S.get_meta(idx.conn, META_KEY) == graph:
         return
-    with idx._write() as c:
+    with idx.transaction() as c:
         S.set_meta(c, META_KEY, graph)
 
 

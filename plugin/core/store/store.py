@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from typing import Any, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
 from ..errors import IndexMissingError, IndexStoreError
-from ..types import Hit
+from ..types import CaptionVariant, Hit
 from . import store_schema as S
 from .ann import AnnIndex
 from .ann_files import clean_tmp
@@ -28,8 +28,9 @@ from .store_tiles import TileRows
 __all__ = ["SearchIndex", "RASTER_STATES"]
 
 
-class SearchIndex(TileRows, RasterRows):
-    """Facade over one index folder; open with `SearchIndex.open(...)`, use as a context manager."""
+class SearchIndex:
+    """One index folder; open with `SearchIndex.open(...)`, use as a context manager. It owns the
+    connection, the ANN file and its table helpers (`rasters`, `tiles`), whose methods it offers."""
 
     SCHEMA_VERSION = S.SCHEMA_VERSION
 
@@ -47,7 +48,9 @@ class SearchIndex(TileRows, RasterRows):
         self._owned_lock: Optional[IndexLock] = None
         #: Things the open fixed or noticed (rebuilt manifest, removed leftovers), one line each.
         self.notes: list[str] = []
-        self._has_active = S.has_column(conn, "tiles", "active")
+        self.has_active = S.has_column(conn, "tiles", "active")
+        self.rasters = RasterRows(self)
+        self.tiles = TileRows(self)
 
     # ---- opening ------------------------------------------------------------------------------
     @classmethod
@@ -159,7 +162,7 @@ class SearchIndex(TileRows, RasterRows):
 
         if dim <= 0:
             raise IndexStoreError("switching the embedder needs the new embedding dimension")
-        with self._write():
+        with self.transaction():
             self.conn.execute("DROP TRIGGER IF EXISTS embeddings_del")
             self.conn.execute("DELETE FROM embeddings")
             self.conn.execute("DELETE FROM ann_log")
@@ -219,8 +222,50 @@ class SearchIndex(TileRows, RasterRows):
             if isinstance(ev, sqlite3.DatabaseError):
                 raise S.db_error(ev, self.idx.folder) from None
 
-    def _write(self) -> SearchIndex._Tx:
+    def transaction(self) -> SearchIndex._Tx:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT, rolled back on error); refused read-only."""
         return SearchIndex._Tx(self)
+
+    def active_sql(self, alias: str) -> str:
+        """SQL for "this tile is in its raster's current plan" (old databases opened read-only: all are)."""
+        return f"{alias}.active = 1" if self.has_active else "1"
+
+    # ---- the table helpers' operations --------------------------------------------------------
+    def upsert_raster(self, info: Any, captioner_fp: str, params: dict) -> None:
+        self.rasters.upsert_raster(info, captioner_fp, params)
+
+    def raster_rows(self) -> list[dict]:
+        return self.rasters.raster_rows()
+
+    def get_raster(self, raster_id: str) -> Optional[dict]:
+        return self.rasters.get_raster(raster_id)
+
+    def find_raster_ids(self, path_or_id: str) -> list[str]:
+        return self.rasters.find_raster_ids(path_or_id)
+
+    def set_raster_state(self, raster_id: str, state: str) -> None:
+        self.rasters.set_raster_state(raster_id, state)
+
+    def remove_raster(self, raster_id: str) -> None:
+        self.rasters.remove_raster(raster_id)
+
+    def done_tile_ids(self, raster_id: str, captioner_fp: str) -> set[str]:
+        return self.tiles.done_tile_ids(raster_id, captioner_fp)
+
+    def cached_variants(self, tile_ids: Iterable[str], captioner_fp: str) -> dict[str, list[CaptionVariant]]:
+        return self.tiles.cached_variants(tile_ids, captioner_fp)
+
+    def add_tiles(self, raster_id: str, captioner_fp: str, items: Sequence[Any]) -> None:
+        self.tiles.add_tiles(raster_id, captioner_fp, items)
+
+    def retain_tiles(self, raster_id: str, keep: set[str]) -> int:
+        return self.tiles.retain_tiles(raster_id, keep)
+
+    def mark_empty(self, raster_id: str, tile_ids: Iterable[str], min_valid: float) -> None:
+        self.tiles.mark_empty(raster_id, tile_ids, min_valid)
+
+    def empty_tile_ids(self, raster_id: str, min_valid: float) -> set[str]:
+        return self.tiles.empty_tile_ids(raster_id, min_valid)
 
     def __enter__(self) -> SearchIndex:
         return self
@@ -248,7 +293,7 @@ class SearchIndex(TileRows, RasterRows):
         if self.readonly:
             return
         self.ann.save(self.conn)
-        with self._write() as c:
+        with self.transaction() as c:
             c.execute("DELETE FROM ann_log WHERE seq <= ?", (self.ann.last_seq,))
             floor = int(S.get_meta(c, "ann_log_floor") or 0)
             S.set_meta(c, "ann_log_floor", str(max(floor, self.ann.last_seq)))
@@ -295,8 +340,8 @@ class SearchIndex(TileRows, RasterRows):
         ann["deleted"] = max(0, ann["elements"] - embedded)
         ann["pending_log"] = one("SELECT COUNT(*) FROM ann_log")
         return {
-            "rasters": one("SELECT COUNT(*) FROM rasters"), "tiles": one(f"SELECT COUNT(*) FROM tiles t WHERE {self._active('t')}"),
-            "cached_tiles": one(f"SELECT COUNT(*) FROM tiles t WHERE NOT ({self._active('t')})"),
+            "rasters": one("SELECT COUNT(*) FROM rasters"), "tiles": one(f"SELECT COUNT(*) FROM tiles t WHERE {self.active_sql('t')}"),
+            "cached_tiles": one(f"SELECT COUNT(*) FROM tiles t WHERE NOT ({self.active_sql('t')})"),
             "variants": one("SELECT COUNT(*) FROM captions"), "embedded": embedded,
             "captioners": caps, "embedder": self.embedder_fingerprint, "embedder_fingerprint": self.embedder_fingerprint,
             "dim": self.dim, "schema_version": int(S.get_meta(c, "schema_version") or 0), "hnsw": ann,
@@ -307,7 +352,7 @@ class SearchIndex(TileRows, RasterRows):
         """Average searchable variants per tile (sizes the kNN oversampling); cached per log position."""
         key = self.ann.last_seq
         if self._vpt is None or self._vpt[0] != key:
-            tiles = int(self.conn.execute(f"SELECT COUNT(*) FROM tiles t WHERE {self._active('t')}").fetchone()[0])
+            tiles = int(self.conn.execute(f"SELECT COUNT(*) FROM tiles t WHERE {self.active_sql('t')}").fetchone()[0])
             self._vpt = (key, max(1.0, S.embedded_count(self.conn) / tiles) if tiles else 1.0)
         return self._vpt[1]
 

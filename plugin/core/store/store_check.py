@@ -69,7 +69,7 @@ def check_index(folder: str) -> dict[str, Any]:
         try:
             fb = c.execute("SELECT COUNT(DISTINCT c.tile_id) FROM captions c JOIN rasters r ON r.captioner_fp ="
                            " c.captioner_fp JOIN tiles t ON t.tile_id = c.tile_id AND t.raster_id = r.raster_id"
-                           " WHERE c.fallback IS NOT NULL").fetchone()[0] if idx._has_active else 0
+                           " WHERE c.fallback IS NOT NULL").fetchone()[0] if idx.has_active else 0
             out["fallback_tiles"] = int(fb)
             if fb:
                 problems.append(f"{fb} tile(s) hold fallback (spectral) captions: the next `index` run asks the captioner again")
@@ -107,7 +107,7 @@ def reembed_damaged(idx: Any, embedder: Any, caption_ids: list[int]) -> int:
         texts = [CaptionVariant(a, b, t).text() or "(empty)" for _, a, b, t in rows]
         vecs = np.asarray(embedder.encode_documents(texts), np.float32)
         vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
-        with idx._write() as c:
+        with idx.transaction() as c:
             c.executemany("UPDATE embeddings SET vector = ? WHERE caption_id = ?",
                           [(np.ascontiguousarray(v).tobytes(), int(r[0])) for r, v in zip(rows, vecs)])
         done += len(rows)
@@ -127,7 +127,7 @@ def prune_index(idx: Any, dry_run: bool = False) -> dict[str, int]:
         f" WHERE {where}").fetchone()
     n_tiles = c.execute(f"SELECT COUNT(*) FROM ({gone_tiles})").fetchone()[0]
     if not dry_run and (n_caps or n_tiles):
-        with idx._write() as w:
+        with idx.transaction() as w:
             w.execute(f"DELETE FROM captions WHERE {where}")
             w.execute("DELETE FROM tiles WHERE active = 0")
     return {"tiles": int(n_tiles), "captions": int(n_caps), "bytes": int(n_bytes)}

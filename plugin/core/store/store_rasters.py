@@ -14,7 +14,7 @@ RASTER_STATES = ("indexing", "indexed", "stale")
 
 
 class RasterRows(TablePart):
-    """The rasters table, a mixin of `SearchIndex`."""
+    """The rasters table (`SearchIndex.rasters`)."""
 
     # ---- rasters ------------------------------------------------------------------------------
     def upsert_raster(self, info: Any, captioner_fp: str, params: dict) -> None:
@@ -27,7 +27,7 @@ class RasterRows(TablePart):
         rid = str(d["raster_id"])
         now = time.time()
         name = str(d.get("name") or os.path.basename(str(d["path"])))
-        with self._write() as c:
+        with self.transaction() as c:
             c.execute(
                 "INSERT INTO rasters (raster_id, path, name, crs_wkt, info, captioner_fp, params, state, created_at, updated_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, 'indexing', ?, ?) ON CONFLICT(raster_id) DO UPDATE SET path = excluded.path,"
@@ -45,9 +45,9 @@ class RasterRows(TablePart):
         """Every raster with its state, captioner and counts of tiles and current-captioner variants."""
         rows = self.conn.execute(
             "SELECT r.raster_id, r.path, r.name, r.crs_wkt, r.state, r.captioner_fp, r.params, r.info, r.updated_at,"
-            f" (SELECT COUNT(*) FROM tiles t WHERE t.raster_id = r.raster_id AND {self._active('t')}),"
+            f" (SELECT COUNT(*) FROM tiles t WHERE t.raster_id = r.raster_id AND {self.active_sql('t')}),"
             " (SELECT COUNT(*) FROM captions c JOIN tiles t ON t.tile_id = c.tile_id"
-            f"   WHERE t.raster_id = r.raster_id AND c.captioner_fp = r.captioner_fp AND {self._active('t')}),"
+            f"   WHERE t.raster_id = r.raster_id AND c.captioner_fp = r.captioner_fp AND {self.active_sql('t')}),"
             " (SELECT COUNT(*) FROM embeddings e JOIN captions c ON c.caption_id = e.caption_id JOIN tiles t"
             "   ON t.tile_id = c.tile_id WHERE t.raster_id = r.raster_id)"
             " FROM rasters r ORDER BY r.created_at, r.raster_id"
@@ -61,10 +61,6 @@ class RasterRows(TablePart):
                 "band_map": info_d.get("band_map"), "info": info_d,
             })
         return out
-
-    def _active(self, alias: str) -> str:
-        """SQL for "this tile is in its raster's current plan" (old databases opened read-only: all are)."""
-        return f"{alias}.active = 1" if self._has_active else "1"
 
     def get_raster(self, raster_id: str) -> Optional[dict]:
         for r in self.raster_rows():
@@ -86,10 +82,10 @@ class RasterRows(TablePart):
     def set_raster_state(self, raster_id: str, state: str) -> None:
         if state not in RASTER_STATES:
             raise IndexStoreError(f"unknown raster state {state!r} (expected one of {', '.join(RASTER_STATES)})")
-        with self._write() as c:
+        with self.transaction() as c:
             c.execute("UPDATE rasters SET state = ?, updated_at = ? WHERE raster_id = ?", (state, time.time(), raster_id))
 
     def remove_raster(self, raster_id: str) -> None:
         """Delete the raster's rows (tiles, captions, embeddings cascade; triggers log the labels)."""
-        with self._write() as c:
+        with self.transaction() as c:
             c.execute("DELETE FROM rasters WHERE raster_id = ?", (raster_id,))

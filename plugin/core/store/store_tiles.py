@@ -15,9 +15,7 @@ from .table_part import TablePart
 
 
 class TileRows(TablePart):
-    """The tiles, captions and embeddings tables, a mixin of `SearchIndex` (it also needs `dim`)."""
-
-    dim: int
+    """The tiles, captions and embeddings tables (`SearchIndex.tiles`)."""
 
     # ---- tiles, captions, embeddings ----------------------------------------------------------
     def done_tile_ids(self, raster_id: str, captioner_fp: str) -> set[str]:
@@ -29,7 +27,7 @@ class TileRows(TablePart):
             " ON e.caption_id = c.caption_id WHERE t.raster_id = ? AND c.captioner_fp = ?", (raster_id, captioner_fp),
         ).fetchall()
         done = {r[0] for r in rows}
-        if done and self._has_active:
+        if done and self.has_active:
             done -= {r[0] for r in self.conn.execute(
                 "SELECT DISTINCT c.tile_id FROM captions c JOIN tiles t ON t.tile_id = c.tile_id WHERE t.raster_id = ?"
                 " AND c.captioner_fp = ? AND c.fallback IS NOT NULL", (raster_id, captioner_fp))}
@@ -40,7 +38,7 @@ class TileRows(TablePart):
         this tiling or an earlier one. Tiles with a fallback caption are not cached (asked again)."""
         out: dict[str, list[CaptionVariant]] = {}
         fell_back: set[str] = set()
-        fb = "fallback" if self._has_active else "NULL"
+        fb = "fallback" if self.has_active else "NULL"
         for chunk in _chunks(list(tile_ids), 500):
             q = ",".join("?" * len(chunk))
             for tid, _vi, a, b, cap, why in self.conn.execute(
@@ -75,7 +73,7 @@ class TileRows(TablePart):
             norms = np.linalg.norm(arr, axis=1, keepdims=True)
             prepared.append((ref, variants, arr / np.where(norms > 0, norms, 1.0)))
         now = time.time()
-        with self._write() as c:
+        with self.transaction() as c:
             row = c.execute("SELECT captioner_fp FROM rasters WHERE raster_id = ?", (raster_id,)).fetchone()
             if row is None:
                 raise IndexStoreError(f"raster {raster_id} is not registered: call upsert_raster first")
@@ -114,7 +112,7 @@ class TileRows(TablePart):
 
         Their captions stay as cache (like another captioner's): going back to that tiling only
         re-embeds them. Deleting them is the explicit `prune` (or removing the raster)."""
-        with self._write() as c:
+        with self.transaction() as c:
             c.execute("CREATE TEMP TABLE IF NOT EXISTS keep_tiles (tile_id TEXT PRIMARY KEY)")
             c.execute("DELETE FROM keep_tiles")
             c.executemany("INSERT OR IGNORE INTO keep_tiles (tile_id) VALUES (?)", ((t,) for t in keep))
@@ -127,13 +125,13 @@ class TileRows(TablePart):
 
     def mark_empty(self, raster_id: str, tile_ids: Iterable[str], min_valid: float) -> None:
         """Remember tiles the reader found (mostly) nodata, so updates skip them without reading."""
-        with self._write() as c:
+        with self.transaction() as c:
             c.executemany("INSERT INTO empty_tiles (tile_id, raster_id, min_valid) VALUES (?, ?, ?) ON CONFLICT(tile_id)"
                           " DO UPDATE SET min_valid = excluded.min_valid", ((t, raster_id, float(min_valid)) for t in tile_ids))
 
     def empty_tile_ids(self, raster_id: str, min_valid: float) -> set[str]:
         """Tiles known to be empty at this validity threshold (the raster id pins its content)."""
-        if not self._has_active:
+        if not self.has_active:
             return set()
         return {r[0] for r in self.conn.execute("SELECT tile_id FROM empty_tiles WHERE raster_id = ? AND min_valid = ?",
                                                 (raster_id, float(min_valid)))}
