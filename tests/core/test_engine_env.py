@@ -92,6 +92,7 @@ def test_setup_plan_offline_reuses_an_existing_venv(tmp_path: Path) -> None:
 def test_torch_sources(source: str, variant: str, platform: str, tail: list[str]) -> None:
     assert ec.torch_command(PY, variant, platform=platform, source=source) == PIP + tail
     assert ec.torch_download_mb(source, variant, platform) > 100
+    assert ec.torch_download_mb("pytorch", "cuda", "linux") is None  # not measured: no figure rather than a guess
 
 
 def test_torch_source_refusals() -> None:

@@ -32,12 +32,14 @@ TORCH_INDEX = "https://download.pytorch.org/whl/"
 #: the pip index this computer is set up for: on Linux PyPI's torch is the CUDA build, also run on a
 #: CPU), or a folder of wheels (no index at all: every package comes from the folder).
 TORCH_SOURCES = ("pytorch", "pypi", "folder")
-#: Download sizes in MB (torch 2.13.0, cp311 wheels, measured from the indexes' file sizes on 2026-12-08):
-#: (source, variant, platform family) -> MB. PyPI's Linux torch brings its CUDA 13 libraries (about 2.2 GB).
+#: Download sizes in MB of torch 2.13.0's cp311 wheels, measured on 2026-12-08: PyPI's from its simple
+#: API's file sizes (the Linux wheel brings its CUDA 13 libraries, about 2.2 GB of the 2.7 GB), the Linux
+#: CPU build from the `+cpu` wheel. (source, variant, platform family) -> MB; PyTorch's CUDA builds
+#: (cuXXX indexes) were out of reach here, so they have no entry and the dialog gives no figure.
 DOWNLOAD_MB = {
     ("pytorch", "cpu", "linux"): 192, ("pypi", "cpu", "linux"): 2740, ("pypi", "cuda", "linux"): 2740,
-    ("pytorch", "cuda", "linux"): 2740, ("pytorch", "cpu", "win"): 122, ("pypi", "cpu", "win"): 122,
-    ("pytorch", "cuda", "win"): 2600, ("pytorch", "cpu", "darwin"): 111, ("pypi", "cpu", "darwin"): 111,
+    ("pytorch", "cpu", "win"): 122, ("pypi", "cpu", "win"): 122,
+    ("pytorch", "cpu", "darwin"): 111, ("pypi", "cpu", "darwin"): 111,
 }
 #: The engine's other packages (the lock without torch), download MB, Linux x86_64 Python 3.11
 #: (`pip download -r engine_lock*.txt`, 2026-12-08).
