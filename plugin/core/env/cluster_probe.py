@@ -35,7 +35,7 @@ def _auth() -> str:
 
 def probe_ray(address: str) -> dict[str, Any]:
     """Versions, nodes, CPUs, GPUs of the cluster at `address` (host:port of the head's GCS)."""
-    from ..indexing.cluster.ray_exec import check_reachable, import_ray, is_loopback, loopback_only
+    from ..indexing.cluster.ray_connection import check_reachable, import_ray, is_loopback, loopback_only
 
     address = (address or "").strip()
     if not address:

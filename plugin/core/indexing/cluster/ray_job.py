@@ -39,7 +39,8 @@ from ...types import CancelFn, TileRef
 from ..executor import CaptionedBatch, ExecutorBase
 from ..path_map import parse_path_map, to_cluster
 from ..progress import merging
-from .ray_exec import STALL_TIMEOUT_S, RemoteCaptioner, plugin_package_dir
+from .ray_connection import plugin_package_dir
+from .ray_exec import STALL_TIMEOUT_S, RemoteCaptioner
 from .ray_job_api import ACTIVE, FINAL, JobsApi
 from .ray_job_shards import (
     MANIFEST,
