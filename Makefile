@@ -19,7 +19,7 @@ ENGINE_TORCH_SOURCE ?= pypi
 ENGINE_TESTS ?= tests/core/test_store.py tests/core/test_store_safety.py tests/core/test_ann.py \
 	tests/core/test_pipeline.py tests/core/test_search.py tests/core/test_repair.py tests/core/test_local_executor.py \
 	tests/core/test_worker.py tests/core/test_onnx_embedder.py tests/core/test_vlm_families.py \
-	tests/core/test_captioners_transformers.py tests/core/test_index_request.py tests/core/test_seams.py \
+	tests/core/test_captioners_transformers.py tests/core/test_index_request.py tests/core/test_seams.py tests/core/test_row_sampler.py \
 	tests/core/test_ray_executor.py::test_same_index_as_local_with_faults_a_remote_cog_and_unreadable_and_empty_tiles
 UPGRADE_VENV ?= build/upgrade-check
 

@@ -24,28 +24,33 @@ MAX_ROWS = 512
 
 
 class RowSampler:
-    """A logits processor that samples each row with its own seeded generator (None: the row stays greedy).
+    """A logits processor that samples each row with its own seed (None: the row stays greedy).
 
     `generate` then runs greedy (do_sample=False) and takes the one token left per row. A sampled row's
     text depends on its seed alone, not on which rows share its batch or in which order the batches run:
     batch-1 gives what batch-N gives, a Ray actor what a local run gives, and a rerun the caption the
-    cache holds. Temperature and top-p are applied as transformers' warpers do (after the model's own
-    processors), then one uniform draw per row and step picks the token by inverse CDF.
+    cache holds. Temperature, top-k and top-p are applied as transformers' warpers do (after the model's
+    own processors); then one uniform number per row and step, a counter-based hash of (seed, step) in
+    exact integer arithmetic on the scores' device (no Python loop over rows on the decode path), picks
+    the token by inverse CDF.
     """
 
     def __init__(self, seeds: Sequence[Optional[int]], temperature: float, top_p: float, top_k: int = 0) -> None:
-        import torch
-
         self.rows = [r for r, s in enumerate(seeds) if s is not None]
-        self.generators = [torch.Generator().manual_seed(int(seeds[r])) for r in self.rows]  # type: ignore[arg-type]
+        self.seeds = [int(s) & _MASK32 for s in seeds if s is not None]
         self.temperature, self.top_p, self.top_k = float(temperature), float(top_p), int(top_k or 0)
+        self.step = 0
+        self._on: Any = None  # (rows, seeds) as tensors on the scores' device, made on the first step
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         import torch
 
         if not self.rows:
             return scores
-        rows = torch.tensor(self.rows, device=scores.device)
+        if self._on is None or self._on[0].device != scores.device:
+            self._on = (torch.tensor(self.rows, device=scores.device),
+                        torch.tensor(self.seeds, dtype=torch.int64, device=scores.device))
+        rows, seeds = self._on
         logits = scores[rows].float() / max(self.temperature, 1e-6)
         probs = torch.softmax(logits, dim=-1)
         sorted_p, order = probs.sort(dim=-1, descending=True)
@@ -55,13 +60,32 @@ class RowSampler:
             keep[:, self.top_k:] = False
         sorted_p = torch.where(keep, sorted_p, torch.zeros_like(sorted_p))
         cum = sorted_p.cumsum(dim=-1)
-        u = torch.stack([torch.rand((), generator=g) for g in self.generators]).to(scores.device) * cum[:, -1]
+        u = uniform(seeds, self.step).to(cum.dtype) * cum[:, -1]
+        self.step += 1
         pick = torch.searchsorted(cum, u[:, None]).clamp_(max=cum.shape[-1] - 1)
         token = order.gather(1, pick)[:, 0]
         out = scores.clone()
         out[rows] = float("-inf")
         out[rows, token] = 0.0
         return out
+
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _hash32(x: Any) -> Any:
+    """A 32-bit integer mix (values in [0, 2^32) held in int64: no product overflows)."""
+    x = (((x >> 16) ^ x) * 0x45D9F3B) & _MASK32
+    x = (((x >> 16) ^ x) * 0x45D9F3B) & _MASK32
+    return (x >> 16) ^ x
+
+
+def uniform(seeds: Any, step: int) -> Any:
+    """One number in (0, 1) per seed for decode step `step`: the same on every device and batch."""
+    import torch
+
+    mixed = _hash32(seeds ^ int(_hash32(torch.tensor(step + 1, dtype=torch.int64))))
+    return (mixed.to(torch.float32) + 0.5) / float(1 << 32)  # float32: MPS has no float64
 
 
 def row_seed(seed: int, key: str, variant: int) -> int:
