@@ -156,3 +156,28 @@ def test_a_new_engine_replaces_the_worker_started_on_the_old_one(qgis_iface, tmp
     finally:
         session.queue.close()
         QgsSettings().remove(SETTINGS_KEY)
+
+
+def test_a_job_note_is_shown_with_the_outcome_as_a_warning(qgis_iface, tmp_path: Path, monkeypatch):
+    """A job whose search file could not be saved finished (its tiles are committed): the dock says
+    "Index ready" with the note, as a warning -- not "Task failed" beside "indexed (N tiles)"."""
+    import sys
+
+    from qgis.core import Qgis
+
+    QgsProject.instance().clear()
+    plugin = load_plugin(qgis_iface)
+    ctl_module = sys.modules[type(plugin.index_ctl).__module__]  # the loaded plugin's own copy of the module
+    shown: list = []
+    monkeypatch.setattr(ctl_module, "report_info", lambda iface, text, level=None, **kw: shown.append((text, level)))
+    monkeypatch.setattr(ctl_module, "report_error", lambda *a, **kw: shown.append(("ERROR",) + a[1:]))
+    monkeypatch.setattr(ctl_module.QTimer, "singleShot", lambda ms, fn: fn())
+    try:
+        note = "the search file was not saved (writing the search file x failed verification); every tile is in the index database"
+        plugin.index_ctl._on_finished({"rasters": [{"name": "S2", "tiles_new": 320, "tiles_planned": 320}],
+                                       "seconds": 23.0, "notes": [note]})
+        assert shown and shown[-1][0].startswith("Index ready: 1 raster: 320 tiles captioned") and note in shown[-1][0]
+        assert shown[-1][1] == Qgis.Warning and not any(s[0] == "ERROR" for s in shown)
+        assert note in plugin.session.last_outcome
+    finally:
+        plugin.unload()
